@@ -2,21 +2,27 @@
 of an evaluator's output (see DESIGN.md)."""
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
 from eval.stats import bootstrap_ci
-from gentron.io import atomic_write_json
+from gentron.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "samples.jsonl"
 _REQUIRED = ("file", "prompt", "seed")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# T2I-CompBench's official layout: `{prompt}_{index:06}.png`, index 0..9 for seeds 42..51.
+OFFICIAL_NAME = re.compile(r"^(?P<prompt>.*)_(?P<index>\d{6})$")
+OFFICIAL_BASE_SEED = 42
 
 
 @dataclass
@@ -76,8 +82,6 @@ def write_samples(folder: str | Path, samples: list[Sample]) -> Path:
     for s in samples:
         row = {k: v for k, v in asdict(s).items() if k != "extra" and v is not None}
         lines.append(json.dumps({**row, **s.extra}, sort_keys=True))
-    from gentron.io import atomic_write_text
-
     return atomic_write_text(Path(folder) / MANIFEST, "\n".join(lines) + "\n")
 
 
@@ -104,12 +108,125 @@ def aggregate(per_prompt: list[dict], seed: int = 0) -> dict[str, dict]:
             for name in names}
 
 
-def result(metric: str, per_image: list[dict], protocol: dict, comparable_to_paper: bool) -> dict:
+def aggregate_by_seed(per_image: list[dict]) -> dict[str, dict[str, dict]]:
+    """The same aggregates computed on the images of one seed at a time ({seed: {score: ci}})."""
+    seeds = sorted({row["seed"] for row in per_image if row.get("seed") is not None})
+    return {str(seed): aggregate(per_prompt_means([r for r in per_image if r.get("seed") == seed]))
+            for seed in seeds}
+
+
+def result(metric: str, per_image: list[dict], protocol: dict, comparable_to_paper: bool,
+           extra: dict | None = None) -> dict:
+    """An evaluator's output (DESIGN.md): per-image scores, per-prompt means over seeds, aggregates
+    with bootstrap CIs over prompts, and the same aggregates per seed."""
     per_prompt = per_prompt_means(per_image)
     return {"metric": metric, "protocol": protocol, "comparable_to_paper": comparable_to_paper,
-            "per_image": per_image, "per_prompt": per_prompt, "aggregate": aggregate(per_prompt)}
+            "per_image": per_image, "per_prompt": per_prompt, "aggregate": aggregate(per_prompt),
+            "aggregate_by_seed": aggregate_by_seed(per_image), **(extra or {})}
+
+
+def set_result(metric: str, aggregate_: dict, protocol: dict, comparable_to_paper: bool,
+               by_seed: dict | None = None, extra: dict | None = None) -> dict:
+    """Output of a set-level metric (FID, KID): no per-image scores; its CIs come from the metric."""
+    return {"metric": metric, "protocol": protocol, "comparable_to_paper": comparable_to_paper,
+            "per_image": [], "per_prompt": [], "aggregate": aggregate_,
+            "aggregate_by_seed": by_seed or {}, **(extra or {})}
 
 
 def write_result(path: str | Path, result_dict: dict) -> Path:
     log.info("writing %s", path)
     return atomic_write_json(path, result_dict)
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Every image under `folder` (recursive), sorted, hidden files skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of images")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def samples_from_images(folder: str | Path, base_seed: int = OFFICIAL_BASE_SEED) -> list[Sample]:
+    """Samples for a folder without a manifest. Files named `{prompt}_{index:06}.png` (the
+    T2I-CompBench layout) give their prompt and seed = base_seed + index; any other file gets an
+    empty prompt. Prompt ids number the distinct prompts in order of first appearance."""
+    folder = Path(folder)
+    files = image_files(folder)
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}) and no {MANIFEST}")
+    ids: dict[str, int] = {}
+    samples = []
+    for path in files:
+        match = OFFICIAL_NAME.match(path.stem)
+        prompt, index = (match["prompt"], int(match["index"])) if match else ("", 0)
+        key = prompt if match else path.stem
+        prompt_id = ids.setdefault(key, len(ids))
+        samples.append(Sample(file=path.relative_to(folder).as_posix(), prompt=prompt, seed=base_seed + index,
+                              index=index, prompt_id=prompt_id))
+    return samples
+
+
+def load_samples(folder: str | Path) -> list[Sample]:
+    """`read_samples` where the folder has a manifest, else `samples_from_images`."""
+    folder = Path(folder)
+    if (folder / MANIFEST).exists():
+        return read_samples(folder)
+    log.info("%s has no %s: taking prompts and seeds from the file names", folder, MANIFEST)
+    return samples_from_images(folder)
+
+
+def image_row(sample: Sample, scores: dict[str, float]) -> dict:
+    """One `per_image` entry of an evaluator's output."""
+    return {"file": sample.file, "prompt_id": sample.prompt_id, "seed": sample.seed,
+            "category": sample.category, "prompt": sample.prompt, "scores": scores}
+
+
+def batched(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def resolve_device(device: str | None = None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def run_cli(metric: str, evaluate: Callable[..., dict], add_arguments: Callable[[argparse.ArgumentParser], None],
+            argv: list[str] | None = None) -> dict:
+    """The command line every evaluator shares: `python -m eval.<metric> SAMPLES_DIR [options] --out X.json`."""
+    parser = argparse.ArgumentParser(prog=f"python -m eval.{metric}", description=evaluate.__doc__)
+    parser.add_argument("samples_dir", help=f"a sample folder ({MANIFEST}) or any folder of images")
+    parser.add_argument("--out", help="where to write the JSON result (default: SAMPLES_DIR/eval/<metric>.json)")
+    parser.add_argument("--log-level", default="INFO")
+    add_arguments(parser)
+    args = vars(parser.parse_args(argv))
+    logging.basicConfig(level=args.pop("log_level"), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    samples_dir, out = args.pop("samples_dir"), args.pop("out")
+    res = evaluate(samples_dir, **args)
+    write_result(out or Path(samples_dir) / "eval" / f"{metric}.json", res)
+    for name, agg in res["aggregate"].items():
+        ci = "" if agg["ci_low"] is None else f" [{agg['ci_low']:.4f}, {agg['ci_high']:.4f}]"
+        print(f"{metric}/{name}: {agg['mean']:.4f}{ci} n={agg['n']}")
+    return res
+
+
+def _make_manifest(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m eval.common make-manifest",
+                                     description="Write samples.jsonl for a folder of images named {prompt}_{index:06}.png")
+    parser.add_argument("folder")
+    parser.add_argument("--base-seed", type=int, default=OFFICIAL_BASE_SEED)
+    args = parser.parse_args(argv)
+    path = write_samples(args.folder, samples_from_images(args.folder, args.base_seed))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] != ["make-manifest"]:
+        sys.exit("usage: python -m eval.common make-manifest FOLDER [--base-seed 42]")
+    _make_manifest(sys.argv[2:])

@@ -28,3 +28,19 @@ def paired_bootstrap(a: dict, b: dict, *, n_boot: int = 2000, alpha: float = 0.0
     p = 2 * min((means <= 0).mean(), (means >= 0).mean())
     return {"diff": float(d.mean()), "ci_low": float(low), "ci_high": float(high), "n": int(d.size),
             "p_value": float(min(p, 1.0))}
+
+
+def bootstrap_statistic(statistic, n: int, *, n_boot: int = 200, alpha: float = 0.05, seed: int = 0) -> dict:
+    """Bootstrap CI of a set-level statistic (FID, KID): `statistic(indices)` is evaluated on `n_boot`
+    resamples of range(n) with replacement, and once on the full set for the point value. Resampling
+    duplicates images, which biases FID upward, so the percentile interval is shifted by the bootstrap
+    bias (mean of resamples - point value)."""
+    if n < 2:
+        raise ValueError(f"bootstrap_statistic needs at least 2 items, got {n}")
+    rng = np.random.default_rng(seed)
+    point = float(statistic(np.arange(n)))
+    if n_boot == 0:  # no CI asked for
+        return {"mean": point, "ci_low": None, "ci_high": None, "n": int(n)}
+    values = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(n_boot)], dtype=np.float64)
+    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2]) - (values.mean() - point)
+    return {"mean": point, "ci_low": float(low), "ci_high": float(high), "n": int(n)}

@@ -1,0 +1,365 @@
+"""FID and KID between a sample folder and reference images (or reference statistics).
+
+Images go through clean-fid's own loading and resizing (`mode` = clean | legacy_pytorch |
+legacy_tensorflow) and through one of two feature extractors:
+- `inception`: clean-fid's Inception (weights must be on disk, see eval/weights.py); comparable to papers;
+- `random` (the embedded default): a fixed-seed random conv net on 64x64 images. It needs no download and
+  is deterministic, but its numbers mean nothing outside this project: `comparable_to_paper: false`.
+Features are computed in shards of `shard_size` images, each saved as an .npz named by a hash of its
+file list, so a lost or new shard is recomputed alone (`python -m eval.fid shard` runs one shard, e.g.
+as a SLURM array task). torchmetrics' FrechetInceptionDistance (float64) is an optional cross-check.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from eval import weights
+from eval.common import image_files, load_samples, resolve_device, run_cli, set_result
+from eval.stats import bootstrap_statistic
+from gentron.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+MODES = ("clean", "legacy_pytorch", "legacy_tensorflow")
+RESIZE = {"clean": "PIL bicubic on float32 to 299x299, no quantisation (clean-fid)",
+          "legacy_pytorch": "torch bilinear (align_corners=False, no antialias) to 299x299",
+          "legacy_tensorflow": "TF1-style bilinear inside the TorchScript Inception"}
+RANDOM_SIZE = 64
+
+
+class RandomFeatures(nn.Module):
+    """A fixed-seed random conv net: (B, 3, 64, 64) floats in [0, 255] -> (B, 256) features.
+    Deterministic across machines (weights drawn from a seeded CPU generator)."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.convs = nn.ModuleList(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1)
+                                   for c_in, c_out in ((3, 32), (32, 64), (64, 64)))
+        for conv in self.convs:
+            fan_in = conv.in_channels * 16
+            conv.weight.data = torch.randn(conv.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5
+            conv.bias.data = torch.randn(conv.bias.shape, generator=generator) * 0.1
+        self.num_features = 64 * 4
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (RANDOM_SIZE, RANDOM_SIZE):
+            raise ValueError(f"RandomFeatures expects {RANDOM_SIZE}x{RANDOM_SIZE} inputs, got {tuple(x.shape[-2:])}")
+        x = x.to(self.convs[0].weight.dtype) / 127.5 - 1.0  # float64 under torchmetrics.set_dtype
+        for conv in self.convs:
+            x = torch.relu(conv(x))
+        return nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
+
+
+@dataclass
+class Extractor:
+    name: str
+    model: Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) floats in [0, 255] -> (B, D)
+    fn_resize: Callable | None  # clean-fid's custom_fn_resize; None = the mode's own resize
+    comparable_to_paper: bool
+    resize: str
+
+
+def build_extractor(name: str = "random", mode: str = "clean", device: str = "cpu", seed: int = 0) -> Extractor:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode '{mode}': use one of {MODES}")
+    if name == "inception":
+        from cleanfid.features import build_feature_extractor
+
+        weights.cleanfid_inception(mode)
+        model = build_feature_extractor(mode, torch.device(device), use_dataparallel=False)
+        return Extractor("inception-2015-12-05 (clean-fid)", model, None, True, RESIZE[mode])
+    if name == "random":
+        from cleanfid.resize import make_resizer
+
+        if mode == "legacy_tensorflow":
+            raise ValueError("the random extractor has no legacy_tensorflow resize; use mode clean or legacy_pytorch")
+        library, filt = ("PIL", "bicubic") if mode == "clean" else ("PyTorch", "bilinear")
+        model = RandomFeatures(seed).to(device)
+        return Extractor(f"random_conv_v1(seed={seed})", model, make_resizer(library, False, filt, (RANDOM_SIZE,) * 2),
+                         False, RESIZE[mode].replace("299x299", f"{RANDOM_SIZE}x{RANDOM_SIZE}"))
+    raise ValueError(f"unknown feature extractor '{name}': use inception or random")
+
+
+# ---------------------------------------------------------------- statistics
+
+def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    feats = np.asarray(feats, dtype=np.float64)
+    if len(feats) < 2:
+        raise ValueError(f"FID needs at least 2 images per set, got {len(feats)}")
+    return feats.mean(axis=0), np.cov(feats, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2), in float64 through symmetric
+    eigendecompositions (stable for the singular covariances of small sets)."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(f"feature sizes differ: {mu1.shape} vs {mu2.shape}; were both sets made by the same extractor?")
+    vals, vecs = np.linalg.eigh(sigma1)
+    root1 = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+    inner = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(np.clip(inner, 0, None)).sum())
+
+
+def kernel_distance(feats1, feats2, num_subsets: int = 100, max_subset_size: int = 1000, seed: int = 0) -> float:
+    """KID as clean-fid computes it (cubic polynomial kernel, unbiased MMD over random subsets), seeded."""
+    feats1, feats2 = np.asarray(feats1, np.float64), np.asarray(feats2, np.float64)
+    d = feats1.shape[1]
+    m = min(len(feats1), len(feats2), max_subset_size)
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _ in range(num_subsets):
+        x = feats2[rng.choice(len(feats2), m, replace=False)]
+        y = feats1[rng.choice(len(feats1), m, replace=False)]
+        a = (x @ x.T / d + 1) ** 3 + (y @ y.T / d + 1) ** 3
+        b = (x @ y.T / d + 1) ** 3
+        total += (a.sum() - np.diag(a).sum()) / (m - 1) - b.sum() * 2 / m
+    return float(total / num_subsets / m)
+
+
+# ---------------------------------------------------------------- sharded features
+
+def file_features(files: list[Path], extractor: Extractor, mode: str, batch_size: int = 64,
+                  device: str = "cpu", num_workers: int = 0) -> np.ndarray:
+    """Features of image files, loaded and resized by clean-fid."""
+    from cleanfid.fid import get_files_features
+
+    return get_files_features([str(f) for f in files], extractor.model, num_workers=num_workers,
+                              batch_size=batch_size, device=torch.device(device), mode=mode,
+                              custom_fn_resize=extractor.fn_resize, verbose=False)
+
+
+def _shard_path(cache_dir: Path, files: list[Path], extractor: Extractor, mode: str) -> Path:
+    digest = hashlib.sha1(json.dumps([extractor.name, mode, [str(f.resolve()) for f in files],
+                                      [f.stat().st_size for f in files]]).encode()).hexdigest()[:16]
+    return cache_dir / f"feats-{digest}.npz"
+
+
+def _save_npz(path: Path, **arrays) -> Path:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def shards(files: list[Path], shard_size: int) -> list[list[Path]]:
+    return [files[i:i + shard_size] for i in range(0, len(files), shard_size)]
+
+
+def shard_features(files: list[Path], cache_dir: Path, extractor: Extractor, mode: str, **kwargs) -> np.ndarray:
+    """Features of one shard, from its cache file or computed and saved (atomically)."""
+    path = _shard_path(cache_dir, files, extractor, mode)
+    if path.exists():
+        return np.load(path)["feats"]
+    feats = file_features(files, extractor, mode, **kwargs)
+    _save_npz(path, feats=feats, files=np.array([str(f) for f in files]))
+    return feats
+
+
+def sharded_features(files: list[Path], cache_dir: str | Path | None, extractor: Extractor, mode: str,
+                     shard_size: int = 1000, desc: str = "features", **kwargs) -> np.ndarray:
+    """Features of all files, merged from per-shard caches; only missing shards are computed."""
+    if not files:
+        raise ValueError(f"no images to compute {desc} of")
+    if cache_dir is None:
+        return file_features(files, extractor, mode, **kwargs)
+    parts = [shard_features(part, Path(cache_dir), extractor, mode, **kwargs)
+             for part in tqdm(shards(files, shard_size), desc=desc, unit="shard")]
+    return np.concatenate(parts)
+
+
+# ---------------------------------------------------------------- reference sets
+
+def reference_features(ref: str | Path, extractor: Extractor, mode: str, cache_dir, shard_size: int,
+                       **kwargs) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, dict]:
+    """(feats or None, mu, sigma, info) of a reference folder or a statistics .npz (ours from
+    `make-stats`, or clean-fid's: mu/sigma, and feats in its `_kid.npz`)."""
+    ref = Path(ref)
+    if ref.suffix == ".npz":
+        if not ref.exists():
+            raise FileNotFoundError(f"reference statistics {ref} not found; make them with `python -m eval.fid make-stats`")
+        data = np.load(ref)
+        info = json.loads(str(data["protocol"])) if "protocol" in data else {}
+        if info and (info.get("feature_extractor"), info.get("mode")) != (extractor.name, mode):
+            raise ValueError(f"{ref} was made with {info.get('feature_extractor')}/{info.get('mode')}, "
+                             f"not {extractor.name}/{mode}; remake it or change --extractor/--mode")
+        feats = data["feats"] if "feats" in data else None
+        return feats, data["mu"], data["sigma"], {"reference": str(ref), "reference_n": info.get("n")}
+    files = image_files(ref)
+    feats = sharded_features(files, cache_dir, extractor, mode, shard_size, desc="reference features", **kwargs)
+    mu, sigma = feature_stats(feats)
+    return feats, mu, sigma, {"reference": str(ref), "reference_n": len(files),
+                              "reference_formats": sorted({f.suffix.lower() for f in files})}
+
+
+def make_reference_stats(ref_dir: str | Path, out: str | Path, extractor: str = "random", mode: str = "clean",
+                         device: str | None = None, batch_size: int = 64, cache_dir=None, shard_size: int = 1000) -> Path:
+    """clean-fid's make_custom_stats, written to a file of your choice: mu, sigma, feats (for KID), protocol."""
+    device = resolve_device(device)
+    ext = build_extractor(extractor, mode, device)
+    files = image_files(ref_dir)
+    feats = sharded_features(files, cache_dir, ext, mode, shard_size, desc="reference features",
+                             batch_size=batch_size, device=device)
+    mu, sigma = feature_stats(feats)
+    protocol = {"feature_extractor": ext.name, "mode": mode, "resize": ext.resize, "n": len(files),
+                "source": str(ref_dir), "formats": sorted({f.suffix.lower() for f in files})}
+    return _save_npz(Path(out), mu=mu, sigma=sigma, feats=feats, protocol=np.array(json.dumps(protocol)))
+
+
+# ---------------------------------------------------------------- torchmetrics cross-check
+
+def torchmetrics_fid(gen_files: list[Path], ref_files: list[Path], extractor: Extractor, mode: str,
+                     antialias: bool = True, weights_path=None, batch_size: int = 64) -> float:
+    """FID from torchmetrics' FrechetInceptionDistance in float64. With the Inception extractor it
+    uses torchmetrics' own Inception and resize (pytorch-fid weights at `weights_path`, `antialias`);
+    with a custom extractor it feeds clean-fid-resized images to that module, checking our statistics."""
+    from cleanfid.utils import ResizeDataset
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    if isinstance(extractor.model, nn.Module):
+        metric = FrechetInceptionDistance(feature=extractor.model, reset_real_features=False)
+    else:
+        metric = FrechetInceptionDistance(feature=2048, antialias=antialias, reset_real_features=False,
+                                          feature_extractor_weights_path=str(weights.torchmetrics_inception(weights_path)))
+    metric.set_dtype(torch.float64)
+    for files, real in ((ref_files, True), (gen_files, False)):
+        dataset = ResizeDataset([str(f) for f in files], mode=mode)
+        if extractor.fn_resize is not None:
+            dataset.fn_resize = extractor.fn_resize
+        else:  # torchmetrics resizes to 299 itself; give it the uint8 images
+            dataset.fn_resize = lambda x: x
+        for batch in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+            metric.update(batch if extractor.fn_resize is not None else batch.round().to(torch.uint8), real=real)
+    return float(metric.compute())
+
+
+# ---------------------------------------------------------------- evaluator
+
+def _fid_and_kid(gen: np.ndarray, ref_feats, mu_r, sigma_r, kid: bool, n_boot: int, seed: int) -> dict:
+    def fid_of(idx):
+        return frechet_distance(*feature_stats(gen[idx]), mu_r, sigma_r)
+
+    out = {"fid": bootstrap_statistic(fid_of, len(gen), n_boot=n_boot, seed=seed)}
+    if kid and ref_feats is not None:
+        out["kid"] = bootstrap_statistic(lambda idx: kernel_distance(gen[idx], ref_feats, seed=seed),
+                                         len(gen), n_boot=n_boot, seed=seed)
+    return out
+
+
+def _seed_groups(samples) -> dict[int, list[int]]:
+    """Indices of the images of each seed, when there are several seeds with 2+ images each."""
+    groups: dict[int, list[int]] = {}
+    for i, sample in enumerate(samples):
+        groups.setdefault(sample.seed, []).append(i)
+    return groups if len(groups) > 1 and min(map(len, groups.values())) >= 2 else {}
+
+
+def evaluate(samples_dir, ref: str, mode: str = "clean", extractor: str = "random", kid: bool = True,
+             n_boot: int = 50, crosscheck: bool = False, antialias: bool = True, torchmetrics_weights=None,
+             batch_size: int = 64, device: str | None = None, cache_dir=None, shard_size: int = 1000,
+             seed: int = 0) -> dict:
+    """FID (and KID) of a sample folder against reference images or statistics (.npz)."""
+    device = resolve_device(device)
+    ext = build_extractor(extractor, mode, device)
+    samples = load_samples(samples_dir)
+    files = [Path(samples_dir) / s.file for s in samples]
+    cache_dir = Path(samples_dir) / "eval" / "fid_cache" if cache_dir is None else cache_dir
+    opts = {"batch_size": batch_size, "device": device}
+    gen = sharded_features(files, cache_dir, ext, mode, shard_size, desc="sample features", **opts)
+    ref_feats, mu_r, sigma_r, ref_info = reference_features(ref, ext, mode, cache_dir, shard_size, **opts)
+    aggregate = _fid_and_kid(gen, ref_feats, mu_r, sigma_r, kid, n_boot, seed)
+    by_seed = {str(sd): _fid_and_kid(gen[idx], ref_feats, mu_r, sigma_r, kid, n_boot, seed)
+               for sd, idx in _seed_groups(samples).items()}
+    protocol = {"feature_extractor": ext.name, "mode": mode, "resize": ext.resize, "n_samples": len(files),
+                "sample_formats": sorted({f.suffix.lower() for f in files}), **ref_info,
+                "kid": {"num_subsets": 100, "max_subset_size": 1000} if kid else None,
+                "ci": f"bootstrap over generated images (reference fixed), {n_boot} resamples, percentile "
+                      f"interval shifted by the bootstrap bias", "fid_dtype": "float64"}
+    extra = {}
+    if crosscheck:
+        if Path(ref).suffix == ".npz":
+            raise ValueError("the torchmetrics cross-check needs a reference image folder, not statistics")
+        extra["crosscheck"] = {"fid_torchmetrics": torchmetrics_fid(files, image_files(ref), ext, mode, antialias,
+                                                                    torchmetrics_weights, batch_size),
+                               "torchmetrics_antialias": antialias}
+    return set_result("fid", aggregate, protocol, ext.comparable_to_paper, by_seed, extra)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", default="clean", choices=MODES)
+    parser.add_argument("--extractor", default="random", choices=("random", "inception"),
+                        help="inception = clean-fid's (comparable to papers); random = embedded, offline")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--cache-dir", default=None, help="shard feature cache (default SAMPLES_DIR/eval/fid_cache)")
+    parser.add_argument("--shard-size", type=int, default=1000)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ref", required=True, help="reference image folder or statistics .npz")
+    _add_common(parser)
+    parser.add_argument("--no-kid", dest="kid", action="store_false")
+    parser.add_argument("--n-boot", type=int, default=50)
+    parser.add_argument("--crosscheck", action="store_true", help="also compute torchmetrics' FID (float64)")
+    parser.add_argument("--no-antialias", dest="antialias", action="store_false", help="torchmetrics resize setting")
+    parser.add_argument("--torchmetrics-weights", default=None, help="pt_inception-2015-12-05-6726825d.pth")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _subcommand(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m eval.fid")
+    sub = parser.add_subparsers(dest="command", required=True)
+    stats = sub.add_parser("make-stats", help="reference statistics .npz from an image folder")
+    stats.add_argument("ref_dir")
+    stats.add_argument("out")
+    _add_common(stats)
+    shard = sub.add_parser("shard", help="compute one shard of a folder's features (e.g. a SLURM array task)")
+    shard.add_argument("folder", help="sample folder or reference image folder")
+    shard.add_argument("--index", type=int, required=True)
+    _add_common(shard)
+    args = vars(parser.parse_args(argv))
+    logging.basicConfig(level="INFO")
+    if args.pop("command") == "make-stats":
+        print(make_reference_stats(**args))
+        return
+    device = resolve_device(args["device"])
+    folder = Path(args["folder"])
+    files = ([folder / s.file for s in load_samples(folder)] if (folder / "samples.jsonl").exists()
+             else image_files(folder))
+    parts = shards(files, args["shard_size"])
+    if not 0 <= args["index"] < len(parts):
+        raise ValueError(f"shard index {args['index']} out of range: {folder} has {len(parts)} shards")
+    cache_dir = args["cache_dir"] or folder / "eval" / "fid_cache"
+    ext = build_extractor(args["extractor"], args["mode"], device)
+    shard_features(parts[args["index"]], Path(cache_dir), ext, args["mode"], batch_size=args["batch_size"], device=device)
+    print(f"shard {args['index']} of {len(parts)} done in {cache_dir}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["make-stats"], ["shard"]):
+        _subcommand(argv)
+    else:
+        run_cli("fid", evaluate, _add_arguments, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""The validated schema of one cell's config (DESIGN.md "A cell's config"): the single source of truth.
+
+Every stage (train, generate, evaluate, the grid runner) reads a cell through `load_config`, which
+merges the given keys onto the defaults below and checks each one. The defaults ARE the embedded
+default: a tiny cross-attention GenTron trained in pixel space on CompShapes in a few CPU minutes
+(see README "Embedded default" for why each number is what it is).
+
+    cfg = load_config("cell.yaml")            # or a dict, or an OmegaConf object
+    cfg.train.lr, cfg.model.conditioning       # typed attributes
+    save_config(cfg, run_dir / "config.yaml")  # the resolved YAML
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from gentron.errors import ConfigError
+from gentron.io import atomic_write_text
+
+TEXT_ENCODER_KINDS = ("clip", "hf_clip", "t5", "tiny_clip", "tiny_t5")
+
+
+@dataclass
+class ModelConfig:
+    size: str = "T/2"  # a name from gentron.sizes; the fields below override it when set
+    conditioning: Literal["adaln", "cross_attn"] = "cross_attn"
+    learn_sigma: bool = False
+    patch_size: int = 2
+    depth: Optional[int] = 6
+    hidden_size: Optional[int] = 192
+    mlp_hidden_size: Optional[int] = 768
+    num_heads: Optional[int] = 4
+
+
+@dataclass
+class VAEConfig:
+    kind: Literal["identity", "autoencoder_kl"] = "identity"
+    path: Optional[str] = None  # autoencoder_kl weights: hub id or local folder
+    scaling_factor: float = 0.18215
+
+
+@dataclass
+class DataConfig:
+    kind: Literal["compshapes", "image_folder", "manifest", "webdataset", "video_folder"] = "compshapes"
+    resolution: int = 16
+    num_train: int = 20000  # CompShapes only: how many images to draw
+    seed: int = 0
+    video: bool = False
+    num_frames: int = 8
+    fps: float = 4.0  # frames per second sampled from real videos (paper: 8 frames at 4 FPS)
+    path: Optional[str] = None  # real data: folder, manifest file, or shard pattern
+    cache_dir: Optional[str] = None  # encoded latents; default <run_dir>/cache
+    on_error: Literal["skip", "raise"] = "skip"  # corrupt real samples: warn and count, or stop
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1.0e-3
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    ema_decay: float = 0.995
+    grad_clip: float = 1.0
+    caption_dropout: float = 0.1
+    p_motion_free: float = 0.5
+    ckpt_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    grad_checkpointing: bool = False
+    compile: bool = False
+    init_from: Optional[str] = None  # a checkpoint to start from (T2V from T2I, or stage 2 from 1)
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # used when launched on more than one process
+    tensorboard: bool = False
+    num_workers: int = 0  # streaming real data only
+
+
+@dataclass
+class SampleConfig:
+    sampler: Literal["dpmsolver++", "ddim", "ddpm"] = "dpmsolver++"
+    steps: int = 20
+    cfg_scale: float = 4.0
+    mfg_scale: Optional[float] = None
+    images_per_prompt: int = 1
+    seeds: list[int] = field(default_factory=lambda: [42])
+    prompt_sets: list[str] = field(default_factory=lambda: ["compshapes_test"])
+    batch_size: int = 64
+
+
+@dataclass
+class EvalConfig:
+    metrics: list[str] = field(default_factory=lambda: ["compshapes_judge"])
+
+
+@dataclass
+class CellConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    text_encoders: list[dict[str, Any]] = field(default_factory=lambda: [{"kind": "tiny_clip", "seed": 0}])
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def default_config() -> CellConfig:
+    return CellConfig()
+
+
+def load_config(source: CellConfig | dict | str | Path | Any | None = None) -> CellConfig:
+    """A validated CellConfig from a YAML path, a dict, an OmegaConf object or a CellConfig.
+
+    Missing keys take their defaults; unknown keys and wrong types raise ConfigError."""
+    if isinstance(source, CellConfig):
+        source = to_dict(source)
+    elif isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"config {path} does not exist")
+        source = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    elif source is not None and not isinstance(source, dict):
+        from omegaconf import OmegaConf  # only OmegaConf objects reach here
+
+        source = OmegaConf.to_container(source, resolve=True)
+    cfg = _build(CellConfig, source or {}, "")
+    _check_values(cfg)
+    return cfg
+
+
+def to_dict(cfg: CellConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: CellConfig, path: str | Path) -> Path:
+    return atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(values).__name__} {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{_join(where, close[0])}'?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{_join(where, key)}'{hint}")
+    kwargs = {}
+    for name in names:
+        if name in values:
+            kwargs[name] = _check(hints[name], values[name], _join(where, name))
+    return cls(**kwargs)
+
+
+def _check(hint, value, key: str):
+    """Return `value` converted to `hint`, or raise a ConfigError naming key, value and what is allowed."""
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check(inner[0], value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} must be a list")
+        return [_check(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r} must be a mapping")
+        return dict(value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key}={value!r} must be of type {hint.__name__}, got {type(value).__name__}")
+
+
+def _check_values(cfg: CellConfig) -> None:
+    """Checks that span more than one field's type."""
+    positive = {
+        "data.resolution": cfg.data.resolution, "data.num_frames": cfg.data.num_frames,
+        "model.patch_size": cfg.model.patch_size, "train.steps": cfg.train.steps,
+        "train.batch_size": cfg.train.batch_size, "train.ckpt_every": cfg.train.ckpt_every,
+        "train.log_every": cfg.train.log_every, "sample.steps": cfg.sample.steps,
+        "sample.images_per_prompt": cfg.sample.images_per_prompt, "sample.batch_size": cfg.sample.batch_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}={value} must be positive")
+    for key, value in {"train.caption_dropout": cfg.train.caption_dropout,
+                       "train.p_motion_free": cfg.train.p_motion_free,
+                       "train.ema_decay": cfg.train.ema_decay}.items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key}={value} must be in [0, 1]")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"train.lr={cfg.train.lr} must be positive (paper: 1e-4)")
+    if not cfg.text_encoders:
+        raise ConfigError("text_encoders is empty; give at least one, e.g. [{kind: tiny_clip, seed: 0}]")
+    for i, spec in enumerate(cfg.text_encoders):
+        if spec.get("kind") not in TEXT_ENCODER_KINDS:
+            raise ConfigError(f"text_encoders[{i}].kind={spec.get('kind')!r} is not allowed; "
+                              f"choose one of {list(TEXT_ENCODER_KINDS)}")
+    if cfg.vae.kind == "autoencoder_kl" and not cfg.vae.path:
+        raise ConfigError("vae.kind=autoencoder_kl needs vae.path (e.g. stabilityai/sd-vae-ft-ema or a local folder)")
+    if cfg.data.kind != "compshapes" and not cfg.data.path:
+        raise ConfigError(f"data.kind={cfg.data.kind} needs data.path (a folder, manifest or shard pattern)")
+    if cfg.data.kind == "video_folder" and not cfg.data.video:
+        raise ConfigError("data.kind=video_folder needs data.video=true")
+
+
+def _join(where: str, key) -> str:
+    return f"{where}.{key}" if where else str(key)

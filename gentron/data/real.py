@@ -1,0 +1,227 @@
+"""Real image-text and video-text data, streamed: nothing is listed or decoded before it is needed.
+
+Sources (cell config `data.kind`, with `data.path`):
+- `image_folder`: a folder tree of images, each with a caption file of the same stem
+  (`cat.jpg` + `cat.txt`);
+- `manifest`: a CSV (header `path,caption`) or JSONL (`{"path": ..., "caption": ...}`) file; relative
+  paths are relative to the manifest's folder;
+- `webdataset`: tar shards in WebDataset layout (`key.jpg`/`key.png` + `key.txt`), given as a brace
+  pattern (`shards/train-{000000..000099}.tar`) or a single path;
+- `video_folder`: videos (mp4, webm, mkv, mov, avi) with same-stem caption files, decoded with PyAV;
+  a clip is `num_frames` frames sampled at `fps` from the start (paper: 8 frames at 4 FPS).
+
+Every image / frame is resized on its short side to `resolution` (bicubic) and centre-cropped square.
+Items are dicts like CompShapes': {"image": (3, H, W) in [-1, 1], "caption"} or {"video":
+(T, 3, H, W), "caption"}.
+
+Bad samples (an unreadable image, a missing caption, a video too short for a clip): with
+`on_error: skip` (default) each is skipped with a warning and counted in `dataset.skipped`, and a
+summary is logged at the end of a pass, because one bad file in millions should not stop a run; with
+`on_error: raise` the first one stops with an error naming the file. A path that does not exist is
+always an error.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi")
+
+
+def center_crop_resize(image: Image.Image, resolution: int) -> Image.Image:
+    """Short side to `resolution`, then the central square."""
+    image = image.convert("RGB")
+    scale = resolution / min(image.size)
+    size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
+    image = image.resize(size, Image.BICUBIC)
+    left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB image -> (3, H, W) float in [-1, 1]."""
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(127.5).sub(1)
+
+
+class BadSample(ValueError):
+    """One sample that cannot be used; skipped or raised according to on_error."""
+
+
+class _Streaming(torch.utils.data.IterableDataset):
+    """Shared skip/raise handling and per-worker splitting of the sample list."""
+
+    def __init__(self, path: str | Path, resolution: int, on_error: str = "skip"):
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error={on_error!r}; choose skip or raise")
+        self.path, self.resolution, self.on_error = Path(path), resolution, on_error
+        self.skipped = 0
+        if not self.path.exists():
+            raise FileNotFoundError(f"data.path {self.path} does not exist")
+
+    def _entries(self) -> Iterator:
+        raise NotImplementedError
+
+    def _load(self, entry) -> dict:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = torch.utils.data.get_worker_info()
+        self.skipped = 0
+        for i, entry in enumerate(self._entries()):
+            if worker is not None and i % worker.num_workers != worker.id:
+                continue
+            try:
+                yield self._load(entry)
+            except BadSample as e:
+                if self.on_error == "raise":
+                    raise
+                self.skipped += 1
+                log.warning("skipping %s", e)
+        if self.skipped:
+            log.warning("%s: skipped %d bad sample(s) in this pass (data.on_error=raise stops at the first)",
+                        self.path, self.skipped)
+
+
+def _caption(path: Path) -> str:
+    if not path.exists():
+        raise BadSample(f"{path.with_suffix('')}*: no caption file {path.name}")
+    return path.read_text(encoding="utf-8").strip()
+
+
+def _open_image(path: Path, resolution: int) -> torch.Tensor:
+    try:
+        with Image.open(path) as image:
+            return to_tensor(center_crop_resize(image, resolution))
+    except (OSError, ValueError) as e:  # PIL raises UnidentifiedImageError (an OSError) for corrupt files
+        raise BadSample(f"{path}: unreadable image ({e})") from e
+
+
+class ImageTextFolder(_Streaming):
+    def _entries(self):
+        if not self.path.is_dir():
+            raise ValueError(f"data.kind=image_folder needs a folder, got the file {self.path}")
+        return (p for p in sorted(self.path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES)
+
+    def _load(self, path: Path) -> dict:
+        return {"image": _open_image(path, self.resolution), "caption": _caption(path.with_suffix(".txt"))}
+
+
+class Manifest(_Streaming):
+    def _entries(self):
+        with open(self.path, newline="", encoding="utf-8") as f:
+            if self.path.suffix == ".jsonl":
+                rows = (json.loads(line) for line in f if line.strip())
+            elif self.path.suffix == ".csv":
+                rows = csv.DictReader(f)
+            else:
+                raise ValueError(f"manifest {self.path} must be .csv (path,caption) or .jsonl")
+            for lineno, row in enumerate(rows, 2 if self.path.suffix == ".csv" else 1):
+                if "path" not in row or "caption" not in row:
+                    raise ValueError(f"{self.path}:{lineno} needs the fields path and caption, got {sorted(row)}")
+                yield row
+
+    def _load(self, row: dict) -> dict:
+        path = Path(row["path"])
+        path = path if path.is_absolute() else self.path.parent / path
+        if not path.exists():
+            raise BadSample(f"{path}: listed in {self.path} but missing")
+        return {"image": _open_image(path, self.resolution), "caption": str(row["caption"]).strip()}
+
+
+class WebDatasetShards(_Streaming):
+    """WebDataset tar shards; shard order is fixed, so a pass is reproducible."""
+
+    def __init__(self, pattern: str, resolution: int, on_error: str = "skip"):
+        import braceexpand
+
+        self.urls = list(braceexpand.braceexpand(str(pattern)))
+        missing = [u for u in self.urls if "://" not in u and not Path(u).exists()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} shard(s) of {pattern} do not exist, e.g. {missing[0]}")
+        super().__init__(self.urls[0], resolution, on_error)
+        self.pattern = pattern
+
+    def _entries(self):
+        import webdataset as wds
+
+        # No shuffling and no node splitting here: the trainer encodes the data once and splits batches.
+        return iter(wds.WebDataset(self.urls, shardshuffle=False, nodesplitter=None, empty_check=False))
+
+    def _load(self, sample: dict) -> dict:
+        key = sample.get("__key__", "?")
+        image_key = next((k for k in ("jpg", "jpeg", "png", "webp") if k in sample), None)
+        if image_key is None or "txt" not in sample:
+            raise BadSample(f"{sample.get('__url__', self.pattern)}:{key}: needs an image and a .txt caption, "
+                            f"has {sorted(k for k in sample if not k.startswith('__'))}")
+        try:
+            import io
+
+            with Image.open(io.BytesIO(sample[image_key])) as image:
+                tensor = to_tensor(center_crop_resize(image, self.resolution))
+        except (OSError, ValueError) as e:
+            raise BadSample(f"{sample.get('__url__', self.pattern)}:{key}.{image_key}: unreadable image ({e})") from e
+        return {"image": tensor, "caption": sample["txt"].decode("utf-8").strip()}
+
+
+class VideoFolder(_Streaming):
+    def __init__(self, path, resolution: int, num_frames: int, fps: float, on_error: str = "skip"):
+        super().__init__(path, resolution, on_error)
+        self.num_frames, self.fps = num_frames, fps
+
+    def _entries(self):
+        if not self.path.is_dir():
+            raise ValueError(f"data.kind=video_folder needs a folder, got the file {self.path}")
+        return (p for p in sorted(self.path.rglob("*")) if p.suffix.lower() in VIDEO_SUFFIXES)
+
+    def _load(self, path: Path) -> dict:
+        caption = _caption(path.with_suffix(".txt"))
+        return {"video": torch.stack([to_tensor(f) for f in self.read_clip(path)]), "caption": caption}
+
+    def read_clip(self, path: Path) -> list[Image.Image]:
+        """`num_frames` frames at `fps` from the start: the frame on screen at each time k / fps."""
+        import av
+
+        wanted = [k / self.fps for k in range(self.num_frames)]
+        clip: list[Image.Image] = []
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                frame_time = 1 / float(stream.average_rate or 24)
+                frames = container.decode(stream)
+                shown, upcoming = None, next(frames, None)
+                for time in wanted:
+                    while upcoming is not None and upcoming.time <= time + 1e-6:
+                        shown, upcoming = upcoming, next(frames, None)
+                    if shown is None or (upcoming is None and time >= shown.time + frame_time):
+                        break  # the video ended before this time
+                    clip.append(center_crop_resize(shown.to_image(), self.resolution))
+        except (av.error.FFmpegError, OSError) as e:
+            raise BadSample(f"{path}: unreadable video ({e})") from e
+        if len(clip) < self.num_frames:
+            raise BadSample(f"{path}: too short for {self.num_frames} frames at {self.fps} fps "
+                            f"(covers {len(clip)})")
+        return clip
+
+
+def build_real_dataset(data) -> _Streaming:
+    """The streaming data set a cell's `data` section (gentron.config.DataConfig) describes."""
+    if data.kind == "image_folder":
+        return ImageTextFolder(data.path, data.resolution, data.on_error)
+    if data.kind == "manifest":
+        return Manifest(data.path, data.resolution, data.on_error)
+    if data.kind == "webdataset":
+        return WebDatasetShards(data.path, data.resolution, data.on_error)
+    if data.kind == "video_folder":
+        return VideoFolder(data.path, data.resolution, data.num_frames, data.fps, data.on_error)
+    raise ValueError(f"data.kind={data.kind!r} is not a real-data source; choose image_folder, manifest, "
+                     "webdataset or video_folder")

@@ -1,0 +1,141 @@
+"""Multi-process training: process-group setup, DDP / FSDP2 wrapping, full state dicts, batch split.
+
+One process per device. The trainer is written for a *global* batch: every rank draws the same
+random numbers for the whole batch (same seed, same generator) and keeps its own contiguous slice,
+so N ranks reproduce the single-process run up to floating-point reduction order.
+
+Launch with torchrun (RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR in the environment) or under
+SLURM (srun; slurm.launcher.init_distributed_from_slurm reads SLURM_PROCID and friends).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def device(self) -> torch.device:
+        return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group described by the environment; a lone process gets DistInfo()."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend)
+        info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+    elif int(os.environ.get("SLURM_NTASKS", 1)) > 1:
+        from slurm.launcher import init_distributed_from_slurm
+
+        init_distributed_from_slurm()
+        info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("SLURM_LOCALID", 0)))
+    else:
+        return DistInfo()
+    log.info("rank %d of %d joined (%s)", info.rank, info.world_size, dist.get_backend())
+    return info
+
+
+def wrap_model(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
+    """DDP (replicated weights) or FSDP2 (weights, grads and optimizer state sharded per block).
+
+    Activation checkpointing is the model's own switch (GenTronConfig.grad_checkpointing), so it
+    works the same wrapped or not."""
+    if not info.enabled:
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [info.local_rank] if torch.cuda.is_available() else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        # Shard each transformer block, then the rest (embedders, final layer) at the root.
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    raise ValueError(f"unknown strategy {strategy!r}; choose ddp or fsdp")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """An unsharded CPU state dict on every rank (collective under FSDP)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(unwrap(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(
+        unwrap(model), optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
+
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, model_state: dict,
+                    optimizer_state: dict | None) -> None:
+    """Load full (unsharded) state into a plain, DDP or FSDP2 model; each rank keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(unwrap(model), model_state, options=options)
+    if optimizer is not None and optimizer_state is not None:
+        set_optimizer_state_dict(unwrap(model), optimizer, optimizer_state, options=options)
+
+
+def local_slice(global_batch: int, info: DistInfo) -> slice:
+    """This rank's contiguous part of a global batch."""
+    if global_batch % info.world_size:
+        raise ValueError(f"train.batch_size={global_batch} must be divisible by the {info.world_size} processes")
+    per_rank = global_batch // info.world_size
+    return slice(info.rank * per_rank, (info.rank + 1) * per_rank)
+
+
+def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= info.world_size
+    return value
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

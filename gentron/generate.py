@@ -1,0 +1,204 @@
+"""Sample a trained cell into a sample folder (DESIGN.md "A sample folder").
+
+    generate(cfg, "run/checkpoints/last.pt", prompts, "run/samples/compshapes_test")
+    python -m gentron.generate CONFIG.yaml --checkpoint CKPT --out DIR [--prompts FILE | --prompt-set NAME]
+
+`prompts` is a list of {prompt, seed, index, category, prompt_id}. Each sample's starting noise
+comes from its own seed, so an image does not depend on the batch it was drawn in. Files are written
+atomically and listed in samples.jsonl after each batch: a killed run resumes where it stopped, and
+a finished one is a no-op.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from gentron.checkpoint import load_checkpoint
+from gentron.config import CellConfig, load_config, to_dict
+from gentron.diffusion import Diffusion
+from gentron.io import atomic_save_image, atomic_write_bytes, atomic_write_text
+from gentron.model import GenTron, GenTronConfig
+from gentron.text.base import TextEmbedding
+from gentron.train import build_encoders
+from gentron.vae import build_vae
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "samples.jsonl"
+GIF_FRAME_MS = 250  # 4 FPS, the paper's training frame rate
+
+
+def load_ema_model(checkpoint: str | Path, device: torch.device | str = "cpu") -> GenTron:
+    """The EMA weights of a training checkpoint in a model built from its stored config."""
+    state = load_checkpoint(checkpoint)
+    model = GenTron(GenTronConfig(**state["model_config"]))
+    model.load_state_dict(state["ema"])
+    return model.to(device).eval()
+
+
+def sample_file(record: dict, video: bool) -> str:
+    key = record["prompt_id"] if record.get("prompt_id", -1) >= 0 else record["index"]
+    stem = f"{record.get('category') or 'all'}/{key:06d}_{record['seed']}"
+    return stem + (".gif" if video else ".png")
+
+
+def _read_done(out_dir: Path) -> dict[str, dict]:
+    """Manifest rows whose files exist: these samples are not drawn again."""
+    manifest = out_dir / MANIFEST
+    if not manifest.exists():
+        return {}
+    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {r["file"]: r for r in rows if (out_dir / r["file"]).exists()}
+
+
+def _write_manifest(out_dir: Path, rows: list[dict]) -> None:
+    atomic_write_text(out_dir / MANIFEST, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [-1, 1] -> an RGB image."""
+    array = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _save(out_dir: Path, row: dict, x: torch.Tensor) -> None:
+    if x.ndim == 3:
+        atomic_save_image(out_dir / row["file"], to_pil(x))
+        return
+    frames = [to_pil(f) for f in x]
+    for i, frame in enumerate(frames):
+        atomic_save_image(out_dir / row["frames"] / f"{i:03d}.png", frame)
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=GIF_FRAME_MS, loop=0)
+    atomic_write_bytes(out_dir / row["file"], buffer.getvalue())
+
+
+def _embed(encoders: list, prompts: list[str]) -> dict[str, list[TextEmbedding]]:
+    """Each distinct prompt encoded once, alone, so its features never depend on its batch-mates."""
+    return {p: [e.encode([p]) for e in encoders] for p in dict.fromkeys(prompts)}
+
+
+def _batch_text(table: dict[str, list[TextEmbedding]], prompts: list[str]) -> list[TextEmbedding]:
+    return [TextEmbedding.cat([table[p][i] for p in prompts]) for i in range(len(table[prompts[0]]))]
+
+
+@torch.no_grad()
+def generate(cfg: CellConfig | dict | str | Path, checkpoint: str | Path, prompts: list[dict],
+             out_dir: str | Path) -> Path:
+    cfg = load_config(cfg)
+    out_dir = Path(out_dir)
+    video = cfg.data.video
+    rows = []
+    for i, record in enumerate(prompts):
+        row = {"prompt": record["prompt"], "seed": int(record["seed"]), "index": int(record.get("index", i)),
+               "category": record.get("category", ""), "prompt_id": int(record.get("prompt_id", -1))}
+        row["file"] = sample_file(row, video)
+        if video:
+            row["frames"] = row["file"][: -len(".gif")] + "/"
+        rows.append(row)
+    files = [r["file"] for r in rows]
+    if len(set(files)) != len(files):
+        raise ValueError("two prompts map to the same file: (category, prompt_id, seed) must be unique per sample")
+
+    done = _read_done(out_dir)
+    todo = [r for r in rows if r["file"] not in done]
+    if not todo:
+        log.info("%s already holds all %d samples", out_dir, len(rows))
+        _write_manifest(out_dir, rows)
+        return out_dir
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_ema_model(checkpoint, device)
+    vae = build_vae(to_dict(cfg)["vae"]).to(device)
+    encoders = build_encoders(cfg, device)
+    table = _embed(encoders, [r["prompt"] for r in todo] + [""])
+    diffusion = Diffusion(learn_sigma=model.config.learn_sigma)
+    side = cfg.data.resolution // vae.downsample
+    frame_shape = (vae.channels, side, side)
+    s = cfg.sample
+
+    for start in tqdm(range(0, len(todo), s.batch_size), desc=f"sampling {out_dir.name}", leave=False):
+        batch = todo[start:start + s.batch_size]
+        text = [e.to(device) for e in _batch_text(table, [r["prompt"] for r in batch])]
+        null = [e.to(device) for e in _batch_text(table, [""] * len(batch))]
+        shape = (len(batch), cfg.data.num_frames, *frame_shape) if video else (len(batch), *frame_shape)
+        # One generator per sample: its noise depends on its seed only, not on the batch.
+        generators = [torch.Generator().manual_seed(r["seed"]) for r in batch]
+        latents = diffusion.sample(model, text, null, shape, sampler=s.sampler, steps=s.steps,
+                                   cfg_scale=s.cfg_scale, mfg_scale=s.mfg_scale if video else None,
+                                   generator=generators)
+        images = vae.decode(latents.flatten(0, 1) if video else latents).cpu()
+        if video:
+            images = images.unflatten(0, (len(batch), cfg.data.num_frames))
+        for row, x in zip(batch, images):
+            _save(out_dir, row, x)
+            done[row["file"]] = row
+        _write_manifest(out_dir, [r for r in rows if r["file"] in done])
+    log.info("wrote %d samples to %s", len(todo), out_dir)
+    return out_dir
+
+
+def prompt_set(name: str, seeds: list[int], images_per_prompt: int = 1) -> list[dict]:
+    """Prompt records for a named set: `compshapes_test` (the held-out image prompts of every
+    category) or `compshapes_motion` (video). One record per (prompt, seed)."""
+    from gentron.data import compshapes
+
+    categories = {"compshapes_test": compshapes.IMAGE_CATEGORIES,
+                  "compshapes_motion": compshapes.VIDEO_CATEGORIES}.get(name)
+    if categories is None:
+        raise ValueError(f"unknown prompt set {name!r}; known: compshapes_test, compshapes_motion, "
+                         "or pass a file of prompts")
+    records = []
+    for category in categories:
+        for prompt_id, prompt in enumerate(compshapes.test_prompts(category)):
+            for index, seed in enumerate(_seeds(seeds, images_per_prompt)):
+                records.append({"prompt": prompt, "seed": seed, "index": index, "category": category,
+                                "prompt_id": prompt_id})
+    return records
+
+
+def _seeds(seeds: list[int], images_per_prompt: int) -> list[int]:
+    """images_per_prompt seeds: the given ones, continued upward from the last."""
+    out = list(seeds[:images_per_prompt])
+    while len(out) < images_per_prompt:
+        out.append(out[-1] + 1)
+    return out
+
+
+def _read_prompt_file(path: Path, seeds: list[int], images_per_prompt: int) -> list[dict]:
+    """A .txt (one prompt per line) or .jsonl of records."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    return [{"prompt": p, "seed": seed, "index": index, "category": path.stem.removesuffix("_val"), "prompt_id": i}
+            for i, p in enumerate(prompts) for index, seed in enumerate(_seeds(seeds, images_per_prompt))]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Sample a trained GenTron cell into a sample folder.")
+    parser.add_argument("config")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--out", required=True)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--prompts", type=Path, help=".txt (one prompt per line) or .jsonl of records")
+    group.add_argument("--prompt-set", default="compshapes_test")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = load_config(args.config)
+    s = cfg.sample
+    records = (_read_prompt_file(args.prompts, s.seeds, s.images_per_prompt) if args.prompts
+               else prompt_set(args.prompt_set, s.seeds, s.images_per_prompt))
+    print(generate(cfg, args.checkpoint, records, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""CLIP text towers: open_clip models (name + pretrained tag or checkpoint file), transformers
+CLIPTextModel(WithProjection) folders, and a tiny random open_clip tower for CPU runs.
+
+Token features are the final layer's outputs after `ln_final`; the pooled vector is the EOT token's
+feature projected by `text_projection`, exactly CLIP's text embedding.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gentron.text.base import TextEmbedding
+from gentron.text.encoder import (
+    TextEncoder,
+    load_hf,
+    missing_weights_message,
+    parse_dtype,
+    seeded,
+    weights_hash,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class OpenCLIPTextEncoder(TextEncoder):
+    """The text half of an open_clip CLIP model (the vision tower is dropped to save memory)."""
+
+    def __init__(self, tower: nn.Module, tokenizer, name: str):
+        super().__init__()
+        # open_clip's CLIP keeps these on the model itself, CustomTextCLIP on model.text.
+        pool_type = getattr(tower, "text_pool_type", getattr(tower, "pool_type", None))
+        if getattr(tower, "cls_emb", None) is not None or tower.attn_mask is None or pool_type not in ("argmax", "eos"):
+            raise ValueError(f"{name}: only CLIP-style causal text towers pooled at EOT are supported")
+        self.token_embedding = tower.token_embedding
+        self.positional_embedding = tower.positional_embedding
+        self.transformer = tower.transformer
+        self.ln_final = tower.ln_final
+        self.text_projection = tower.text_projection
+        self.register_buffer("attn_mask", tower.attn_mask, persistent=False)
+        self.tokenizer = tokenizer
+        self.eot_id = tokenizer.eot_token_id
+        self.name = name
+        self.width = self.token_embedding.weight.shape[1]
+        self.pooled_width = self._project(torch.zeros(1, self.width)).shape[1]
+        self.freeze()
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        if self.text_projection is None:
+            return x
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        return x @ self.text_projection
+
+    def _encode(self, prompts: list[str]) -> TextEmbedding:
+        ids = self.tokenizer(prompts).to(self.device)
+        # The tokenizer always ends a prompt with EOT (also when it truncates): its first
+        # occurrence marks the end of the real tokens.
+        lengths = (ids == self.eot_id).int().argmax(1) + 1
+        length = int(lengths.max())
+        # The mask is causal, so running only the first `length` positions gives the real tokens
+        # exactly the features the full 77-token pass would, at a fraction of the cost.
+        ids = ids[:, :length]
+        dtype = self.transformer.get_cast_dtype()
+        x = self.token_embedding(ids).to(dtype) + self.positional_embedding[:length].to(dtype)
+        x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
+        x = self.ln_final(x)
+        mask = torch.arange(length, device=ids.device)[None] < lengths[:, None]
+        pooled = self._project(x[torch.arange(len(ids), device=ids.device), lengths - 1])
+        return TextEmbedding(x, mask, pooled)
+
+
+class HFCLIPTextEncoder(TextEncoder):
+    """A transformers CLIPTextModelWithProjection (pooled = text_embeds) or CLIPTextModel
+    (pooled = the unprojected EOT feature, `pooler_output`)."""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str, max_length: int):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.max_length = max_length
+        self.width = model.config.hidden_size
+        self.pooled_width = model.config.projection_dim if hasattr(model, "text_projection") else self.width
+        self.freeze()
+
+    def _encode(self, prompts: list[str]) -> TextEmbedding:
+        batch = self.tokenizer(prompts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
+        return TextEmbedding(out.last_hidden_state, batch["attention_mask"].bool(), pooled)
+
+
+def build_openclip(model: str = "ViT-L-14", pretrained: str | None = "openai", dtype: str = "float32") -> OpenCLIPTextEncoder:
+    """An open_clip model by name, with weights from a pretrained tag (e.g. 'openai') or a local
+    checkpoint file. `model` may also use open_clip's 'local-dir:' / 'hf-hub:' schemas."""
+    import open_clip
+
+    known = model in open_clip.list_models() or model.startswith(("local-dir:", "hf-hub:"))
+    if not known:
+        raise ValueError(f"open_clip model {model!r} is unknown; choose one of open_clip.list_models() (e.g. ViT-L-14)")
+    is_file = pretrained is not None and Path(pretrained).expanduser().is_file()
+    if pretrained is not None and not is_file:
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        if pretrained not in tags:
+            raise ValueError(
+                f"pretrained={pretrained!r} is neither a checkpoint file nor a tag of {model} ({tags})"
+            )
+    weights = str(Path(pretrained).expanduser().resolve()) if is_file else pretrained
+    try:
+        clip = open_clip.create_model(model, pretrained=weights, load_weights=pretrained is not None)
+    except (OSError, RuntimeError) as e:
+        if is_file:
+            raise
+        repo = open_clip.get_pretrained_cfg(model, pretrained).get("hf_hub", "").strip("/") or None
+        local = "set pretrained: to a local open_clip checkpoint file"
+        raise FileNotFoundError(missing_weights_message(f"{model} {pretrained}", "open_clip", e, repo, local)) from e
+    tower = clip.text if hasattr(clip, "text") else clip
+    tokenizer = open_clip.get_tokenizer(model)
+    name = f"clip:{model}:{weights}:ctx{tokenizer.context_length}:{dtype}"
+    logger.info("loaded text encoder %s", name)
+    return OpenCLIPTextEncoder(tower, tokenizer, name).to(parse_dtype(dtype))
+
+
+def build_hf_clip(path: str, tokenizer: str | None = None, max_length: int = 77, dtype: str = "float32") -> HFCLIPTextEncoder:
+    """A transformers CLIP text model from a local folder or a hub name (e.g.
+    openai/clip-vit-large-patch14), with its projection if the checkpoint has one. `tokenizer`
+    defaults to `path` (diffusers pipelines keep it in a sibling `tokenizer/` folder)."""
+    from transformers import AutoConfig, AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = load_hf(AutoConfig.from_pretrained, path, "CLIP text")
+    has_projection = bool({"CLIPTextModelWithProjection", "CLIPModel"} & set(config.architectures or []))
+    cls = CLIPTextModelWithProjection if has_projection else CLIPTextModel
+    model = load_hf(cls.from_pretrained, path, "CLIP text")
+    tokenizer = load_hf(AutoTokenizer.from_pretrained, tokenizer or path, "CLIP tokenizer")
+    name = f"hf_clip:{path}:{'proj' if has_projection else 'noproj'}:ctx{max_length}:{dtype}"
+    logger.info("loaded text encoder %s", name)
+    return HFCLIPTextEncoder(model, tokenizer, name, max_length).to(parse_dtype(dtype))
+
+
+def build_tiny_clip(width: int = 64, layers: int = 2, heads: int = 4, pooled_width: int | None = None, seed: int = 0) -> OpenCLIPTextEncoder:
+    """A small random open_clip text tower with CLIP's real BPE tokenizer (no download)."""
+    from open_clip.transformer import TextTransformer
+
+    tower = seeded(seed, lambda: TextTransformer(
+        context_length=77, vocab_size=49408, width=width, heads=heads, layers=layers,
+        output_dim=pooled_width or width,
+    ))
+    name = f"tiny_clip:w{width}:l{layers}:h{heads}:p{pooled_width or width}:s{seed}:{weights_hash(tower)}"
+    return OpenCLIPTextEncoder(tower, clip_bpe_tokenizer(), name)
+
+
+@functools.lru_cache(maxsize=1)
+def clip_bpe_tokenizer():
+    """open_clip's CLIP BPE tokenizer (77 tokens); loading its vocabulary takes seconds, so once."""
+    import open_clip
+
+    return open_clip.get_tokenizer("ViT-L-14")

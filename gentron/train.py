@@ -1,0 +1,481 @@
+"""Train one GenTron cell: `train(cfg, run_dir) -> run_dir/checkpoints/last.pt`.
+
+    python -m gentron.train CONFIG.yaml --run-dir DIR [train.steps=300 model.conditioning=adaln ...]
+
+What makes it fast on a CPU and exact on resume:
+- the data set is encoded once (VAE latents, or pixels for `vae.kind: identity`) into a cache file
+  shared by every cell with the same data and VAE, and every training prompt is encoded once by the
+  frozen text encoders (PromptCache): a step is index -> gather -> one forward/backward;
+- every random draw of a step (batch order, caption dropout, motion-free steps, timesteps, noise)
+  comes from one torch.Generator whose state is checkpointed, and the batch order is a pure function
+  of (seed, epoch, position), so a resumed run ends bit-identical to an uninterrupted one;
+- all ranks draw the same numbers for the *global* batch and keep their slice (gentron.distributed).
+
+Stages: `train.init_from` starts from another run's checkpoint. Same model family (e.g. stage 2 at a
+higher resolution): weights, EMA and optimizer state are kept, position embeddings are recomputed
+for the new grid, the step count restarts. T2I checkpoint into a video model (`data.video: true`):
+GenTron.load_t2i_weights, new temporal layers zero-initialised, fresh optimizer.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from gentron import distributed as D
+from gentron.checkpoint import capture_rng, checkpoint_dir, load_checkpoint, restore_rng, save_checkpoint
+from gentron.config import CellConfig, load_config, save_config, to_dict
+from gentron.diffusion import Diffusion
+from gentron.io import atomic_torch_save, atomic_write_text
+from gentron.model import GenTron, GenTronConfig
+from gentron.sizes import model_config
+from gentron.text import PromptCache, build_text_encoder
+from gentron.text.base import TextEmbedding
+from gentron.vae import build_vae
+
+log = logging.getLogger(__name__)
+
+LOG_FILE = "train_log.jsonl"
+CACHE_VERSION = 1  # bump when the cached-data layout changes
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became NaN/inf; the last good checkpoint was left untouched."""
+
+
+# --- building blocks shared with generation -------------------------------------------------------
+
+def build_encoders(cfg: CellConfig, device: torch.device | str = "cpu") -> list:
+    return [build_text_encoder(spec).to(device) for spec in cfg.text_encoders]
+
+
+def build_model_config(cfg: CellConfig, encoders: list, vae) -> GenTronConfig:
+    """The GenTronConfig a cell describes: size from the registry, then the cell's overrides."""
+    m = cfg.model
+    overrides = {k: getattr(m, k) for k in ("patch_size", "depth", "hidden_size", "mlp_hidden_size", "num_heads")
+                 if getattr(m, k) is not None}
+    return model_config(
+        m.size, **overrides,
+        input_size=cfg.data.resolution // vae.downsample,
+        in_channels=vae.channels,
+        conditioning=m.conditioning,
+        learn_sigma=m.learn_sigma,
+        text_widths=tuple(e.width for e in encoders),
+        pooled_widths=tuple(e.pooled_width for e in encoders),
+        temporal=cfg.data.video,
+        max_frames=max(cfg.data.num_frames, 8),
+        grad_checkpointing=cfg.train.grad_checkpointing,
+    )
+
+
+def default_cache_dir(cfg: CellConfig, run_dir: Path) -> Path:
+    """Shared by the cells of a grid (runs/<grid>/cache), so each data set is encoded once."""
+    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir.parent / "cache"
+
+
+# --- data: encoded once, then gathered by index ---------------------------------------------------
+
+@dataclass
+class TrainingSet:
+    """Encoded training samples. `images` (N, C, h, w) with `image_prompts` (N,) indices into
+    `prompts`; for video also `clips` (M, T, C, h, w) with `clip_prompts` (M,)."""
+    prompts: list[str]
+    images: torch.Tensor
+    image_prompts: torch.Tensor
+    clips: torch.Tensor | None = None
+    clip_prompts: torch.Tensor | None = None
+
+
+def _iter_dataset(cfg: CellConfig, video: bool):
+    """Items {"image" | "video": tensor in [-1, 1], "caption": str} of the configured data."""
+    data = cfg.data
+    if data.kind == "compshapes":
+        from gentron.data.compshapes import from_config
+
+        dataset = from_config({**to_dict(cfg)["data"], "video": video})
+        return (dataset[i] for i in range(len(dataset))), len(dataset)
+    from gentron.data.real import build_real_dataset
+
+    dataset = build_real_dataset(data)
+    return iter(dataset), None
+
+
+@torch.no_grad()
+def _encode_items(items, total, vae, key: str, device, batch_size: int = 256):
+    """Encode every item once through the VAE; returns (latents, captions)."""
+    latents, captions, pending = [], [], []
+
+    def flush():
+        x = torch.stack([p[key] for p in pending]).to(device)
+        frames = x.shape[1] if key == "video" else None
+        z = vae.encode(x.flatten(0, 1) if frames else x)
+        latents.append((z.unflatten(0, (-1, frames)) if frames else z).float().cpu())
+        captions.extend(p["caption"] for p in pending)
+        pending.clear()
+
+    for item in tqdm(items, total=total, desc=f"encoding {key}s", leave=False):
+        pending.append(item)
+        if len(pending) == batch_size:
+            flush()
+    if pending:
+        flush()
+    if not latents:
+        raise ValueError(f"the training data yielded no {key}s; check data.kind and data.path")
+    return torch.cat(latents), captions
+
+
+def load_training_set(cfg: CellConfig, vae, cache_dir: Path, info: D.DistInfo, device) -> TrainingSet:
+    """Rank 0 encodes the data once into `cache_dir/data-<hash>.pt`; everyone loads that file."""
+    key = json.dumps({"data": {k: v for k, v in to_dict(cfg)["data"].items() if k not in ("cache_dir", "on_error")},
+                      "vae": to_dict(cfg)["vae"], "version": CACHE_VERSION}, sort_keys=True)
+    path = cache_dir / f"data-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+    if info.is_main and not path.exists():
+        t0 = time.time()
+        prompts: dict[str, int] = {}
+        ids = lambda caps: torch.tensor([prompts.setdefault(c, len(prompts)) for c in caps])  # noqa: E731
+        images, image_caps = _encode_items(*_iter_dataset(cfg, video=False), vae, "image", device) \
+            if cfg.data.kind != "video_folder" else (None, None)
+        payload = {"key": key}
+        if cfg.data.video:
+            clips, clip_caps = _encode_items(*_iter_dataset(cfg, video=True), vae, "video", device)
+            if images is None:  # a video folder has no separate images: middle frames stand in
+                images, image_caps = clips[:, clips.shape[1] // 2].clone(), clip_caps
+            payload.update(clips=clips, clip_prompts=ids(clip_caps))
+        payload.update(images=images, image_prompts=ids(image_caps), prompts=list(prompts))
+        atomic_torch_save(path, payload)
+        log.info("encoded training data into %s in %.1fs", path, time.time() - t0)
+    D.barrier(info)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    return TrainingSet(payload["prompts"], payload["images"], payload["image_prompts"],
+                       payload.get("clips"), payload.get("clip_prompts"))
+
+
+def epoch_indices(n: int, seed: int, stream: int, epoch: int) -> torch.Tensor:
+    """The order of an epoch: a pure function of its numbers, so a position is all a resume needs."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + stream * 10_007 + epoch))
+
+
+def take(n: int, count: int, position: int, seed: int, stream: int) -> torch.Tensor:
+    """`count` indices starting at `position` of the endless sequence of shuffled epochs."""
+    out = []
+    while count:
+        epoch, offset = divmod(position, n)
+        chunk = epoch_indices(n, seed, stream, epoch)[offset:offset + count]
+        out.append(chunk)
+        count -= len(chunk)
+        position += len(chunk)
+    return torch.cat(out)
+
+
+class PromptTable:
+    """Every training prompt (and the empty one) encoded once; a batch is a gather."""
+
+    def __init__(self, cache: PromptCache, prompts: list[str], device):
+        self.null_id = len(prompts)
+        self.embeddings = [e.to(device) for e in cache.encode(list(prompts) + [""])]
+
+    def lookup(self, ids: torch.Tensor) -> list[TextEmbedding]:
+        out = []
+        for emb in self.embeddings:
+            sub = emb[ids]
+            length = max(int(sub.mask.sum(1).max()), 1)  # drop padding no prompt of the batch uses
+            out.append(TextEmbedding(sub.tokens[:, :length], sub.mask[:, :length], sub.pooled))
+        return out
+
+
+# --- optimisation -------------------------------------------------------------------------------
+
+def lr_at(step: int, cfg: CellConfig) -> float:
+    t = cfg.train
+    if t.warmup_steps and step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.lr_schedule == "cosine":
+        progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+        return t.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return t.lr
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """Warm the EMA up: early weights are poor, and a short run must not average them in."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    for name, p in D.unwrap(model).named_parameters():
+        ema[name].lerp_(p.detach(), 1 - decay)
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A full CPU tensor from a plain or FSDP-sharded (DTensor) one."""
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu().clone()
+
+
+def _autocast(cfg: CellConfig, device: torch.device):
+    if device.type == "cuda" and cfg.train.precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if cfg.train.precision == "bf16":
+        log.warning("train.precision=bf16 applies on GPU only; training in fp32 on %s", device)
+    return torch.autocast(device.type, enabled=False)
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+class _StopRequest:
+    """SIGINT/SIGTERM between steps: finish the step, write a checkpoint, stop (resume later)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        log.warning("signal %d: stopping after this step and writing a checkpoint", signum)
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+class MetricsLog:
+    """run_dir/train_log.jsonl, one line per log step; on resume, lines past the step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int, enabled: bool, tensorboard_dir: Path | None):
+        self.path, self.enabled, self.writer = path, enabled, None
+        if not enabled:
+            return
+        if path.exists():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(tensorboard_dir), purge_step=resume_step + 1)
+            except ImportError:
+                log.warning("train.tensorboard=true but tensorboard is not installed; logging JSONL only")
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for k, v in row.items():
+                if k != "step" and v is not None:
+                    self.writer.add_scalar(f"train/{k}", v, row["step"])
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _init_from(path: str, model: GenTron, ema: dict, optimizer) -> None:
+    """Start a new stage from another run's checkpoint (see the module docstring)."""
+    state = load_checkpoint(path)
+    was_video = state["model_config"].get("temporal", False)
+    if model.config.temporal and not was_video:
+        model.load_t2i_weights(state["model"])
+        ema_model = GenTron(model.config)
+        ema_model.load_state_dict(model.state_dict())
+        ema_model.load_t2i_weights(state["ema"])
+        ema.update({k: v.clone() for k, v in ema_model.state_dict().items() if k in ema})
+        log.info("initialised a T2V model from T2I checkpoint %s (temporal layers start at zero)", path)
+        return
+    model.load_state_dict(state["model"])
+    ema.update({k: state["ema"][k].clone() for k in ema})
+    optimizer.load_state_dict(state["optimizer"])
+    log.info("initialised from %s (weights, EMA and optimizer state; positions recomputed for %dx%d)",
+             path, model.config.input_size, model.config.input_size)
+
+
+def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
+    """Train (or resume) the cell in `run_dir`; returns run_dir/checkpoints/last.pt."""
+    cfg = load_config(cfg)
+    run_dir = Path(run_dir)
+    info = D.init_distributed()
+    device = info.device()
+    t = cfg.train
+    last_path = checkpoint_dir(run_dir) / "last.pt"
+    if info.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+
+    cache_dir = default_cache_dir(cfg, run_dir)
+    encoders = build_encoders(cfg, device)
+    vae = build_vae(to_dict(cfg)["vae"]).to(device)
+    data = load_training_set(cfg, vae, cache_dir, info, device)
+    table = PromptTable(PromptCache(encoders, cache_dir / "prompts"), data.prompts, device)
+    del encoders  # never run per step
+
+    torch.manual_seed(t.seed)
+    model = GenTron(build_model_config(cfg, [_Width(e) for e in table.embeddings], vae)).to(device)
+    ema = {k: v.detach().clone() for k, v in model.named_parameters()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    generator = torch.Generator().manual_seed(t.seed)
+    step, consumed = 0, {"images": 0, "clips": 0}
+
+    if last_path.exists():
+        state = load_checkpoint(last_path)
+        model.load_state_dict(state["model"])
+        ema = {k: state["ema"][k].to(device) for k in ema}
+        optimizer.load_state_dict(state["optimizer"])
+        step, consumed = state["step"], state["data"]
+        restore_rng(state["rng"], generator)
+        log.info("resuming %s at step %d", run_dir, step)
+    elif t.init_from:
+        _init_from(t.init_from, model, ema, optimizer)
+    if info.is_main:
+        log.info("model: %.2fM parameters, %s", model.num_params() / 1e6, model.config)
+
+    model = D.wrap_model(model, info, t.strategy)
+    if info.enabled and t.strategy == "fsdp":  # shard the EMA like the weights it follows
+        ema = {n: _like(p, ema[n]) for n, p in D.unwrap(model).named_parameters()}
+    forward = torch.compile(model) if t.compile else model
+    diffusion = Diffusion(learn_sigma=cfg.model.learn_sigma)
+    metrics = MetricsLog(run_dir / LOG_FILE, step, info.is_main,
+                         run_dir / "tensorboard" if t.tensorboard else None)
+
+    def write_checkpoint():
+        payload = dict(
+            model=D.full_model_state(model),
+            ema={k: _full(v) for k, v in ema.items()},
+            optimizer=D.full_optimizer_state(model, optimizer),
+            step=step, data=dict(consumed), rng=capture_rng(generator),
+            config=to_dict(cfg), model_config=D.unwrap(model).config.to_dict(),
+        )
+        if info.is_main:
+            save_checkpoint(last_path, **payload)
+        D.barrier(info)
+
+    local = D.local_slice(t.batch_size, info)
+    bar = tqdm(total=t.steps, initial=step, desc=f"train {run_dir.name}", disable=not info.is_main,
+               dynamic_ncols=True)
+    window_start, window_steps = time.time(), 0
+    model.train()
+    with _StopRequest() as stop:
+        while step < t.steps and not stop.requested:
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x0, ids, motion_free = _batch(cfg, data, consumed, generator)
+            keep = torch.rand(len(ids), generator=generator) >= t.caption_dropout
+            ids = torch.where(keep, ids, torch.full_like(ids, table.null_id))
+            # Timesteps and noise for the whole global batch, so every rank count gives the same run.
+            timesteps = torch.randint(0, diffusion.num_timesteps, (len(ids),), generator=generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            text = [e[local] for e in table.lookup(ids.to(device))]
+            with _autocast(cfg, device):
+                losses = diffusion.training_loss(
+                    forward, x0[local].to(device), text,
+                    motion_free=None if motion_free is None else motion_free[local].to(device),
+                    t=timesteps[local].to(device), noise=noise[local].to(device))
+            loss = losses["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            grad_norm = _full(grad_norm) if hasattr(grad_norm, "full_tensor") else grad_norm
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                bar.close()
+                metrics.close()
+                kept = f"the last good checkpoint {last_path} (step {_ckpt_step(last_path)}) is untouched" \
+                    if last_path.exists() else "no checkpoint was written yet"
+                raise TrainingDiverged(
+                    f"training diverged at step {step}: loss={loss.item()}, grad_norm={grad_norm.item()} "
+                    f"(lr={lr:g}); {kept}. Likely fix: lower train.lr (now {t.lr:g}), set/lower "
+                    f"train.grad_clip (now {t.grad_clip:g}) or add train.warmup_steps (now {t.warmup_steps})")
+            optimizer.step()
+            step += 1
+            update_ema(ema, model, ema_decay_at(step, t.ema_decay))
+            window_steps += 1
+            bar.update(1)
+
+            if step % t.log_every == 0 or step == t.steps:
+                elapsed = time.time() - window_start
+                steps_per_s = window_steps / max(elapsed, 1e-9)
+                row = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "steps_per_s": steps_per_s,
+                       "images_per_s": steps_per_s * t.batch_size}
+                for k in ("loss", "mse", "vb"):
+                    v = losses.get(k)
+                    row[k] = None if v is None else float(D.all_reduce_mean(v.detach().float(), info))
+                metrics.write(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", it_s=f"{steps_per_s:.2f}")
+                window_start, window_steps = time.time(), 0
+            if step % t.ckpt_every == 0 and step < t.steps:
+                write_checkpoint()
+    write_checkpoint()
+    bar.close()
+    metrics.close()
+    if stop.requested:
+        log.warning("stopped at step %d of %d; run again to resume", step, t.steps)
+    D.shutdown(info)
+    return last_path
+
+
+class _Width:
+    """An encoder's widths, read from its cached embeddings (the encoder itself is gone by then)."""
+
+    def __init__(self, emb: TextEmbedding):
+        self.width, self.pooled_width = emb.tokens.shape[-1], emb.pooled.shape[-1]
+
+
+def _like(param, full: torch.Tensor):
+    """`full` laid out like `param` (an FSDP2 DTensor shard)."""
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(param.device), param.device_mesh, param.placements)
+
+
+def _ckpt_step(path: Path) -> int:
+    return load_checkpoint(path)["step"]
+
+
+def _batch(cfg: CellConfig, data: TrainingSet, consumed: dict, generator: torch.Generator):
+    """The global batch of this step: (x0, prompt ids, motion_free or None). Advances `consumed`."""
+    t, n = cfg.train, cfg.train.batch_size
+    if not cfg.data.video:
+        idx = take(len(data.images), n, consumed["images"], t.seed, stream=0)
+        consumed["images"] += n
+        return data.images[idx], data.image_prompts[idx], None
+    if torch.rand((), generator=generator) < t.p_motion_free:
+        # A motion-free step: images as static pseudo-videos, temporal attention masked to identity.
+        idx = take(len(data.images), n, consumed["images"], t.seed, stream=0)
+        consumed["images"] += n
+        x0 = data.images[idx].unsqueeze(1).expand(-1, cfg.data.num_frames, -1, -1, -1)
+        return x0, data.image_prompts[idx], torch.ones(n, dtype=torch.bool)
+    idx = take(len(data.clips), n, consumed["clips"], t.seed, stream=1)
+    consumed["clips"] += n
+    return data.clips[idx], data.clip_prompts[idx], torch.zeros(n, dtype=torch.bool)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train one GenTron cell (resumes if run-dir has a checkpoint).")
+    parser.add_argument("config", help="cell config YAML (DESIGN.md 'A cell's config')")
+    parser.add_argument("--run-dir", required=True, help="where checkpoints, logs and the resolved config go")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=300")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.merge(OmegaConf.load(args.config), OmegaConf.from_dotlist(args.overrides))
+    print(train(cfg, args.run_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,6 @@
+"""Blind A/B voting server: `python reports/vote.py --db studies/votes.sqlite --port 8502`
+(see reports/voteapp.py for why this is a Starlette app and not a Streamlit page)."""
+from reports.voteapp import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,368 @@
+"""Submit a grid's stages to SLURM through submitit, fire-and-forget, and check on them later.
+
+    profile = load_profile("local")                       # slurm/profiles/local.yaml
+    train = submit_stage(profile, grid_dir, "train", train_cell, cell_dirs)
+    submit_stage(profile, grid_dir, "eval", eval_cell, cell_dirs, after=train)
+    ...later, from another process...
+    grid_status(grid_dir); cancel(grid_dir)
+
+One job array per stage; each array task runs `fn(cell_dir)` (a module-level, importable function
+that takes a path) wrapped in `CellTask`, which submitit requeues on preemption or timeout; the
+function resumes from its own checkpoint. Job ids go to `<folder>/jobs.json`, submitit's logs and
+pickles to `<folder>/slurm/<stage>/`. Without an accounting database `sacct` fails, so job states
+come from squeue (which knows finished jobs for MinJobAge) and then from submitit's result files.
+"""
+from __future__ import annotations
+
+import difflib
+import fcntl
+import logging
+import os
+import pickle
+import shlex
+import subprocess
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import submitit
+import yaml
+from submitit.core.utils import JobPaths
+from submitit.slurm.slurm import SlurmInfoWatcher
+
+from gentron.io import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+JOBS_FILE = "jobs.json"
+CLUSTERS = ("slurm", "local", "debug")
+
+# key -> (allowed types, default). None as a default means "not set" (the cluster's default).
+PROFILE_SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
+    "cluster": ((str,), "slurm"),
+    "partition": ((str, type(None)), None),
+    "account": ((str, type(None)), None),
+    "qos": ((str, type(None)), None),
+    "constraint": ((str, type(None)), None),
+    "nodes": ((int,), 1),
+    "tasks_per_node": ((int,), 1),
+    "gpus_per_node": ((int,), 0),
+    "cpus_per_task": ((int,), 1),
+    "mem_gb": ((int, float), 4),
+    "timeout_min": ((int,), 60),
+    "signal_delay_s": ((int,), 90),
+    "array_parallelism": ((int,), 64),
+    "max_num_timeout": ((int,), 3),
+    "setup": ((list,), []),
+    "additional_parameters": ((dict,), {}),
+    "python": ((str, type(None)), None),
+}
+
+
+# ---- profiles ----------------------------------------------------------------------------------
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def load_profile(name_or_path: str | os.PathLike) -> dict:
+    """A cluster profile by name (slurm/profiles/<name>.yaml) or path, validated, defaults filled."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILES_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no cluster profile {str(name_or_path)!r} ({path}); available: {available_profiles()} "
+            "or a path to a YAML file"
+        )
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"cluster profile {path} must be a mapping of settings, got {type(raw).__name__}")
+    return validate_profile(raw, source=str(path))
+
+
+def validate_profile(raw: dict, source: str = "profile") -> dict:
+    """Check keys and types against PROFILE_SCHEMA; return a new dict with every key set."""
+    profile = {}
+    for key, value in raw.items():
+        if key not in PROFILE_SCHEMA:
+            close = difflib.get_close_matches(key, PROFILE_SCHEMA, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {sorted(PROFILE_SCHEMA)}"
+            raise ValueError(f"{source}: unknown key {key!r}; {hint}")
+        types, _ = PROFILE_SCHEMA[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ValueError(f"{source}: {key!r} must be {names}, got {value!r}")
+        profile[key] = value
+    for key, (_, default) in PROFILE_SCHEMA.items():
+        profile.setdefault(key, default.copy() if isinstance(default, (list, dict)) else default)
+    if profile["cluster"] not in CLUSTERS:
+        raise ValueError(f"{source}: 'cluster' must be one of {CLUSTERS}, got {profile['cluster']!r}")
+    if not all(isinstance(line, str) for line in profile["setup"]):
+        raise ValueError(f"{source}: 'setup' must be a list of shell lines (strings)")
+    return profile
+
+
+# ---- executor and submission -------------------------------------------------------------------
+
+def make_executor(profile: dict, folder: Path, job_name: str) -> submitit.AutoExecutor:
+    """A submitit executor for `profile`, logging to `folder` (which must be on shared storage)."""
+    profile = validate_profile(profile)
+    cluster = profile["cluster"]
+    kwargs: dict[str, Any] = {}
+    if cluster == "slurm":
+        kwargs = {"slurm_max_num_timeout": profile["max_num_timeout"]}
+        if profile["python"]:  # else submitit uses this interpreter: the project's venv
+            kwargs["slurm_python"] = shlex.quote(profile["python"])
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **kwargs)
+    except RuntimeError as e:  # submitit: 'Could not detect "srun"'
+        raise RuntimeError(
+            f"profile asks for SLURM but this machine has no SLURM client ({e}); start the local "
+            "test cluster with `python -m slurm.cluster start` or use a profile with cluster: local"
+        ) from e
+    executor.update_parameters(
+        name=job_name,
+        timeout_min=profile["timeout_min"],
+        nodes=profile["nodes"],
+        tasks_per_node=profile["tasks_per_node"],
+        cpus_per_task=profile["cpus_per_task"],
+        mem_gb=profile["mem_gb"],
+        **({"gpus_per_node": profile["gpus_per_node"]} if profile["gpus_per_node"] else {}),
+    )
+    if cluster == "slurm":
+        executor.update_parameters(**_slurm_parameters(profile))
+    return executor
+
+
+def _slurm_parameters(profile: dict) -> dict:
+    optional = {k: profile[k] for k in ("partition", "account", "qos", "constraint") if profile[k]}
+    return {f"slurm_{k}": v for k, v in {
+        **optional,
+        "setup": list(profile["setup"]),
+        "signal_delay_s": profile["signal_delay_s"],
+        "array_parallelism": profile["array_parallelism"],
+        "additional_parameters": dict(profile["additional_parameters"]),
+    }.items()}
+
+
+class CellTask(submitit.helpers.Checkpointable):
+    """Runs `fn(cell_dir)` in a job. On preemption or timeout submitit calls `checkpoint`, which
+    resubmits this same task: the requeued job calls `fn` again and `fn` resumes from the cell's
+    own checkpoint. `fn` must be a module-level function (jobs unpickle it by module name)."""
+
+    def __init__(self, fn: Callable[[str], Any]) -> None:
+        if "<locals>" in fn.__qualname__ or fn.__module__ == "__main__":
+            raise ValueError(
+                f"{fn.__qualname__} must be a module-level function of an installed module, so the "
+                "job can import it; move it into the project's package"
+            )
+        self.fn = fn
+
+    def __call__(self, cell_dir: str) -> Any:
+        log.info("running %s.%s(%s)", self.fn.__module__, self.fn.__qualname__, cell_dir)
+        return self.fn(cell_dir)
+
+    def checkpoint(self, cell_dir: str) -> submitit.helpers.DelayedSubmission:
+        log.info("requeueing %s for %s; it resumes from its own checkpoint", self.fn.__qualname__, cell_dir)
+        return submitit.helpers.DelayedSubmission(self, cell_dir)
+
+
+def submit_stage(profile: dict, folder: Path, stage: str, fn: Callable[[str], Any], args: list,
+                 after: list[submitit.Job] | None = None) -> list[submitit.Job]:
+    """Submit `fn(arg)` for every arg (a cell directory) as one job array and return at once.
+
+    With `after`, the array starts only when all those jobs succeeded (afterok). Job ids are
+    recorded in `folder/jobs.json` under `stage`, so `grid_status`/`cancel` work from any process.
+    """
+    if not args:
+        raise ValueError(f"stage {stage!r}: no cells to submit")
+    folder = Path(folder)
+    profile = validate_profile(profile)
+    executor = make_executor(profile, folder / "slurm" / stage, job_name=f"{folder.name}-{stage}")
+    dependency = ""
+    if after and profile["cluster"] != "slurm":
+        _wait_all(after)  # local/debug executors have no scheduler to hold the jobs
+    elif dependency := _afterok(after or []):
+        executor.update_parameters(slurm_dependency=dependency)
+    cell_dirs = [str(a) for a in args]
+    jobs = executor.map_array(CellTask(fn), cell_dirs)
+    if profile["cluster"] == "slurm":
+        for job in jobs:
+            _use_queue_watcher(job)
+    _record_jobs(folder, stage, jobs, cell_dirs, profile["cluster"])
+    log.info("stage %s: submitted %d jobs (%s)%s", stage, len(jobs), jobs[0].job_id.split("_")[0],
+             f" after {dependency}" if dependency else "")
+    return jobs
+
+
+def _afterok(after: list[submitit.Job]) -> str:
+    """'afterok:<id>:<id>' for the jobs not already known to have succeeded ('' if none are left):
+    a job that finished long ago may be gone from the controller, and sbatch rejects its id."""
+    waiting = [job.job_id for job in after if _result_outcome(job.paths.result_pickle) != "success"]
+    return "afterok:" + ":".join(waiting) if waiting else ""
+
+
+def _wait_all(jobs: list[submitit.Job]) -> None:
+    for job in jobs:
+        job.wait()
+        if _result_outcome(job.paths.result_pickle) != "success":
+            raise RuntimeError(f"job {job.job_id} did not succeed (see {job.paths.stderr}); "
+                               "not starting the next stage")
+
+
+def _record_jobs(folder: Path, stage: str, jobs: list[submitit.Job], cell_dirs: list[str],
+                 cluster: str) -> None:
+    """Add the jobs to folder/jobs.json; a resubmitted cell's entry replaces its older one."""
+    entries = [{"job_id": job.job_id, "cell": Path(cell_dir).name, "cell_dir": cell_dir,
+                "log_folder": str(job.paths.folder), "cluster": cluster}
+               for job, cell_dir in zip(jobs, cell_dirs)]
+    with _locked(folder):
+        record = read_jobs(folder)
+        new_cells = {e["cell_dir"] for e in entries}
+        kept = [e for e in record.get(stage, []) if e["cell_dir"] not in new_cells]
+        record[stage] = kept + entries
+        atomic_write_json(folder / JOBS_FILE, record)
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{JOBS_FILE}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def read_jobs(folder: Path) -> dict[str, list[dict]]:
+    """folder/jobs.json as {stage: [{job_id, cell, cell_dir, log_folder, cluster}, ...]}, {} if absent."""
+    path = Path(folder) / JOBS_FILE
+    return read_json(path) if path.exists() else {}
+
+
+# ---- job states --------------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def accounting_enabled() -> bool:
+    """Whether sacct can answer: the cluster has an accounting storage plugin other than none."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    for line in out.splitlines():
+        if line.startswith("AccountingStorageType"):
+            return "accounting_storage/none" not in line
+    return False
+
+
+SQUEUE_FORMAT = "%i|%T|%N"
+SQUEUE_HEADER = "JOBID|STATE|NODELIST"
+
+
+def squeue_command(job_ids: list[str]) -> list[str]:
+    """squeue for these jobs, one line per array task, finished ones included (for MinJobAge)."""
+    return ["squeue", "--states=all", "--array", "-o", SQUEUE_FORMAT, "--jobs", ",".join(job_ids)]
+
+
+class QueueInfoWatcher(SlurmInfoWatcher):
+    """submitit's watcher, which polls sacct, falling back to squeue when accounting is off;
+    with plain submitit, sacct fails there and every job stays UNKNOWN until its result exists."""
+
+    def _make_command(self) -> list[str] | None:
+        command = super()._make_command()
+        if command is None or accounting_enabled():
+            return command
+        return squeue_command([command[i + 1] for i, word in enumerate(command) if word == "-j"])
+
+    def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
+        text = string.decode() if isinstance(string, bytes) else string
+        if text.startswith(SQUEUE_HEADER):
+            text = "JobID|State|NodeList" + text[len(SQUEUE_HEADER):]
+        return super().read_info(text)
+
+
+QUEUE_WATCHER = QueueInfoWatcher(delay_s=60)
+
+
+def _use_queue_watcher(job: submitit.Job) -> None:
+    job.watcher = QUEUE_WATCHER
+    QUEUE_WATCHER.register_job(job.job_id)
+
+
+def _result_outcome(result_pickle: Path) -> str | None:
+    """'success' or 'error' from a submitit result file, None when the job has not written it."""
+    try:
+        with open(result_pickle, "rb") as f:
+            return pickle.load(f)[0]
+    except (OSError, EOFError, pickle.UnpicklingError, IndexError, TypeError):
+        return None
+
+
+def _query_states(job_ids: list[str]) -> dict[str, str]:
+    """{job_id: state} from squeue, then sacct when accounting is on; missing ids are unknown."""
+    if not job_ids:
+        return {}
+    watcher = QueueInfoWatcher()
+    states: dict[str, str] = {}
+    commands = [squeue_command(job_ids)]
+    if accounting_enabled():
+        commands.append(["sacct", "-o", "JobID,State,NodeList", "--parsable2",
+                         *[arg for jid in job_ids for arg in ("-j", jid.split("_")[0])]])
+    for command in commands:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            log.debug("`%s` failed: %s", " ".join(command), proc.stderr.strip())
+            continue
+        for jid, info in watcher.read_info(proc.stdout).items():
+            states.setdefault(jid, info["State"].split()[0])
+    return states
+
+
+def _state_from_files(entry: dict) -> str:
+    paths = JobPaths(entry["log_folder"], job_id=entry["job_id"], task_id=0)
+    outcome = _result_outcome(paths.result_pickle)
+    return {"success": "COMPLETED", "error": "FAILED"}.get(outcome, "UNKNOWN")
+
+
+def grid_status(folder: Path) -> list[dict]:
+    """One dict per recorded job: stage, cell, job_id, state (PENDING/RUNNING/COMPLETED/FAILED/
+    CANCELLED/TIMEOUT/..., or UNKNOWN when neither SLURM nor the result files know it)."""
+    record = read_jobs(Path(folder))
+    entries = [{"stage": stage, **entry} for stage, items in record.items() for entry in items]
+    states = _query_states([e["job_id"] for e in entries if e["cluster"] == "slurm"])
+    return [{"stage": e["stage"], "cell": e["cell"], "job_id": e["job_id"],
+             "state": states.get(e["job_id"]) or _state_from_files(e)} for e in entries]
+
+
+def cancel(folder: Path) -> list[str]:
+    """scancel every SLURM job recorded in folder/jobs.json; returns the ids it asked to cancel."""
+    entries = [e for items in read_jobs(Path(folder)).values() for e in items]
+    job_ids = [e["job_id"] for e in entries if e["cluster"] == "slurm"]
+    if len(job_ids) < len(entries):
+        log.warning("%s: only SLURM jobs can be cancelled from their ids; local jobs are left",
+                    folder)
+    if not job_ids:
+        log.info("no recorded SLURM jobs in %s", folder)
+        return []
+    proc = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:  # e.g. ids of long-finished jobs; the others are still cancelled
+        log.warning("scancel: %s", proc.stderr.strip())
+    log.info("cancelled %d jobs from %s", len(job_ids), folder)
+    return job_ids
+
+
+# ---- inside a job ------------------------------------------------------------------------------
+
+def init_distributed_from_slurm() -> tuple[int, int, int]:
+    """Export MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE/LOCAL_RANK for torch.distributed's env://
+    init from SLURM's task variables; returns (rank, world_size, local_rank), (0, 1, 0) outside a
+    SLURM task. CUDA_VISIBLE_DEVICES is left as SLURM set it: select the GPU with local_rank."""
+    if "SLURM_JOB_ID" not in os.environ or "SLURM_PROCID" not in os.environ:
+        return 0, 1, 0
+    env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
+                                                                  overwrite=True)
+    log.info("distributed: rank %d/%d (local %d), master %s:%d", env.rank, env.world_size,
+             env.local_rank, env.master_addr, env.master_port)
+    return env.rank, env.world_size, env.local_rank

@@ -1,0 +1,36 @@
+"""The `slurm_cluster` session fixture: a real one-node SLURM on this machine (slurm.cluster).
+
+Wired into the suite by tests/conftest.py (`from slurm_fixtures import slurm_cluster`). The cluster
+is left running after the session: starting it again is a no-op, and other sessions may use it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from slurm import cluster
+
+log = logging.getLogger(__name__)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> dict:
+    """Start (or find) the local cluster; skip when not root or the packages cannot be installed."""
+    if os.geteuid() != 0:
+        pytest.skip("the SLURM tests start a local cluster and need root (run `make test` as root)")
+    if cluster.missing_programs():
+        try:
+            cluster.install_packages()
+        except cluster.ClusterError as e:
+            pytest.skip(f"SLURM packages not installable: {e}")
+    try:
+        cluster.check_can_run()
+    except cluster.ClusterError as e:
+        pytest.skip(f"cannot host the local SLURM cluster: {e}")
+    try:
+        cluster.start()
+    except cluster.ClusterError as e:
+        pytest.fail(f"the local SLURM cluster did not start: {e}")
+    return cluster.status()

@@ -1,0 +1,232 @@
+"""Diffusion: schedule, q_sample, losses, guided batched sampling, seeding, with the real tiny GenTron."""
+import pytest
+import torch
+
+from gentron.diffusion import Diffusion
+from gentron.model import GenTron
+from gentron.sizes import model_config
+from gentron.text.base import TextEmbedding
+from gentron.text.encoder import seeded
+
+WIDTH = 16
+
+
+def make_model(temporal=False, learn_sigma=False):
+    """A tiny GenTron whose zero-initialised layers (adaLN, cross- and temporal-attention outputs,
+    final layer) are perturbed, so text and motion actually change its output."""
+    config = model_config("T/2", depth=2, hidden_size=32, mlp_hidden_size=64, num_heads=2, input_size=8,
+                          in_channels=3, text_widths=(WIDTH,), pooled_widths=(WIDTH,), temporal=temporal,
+                          max_frames=4, learn_sigma=learn_sigma)
+
+    def build():
+        model = GenTron(config)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        return model.eval()
+
+    return seeded(0, build)
+
+
+def make_text(batch, lengths, seed):
+    g = torch.Generator().manual_seed(seed)
+    length = max(lengths)
+    tokens = torch.randn(batch, length, WIDTH, generator=g)
+    mask = torch.arange(length)[None] < torch.tensor(lengths)[:, None]
+    return [TextEmbedding(tokens * mask[..., None], mask, torch.randn(batch, WIDTH, generator=g))]
+
+
+@pytest.fixture(scope="module")
+def video_model():
+    return make_model(temporal=True)
+
+
+def test_schedule_matches_dit_and_diffusers():
+    d = Diffusion()
+    assert d.num_timesteps == 1000 and len(d.betas) == 1000
+    assert d.betas[0].item() == pytest.approx(1e-4) and d.betas[-1].item() == pytest.approx(0.02)
+    for sampler in ("ddpm", "ddim", "dpmsolver++"):
+        scheduler = d.make_scheduler(sampler)
+        torch.testing.assert_close(scheduler.betas, d.betas)
+        torch.testing.assert_close(scheduler.alphas_cumprod, d.alphas_cumprod)
+    with pytest.raises(ValueError, match="ddpm"):
+        d.make_scheduler("euler")
+
+
+def test_q_sample_closed_form():
+    d = Diffusion()
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    t = torch.tensor([0, 10, 500, 999])
+    x0, noise = torch.randn(4, 2, 3, 4, 4), torch.randn(4, 2, 3, 4, 4)  # clips of 2 frames
+    xt = d.q_sample(x0, t, noise)
+    for i, ti in enumerate(t.tolist()):
+        abar = torch.prod(1 - betas[: ti + 1])
+        expected = abar.sqrt() * x0[i].double() + (1 - abar).sqrt() * noise[i].double()
+        torch.testing.assert_close(xt[i].double(), expected, atol=1e-5, rtol=1e-5)  # one t per whole clip
+
+
+def test_loss_is_zero_for_a_perfect_model():
+    """Predicting the true noise gives mse 0; with the posterior's own variance (v = -1) the vb
+    term is 0 too for t > 0."""
+    noise = torch.randn(4, 3, 8, 8)
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
+    t = torch.tensor([1, 5, 300, 999])
+    oracle = lambda x, t, text, motion_free=None: noise  # noqa: E731
+    out = Diffusion().training_loss(oracle, x0, [], t=t, noise=noise)
+    assert out["mse"].item() == 0 and out["loss"].item() == 0 and out["vb"] is None
+    oracle = lambda x, t, text, motion_free=None: torch.cat([noise, -torch.ones_like(noise)], 1)  # noqa: E731
+    out = Diffusion(learn_sigma=True).training_loss(oracle, x0, [], t=t, noise=noise)
+    assert out["mse"].item() == 0
+    assert abs(out["vb"].item()) < 1e-4
+
+
+def test_vb_trains_only_the_variance():
+    d = Diffusion(learn_sigma=True)
+    eps = torch.zeros(2, 3, 8, 8, requires_grad=True)
+    var = torch.zeros(2, 3, 8, 8, requires_grad=True)
+    model = lambda x, t, text, motion_free=None: torch.cat([eps, var], 1)  # noqa: E731
+    out = d.training_loss(model, torch.randn(2, 3, 8, 8), [], generator=torch.Generator().manual_seed(0))
+    out["vb"].backward()
+    assert eps.grad is None or eps.grad.abs().max() == 0
+    assert var.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_training_loss_with_gentron(learn_sigma):
+    model = make_model(temporal=True, learn_sigma=learn_sigma).train()
+    d = Diffusion(learn_sigma=learn_sigma)
+    seen = []
+
+    def forward(x, t, text, motion_free=None):
+        seen.append((x.shape, t.shape))
+        return model(x, t, text, motion_free=motion_free)
+
+    x0 = torch.randn(3, 4, 3, 8, 8)  # clips: one timestep per clip
+    out = d.training_loss(forward, x0, make_text(3, [3, 5, 1], 0), motion_free=torch.tensor([True, False, True]),
+                          generator=torch.Generator().manual_seed(0))
+    assert seen == [(x0.shape, torch.Size([3]))]
+    assert out["loss"].ndim == 0 and torch.isfinite(out["loss"]) and 0.1 < out["mse"].item() < 10
+    if learn_sigma:
+        assert out["vb"].ndim == 0 and torch.isfinite(out["vb"])
+        torch.testing.assert_close(out["loss"], out["mse"] + out["vb"])
+    else:
+        assert out["vb"] is None and out["loss"] is out["mse"]
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # Seeded t and noise: the same generator seed gives the same loss.
+    again = d.training_loss(model, x0, make_text(3, [3, 5, 1], 0), motion_free=torch.tensor([True, False, True]),
+                            generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again["loss"], out["loss"])
+
+
+class CountingModel(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.batches = model, []
+
+    def forward(self, x, t, text, motion_free=None):
+        self.batches.append(len(x))
+        return self.model(x, t, text, motion_free=motion_free)
+
+
+def test_guided_batch_equals_separate_forwards(video_model):
+    d = Diffusion()
+    x = torch.randn(2, 4, 3, 8, 8)
+    text, null = make_text(2, [4, 6], 1), make_text(2, [1, 1], 2)
+    t = torch.tensor(500)
+    counting = CountingModel(video_model)
+    with torch.no_grad():
+        cfg, _ = d.guided_output(counting, x, t, text, null, 5.0, None)
+        mfg, _ = d.guided_output(counting, x, t, text, null, 5.0, 1.3)
+        assert counting.batches == [4, 6]  # one forward per step: 2B rows for CFG, 3B for MFG
+        tt = torch.full((2,), 500)
+        motion = torch.zeros(2, dtype=torch.bool)
+        e_full = video_model(x, tt, text, motion_free=motion)
+        e_text_free = video_model(x, tt, null, motion_free=motion)
+        e_all_free = video_model(x, tt, null, motion_free=~motion)
+    torch.testing.assert_close(cfg, e_text_free + 5.0 * (e_full - e_text_free), atol=1e-5, rtol=1e-5)
+    expected = e_all_free + 5.0 * (e_full - e_text_free) + 1.3 * (e_text_free - e_all_free)
+    torch.testing.assert_close(mfg, expected, atol=1e-5, rtol=1e-5)
+    assert (e_text_free - e_all_free).abs().max() > 1e-3  # motion really changes the prediction
+
+
+def test_mfg_with_unit_motion_scale_is_cfg(video_model):
+    d = Diffusion()
+    x = torch.randn(2, 4, 3, 8, 8)
+    text, null = make_text(2, [4, 6], 1), make_text(2, [1, 1], 2)
+    with torch.no_grad():
+        cfg, _ = d.guided_output(video_model, x, torch.tensor(300), text, null, 7.5, None)
+        mfg, _ = d.guided_output(video_model, x, torch.tensor(300), text, null, 7.5, 1.0)
+        more, _ = d.guided_output(video_model, x, torch.tensor(300), text, null, 7.5, 1.3)
+    torch.testing.assert_close(mfg, cfg, atol=1e-6, rtol=0)
+    assert (more - cfg).abs().max() > 1e-3
+    # End to end: a seeded MFG(λ_M = 1) video sample equals the CFG one.
+    shape = (2, 4, 3, 8, 8)
+    a = d.sample(video_model, text, null, shape, sampler="ddim", steps=3, cfg_scale=7.5, mfg_scale=1.0,
+                 generator=torch.Generator().manual_seed(0))
+    b = d.sample(video_model, text, null, shape, sampler="ddim", steps=3, cfg_scale=7.5,
+                 generator=torch.Generator().manual_seed(0))
+    assert a.shape == shape
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver++"])
+def test_seeded_sampling_is_reproducible(sampler):
+    model = make_model(learn_sigma=True)
+    d = Diffusion(learn_sigma=True)
+    text, null = make_text(2, [3, 5], 1), make_text(1, [1], 2)  # one null row, broadcast
+    counting = CountingModel(model)
+    run = lambda seed: d.sample(counting, text, null, (2, 3, 8, 8), sampler=sampler, steps=4, cfg_scale=4.0,  # noqa: E731
+                                generator=torch.Generator().manual_seed(seed))
+    a, b, c = run(0), run(0), run(1)
+    assert a.shape == (2, 3, 8, 8) and torch.isfinite(a).all()
+    assert counting.batches == [4] * 12  # 4 steps, one 2B forward each
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - c).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpmsolver++"])
+def test_per_sample_seed_is_independent_of_the_batch(sampler):
+    model = make_model(learn_sigma=True)
+    d = Diffusion(learn_sigma=True)
+    text, null = make_text(3, [2, 6, 4], 1), make_text(3, [1, 1, 1], 2)
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    batch = d.sample(model, text, null, (3, 3, 8, 8), sampler=sampler, steps=4, generator=gens([7, 42, 9]))
+    alone = d.sample(model, [e[1:2] for e in text], [e[1:2] for e in null], (1, 3, 8, 8), sampler=sampler, steps=4,
+                     generator=gens([42]))
+    # Equal up to float rounding (padding and batch size change the kernels' summation order);
+    # a generator shared across the batch would differ by O(1).
+    torch.testing.assert_close(batch[1:2], alone, atol=1e-3, rtol=1e-3)
+    other = d.sample(model, [e[[2, 1]] for e in text], [e[[2, 1]] for e in null], (2, 3, 8, 8), sampler=sampler,
+                     steps=4, generator=gens([5, 42]))
+    torch.testing.assert_close(other[1:2], alone, atol=1e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match="generators"):
+        d.sample(model, text, null, (3, 3, 8, 8), sampler=sampler, steps=2, generator=gens([1, 2]))
+
+
+def test_sample_argument_errors(video_model):
+    d = Diffusion()
+    text, null = make_text(2, [2, 3], 1), make_text(2, [1, 1], 2)
+    with pytest.raises(ValueError, match="video"):
+        d.sample(video_model, text, null, (2, 3, 8, 8), steps=2, mfg_scale=1.2)
+    with pytest.raises(ValueError, match="rows"):
+        d.sample(video_model, text, null, (3, 3, 8, 8), steps=2)
+
+
+def test_sampler_timesteps_start_from_pure_noise():
+    d = Diffusion(learn_sigma=True)
+    for sampler, last in [("ddpm", 0), ("ddim", 199), ("dpmsolver++", None)]:
+        scheduler = d.make_scheduler(sampler)
+        scheduler.set_timesteps(5)
+        assert scheduler.timesteps[0] == 999
+        if last is not None:
+            assert scheduler.timesteps[-1] == last
+
+
+def test_video_ddpm_with_learned_variance_and_mfg():
+    model = make_model(temporal=True, learn_sigma=True)
+    d = Diffusion(learn_sigma=True)
+    text, null = make_text(2, [2, 3], 1), make_text(2, [1, 1], 2)
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    x = d.sample(model, text, null, (2, 4, 3, 8, 8), sampler="ddpm", steps=3, cfg_scale=5.0, mfg_scale=1.2, generator=gens)
+    assert x.shape == (2, 4, 3, 8, 8) and torch.isfinite(x).all()

@@ -1,0 +1,100 @@
+"""eval.fid: the Fréchet distance against closed forms, shards, KID, reference stats, torchmetrics."""
+import os
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eval import fid
+from eval.common import Sample, write_samples
+
+
+def _folder(path, n, seed, size=24, shift=0):
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for i in range(n):
+        pixels = np.clip(rng.integers(0, 200, (size, size, 3)) + shift, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(path / f"{i:04d}.png")
+        samples.append(Sample(file=f"{i:04d}.png", prompt=f"p{i}", seed=42 + i % 2, prompt_id=i // 2))
+    write_samples(path, samples)
+    return path
+
+
+def test_frechet_distance_matches_closed_form_for_gaussians():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    var1, var2 = rng.uniform(0.5, 2, 6), rng.uniform(0.5, 2, 6)
+    expected = ((mu1 - mu2) ** 2).sum() + (var1 + var2 - 2 * np.sqrt(var1 * var2)).sum()
+    assert fid.frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2)) == pytest.approx(expected, rel=1e-10)
+    # Same covariance, pure mean shift: FID is the squared shift.
+    a = rng.normal(size=(6, 6))
+    cov = a @ a.T + np.eye(6)
+    assert fid.frechet_distance(mu1, cov, mu1 + 0.5, cov) == pytest.approx(6 * 0.25, abs=1e-8)
+    # A full covariance pair against clean-fid's scipy.sqrtm implementation.
+    b = rng.normal(size=(6, 6))
+    cov2 = b @ b.T + 0.1 * np.eye(6)
+    from cleanfid.fid import frechet_distance as cleanfid_fd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = cleanfid_fd(mu1, cov, mu2, cov2)
+    assert fid.frechet_distance(mu1, cov, mu2, cov2) == pytest.approx(reference, rel=1e-8)
+    # Sample statistics of large Gaussian draws approach the closed form.
+    x = rng.normal(size=(20000, 3))
+    y = rng.normal(size=(20000, 3)) * 2 + 1
+    assert fid.frechet_distance(*fid.feature_stats(x), *fid.feature_stats(y)) == pytest.approx(3 + 3 * (1 + 4 - 4), rel=0.05)
+
+
+def test_kid_matches_cleanfid_when_subsets_cover_the_sets():
+    from cleanfid.fid import kernel_distance
+
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(30, 8)), rng.normal(size=(30, 8)) + 0.3
+    assert fid.kernel_distance(x, y, num_subsets=3) == pytest.approx(kernel_distance(x, y, num_subsets=3), rel=1e-10)
+
+
+def test_fid_of_a_set_against_itself_is_zero_and_torchmetrics_agrees(tmp_path):
+    gen = _folder(tmp_path / "gen", 24, 0)
+    other = _folder(tmp_path / "ref", 24, 1, shift=40)
+    same = fid.evaluate(gen, ref=str(gen), n_boot=5, cache_dir=tmp_path / "cache")
+    assert abs(same["aggregate"]["fid"]["mean"]) < 1e-6 and same["comparable_to_paper"] is False
+    assert same["aggregate"]["kid"]["n"] == 24 and set(same["aggregate_by_seed"]) == {"42", "43"}
+    out = fid.evaluate(gen, ref=str(other), n_boot=5, crosscheck=True, cache_dir=tmp_path / "cache")
+    value = out["aggregate"]["fid"]["mean"]
+    assert value > 0.01
+    assert out["crosscheck"]["fid_torchmetrics"] == pytest.approx(value, rel=1e-4)
+    for key in ("feature_extractor", "mode", "resize", "sample_formats", "reference_formats"):
+        assert key in out["protocol"]
+    # Reference statistics from a file give the same number as the folder.
+    stats = fid.make_reference_stats(other, tmp_path / "ref.npz")
+    from_stats = fid.evaluate(gen, ref=str(stats), n_boot=0, cache_dir=tmp_path / "cache")
+    assert from_stats["aggregate"]["fid"]["mean"] == pytest.approx(value, rel=1e-9)
+
+
+def test_merged_shards_equal_unsharded_and_a_lost_shard_is_recomputed_alone(tmp_path, monkeypatch):
+    gen = _folder(tmp_path / "gen", 20, 2)
+    files = sorted(gen.glob("*.png"))
+    ext = fid.build_extractor("random", "clean")
+    whole = fid.sharded_features(files, None, ext, "clean")
+    cache = tmp_path / "cache"
+    merged = fid.sharded_features(files, cache, ext, "clean", shard_size=6)
+    np.testing.assert_allclose(merged, whole, rtol=1e-6)
+    for a, b in zip(fid.feature_stats(merged), fid.feature_stats(whole)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
+    shard_files = sorted(cache.glob("feats-*.npz"))
+    assert len(shard_files) == 4
+    os.remove(shard_files[0])
+    computed = []
+    real = fid.file_features
+    monkeypatch.setattr(fid, "file_features", lambda fs, *a, **k: computed.append(len(fs)) or real(fs, *a, **k))
+    np.testing.assert_allclose(fid.sharded_features(files, cache, ext, "clean", shard_size=6), merged)
+    assert len(computed) == 1 and len(list(cache.glob("feats-*.npz"))) == 4
+
+
+def test_missing_inception_weights_name_the_file_and_the_fix():
+    if os.path.exists("/tmp/inception-2015-12-05.pt"):
+        pytest.skip("Inception weights are installed here")
+    with pytest.raises(FileNotFoundError, match="inception-2015-12-05.pt.*nvlabs-fi-cdn"):
+        fid.build_extractor("inception", "clean")

@@ -1,0 +1,179 @@
+"""The CompShapes judge is validated against ground truth: near 1 on true renders (also blurred and
+noisy, as a diffusion model draws them), 0 on noise, blank images and wrong bindings, chance where
+the analysis says; and its evaluator output follows DESIGN.md."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from eval import judge
+from eval.common import Sample, write_samples
+from gentron.data import compshapes as cs
+
+
+def degrade(image, rng, blur=0.6, noise=8.0):
+    """Mimic a diffusion model's output: slight blur and pixel noise."""
+    pixels = ndimage.gaussian_filter(image.astype(np.float32), (blur, blur, 0))
+    pixels += rng.normal(0, noise, pixels.shape)
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def mean_score(category, make_image, n=120):
+    prompts = cs.test_prompts(category)
+    scores = []
+    for i in range(n):
+        prompt = prompts[i % len(prompts)]
+        scores.append(judge.score_image(prompt, make_image(cs.scene_for_prompt(prompt, 100 + i)))["scores"][category])
+    return float(np.mean(scores))
+
+
+@pytest.mark.parametrize("category", cs.IMAGE_CATEGORIES)
+def test_ground_truth_renders_score_one(category):
+    rng = np.random.default_rng(0)
+    assert mean_score(category, lambda s: cs.render(s, 32)) >= 0.99
+    assert mean_score(category, lambda s: degrade(cs.render(s, 32), rng)) >= 0.99
+    assert mean_score(category, lambda s: cs.render(s, 64), n=30) == 1.0
+    assert mean_score(category, lambda s: cs.render(s, 256), n=10) == 1.0
+
+
+@pytest.mark.parametrize("category", cs.IMAGE_CATEGORIES)
+def test_noise_and_blank_images_score_zero(category):
+    rng = np.random.default_rng(1)
+    prompt = cs.test_prompts(category, 1)[0]
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+              np.clip(rng.normal(127.5, 127.5, (32, 32, 3)), 0, 255).astype(np.uint8),
+              np.full((32, 32, 3), cs.BACKGROUND, np.uint8), np.full((32, 32, 3), 255, np.uint8),
+              np.zeros((32, 32, 3), np.uint8)]
+    for image in images:
+        scores = judge.score_image(prompt, image)["scores"]
+        assert all(value == 0 for value in scores.values()), scores
+
+
+def _scene(prompt, seed=0, **changes):
+    """The true scene of a prompt with object attributes changed: {index: {attribute: value}}."""
+    scene = cs.scene_for_prompt(prompt, seed)
+    objects = [replace(obj, **changes.get(f"o{i}", {})) for i, obj in enumerate(scene.objects)]
+    return replace(scene, objects=tuple(objects))
+
+
+def test_wrong_bindings_score_zero():
+    cases = [  # (prompt, the lie, category)
+        ("a red triangle and a blue circle", dict(o0={"color": "blue"}, o1={"color": "red"}), "color"),
+        ("a green square and a purple triangle", dict(o0={"color": "purple"}, o1={"color": "green"}), "color"),
+        ("a red circle and a red triangle", dict(o0={"shape": "square"}), "shape"),
+        ("a yellow circle and a yellow square", dict(o0={"color": "blue"}), "shape"),
+        ("a striped square and a dotted triangle", dict(o0={"texture": "dotted"}, o1={"texture": "striped"}), "texture"),
+        ("a red triangle bigger than a blue square", dict(o0={"size": 0.11}, o1={"size": 0.19}), "non_spatial"),
+    ]
+    for prompt, lie, category in cases:
+        assert judge.score_image(prompt, cs.render(_scene(prompt), 32))["scores"][category] == 1.0
+        scores = judge.score_image(prompt, cs.render(_scene(prompt, **lie), 32))["scores"]
+        assert scores[category] == 0.0, (prompt, lie, scores)
+    colour_swap = judge.score_image(cases[0][0], cs.render(_scene(cases[0][0], **cases[0][1]), 32))["scores"]
+    assert colour_swap["color_soft"] == pytest.approx(0.25)  # each phrase half right: shape yes, colour no
+
+
+def test_wrong_places_score_zero():
+    for relation, mirrored in [("on the left of", "on the right of"), ("on the top of", "on the bottom of")]:
+        prompt = f"a red triangle {relation} a blue circle"
+        lie = cs.scene_for_prompt(f"a red triangle {mirrored} a blue circle", 3)
+        assert judge.score_image(prompt, cs.render(cs.scene_for_prompt(prompt, 3), 32))["scores"]["spatial"] == 1.0
+        scores = judge.score_image(prompt, cs.render(lie, 32))["scores"]
+        assert scores["spatial"] == 0.0 and scores["spatial_soft"] == 0.5  # both objects right, place wrong
+    complex_prompt = "a striped red square on the left of a dotted blue circle"
+    lie = cs.scene_for_prompt("a striped red square on the right of a dotted blue circle", 0)
+    scores = judge.score_image(complex_prompt, cs.render(lie, 32))["scores"]
+    assert scores == {"complex": 0.5, "complex_soft": 0.75, "complex_all": 0.0}
+
+
+def test_color_chance_level_matches_the_analysis():
+    """A model that draws the right shapes in uniformly random colours: 1/25 per prompt with two
+    shapes, 2/25 with one shape twice; 0.0544 over the 100 test colour prompts."""
+    prompts = cs.prompts("color", "test")
+    same = sum(p.phrases[0].shape == p.phrases[1].shape for p in map(cs.parse_prompt, prompts))
+    analytic = ((len(prompts) - same) / 25 + same * 2 / 25) / len(prompts)
+    assert analytic == pytest.approx(0.0544)
+    rng = np.random.default_rng(0)
+    colours = list(cs.COLORS)
+    hits = []
+    for i in range(1500):
+        prompt = prompts[i % len(prompts)]
+        pick = rng.integers(len(colours), size=2)
+        scene = _scene(prompt, i, o0={"color": colours[pick[0]]}, o1={"color": colours[pick[1]]})
+        hits.append(judge.score_image(prompt, cs.render(scene, 32))["scores"]["color"])
+    assert np.mean(hits) == pytest.approx(analytic, abs=0.015)
+
+
+def test_motion_clips():
+    rng = np.random.default_rng(2)
+    scores = {"true": [], "noisy": [], "reversed": [], "frozen": []}
+    for i, prompt in enumerate(cs.test_prompts("motion", 30)):
+        clip = cs.render_clip(cs.scene_for_prompt(prompt, i, num_frames=8), 32)
+        scores["true"].append(judge.score_clip(prompt, clip)["scores"])
+        scores["noisy"].append(judge.score_clip(prompt, [degrade(f, rng) for f in clip])["scores"])
+        scores["reversed"].append(judge.score_clip(prompt, clip[::-1])["scores"])
+        scores["frozen"].append(judge.score_clip(prompt, [clip[0]] * 8)["scores"])
+    mean = {k: {name: np.mean([s[name] for s in v]) for name in v[0]} for k, v in scores.items()}
+    assert mean["true"]["motion"] >= 0.99 and mean["noisy"]["motion"] >= 0.99
+    assert mean["reversed"]["motion"] == 0 and mean["reversed"]["motion_consistency"] == 1.0
+    assert mean["frozen"]["motion"] == 0 and mean["frozen"]["motion_direction"] == 0
+    noise = [np.random.default_rng(k).integers(0, 256, (32, 32, 3), dtype=np.uint8) for k in range(8)]
+    assert judge.score_clip("a red circle moving up", noise)["scores"]["motion_soft"] == 0
+
+
+def test_prompts_outside_the_grammar_fail_clearly():
+    with pytest.raises(ValueError, match="not a CompShapes prompt"):
+        judge.score_image("a photo of a cat", np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="score_clip"):
+        judge.score_image("a red circle moving up", np.zeros((32, 32, 3), np.uint8))
+
+
+def _sample_folder(tmp_path):
+    """Two images per colour/spatial prompt (one true, one lie), a clip as PNG frames and as GIF."""
+    samples = []
+    rows = [("color", "a red triangle and a blue circle", {}), ("color", "a red triangle and a blue circle",
+            dict(o0={"color": "blue"}, o1={"color": "red"})), ("spatial", "a green circle next to a red square", {})]
+    for k, (category, prompt, lie) in enumerate(rows):
+        file = f"{category}/{k:06}_42.png"
+        (tmp_path / category).mkdir(exist_ok=True)
+        Image.fromarray(cs.render(_scene(prompt, k, **lie), 32)).save(tmp_path / file)
+        samples.append(Sample(file=file, prompt=prompt, seed=42 + k, index=k, category=category, prompt_id=k // 2))
+    prompt = "a blue triangle moving left and a green square moving down"
+    clip = cs.render_clip(cs.scene_for_prompt(prompt, 0, num_frames=8), 32)
+    frames = tmp_path / "motion" / "000010_42"
+    frames.mkdir(parents=True)
+    for t, frame in enumerate(clip):
+        Image.fromarray(frame).save(frames / f"{t:03}.png")
+    gif = [Image.fromarray(f) for f in clip]
+    gif[0].save(tmp_path / "motion/000010_42.gif", save_all=True, append_images=gif[1:], duration=250)
+    samples.append(Sample(file="motion/000010_42.gif", prompt=prompt, seed=42, category="motion", prompt_id=10,
+                          frames="motion/000010_42/"))
+    samples.append(Sample(file="motion/000010_42.gif", prompt=prompt, seed=43, category="motion", prompt_id=10))
+    write_samples(tmp_path, samples)
+    return tmp_path
+
+
+def test_evaluate_writes_the_design_result(tmp_path):
+    folder = _sample_folder(tmp_path)
+    out = tmp_path / "result.json"
+    judge.main([str(folder), "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["metric"] == "compshapes_judge" and result["comparable_to_paper"] is False
+    assert "measures" in result["protocol"]
+    assert [row["scores"].get("color") for row in result["per_image"][:2]] == [1.0, 0.0]
+    assert result["per_image"][2]["scores"]["spatial"] == 1.0
+    assert [row["scores"]["motion"] for row in result["per_image"][3:]] == [1.0, 1.0]  # frames folder, GIF
+    assert {row["prompt_id"]: row["scores"] for row in result["per_prompt"]}[0]["color"] == 0.5
+    aggregate = result["aggregate"]
+    assert aggregate["color"]["n"] == 1 and aggregate["color"]["mean"] == 0.5
+    assert aggregate["motion"]["mean"] == 1.0 and {"ci_low", "ci_high"} <= set(aggregate["spatial"])
+
+
+def test_evaluate_names_the_file_of_a_foreign_prompt(tmp_path):
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "x.png")
+    write_samples(tmp_path, [Sample(file="x.png", prompt="a green bench and a red car", seed=42)])
+    with pytest.raises(ValueError, match="x.png.*not a CompShapes prompt"):
+        judge.evaluate(tmp_path)
