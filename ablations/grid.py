@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -168,17 +169,24 @@ def load_grid(name: str, profile: str) -> DictConfig:
                           f"(files in {GRIDS_DIR})")
     if profile not in available_profiles():
         raise ConfigError(f"unknown profile '{profile}'; profiles: {', '.join(available_profiles())}")
-    raw = OmegaConf.load(path)
+    raw = _load_yaml(path)
     _check_keys(raw, GRID_KEYS, str(path))
     sections = raw.pop("profiles", {})
     if profile not in sections:
         raise ConfigError(f"grid '{name}' has no profile '{profile}'; its profiles: {', '.join(sections)}")
     _check_keys(sections[profile] or {}, GRID_KEYS, f"{path} profiles.{profile}")
-    grid = OmegaConf.merge(OmegaConf.load(CONF_DIR / "profiles" / f"{profile}.yaml"), raw, sections[profile] or {})
+    grid = OmegaConf.merge(_load_yaml(CONF_DIR / "profiles" / f"{profile}.yaml"), raw, sections[profile] or {})
     grid.name, grid.profile = name, profile
     if not grid.get("axes"):
         raise ConfigError(f"{path} defines no axes for profile '{profile}'")
     return grid
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
 
 
 def _check_keys(node: DictConfig, allowed: tuple[str, ...], where: str) -> None:
@@ -226,10 +234,11 @@ def expand(grid: DictConfig, overrides: dict[str, Any]) -> list[Cell]:
 
 def make_cell(grid: DictConfig, arms: dict[str, str], seed: int, overrides: dict[str, Any]) -> Cell:
     cfg = OmegaConf.create({})
-    evaluation = grid.get("evaluation") or {}
-    updates = [(k, v) for k, v in (grid.get("base") or {}).items()]
+    raw = OmegaConf.to_container(grid, resolve=False)  # ??? values stay unresolved until the end
+    evaluation = raw.get("evaluation") or {}
+    updates = list((raw.get("base") or {}).items())
     updates += [("sample.prompt_sets", evaluation.get("prompt_sets")), ("eval.metrics", evaluation.get("metrics"))]
-    updates += [(k, v) for axis, arm in arms.items() for k, v in grid.axes[axis][arm].items()]
+    updates += [(k, v) for axis, arm in arms.items() for k, v in raw["axes"][axis][arm].items()]
     updates += [("train.seed", seed)] + list(overrides.items())
     for key, value in updates:
         if value is not None:

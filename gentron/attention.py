@@ -38,18 +38,22 @@ class SelfAttention(nn.Module):
 class CrossAttention(nn.Module):
     """Image tokens (queries) attend to text tokens (keys/values, one fused KV projection).
 
+    Keys and values are projected straight from the text encoder's own width (`context_dim`), as in
+    Stable Diffusion's cross-attention: with interleaved encoders each block reads its encoder's raw
+    features, and no shared token projection sits in between.
+
     `mask` is TextEmbedding.mask (B, L), True for real tokens; padded tokens get no attention. A
     row with no real token at all would make softmax 0/0 = NaN, so such rows attend to everything
     and their output is then zeroed: "no text" contributes nothing, without a data-dependent branch.
     """
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, context_dim: int, num_heads: int):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
+        self.kv = nn.Linear(context_dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

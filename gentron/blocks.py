@@ -33,12 +33,13 @@ class GenTronBlock(nn.Module):
     """
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_hidden_size: int,
-                 cross_attn: bool, temporal: bool):
+                 context_dim: int | None, temporal: bool):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = SelfAttention(hidden_size, num_heads)
+        cross_attn = context_dim is not None  # None: an adaLN-only block
         self.cross_norm = nn.LayerNorm(hidden_size, eps=1e-6) if cross_attn else None
-        self.cross_attn = CrossAttention(hidden_size, num_heads) if cross_attn else None
+        self.cross_attn = CrossAttention(hidden_size, context_dim, num_heads) if cross_attn else None
         self.temporal_norm = nn.LayerNorm(hidden_size, eps=1e-6) if temporal else None
         self.temporal_attn = TemporalSelfAttention(hidden_size, num_heads) if temporal else None
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
@@ -49,7 +50,7 @@ class GenTronBlock(nn.Module):
                 context_mask: torch.Tensor | None = None, num_frames: int = 1,
                 frame_pos: torch.Tensor | None = None,
                 temporal_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B*T, N, D); c (B*T, D); context (B*T, L, D) and context_mask (B*T, L) for cross-attn;
+        """x (B*T, N, D); c (B*T, D); context (B*T, L, D_text) and context_mask (B*T, L) for cross-attn;
         frame_pos (T, D) and temporal_mask (see attention.temporal_mask) for temporal attention."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         x = torch.addcmul(x, gate_msa[:, None], self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))

@@ -29,10 +29,10 @@ TEXT_ENCODER_KINDS = ("clip", "hf_clip", "t5", "tiny_clip", "tiny_t5")
 
 @dataclass
 class ModelConfig:
-    size: str = "T/2"  # a name from gentron.sizes; the fields below override it when set
+    size: str = "T/4"  # a name from gentron.sizes (it fixes the patch size); set fields override it
     conditioning: Literal["adaln", "cross_attn"] = "cross_attn"
     learn_sigma: bool = False
-    patch_size: int = 2
+    patch_size: Optional[int] = None  # must agree with the size name when given
     depth: Optional[int] = 6
     hidden_size: Optional[int] = 192
     mlp_hidden_size: Optional[int] = 768
@@ -196,7 +196,7 @@ def _check_values(cfg: CellConfig) -> None:
     """Checks that span more than one field's type."""
     positive = {
         "data.resolution": cfg.data.resolution, "data.num_frames": cfg.data.num_frames,
-        "model.patch_size": cfg.model.patch_size, "train.steps": cfg.train.steps,
+        "train.steps": cfg.train.steps,
         "train.batch_size": cfg.train.batch_size, "train.ckpt_every": cfg.train.ckpt_every,
         "train.log_every": cfg.train.log_every, "sample.steps": cfg.sample.steps,
         "sample.images_per_prompt": cfg.sample.images_per_prompt, "sample.batch_size": cfg.sample.batch_size,
@@ -209,6 +209,7 @@ def _check_values(cfg: CellConfig) -> None:
                        "train.ema_decay": cfg.train.ema_decay}.items():
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{key}={value} must be in [0, 1]")
+    _check_size(cfg.model.size)
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr={cfg.train.lr} must be positive (paper: 1e-4)")
     if not cfg.text_encoders:
@@ -223,6 +224,15 @@ def _check_values(cfg: CellConfig) -> None:
         raise ConfigError(f"data.kind={cfg.data.kind} needs data.path (a folder, manifest or shard pattern)")
     if cfg.data.kind == "video_folder" and not cfg.data.video:
         raise ConfigError("data.kind=video_folder needs data.video=true")
+
+
+def _check_size(name: str) -> None:
+    from gentron.sizes import SIZES
+
+    if name not in SIZES:
+        close = difflib.get_close_matches(name, list(SIZES), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"model.size={name!r} is not a known size{hint}; choose one of {list(SIZES)}")
 
 
 def _join(where: str, key) -> str:

@@ -110,14 +110,15 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
-class TextProjection(nn.Module):
-    """One text encoder's outputs -> hidden width.
+class PooledTextProjection(nn.Module):
+    """One text encoder's pooled vector -> hidden width, added to the time embedding in c.
 
-    `pooled` feeds the conditioning vector c (added to the time embedding). `tokens` exists only for
-    cross-attention models: an adaLN model never sees tokens, so it carries no weights for them.
+    Token features need no projection here: cross-attention reads them at the encoder's own width.
     """
 
-    def __init__(self, token_width: int, pooled_width: int, hidden_size: int, project_tokens: bool):
+    def __init__(self, pooled_width: int, hidden_size: int):
         super().__init__()
-        self.pooled = nn.Linear(pooled_width, hidden_size)
-        self.tokens = nn.Linear(token_width, hidden_size) if project_tokens else None
+        self.proj = nn.Linear(pooled_width, hidden_size)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.proj(pooled)

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from gentron.attention import temporal_mask
 from gentron.blocks import FinalLayer, GenTronBlock
 from gentron.embeddings import (FramePositionEmbedding, PatchEmbed, PositionEmbedding2D,
-                                TextProjection, TimestepEmbedder)
+                                PooledTextProjection, TimestepEmbedder)
 
 if TYPE_CHECKING:  # annotation only: importing gentron.text would pull in the text encoders' libraries
     from gentron.text.base import TextEmbedding
@@ -81,14 +81,14 @@ class GenTron(nn.Module):
         self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, d)
         self.pos_embed = PositionEmbedding2D(d, config.input_size // config.patch_size)
         self.t_embedder = TimestepEmbedder(d)
-        self.text_projections = nn.ModuleList(
-            TextProjection(tw, pw, d, project_tokens=cross)
-            for tw, pw in zip(config.text_widths, config.pooled_widths)
-        )
+        self.pooled_projections = nn.ModuleList(PooledTextProjection(pw, d) for pw in config.pooled_widths)
         self.frame_pos = FramePositionEmbedding(d, config.max_frames) if config.temporal else None
         self.blocks = nn.ModuleList(
-            GenTronBlock(d, config.num_heads, config.mlp_hidden_size, cross_attn=cross, temporal=config.temporal)
-            for _ in range(config.depth)
+            # interleaved cross-attention: block i reads text encoder i mod k, at that encoder's width
+            GenTronBlock(d, config.num_heads, config.mlp_hidden_size,
+                         context_dim=config.text_widths[i % config.num_text_encoders] if cross else None,
+                         temporal=config.temporal)
+            for i in range(config.depth)
         )
         self.final_layer = FinalLayer(d, config.patch_size, config.out_channels)
         self.grad_checkpointing = config.grad_checkpointing
@@ -154,10 +154,10 @@ class GenTron(nn.Module):
 
         tokens = self.x_embedder(x) + self.pos_embed(grid_h, grid_w)
         c = self.t_embedder(t)
-        for proj, emb in zip(self.text_projections, text):
-            c = c + proj.pooled(emb.pooled)
-        contexts = [(proj.tokens(emb.tokens), emb.mask) if proj.tokens is not None else (None, None)
-                    for proj, emb in zip(self.text_projections, text)]
+        for proj, emb in zip(self.pooled_projections, text):
+            c = c + proj(emb.pooled)
+        cross = cfg.conditioning == "cross_attn"
+        contexts = [(emb.tokens, emb.mask) if cross else (None, None) for emb in text]
         if frames > 1:  # conditioning is per clip; every frame of a clip gets the same
             c = c.repeat_interleave(frames, dim=0)
             contexts = [(ctx.repeat_interleave(frames, dim=0), m.repeat_interleave(frames, dim=0))

@@ -48,7 +48,11 @@ def matched_images(systems: dict[str, Path]) -> dict[tuple, dict[str, Path]]:
         for sample in read_samples(folder):
             if not sample.file.lower().endswith(STUDY_SUFFIXES):
                 raise ValueError(f"{folder / sample.file}: studies show images and GIFs; convert videos to GIF first")
-            images[(sample.prompt, sample.seed, sample.index)] = (folder / sample.file).resolve()
+            key = (sample.prompt, sample.seed, sample.index)
+            if key in images:
+                log.warning("%s lists %r twice; the study uses its first image", folder, key)
+                continue
+            images[key] = (folder / sample.file).resolve()
         per_system[name] = images
     shared = set.intersection(*(set(images) for images in per_system.values()))
     if not shared:

@@ -58,7 +58,7 @@ def prompts(n: int) -> list[dict]:
     for i in range(n):
         color, other = list(COLORS)[i % 4], list(COLORS)[(i + 1) % 4]
         shape, other_shape = SHAPES[i % 3], SHAPES[(i + 1) % 3]
-        text = {"color": f"a {color} {shape}", "shape": f"a {shape} next to a {other_shape}",
+        text = {"color": f"a {color} {shape}", "shape": f"a {color} {shape} next to a {other_shape}",
                 "texture": f"a striped {color} {shape}", "spatial": f"a {color} {shape} on the left of a {other} {other_shape}",
                 "non_spatial": f"a {color} {shape} chasing a {other_shape}",
                 "complex": f"a big {color} {shape} above a small striped {other} {other_shape}"}[CATEGORIES[i % 6]]

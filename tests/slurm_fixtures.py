@@ -5,15 +5,11 @@ is left running after the session: starting it again is a no-op, and other sessi
 """
 from __future__ import annotations
 
-import logging
 import os
 
 import pytest
 
 from slurm import cluster
-
-log = logging.getLogger(__name__)
-
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> dict:

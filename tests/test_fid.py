@@ -98,3 +98,42 @@ def test_missing_inception_weights_name_the_file_and_the_fix():
         pytest.skip("Inception weights are installed here")
     with pytest.raises(FileNotFoundError, match="inception-2015-12-05.pt.*nvlabs-fi-cdn"):
         fid.build_extractor("inception", "clean")
+
+
+def _captions_json(path, n_images=12):
+    images = [{"id": 100 + i, "file_name": f"COCO_val2014_{100 + i:012d}.jpg"} for i in range(n_images)]
+    annotations = [{"id": k, "image_id": 100 + i, "caption": f"image {i} caption {j} "}
+                   for k, (i, j) in enumerate((i, j) for i in range(n_images) for j in range(5))]
+    path.write_text(__import__("json").dumps({"images": images, "annotations": annotations}))
+    return path
+
+
+def test_coco_plan_is_deterministic_one_caption_per_image_and_shards_partition(tmp_path):
+    from eval import coco
+
+    captions = _captions_json(tmp_path / "captions_val2014.json")
+    rows = coco.sample_captions(captions, n=10, seed=0)
+    assert rows == coco.sample_captions(captions, n=10, seed=0)
+    assert rows != coco.sample_captions(captions, n=10, seed=1)
+    assert len({r["image_id"] for r in rows}) == 10
+    for r in rows:
+        assert r["prompt"] == f"image {r['image_id'] - 100} caption {r['prompt'].split()[-1]}"
+    parts = [coco.shard(rows, i, 3) for i in range(3)]
+    assert sorted(r["prompt_id"] for p in parts for r in p) == list(range(10))
+    with pytest.raises(ValueError, match="only 12"):
+        coco.sample_captions(captions, n=13)
+    coco.main(["plan", "--captions", str(captions), "--out", str(tmp_path / "plan"), "-n", "10"])
+    assert coco.read_plan(tmp_path / "plan" / "prompts.jsonl") == rows
+
+
+def test_coco_references_are_center_cropped_and_lanczos_resized(tmp_path):
+    from eval import coco
+
+    wide = np.zeros((40, 80, 3), np.uint8)
+    wide[:, 20:60] = 255  # the centre square is white, the sides black
+    Image.fromarray(wide).save(tmp_path / "x.jpg", quality=100)
+    rows = [{"coco_file": "x.jpg"}]
+    assert coco.prepare_references(rows, tmp_path, tmp_path / "refs", resolution=16) == 1
+    out = np.asarray(Image.open(tmp_path / "refs" / "x.png"))
+    assert out.shape == (16, 16, 3) and out.min() > 240
+    assert coco.prepare_references(rows, tmp_path, tmp_path / "refs", resolution=16) == 0

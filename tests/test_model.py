@@ -109,7 +109,7 @@ def test_cross_attention_reads_tokens_adaln_only_pooled():
         # Pooled text drives both.
         pooled = [TextEmbedding(e.tokens, e.mask, e.pooled + 1.0) for e in text]
         assert not torch.allclose(model(x, t, text), model(x, t, pooled))
-    assert build(conditioning="adaln").text_projections[0].tokens is None  # no unused weights
+    assert all(block.cross_attn is None for block in build(conditioning="adaln").blocks)  # no unused weights
 
 
 def test_padded_tokens_are_ignored_and_empty_text_is_finite():

@@ -6,6 +6,7 @@ the project's editable install, exactly as in the grid's real jobs.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -17,12 +18,12 @@ import pytest
 
 import slurm
 from gentron.io import atomic_write_json, read_json
-from slurm.launcher import (cancel, grid_status, load_profile, read_jobs, submit_stage,
-                            validate_profile)
+from slurm.launcher import (cancel, grid_status, init_distributed_from_slurm, load_profile,
+                            read_jobs, submit_stage, validate_profile)
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster"), pytest.mark.timeout(120)]
+pytestmark = pytest.mark.timeout(120)
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL"}
 PYTHON = sys.executable
@@ -33,10 +34,11 @@ PYTHON = sys.executable
 def first_stage(cell_dir: str) -> str:
     import gentron
 
+    rank = init_distributed_from_slurm()
     time.sleep(2)  # long enough for the second stage to be seen waiting on its dependency
     atomic_write_json(Path(cell_dir) / "first.json", {
         "python": sys.executable, "slurm_package": slurm.__file__, "gentron_package": gentron.__file__,
-        "end": time.time()})
+        "rank": rank, "master_addr": os.environ["MASTER_ADDR"], "end": time.time()})
     return Path(cell_dir).name
 
 
@@ -101,11 +103,19 @@ def wait_stage_done(folder: Path, stage: str, timeout: float = 60) -> dict[str, 
 
 
 @pytest.fixture
-def profile() -> dict:
+def profile(slurm_cluster) -> dict:
+    """The local cluster's profile; requesting it starts the cluster (tests marked `slurm`)."""
     return load_profile("local")
 
 
 # ---- tests -------------------------------------------------------------------------------------
+
+def test_distributed_init_is_a_no_op_outside_slurm(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    assert init_distributed_from_slurm() == (0, 1, 0)
+    assert "MASTER_ADDR" not in os.environ
+
 
 def test_profiles_validate():
     assert load_profile("example")["gpus_per_node"] == 8
@@ -117,6 +127,7 @@ def test_profiles_validate():
         load_profile("no-such-profile")
 
 
+@pytest.mark.slurm
 def test_array_then_dependent_stage(tmp_path, profile):
     cells = make_cells(tmp_path, ["a", "b", "c"])
     first = submit_stage(profile, tmp_path, "first", first_stage, cells)
@@ -134,6 +145,7 @@ def test_array_then_dependent_stage(tmp_path, profile):
         env = read_json(cell / "first.json")
         assert env["python"] == PYTHON  # the project's venv, not a system python
         assert env["slurm_package"] == slurm.__file__
+        assert env["rank"] == [0, 1, 0] and env["master_addr"]  # torch env:// variables exported
         assert read_json(cell / "second.json")["start"] >= last_first_end
 
     record = read_jobs(tmp_path)
@@ -146,6 +158,7 @@ def test_array_then_dependent_stage(tmp_path, profile):
     assert len(read_jobs(tmp_path)["second"]) == 3  # the resubmitted cell replaced its entry
 
 
+@pytest.mark.slurm
 def test_status_falls_back_to_result_files(tmp_path, profile):
     cells = make_cells(tmp_path, ["done"])
     (job,) = submit_stage(profile, tmp_path, "one", second_stage, cells)  # fails: no first.json
@@ -159,6 +172,7 @@ def test_status_falls_back_to_result_files(tmp_path, profile):
     assert states_by(tmp_path, "one") == {"done": "FAILED", "forgotten": "FAILED", "lost": "UNKNOWN"}
 
 
+@pytest.mark.slurm
 def test_failed_stage_cancels_its_dependents(tmp_path, profile):
     cells = make_cells(tmp_path, ["x"])
     failed = submit_stage(profile, tmp_path, "first", failing_stage, cells)
@@ -169,6 +183,7 @@ def test_failed_stage_cancels_its_dependents(tmp_path, profile):
         failed[0].result()
 
 
+@pytest.mark.slurm
 def test_cancel_sleeping_job(tmp_path, profile):
     cells = make_cells(tmp_path, ["sleeper"])
     (job,) = submit_stage(profile, tmp_path, "sleep", sleep_long, cells)
@@ -181,6 +196,7 @@ def test_cancel_sleeping_job(tmp_path, profile):
     assert job.state == "CANCELLED"
 
 
+@pytest.mark.slurm
 def test_requeued_task_resumes_to_the_same_result(tmp_path, profile):
     task = {"steps": 30, "sleep_s": 0.4}  # >10 s left at the requeue; SLURM kills within ~5 s
     reference = make_cells(tmp_path / "reference", ["uninterrupted"])[0]

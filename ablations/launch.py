@@ -1,0 +1,246 @@
+"""The grid runner's entry point: plan, then print it (dry_run), report (action=status), cancel
+(action=cancel) or run it locally (cells in sequence, or a process pool) or on SLURM (one job array
+per stage, afterok dependencies, fire-and-forget unless wait=true).
+
+    python ablations/run.py grid=conditioning seeds=[0,1,2] train.steps=500 launcher=slurm slurm=local
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from ablations import results, stages
+from ablations.grid import Plan, plan
+from gentron.errors import ConfigError
+from gentron.io import atomic_write_text
+
+log = logging.getLogger("ablations")
+
+CPU_PARAM_LIMIT = 100e6  # transformer parameters beyond which a CPU run is refused
+BYTES_PER_PARAM = 16  # fp32 weights + gradients + AdamW's two moments
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        p = plan(sys.argv[1:] if argv is None else argv)
+        if p.run.dry_run:
+            print(format_plan(p))
+            return 0
+        if p.run.action == "status":
+            print(format_plan(p, jobs=True))
+            return 0
+        if p.run.action == "cancel":
+            return cancel(p)
+        check_resources(p)
+        return run_local(p) if p.run.launcher == "local" else run_slurm(p)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+# --- the plan table -----------------------------------------------------------------------------
+
+def plan_table(p: Plan, jobs: bool = False) -> pd.DataFrame:
+    """One row per cell: id, axis values, each stage's state (and SLURM job states)."""
+    rows = []
+    job_states = _job_states(p.grid_dir) if jobs else {}
+    for cell in p.cells:
+        cell_dir = p.grid_dir / cell.cell_id
+        found = stages.states(cell_dir) if (cell_dir / stages.CONFIG).exists() else {}
+        row = {"cell": cell.cell_id, **cell.axes}
+        row.update({s: found.get(s, "pending") for s in stages.STAGES})
+        if jobs:
+            row["jobs"] = job_states.get(cell.cell_id, "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_plan(p: Plan, jobs: bool = False) -> str:
+    header = [f"grid '{p.run.grid}': {p.grid.get('description', '')}",
+              f"profile '{p.run.profile}': {p.grid.get('note', '')}",
+              f"{len(p.cells)} cells in {p.grid_dir}; evaluation: prompt sets "
+              f"{p.cells[0].config['sample']['prompt_sets']}, metrics {p.cells[0].config['eval']['metrics']}"]
+    return "\n".join(header + [plan_table(p, jobs).to_string(index=False)])
+
+
+def _job_states(grid_dir: Path) -> dict[str, str]:
+    from slurm.launcher import grid_status, read_jobs
+
+    if not read_jobs(grid_dir):
+        return {}
+    out: dict[str, list[str]] = {}
+    for job in grid_status(grid_dir):
+        out.setdefault(job["cell"], []).append(f"{job['stage']}:{job['job_id']}:{job['state']}")
+    return {cell: " ".join(items) for cell, items in out.items()}
+
+
+# --- refusing what cannot run -------------------------------------------------------------------
+
+def check_resources(p: Plan) -> None:
+    """Refuse paper-scale models where they cannot train: the local CPU, or a SLURM profile without GPUs."""
+    big = [(cell, params) for cell in p.cells if (params := estimate_params(cell.config)) > CPU_PARAM_LIMIT]
+    if not big:
+        return
+    if p.run.launcher == "slurm":
+        from slurm.launcher import load_profile
+
+        if load_profile(p.run.slurm)["gpus_per_node"] > 0:
+            return
+        where = f"SLURM profile '{p.run.slurm}', which has no GPUs (gpus_per_node: 0)"
+    else:
+        import torch
+
+        if torch.cuda.is_available():
+            return
+        where = "this machine's CPU (launcher=local, no CUDA device)"
+    cell, params = max(big, key=lambda item: item[1])
+    size = cell.config["model"]["size"]
+    gb = params * BYTES_PER_PARAM / 1e9
+    raise ConfigError(
+        f"refusing to train {size} ({params / 1e6:.0f}M transformer parameters, cells "
+        f"{', '.join(c.cell_id for c, _ in big)}) on {where}. It needs GPUs: about {gb:.0f} GB for fp32 "
+        "weights, gradients and AdamW state before activations (G/2 also FSDP and activation checkpointing "
+        f"across GPUs). Run it on a GPU cluster: `python ablations/run.py grid={p.run.grid} profile={p.run.profile} "
+        "launcher=slurm slurm=<profile>` with a profile of slurm/profiles/ that has gpus_per_node > 0; "
+        "or run the CPU stand-ins with profile=embedded.")
+
+
+def estimate_params(config: dict) -> float:
+    """Transformer parameters, from depth and widths: self-attention 4w^2, MLP 2w*m, adaLN 6w^2 and,
+    with cross-attention, 4w^2 per block (embedders and text projections are small beside them)."""
+    from gentron.sizes import SIZES
+
+    model = config["model"]
+    size, _ = SIZES[model["size"]]
+    depth = model["depth"] or size.depth
+    width = model["hidden_size"] or size.hidden_size
+    mlp = model["mlp_hidden_size"] or size.mlp_hidden_size
+    cross = 4 * width * width if model["conditioning"] == "cross_attn" else 0
+    return depth * (4 * width * width + 2 * width * mlp + 6 * width * width + cross)
+
+
+# --- local --------------------------------------------------------------------------------------
+
+def prepare(p: Plan) -> dict[str, list[str]]:
+    """Write the grid's resolved grid.yaml and every cell's folder; cells grouped by train key."""
+    p.grid_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(p.grid_dir / "grid.yaml", OmegaConf.to_yaml(p.grid))
+    groups: dict[str, list[str]] = {}
+    for cell in p.cells:
+        cell_dir = stages.prepare(cell, p.grid_dir)
+        groups.setdefault(stages.train_key(cell.config), []).append(str(cell_dir))
+    return groups
+
+
+def run_local(p: Plan) -> int:
+    groups = list(prepare(p).values())
+    todo = [g for g in groups if not all(stages.is_complete(d) for d in g)]
+    log.info("grid %s: %d cells, %d to run, %d complete", p.run.grid, len(p.cells),
+             sum(map(len, todo)), len(p.cells) - sum(map(len, todo)))
+    failed = _run_pool(todo, p.run.local.workers) if p.run.local.workers > 1 else _run_sequential(todo)
+    return finish(p, failed)
+
+
+def _run_sequential(groups: list[list[str]]) -> list[str]:
+    failed = []
+    for cell_dir in tqdm([d for g in groups for d in g], desc="cells", unit="cell", disable=not groups):
+        try:
+            stages.run_cell(cell_dir)
+        except Exception:
+            log.exception("cell %s failed; the others go on (rerun to resume it)", Path(cell_dir).name)
+            failed.append(cell_dir)
+    return failed
+
+
+def _run_pool(groups: list[list[str]], workers: int) -> list[str]:
+    failed = []
+    context = multiprocessing.get_context("spawn")  # no forked torch state
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(stages.run_cells, group): group for group in groups}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="cell groups", unit="group"):
+            try:
+                future.result()
+            except Exception:
+                log.exception("cells %s failed; rerun to resume them", [Path(d).name for d in futures[future]])
+                failed += futures[future]
+    return failed
+
+
+def finish(p: Plan, failed: list[str]) -> int:
+    results.write_results(p.grid_dir)
+    print(results.format_results(p.grid_dir, p.grid.get("note", "")))
+    if failed:
+        print(f"{len(failed)} cells failed: {', '.join(Path(d).name for d in failed)}; see the log above, "
+              "fix and rerun the same command to resume them", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- SLURM --------------------------------------------------------------------------------------
+
+def run_slurm(p: Plan) -> int:
+    from slurm.launcher import load_profile, submit_stage
+
+    profile = load_profile(p.run.slurm)
+    groups = prepare(p)
+    pending = [d for g in groups.values() for d in g if not stages.is_complete(d)]
+    if not pending:
+        log.info("grid %s: all %d cells complete", p.run.grid, len(p.cells))
+        return finish(p, [])
+    leads = [next(d for d in g if d in pending) for g in groups.values()
+             if any(stages.states(d)["train"] != "done" for d in g) and any(d in pending for d in g)]
+    submitted = {"train": submit_stage(profile, p.grid_dir, "train", stages.train_stage, leads)} if leads else {}
+    after = submitted.get("train")
+    for stage in stages.STAGES[1:]:
+        after = submitted[stage] = submit_stage(profile, p.grid_dir, stage, stages.STAGE_FUNCTIONS[stage], pending,
+                                                after=after)
+    submitted["results"] = submit_stage(profile, p.grid_dir, "results", results.write_results, [str(p.grid_dir)],
+                                        after=after)
+    command = f"python ablations/run.py grid={p.run.grid} profile={p.run.profile} launcher=slurm slurm={p.run.slurm}"
+    print(f"submitted {len(pending)} cells of grid '{p.run.grid}' to SLURM: one job array per stage "
+          f"({', '.join(submitted)}), each after the previous one succeeded.\n"
+          f"  status: {command} action=status\n  cancel: {command} action=cancel\n"
+          f"  logs:   {p.grid_dir / 'slurm'}")
+    if not p.run.wait:
+        return 0
+    _wait(submitted)
+    return finish(p, [d for d in pending if not stages.is_complete(d)])
+
+
+def _wait(submitted: dict) -> None:
+    """Block until every stage's jobs ended; after a failed stage the later ones can never start
+    (afterok), so they are cancelled instead of waited for."""
+    for stage, jobs in tqdm(submitted.items(), desc="stages", unit="stage"):
+        failed = []
+        for job in jobs:
+            try:
+                job.result()
+            except Exception as e:  # submitit re-raises the job's error or reports its state
+                log.error("%s job %s failed: %s", stage, job.job_id, str(e).splitlines()[0] if str(e) else e)
+                failed.append(job)
+        if failed:
+            later = [job for s, jobs in submitted.items() if list(submitted).index(s) > list(submitted).index(stage)
+                     for job in jobs]
+            for job in later:
+                job.cancel(check=False)
+            log.error("stage %s: %d jobs failed (logs in %s); %d later jobs cancelled", stage, len(failed),
+                      failed[0].paths.folder, len(later))
+            return
+
+
+def cancel(p: Plan) -> int:
+    from slurm.launcher import cancel as scancel
+
+    ids = scancel(p.grid_dir)
+    print(f"cancelled {len(ids)} SLURM jobs of grid '{p.run.grid}'" + (f": {' '.join(ids)}" if ids else ""))
+    return 0
+

@@ -1,0 +1,108 @@
+"""A cell's manifest.json: provenance (git commit, dirty flag, package versions, host, seeds) and the
+state of each stage. A stage's entry turns `done` only after its outputs are written, in one atomic
+write: the entry is the stage's completion marker. `running` without `done` is a partial stage.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import time
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+from gentron.io import atomic_write_json, read_json
+
+MANIFEST = "manifest.json"
+PACKAGES = ("torch", "torchvision", "numpy", "diffusers", "transformers", "open_clip_torch", "omegaconf",
+            "hydra-core", "submitit", "pandas", "clean-fid", "torchmetrics")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@lru_cache(maxsize=1)
+def environment() -> dict:
+    """What the code and machine were: computed once per process."""
+    return {"git": _git(), "versions": _versions(), "python": platform.python_version(),
+            "host": socket.gethostname(), "platform": platform.platform()}
+
+
+def _git() -> dict:
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def _versions() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def read(cell_dir: str | Path) -> dict:
+    path = Path(cell_dir) / MANIFEST
+    return read_json(path) if path.exists() else {}
+
+
+def write(cell_dir: str | Path, manifest: dict) -> None:
+    atomic_write_json(Path(cell_dir) / MANIFEST, manifest)
+
+
+def create(cell_dir: Path, info: dict, config: dict) -> None:
+    """A fresh manifest for a cell (kept as is when it exists: it records earlier attempts)."""
+    if (cell_dir / MANIFEST).exists():
+        return
+    seeds = {"train": config["train"]["seed"], "data": config["data"]["seed"],
+             "sample": config["sample"]["seeds"], "images_per_prompt": config["sample"]["images_per_prompt"],
+             "text_encoders": [spec.get("seed") for spec in config["text_encoders"]]}
+    write(cell_dir, {"grid": info["grid"], "cell_id": info["cell_id"], "status": "pending", "seeds": seeds,
+                     **environment(), "start": None, "end": None, "stages": {}})
+
+
+def stage_state(manifest: dict, stage: str) -> str:
+    """pending | running (a partial stage: redone) | done | failed"""
+    return manifest.get("stages", {}).get(stage, {}).get("status", "pending")
+
+
+def begin(cell_dir: Path, stage: str) -> float:
+    manifest = read(cell_dir)
+    entry = manifest.setdefault("stages", {}).setdefault(stage, {})
+    entry.update(status="running", start=now(), end=None, host=socket.gethostname(),
+                 job_id=_job_id(), attempts=entry.get("attempts", 0) + 1)
+    manifest["start"] = manifest.get("start") or entry["start"]
+    manifest.update(status="running", **environment())
+    write(cell_dir, manifest)
+    return time.perf_counter()
+
+
+def finish(cell_dir: Path, stage: str, started: float, status: str, stages: tuple[str, ...], **extra) -> None:
+    manifest = read(cell_dir)
+    entry = manifest.setdefault("stages", {}).setdefault(stage, {})
+    entry.update(status=status, end=now(), seconds=round(time.perf_counter() - started, 3), **extra)
+    if status == "failed":
+        manifest["status"] = "failed"
+    elif all(stage_state(manifest, s) == "done" for s in stages):
+        manifest.update(status="done", end=entry["end"])
+    write(cell_dir, manifest)
+
+
+def _job_id() -> str | None:
+    job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{job}_{task}" if job and task else os.environ.get("SLURM_JOB_ID")

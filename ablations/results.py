@@ -1,0 +1,75 @@
+"""runs/<grid>/results.parquet, rebuilt from the cells' cell.json and metrics.json (never edited),
+and the table printed at the end of a run: mean and 95% CI per arm, seeds pooled.
+
+Pooling over seeds is reports.results.group_over_seeds (the results browser's own): the mean of
+the seeds' means with a t-based 95% CI across seeds; an arm with one seed keeps its CI over prompts.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from gentron.io import atomic_write_bytes, read_json
+from reports.results import group_over_seeds
+
+log = logging.getLogger(__name__)
+
+RESULTS = "results.parquet"
+COLUMNS = ["grid", "cell_id", "metric", "mean", "ci_low", "ci_high", "n"]
+REPORT_HINT = "streamlit run reports/app.py"
+
+
+def collect(grid_dir: str | Path) -> pd.DataFrame:
+    """One row per (cell, metric) of every cell that has metrics.json, plus an `axis.<name>` column per axis."""
+    grid_dir = Path(grid_dir)
+    rows = []
+    for metrics_path in sorted(grid_dir.glob("*/metrics.json")):
+        info = read_json(metrics_path.parent / "cell.json")
+        axes = {f"axis.{k}": v for k, v in info["axes"].items()}
+        for metric, value in read_json(metrics_path).items():
+            rows.append({"grid": grid_dir.name, "cell_id": info["cell_id"], "metric": metric,
+                         **{k: value.get(k) for k in ("mean", "ci_low", "ci_high", "n")}, **axes})
+    return pd.DataFrame(rows, columns=None if rows else COLUMNS)
+
+
+def write_results(grid_dir: str | Path) -> Path:
+    """Rebuild results.parquet atomically (a module-level function: also the SLURM 'results' stage)."""
+    grid_dir = Path(grid_dir)
+    table = collect(grid_dir)
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    path = atomic_write_bytes(grid_dir / RESULTS, buffer.getvalue())
+    log.info("wrote %s (%d rows)", path, len(table))
+    return path
+
+
+def arm_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows = metrics, columns = arms (every axis but the seed), cells 'mean [ci_low, ci_high]'."""
+    arms = [c for c in results.columns if c.startswith("axis.") and c != "axis.seed"]
+    pooled = group_over_seeds(results, results[["grid", "cell_id"]].drop_duplicates(), arms)
+    pooled["arm"] = pooled[arms].astype(str).agg(", ".join, axis=1) if arms else "all"
+    pooled["value"] = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
+                       zip(pooled["mean"], pooled["ci_low"], pooled["ci_high"])]
+    order = list(dict.fromkeys(pooled["arm"]))
+    table = pooled.pivot(index="metric", columns="arm", values="value")[order]
+    seeds = pooled.groupby("arm", sort=False)["n_cells"].max()
+    table.loc["seeds (cells pooled)"] = [str(seeds[a]) for a in order]
+    table.columns.name = " / ".join(a.removeprefix("axis.") for a in arms) or None
+    return table
+
+
+def format_results(grid_dir: str | Path, note: str = "") -> str:
+    """The printed summary: the arm table, what the profile is, and where to look next."""
+    grid_dir = Path(grid_dir)
+    results = collect(grid_dir)
+    lines = [f"results of grid '{grid_dir.name}'" + (f" ({note})" if note else "")]
+    if results.empty:
+        lines.append("no cell has metrics yet")
+    else:
+        lines.append("mean [95% CI] per arm; seeds pooled (t-interval over seed means; one seed: CI over prompts)")
+        lines.append(arm_table(results).to_string())
+    lines += [f"table: {grid_dir / RESULTS}", f"browse: {REPORT_HINT}"]
+    return "\n".join(lines)

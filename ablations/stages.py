@@ -1,0 +1,266 @@
+"""The four stages of a cell: train -> sample -> evaluate -> record.
+
+Each stage is a module-level function of the cell folder (so SLURM jobs can unpickle it) and is
+idempotent: a stage marked done in manifest.json is skipped; a partial one is redone, and its work
+resumes (training from checkpoints/last.pt, sampling skips the images it already wrote, evaluation
+skips the metrics already in eval/). Cells whose configs differ only in sampling or evaluation
+(same `train_key`) train once; the others link the checkpoint.
+"""
+from __future__ import annotations
+
+import glob
+import importlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from ablations import manifest
+from ablations.grid import Cell, metric_prompt_set, registry
+from gentron.io import atomic_write_json, atomic_write_text, read_json
+
+log = logging.getLogger(__name__)
+
+STAGES = ("train", "sample", "evaluate", "record")
+CONFIG, CELL, METRICS = "config.yaml", "cell.json", "metrics.json"
+CHECKPOINT = Path("checkpoints") / "last.pt"
+TRAIN_LOG = "train_log.jsonl"
+
+
+# --- cell folders -------------------------------------------------------------------------------
+
+def prepare(cell: Cell, grid_dir: Path) -> Path:
+    """Write config.yaml, cell.json and a manifest for a planned cell (rewritten only on change)."""
+    cell_dir = grid_dir / cell.cell_id
+    info = {**cell.info(), "train_key": train_key(cell.config)}
+    _write_if_changed(cell_dir / CONFIG, yaml.safe_dump(cell.config, sort_keys=False))
+    _write_if_changed(cell_dir / CELL, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    manifest.create(cell_dir, info, cell.config)
+    return cell_dir
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
+
+
+def train_key(config: dict) -> str:
+    """Cells with equal train keys train the same model (their configs differ in sample/eval only)."""
+    from ablations.grid import cell_id
+
+    return cell_id({k: v for k, v in config.items() if k not in ("sample", "eval")})
+
+
+def load(cell_dir: str | Path) -> tuple[Path, dict, dict]:
+    cell_dir = Path(cell_dir)
+    config = yaml.safe_load((cell_dir / CONFIG).read_text(encoding="utf-8"))
+    return cell_dir, config, read_json(cell_dir / CELL)
+
+
+def states(cell_dir: str | Path) -> dict[str, str]:
+    """{stage: pending|running|done|failed}, taking changed evaluation settings into account."""
+    cell_dir = Path(cell_dir)
+    found = manifest.read(cell_dir)
+    out = {s: manifest.stage_state(found, s) for s in STAGES}
+    if out["evaluate"] == "done" and (cell_dir / CONFIG).exists():
+        _, config, _ = load(cell_dir)
+        if found["stages"]["evaluate"].get("metrics") != config["eval"]["metrics"]:
+            out["evaluate"] = out["record"] = "pending"
+    return out
+
+
+def is_complete(cell_dir: str | Path) -> bool:
+    return all(s == "done" for s in states(cell_dir).values())
+
+
+def _rank() -> int:
+    """This process's rank in a multi-task job; only rank 0 writes manifests and runs non-train stages."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
+
+
+def _run_stage(cell_dir: Path, stage: str, body) -> None:
+    if states(cell_dir)[stage] == "done":
+        log.debug("%s %s: done, skipped", cell_dir.name, stage)
+        return
+    if _rank() != 0:
+        if stage == "train":
+            body()
+        return
+    started = manifest.begin(cell_dir, stage)
+    try:
+        extra = body() or {}
+    except BaseException:
+        manifest.finish(cell_dir, stage, started, "failed", STAGES)
+        raise
+    manifest.finish(cell_dir, stage, started, "done", STAGES, **extra)
+
+
+# --- the stages ---------------------------------------------------------------------------------
+
+def train_stage(cell_dir: str) -> None:
+    cell_dir, config, info = load(cell_dir)
+    _run_stage(cell_dir, "train", lambda: _train(cell_dir, config, info))
+
+
+def _train(cell_dir: Path, config: dict, info: dict) -> dict:
+    source = _trained_sibling(cell_dir, info)
+    if source is not None:
+        _adopt(source, cell_dir)
+        return {"reused_from": source.name}
+    from gentron.train import train
+
+    train(config, cell_dir)
+    step = _last_logged_step(cell_dir)
+    if _rank() == 0 and step != config["train"]["steps"]:
+        raise RuntimeError(f"{cell_dir.name}: training stopped at step {step} of {config['train']['steps']} "
+                           "(interrupted); rerun the grid to resume from checkpoints/last.pt")
+    for sibling in _siblings(cell_dir, info):
+        if states(sibling)["train"] != "done" and _rank() == 0:
+            started = manifest.begin(sibling, "train")
+            _adopt(cell_dir, sibling)
+            manifest.finish(sibling, "train", started, "done", STAGES, reused_from=cell_dir.name)
+    return {"steps": step}
+
+
+def _siblings(cell_dir: Path, info: dict) -> list[Path]:
+    """Other cells of the grid that train the same model."""
+    found = []
+    for other in sorted(cell_dir.parent.glob(f"*/{CELL}")):
+        if other.parent != cell_dir and read_json(other).get("train_key") == info["train_key"]:
+            found.append(other.parent)
+    return found
+
+
+def _trained_sibling(cell_dir: Path, info: dict) -> Path | None:
+    return next((s for s in _siblings(cell_dir, info) if states(s)["train"] == "done"), None)
+
+
+def _adopt(source: Path, target: Path) -> None:
+    """Hard-link source's final checkpoint into target (copy across filesystems), atomically."""
+    dst = target / CHECKPOINT
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source / CHECKPOINT, tmp)
+    except OSError:
+        shutil.copyfile(source / CHECKPOINT, tmp)
+    os.replace(tmp, dst)
+    if (source / TRAIN_LOG).exists():
+        atomic_write_text(target / TRAIN_LOG, (source / TRAIN_LOG).read_text(encoding="utf-8"))
+
+
+def _last_logged_step(cell_dir: Path) -> int:
+    path = cell_dir / TRAIN_LOG
+    if not path.exists():
+        return 0
+    for line in reversed(path.read_text(encoding="utf-8").splitlines()):
+        try:
+            return int(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError):
+            continue
+    return 0
+
+
+def sample_stage(cell_dir: str) -> None:
+    cell_dir, config, _ = load(cell_dir)
+    _run_stage(cell_dir, "sample", lambda: _sample(cell_dir, config))
+
+
+def _sample(cell_dir: Path, config: dict) -> dict:
+    from gentron.generate import generate
+
+    counts = {}
+    for name in config["sample"]["prompt_sets"]:
+        records = prompt_records(name, config["sample"])
+        generate(config, cell_dir / CHECKPOINT, records, cell_dir / "samples" / name)
+        counts[name] = len(records)
+    return {"samples": counts}
+
+
+def prompt_records(name: str, sample: dict) -> list[dict]:
+    """The fixed prompts x seeds of a named prompt set (ablations/conf/prompt_sets.yaml)."""
+    spec = registry("prompt_sets")[name]
+    per_prompt = spec.get("images_per_prompt") or sample["images_per_prompt"]
+    if spec["kind"] == "compshapes":
+        from gentron.generate import prompt_set
+
+        records = prompt_set(spec["set"], sample["seeds"], per_prompt)
+        limit = spec.get("per_category")
+        return [r for r in records if limit is None or r["prompt_id"] < limit]
+    files = sorted(glob.glob(spec["glob"]))
+    if not files:
+        raise FileNotFoundError(f"prompt set '{name}': no files match {spec['glob']} "
+                                "(set the environment variable named in ablations/conf/prompt_sets.yaml)")
+    seeds = _seeds(sample["seeds"], per_prompt)
+    records = []
+    for path in map(Path, files):
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            category = path.stem.removesuffix("_val")
+            rows = [{"prompt": p.strip(), "category": category, "prompt_id": i}
+                    for i, p in enumerate(line for line in text.splitlines() if line.strip())]
+        records += [{**row, "seed": seed, "index": index} for row in rows for index, seed in enumerate(seeds)]
+    return records
+
+
+def _seeds(seeds: list[int], count: int) -> list[int]:
+    """`count` seeds: the given ones, continued upward from the last."""
+    out = list(seeds[:count])
+    while len(out) < count:
+        out.append(out[-1] + 1)
+    return out
+
+
+def evaluate_stage(cell_dir: str) -> None:
+    cell_dir, config, _ = load(cell_dir)
+    _run_stage(cell_dir, "evaluate", lambda: _evaluate(cell_dir, config))
+
+
+def _evaluate(cell_dir: Path, config: dict) -> dict:
+    from eval.common import write_result
+
+    metrics = registry("metrics")
+    for name in config["eval"]["metrics"]:
+        out = cell_dir / "eval" / f"{name}.json"
+        if out.exists():
+            continue
+        prompt_set = metric_prompt_set(name, config["sample"]["prompt_sets"])
+        module = importlib.import_module(metrics[name]["module"])
+        write_result(out, module.evaluate(cell_dir / "samples" / prompt_set, **metrics[name].get("options", {})))
+    return {"metrics": config["eval"]["metrics"]}
+
+
+def record_stage(cell_dir: str) -> None:
+    cell_dir, config, _ = load(cell_dir)
+    _run_stage(cell_dir, "record", lambda: _record(cell_dir, config))
+
+
+def _record(cell_dir: Path, config: dict) -> dict:
+    """metrics.json: every evaluator's aggregate as '<metric>/<score>' -> {mean, ci_low, ci_high, n}."""
+    flat = {}
+    for name in config["eval"]["metrics"]:
+        for score, value in read_json(cell_dir / "eval" / f"{name}.json")["aggregate"].items():
+            flat[f"{name}/{score}"] = value
+    atomic_write_json(cell_dir / METRICS, flat)
+    return {}
+
+
+STAGE_FUNCTIONS = {"train": train_stage, "sample": sample_stage, "evaluate": evaluate_stage, "record": record_stage}
+
+
+def run_cell(cell_dir: str) -> str:
+    """All stages of one cell, in order (each skipped when done). Returns the cell folder."""
+    for stage in STAGES:
+        STAGE_FUNCTIONS[stage](cell_dir)
+    return cell_dir
+
+
+def run_cells(cell_dirs: list[str]) -> list[str]:
+    """Cells that share a train key, one after another (the first trains, the others link)."""
+    return [run_cell(d) for d in cell_dirs]

@@ -1,0 +1,164 @@
+"""CLIP score: 100 * max(cos(image, prompt), 0) per image (torchmetrics' CLIPScore definition), and the
+raw cosine (the scale of GenTron's Table 4, e.g. 0.326, and T2I-CompBench's non-spatial score).
+
+The model is either an open_clip model (`--model ViT-B-32 --pretrained openai`, or a local checkpoint
+file as `--pretrained`) or a transformers CLIP (`--model` = a saved folder or a cached hub name such
+as openai/clip-vit-large-patch14). `--crosscheck` recomputes the mean with torchmetrics' CLIPScore on
+the same transformers model, passed to it as a callable.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from eval import weights
+from eval.common import batched, image_row, load_image, load_samples, resolve_device, result, run_cli
+
+log = logging.getLogger(__name__)
+
+PAPER_MODELS = {("ViT-B-32", "openai"), ("ViT-L-14", "openai"), ("openai/clip-vit-base-patch32", None),
+                ("openai/clip-vit-large-patch14", None)}
+
+
+class ClipEmbedder:
+    """Unit-norm image and text embeddings from open_clip or transformers CLIP."""
+
+    def __init__(self, model: str, pretrained: str | None = None, device: str = "cpu"):
+        self.model_name, self.pretrained, self.device = model, pretrained, device
+        if pretrained is not None or _is_open_clip_name(model):
+            self._load_open_clip(model, pretrained)
+        else:
+            self._load_transformers(model)
+        self.model.eval().to(device)
+
+    def _load_open_clip(self, model: str, pretrained: str | None) -> None:
+        import open_clip
+
+        checkpoint = weights.open_clip_checkpoint(model, pretrained)
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=checkpoint)
+        self.tokenizer = open_clip.get_tokenizer(model)
+        self.backend, self.preprocessing = "open_clip", repr(self.preprocess)
+
+    def _load_transformers(self, model: str) -> None:
+        from transformers import CLIPModel, CLIPProcessor
+
+        path = weights.hf_model_path(model, "CLIP model")
+        self.model, self.processor = CLIPModel.from_pretrained(path), CLIPProcessor.from_pretrained(path)
+        self.backend, self.preprocessing = "transformers", repr(self.processor.image_processor.to_dict())
+
+    @torch.no_grad()
+    def embed_images(self, images) -> torch.Tensor:
+        if self.backend == "open_clip":
+            pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device)
+            feats = self.model.encode_image(pixels)
+        else:
+            pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
+            feats = _tensor(self.model.get_image_features(pixel_values=pixels))
+        return torch.nn.functional.normalize(feats.float(), dim=-1)
+
+    @torch.no_grad()
+    def embed_texts(self, texts) -> torch.Tensor:
+        if self.backend == "open_clip":
+            feats = self.model.encode_text(self.tokenizer(list(texts)).to(self.device))
+        else:
+            max_length = self.model.config.text_config.max_position_embeddings
+            tokens = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True,
+                                    max_length=max_length).to(self.device)
+            feats = _tensor(self.model.get_text_features(input_ids=tokens["input_ids"],
+                                                         attention_mask=tokens["attention_mask"]))
+        return torch.nn.functional.normalize(feats.float(), dim=-1)
+
+    def cosines(self, images, texts) -> list[float]:
+        """Cosine similarity of each image with its own text."""
+        return (self.embed_images(images) * self.embed_texts(texts)).sum(-1).tolist()
+
+    def protocol(self) -> dict:
+        return {"backend": self.backend, "model": self.model_name, "pretrained": self.pretrained,
+                "preprocessing": self.preprocessing, "text_truncation": "tokenizer truncation to the context length"}
+
+    @property
+    def comparable_to_paper(self) -> bool:
+        return (self.model_name, self.pretrained) in PAPER_MODELS
+
+
+def _is_open_clip_name(model: str) -> bool:
+    import open_clip
+
+    return model in open_clip.list_models() and not Path(model).exists()
+
+
+def _tensor(output) -> torch.Tensor:
+    """transformers 5 returns a ModelOutput (projected `pooler_output`) where 4.x returned a tensor."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def score_samples(embedder: ClipEmbedder, samples_dir, samples, batch_size: int, desc: str,
+                  text_of=lambda sample: sample.prompt) -> list[float]:
+    """Raw cosine per sample between its image and `text_of(sample)`."""
+    out = []
+    for batch in tqdm(list(batched(samples, batch_size)), desc=desc, unit="batch"):
+        out += embedder.cosines([load_image(samples_dir, s) for s in batch], [text_of(s) for s in batch])
+    return out
+
+
+def torchmetrics_clip_score(images, texts, hf_model: str) -> float:
+    """torchmetrics' CLIPScore (max(100 * mean cos, 0)) with a local transformers model as a callable."""
+    from torchmetrics.multimodal.clip_score import CLIPScore
+    from torchvision.transforms.functional import pil_to_tensor
+    from transformers import CLIPModel, CLIPProcessor
+
+    path = weights.hf_model_path(hf_model, "CLIP model")
+
+    class TensorFeatures(CLIPModel):  # torchmetrics expects tensors from get_*_features
+        def get_image_features(self, *args, **kwargs):
+            return _tensor(super().get_image_features(*args, **kwargs))
+
+        def get_text_features(self, *args, **kwargs):
+            return _tensor(super().get_text_features(*args, **kwargs))
+
+    metric = CLIPScore(model_name_or_path=lambda: (TensorFeatures.from_pretrained(path).eval(),
+                                                   CLIPProcessor.from_pretrained(path)))
+    metric.update([pil_to_tensor(im) for im in images], list(texts))
+    return float(metric.compute())
+
+
+def evaluate(samples_dir, model: str = weights.CLIP_B32, pretrained: str | None = None, batch_size: int = 32,
+             device: str | None = None, crosscheck: bool = False) -> dict:
+    """CLIP score of every image against its prompt."""
+    embedder = ClipEmbedder(model, pretrained, resolve_device(device))
+    samples = load_samples(samples_dir)
+    if not any(s.prompt for s in samples):
+        raise ValueError(f"{samples_dir}: no prompts (no samples.jsonl and no {{prompt}}_{{index:06}}.png names)")
+    cosines = score_samples(embedder, samples_dir, samples, batch_size, "clip score")
+    per_image = [image_row(s, {"clip_score": 100 * max(c, 0.0), "cosine": c}) for s, c in zip(samples, cosines)]
+    protocol = {**embedder.protocol(), "definition": "clip_score = 100 * max(cos, 0) per image (torchmetrics); "
+                                                     "cosine = raw cos (GenTron Table 4 scale)"}
+    extra = {}
+    if crosscheck:
+        if embedder.backend != "transformers":
+            raise ValueError("the torchmetrics cross-check needs a transformers CLIP (--model PATH, no --pretrained)")
+        extra["crosscheck"] = {"torchmetrics_clip_score": torchmetrics_clip_score(
+            [load_image(samples_dir, s) for s in samples], [s.prompt for s in samples], model),
+            "ours_max0_of_mean": max(100 * sum(cosines) / len(cosines), 0.0)}
+    return result("clip_score", per_image, protocol, embedder.comparable_to_paper, extra)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=weights.CLIP_B32,
+                        help="open_clip model name (with --pretrained) or transformers CLIP folder / cached hub name")
+    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--crosscheck", action="store_true", help="also compute torchmetrics' CLIPScore")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli("clip_score", evaluate, _add_arguments, argv)
+
+
+if __name__ == "__main__":
+    main()

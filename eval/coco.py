@@ -1,0 +1,148 @@
+"""MS-COCO FID-30K: the caption plan and the reference images.
+
+`plan`: from the official captions_val2014.json (images + annotations with image_id/caption), pick
+30,000 images with a fixed seed and one of each image's (~5) captions at random; write the plan as
+`prompts.jsonl` rows in the sample-manifest format (file coco/{prompt_id:06d}_{seed}.png, prompt, seed,
+prompt_id, image_id, coco_file), so the generator's output is directly a sample folder.
+`shard`: rows i::n of a plan for one SLURM array task. `refs`: centre-crop to the short side and LANCZOS
+resize of the chosen val2014 images to the evaluation resolution (256), saved as PNG (optionally a shard).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from gentron.io import atomic_save_image, atomic_write_text, read_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_N, DEFAULT_SEED, DEFAULT_RESOLUTION, SAMPLE_SEED = 30_000, 0, 256, 42
+
+
+def read_captions(captions_json: str | Path) -> tuple[dict[int, str], dict[int, list[str]]]:
+    """({image_id: file_name}, {image_id: [captions in file order]}) from a COCO captions file."""
+    data = read_json(captions_json)
+    if not isinstance(data, dict) or "annotations" not in data or "images" not in data:
+        raise ValueError(f"{captions_json} is not a COCO captions file (needs 'images' and 'annotations'); "
+                         f"use annotations/captions_val2014.json from annotations_trainval2014.zip")
+    files = {img["id"]: img["file_name"] for img in data["images"]}
+    captions: dict[int, list[str]] = {}
+    for ann in data["annotations"]:
+        captions.setdefault(ann["image_id"], []).append(ann["caption"].strip())
+    return files, captions
+
+
+def sample_captions(captions_json: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEED,
+                    sample_seed: int = SAMPLE_SEED) -> list[dict]:
+    """n distinct images (sorted ids, permuted with `seed`), one random caption each."""
+    files, captions = read_captions(captions_json)
+    image_ids = sorted(captions)
+    if n > len(image_ids):
+        raise ValueError(f"asked for {n} captions but {captions_json} has only {len(image_ids)} captioned images")
+    rng = np.random.default_rng(seed)
+    chosen = [image_ids[i] for i in rng.permutation(len(image_ids))[:n]]
+    rows = []
+    for prompt_id, image_id in enumerate(chosen):
+        caption = captions[image_id][rng.integers(len(captions[image_id]))]
+        rows.append({"file": f"coco/{prompt_id:06d}_{sample_seed}.png", "prompt": caption, "seed": sample_seed,
+                     "index": 0, "category": "coco", "prompt_id": prompt_id, "image_id": image_id,
+                     "coco_file": files.get(image_id, f"COCO_val2014_{image_id:012d}.jpg")})
+    return rows
+
+
+def shard(rows: list, index: int, num_shards: int) -> list:
+    """Rows index, index + n, ... (shards partition the plan; sizes differ by at most one)."""
+    if not 0 <= index < num_shards:
+        raise ValueError(f"shard index {index} is outside 0..{num_shards - 1}")
+    return rows[index::num_shards]
+
+
+def write_plan(rows: list[dict], out: str | Path, protocol: dict) -> Path:
+    out = Path(out)
+    atomic_write_text(out / "prompts.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    atomic_write_text(out / "prompts.txt", "".join(r["prompt"].replace("\n", " ") + "\n" for r in rows))
+    atomic_write_text(out / "plan.json", json.dumps(protocol, indent=2, sort_keys=True) + "\n")
+    return out / "prompts.jsonl"
+
+
+def read_plan(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; write it with `python -m eval.coco plan`")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def center_crop_resize(image: Image.Image, resolution: int = DEFAULT_RESOLUTION) -> Image.Image:
+    """Centre crop to the short side, then LANCZOS resize to resolution x resolution."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    square = image.convert("RGB").crop((left, top, left + side, top + side))
+    return square.resize((resolution, resolution), Image.LANCZOS)
+
+
+def prepare_references(rows: list[dict], coco_dir: str | Path, out_dir: str | Path,
+                       resolution: int = DEFAULT_RESOLUTION) -> int:
+    """Write the cropped, resized reference image of every plan row (skipping those already there)."""
+    coco_dir, out_dir = Path(coco_dir), Path(out_dir)
+    written = 0
+    for row in tqdm(rows, desc="COCO references", unit="img"):
+        target = out_dir / f"{Path(row['coco_file']).stem}.png"
+        if target.exists():
+            continue
+        source = coco_dir / row["coco_file"]
+        if not source.exists():
+            raise FileNotFoundError(f"{source} not found: --coco-dir must be the val2014 image folder")
+        with Image.open(source) as image:
+            atomic_save_image(target, center_crop_resize(image, resolution))
+        written += 1
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m eval.coco", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    plan = sub.add_parser("plan", help="sample the captions and write OUT/prompts.jsonl")
+    plan.add_argument("--captions", required=True, help="annotations/captions_val2014.json")
+    plan.add_argument("--out", required=True)
+    plan.add_argument("-n", type=int, default=DEFAULT_N)
+    plan.add_argument("--seed", type=int, default=DEFAULT_SEED, help="caption sampling seed")
+    plan.add_argument("--sample-seed", type=int, default=SAMPLE_SEED, help="generation seed written in the plan")
+    part = sub.add_parser("shard", help="write rows i::n of a plan (one SLURM array task)")
+    part.add_argument("plan")
+    part.add_argument("--index", type=int, required=True)
+    part.add_argument("--num-shards", type=int, required=True)
+    part.add_argument("--out", required=True)
+    refs = sub.add_parser("refs", help="centre-crop + LANCZOS-resize the plan's reference images")
+    refs.add_argument("plan")
+    refs.add_argument("--coco-dir", required=True, help="the val2014 image folder")
+    refs.add_argument("--out", required=True)
+    refs.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
+    refs.add_argument("--index", type=int, default=0)
+    refs.add_argument("--num-shards", type=int, default=1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level="INFO")
+    if args.command == "plan":
+        rows = sample_captions(args.captions, args.n, args.seed, args.sample_seed)
+        protocol = {"captions": str(args.captions), "n": args.n, "seed": args.seed,
+                    "rule": "distinct images: permutation of sorted image ids; one uniformly random caption each"}
+        print(write_plan(rows, args.out, protocol))
+    elif args.command == "shard":
+        rows = shard(read_plan(args.plan), args.index, args.num_shards)
+        path = Path(args.out)
+        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        print(f"{len(rows)} prompts -> {path}")
+    else:
+        rows = shard(read_plan(args.plan), args.index, args.num_shards)
+        print(f"wrote {prepare_references(rows, args.coco_dir, args.out, args.resolution)} reference images")
+
+
+if __name__ == "__main__":
+    main()

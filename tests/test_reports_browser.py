@@ -1,0 +1,86 @@
+"""Both pages in a real browser (Debian's Chromium through Playwright): the results browser renders a
+grid, and a rater votes through the blind page whose votes then show on the owner's results page.
+Screenshots go to test-artifacts/."""
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from report_fixtures import REPO, build_grid, prompts, serve_results, serve_votes, write_sample_folder
+from reports import study
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = REPO / "test-artifacts"
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                 "(`make system-deps` installs it as root)")]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as play:
+        chromium = play.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+def test_results_browser_renders_table_and_paper_view(browser, tmp_path):
+    build_grid(tmp_path, "conditioning")
+    with serve_results(tmp_path) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url, timeout=60_000)
+        page.get_by_text("4 cells").wait_for(timeout=60_000)
+        page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=30_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "results_table.png"), full_page=True)
+        page.goto(url + "/?view=Paper+table", timeout=60_000)
+        page.get_by_text("Paper table (T2I-CompBench").wait_for(timeout=60_000)
+        page.get_by_role("button", name="Download LaTeX").wait_for(timeout=30_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "results_paper_table.png"), full_page=True)
+        page.goto(url + "/?view=Samples", timeout=60_000)
+        page.get_by_text("prompts with the same seed").wait_for(timeout=60_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "results_samples.png"), full_page=True)
+        assert not page.locator("[data-testid='stException']").count()
+        page.close()
+
+
+def test_rater_votes_in_browser_and_owner_sees_them(browser, tmp_path):
+    plist = prompts(3)
+    folders = {"gentron_xattn": tmp_path / "ours", "sdxl_baseline": tmp_path / "baseline"}
+    write_sample_folder(folders["gentron_xattn"], plist, quality=0.95, tag="gentron_xattn")
+    write_sample_folder(folders["sdxl_baseline"], plist, quality=0.3, tag="sdxl_baseline")
+    db = tmp_path / "votes.sqlite"
+    created = study.create(db, "browser study", folders, raters=2, checks=1)
+    with serve_votes(db) as url:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(f"{url}/r/{created['raters'][0]}")
+        page.get_by_text("Pair 1 of 4").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "vote_screen.png"), full_page=True)
+        html = page.content()
+        assert "gentron_xattn" not in html and "sdxl_baseline" not in html and str(tmp_path) not in html
+        for _ in range(4):
+            page.locator("input[name='quality'][value='left']").check()
+            page.locator("input[name='text'][value='draw']").check()
+            page.get_by_role("button", name="Submit and next").click()
+            page.wait_for_load_state()
+        page.get_by_text("All done").wait_for()
+        page.goto(f"{url}/s/{created['study_id']}/results")
+        page.fill("input[name='secret']", created["owner_secret"])
+        page.get_by_role("button", name="Show results").click()
+        page.get_by_text("win without ties").first.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "vote_results.png"), full_page=True)
+        body = page.inner_text("body")
+        assert re.search(r"8 answers recorded", body)
+        page.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == 8
