@@ -25,6 +25,7 @@ DEFAULT_RUNS = "runs"
 EXAMPLE_COMMAND = "python ablations/run.py grid=conditioning"
 MAX_CURVES = 8
 PROMPTS_PER_PAGE = 4
+SAMPLE_WIDTH = 256
 
 
 def default_runs_dir(argv: list[str] | None = None) -> str:
@@ -288,14 +289,15 @@ def view_samples(long: pd.DataFrame, cells: pd.DataFrame) -> None:
         return
     shared = _shared_prompts(frames)
     categories = sorted(shared["category"].dropna().unique()) if "category" in shared else []
-    category = st.selectbox("Category", ["all", *categories])
-    query = st.text_input("Prompt contains")
+    left, middle, right = st.columns(3)
+    category = left.selectbox("Category", ["all", *categories])
+    query = middle.text_input("Prompt contains")
     if category != "all":
         shared = shared[shared["category"] == category]
     if query:
         shared = shared[shared["prompt"].str.contains(query, case=False, regex=False)]
     pages = max(1, -(-len(shared) // PROMPTS_PER_PAGE))
-    page = st.number_input(f"Page (of {pages})", 1, pages, 1)
+    page = right.number_input(f"Page (of {pages})", 1, pages, 1)
     st.caption(f"{len(shared)} prompts with the same seed in every picked cell.")
     for key in shared.iloc[(page - 1) * PROMPTS_PER_PAGE: page * PROMPTS_PER_PAGE].itertuples(index=False):
         _sample_row(key, frames)
@@ -325,7 +327,7 @@ def _sample_row(key, frames: dict[str, pd.DataFrame]) -> None:
             if row["path"].lower().endswith(".mp4") or row["path"].lower().endswith(".webm"):
                 st.video(row["path"])
             else:
-                st.image(row["path"], width="stretch")
+                st.image(row["path"], width=SAMPLE_WIDTH)
             scores = {k: v for k, v in row.items() if "/" in str(k) and pd.notna(v) and k != "path"}
             st.caption(label + "\n\n" + ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()))
 
