@@ -86,10 +86,10 @@ def write_samples(folder: str | Path, samples: list[Sample]) -> Path:
 
 
 def per_prompt_means(per_image: list[dict]) -> list[dict]:
-    """Average each image score over the images (seeds) of a prompt."""
+    """Average each image score over the images (seeds) of a prompt (a prompt = category + prompt_id)."""
     by_prompt: dict[Any, dict] = {}
     for row in per_image:
-        entry = by_prompt.setdefault(row["prompt_id"], {"prompt_id": row["prompt_id"],
+        entry = by_prompt.setdefault((row.get("category", ""), row["prompt_id"]), {"prompt_id": row["prompt_id"],
                                                          "category": row.get("category", ""),
                                                          "prompt": row.get("prompt", ""), "values": {}})
         for name, value in row["scores"].items():

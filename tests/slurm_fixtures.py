@@ -11,6 +11,7 @@ import pytest
 
 from slurm import cluster
 
+
 @pytest.fixture(scope="session")
 def slurm_cluster() -> dict:
     """Start (or find) the local cluster; skip when not root or the packages cannot be installed."""
