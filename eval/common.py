@@ -89,9 +89,9 @@ def per_prompt_means(per_image: list[dict]) -> list[dict]:
     """Average each image score over the images (seeds) of a prompt (a prompt = category + prompt_id)."""
     by_prompt: dict[Any, dict] = {}
     for row in per_image:
-        entry = by_prompt.setdefault((row.get("category", ""), row["prompt_id"]), {"prompt_id": row["prompt_id"],
-                                                         "category": row.get("category", ""),
-                                                         "prompt": row.get("prompt", ""), "values": {}})
+        key = (row.get("category", ""), row["prompt_id"])
+        entry = by_prompt.setdefault(key, {"prompt_id": row["prompt_id"], "category": row.get("category", ""),
+                                           "prompt": row.get("prompt", ""), "values": {}})
         for name, value in row["scores"].items():
             entry["values"].setdefault(name, []).append(value)
     out = []
