@@ -237,12 +237,12 @@ def make_cell(grid: DictConfig, arms: dict[str, str], seed: int, overrides: dict
     raw = OmegaConf.to_container(grid, resolve=False)  # ??? values stay unresolved until the end
     evaluation = raw.get("evaluation") or {}
     updates = list((raw.get("base") or {}).items())
-    updates += [("sample.prompt_sets", evaluation.get("prompt_sets")), ("eval.metrics", evaluation.get("metrics"))]
+    updates += [(key, evaluation[name]) for key, name in (("sample.prompt_sets", "prompt_sets"),
+                                                          ("eval.metrics", "metrics")) if name in evaluation]
     updates += [(k, v) for axis, arm in arms.items() for k, v in raw["axes"][axis][arm].items()]
     updates += [("train.seed", seed)] + list(overrides.items())
     for key, value in updates:
-        if value is not None:
-            OmegaConf.update(cfg, key, value, merge=True)
+        OmegaConf.update(cfg, key, value, merge=True)
     where = f"grid '{grid.name}' (profile {grid.profile}), cell {arms} seed {seed}"
     try:
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)

@@ -102,16 +102,15 @@ def check_resources(p: Plan) -> None:
         if torch.cuda.is_available():
             return
         where = "this machine's CPU (launcher=local, no CUDA device)"
-    cell, params = max(big, key=lambda item: item[1])
-    size = cell.config["model"]["size"]
-    gb = params * BYTES_PER_PARAM / 1e9
+    sizes = {cell.config["model"]["size"]: params for cell, params in big}
+    largest = max(sizes.values())
+    named = ", ".join(f"{size} ({params / 1e6:.0f}M transformer parameters)" for size, params in sizes.items())
     raise ConfigError(
-        f"refusing to train {size} ({params / 1e6:.0f}M transformer parameters, cells "
-        f"{', '.join(c.cell_id for c, _ in big)}) on {where}. It needs GPUs: about {gb:.0f} GB for fp32 "
-        "weights, gradients and AdamW state before activations (G/2 also FSDP and activation checkpointing "
-        f"across GPUs). Run it on a GPU cluster: `python ablations/run.py grid={p.run.grid} profile={p.run.profile} "
-        "launcher=slurm slurm=<profile>` with a profile of slurm/profiles/ that has gpus_per_node > 0; "
-        "or run the CPU stand-ins with profile=embedded.")
+        f"refusing to train {named} on {where}. These need GPUs: up to about "
+        f"{largest * BYTES_PER_PARAM / 1e9:.0f} GB for fp32 weights, gradients and AdamW state before activations "
+        "(G/2 also FSDP and activation checkpointing across GPUs). Run them on a GPU cluster: "
+        f"`python ablations/run.py grid={p.run.grid} profile={p.run.profile} launcher=slurm slurm=<profile>` with a "
+        "profile of slurm/profiles/ that has gpus_per_node > 0; or run the CPU stand-ins with profile=embedded.")
 
 
 def estimate_params(config: dict) -> float:
@@ -177,7 +176,7 @@ def _run_pool(groups: list[list[str]], workers: int) -> list[str]:
 
 def finish(p: Plan, failed: list[str]) -> int:
     results.write_results(p.grid_dir)
-    print(results.format_results(p.grid_dir, p.grid.get("note", "")))
+    print(results.format_results(p.grid_dir, [c.cell_id for c in p.cells], p.grid.get("note", "")))
     if failed:
         print(f"{len(failed)} cells failed: {', '.join(Path(d).name for d in failed)}; see the log above, "
               "fix and rerun the same command to resume them", file=sys.stderr)

@@ -61,10 +61,13 @@ def arm_table(results: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def format_results(grid_dir: str | Path, note: str = "") -> str:
-    """The printed summary: the arm table, what the profile is, and where to look next."""
+def format_results(grid_dir: str | Path, cell_ids: list[str], note: str = "") -> str:
+    """The printed summary of the planned cells (results.parquet keeps every cell of the folder):
+    the arm table, what the profile is, and where to look next."""
     grid_dir = Path(grid_dir)
     results = collect(grid_dir)
+    if not results.empty:
+        results = results[results["cell_id"].isin(cell_ids)]
     lines = [f"results of grid '{grid_dir.name}'" + (f" ({note})" if note else "")]
     if results.empty:
         lines.append("no cell has metrics yet")

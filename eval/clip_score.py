@@ -29,6 +29,7 @@ class ClipEmbedder:
 
     def __init__(self, model: str, pretrained: str | None = None, device: str = "cpu"):
         self.model_name, self.pretrained, self.device = model, pretrained, device
+        log.info("loading CLIP %s (pretrained=%s)", model, pretrained)
         if pretrained is not None or _is_open_clip_name(model):
             self._load_open_clip(model, pretrained)
         else:

@@ -45,6 +45,7 @@ def sample_captions(captions_json: str | Path, n: int = DEFAULT_N, seed: int = D
     image_ids = sorted(captions)
     if n > len(image_ids):
         raise ValueError(f"asked for {n} captions but {captions_json} has only {len(image_ids)} captioned images")
+    log.info("%d captioned images in %s; choosing %d with seed %d", len(image_ids), captions_json, n, seed)
     rng = np.random.default_rng(seed)
     chosen = [image_ids[i] for i in rng.permutation(len(image_ids))[:n]]
     rows = []

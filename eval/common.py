@@ -206,7 +206,10 @@ def run_cli(metric: str, evaluate: Callable[..., dict], add_arguments: Callable[
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=args.pop("log_level"), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     samples_dir, out = args.pop("samples_dir"), args.pop("out")
-    res = evaluate(samples_dir, **args)
+    try:
+        res = evaluate(samples_dir, **args)
+    except (FileNotFoundError, ValueError) as e:  # problems the user can fix: the message says how
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     write_result(out or Path(samples_dir) / "eval" / f"{metric}.json", res)
     for name, agg in res["aggregate"].items():
         ci = "" if agg["ci_low"] is None else f" [{agg['ci_low']:.4f}, {agg['ci_high']:.4f}]"

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Callable
 
@@ -290,7 +291,8 @@ def evaluate(samples_dir, ref: str, mode: str = "clean", extractor: str = "rando
                 "sample_formats": sorted({f.suffix.lower() for f in files}), **ref_info,
                 "kid": {"num_subsets": 100, "max_subset_size": 1000} if kid else None,
                 "ci": f"bootstrap over generated images (reference fixed), {n_boot} resamples, percentile "
-                      f"interval shifted by the bootstrap bias", "fid_dtype": "float64"}
+                      f"interval shifted by the bootstrap bias", "fid_dtype": "float64",
+                "versions": {pkg: version(pkg) for pkg in ("clean-fid", "torchmetrics", "torch", "pillow")}}
     extra = {}
     if crosscheck:
         if Path(ref).suffix == ".npz":

@@ -62,7 +62,7 @@ def save_tiny_owlvit(path: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64,
                   patch_size=16)
-    model = OwlViTForObjectDetection(OwlViTConfig(text_config=_CLIP_TEXT, vision_config=vision, projection_dim=16))
+    model = OwlViTForObjectDetection(OwlViTConfig(text_config=_CLIP_TEXT, vision_config=vision, projection_dim=32))
     model.save_pretrained(path)
     image_processor = OwlViTImageProcessor(size={"height": 64, "width": 64}, crop_size={"height": 64, "width": 64})
     OwlViTProcessor(image_processor=image_processor, tokenizer=_clip_tokenizer()).save_pretrained(path)

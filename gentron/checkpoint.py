@@ -11,6 +11,7 @@ A checkpoint is one torch file with everything an exact resume needs:
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -69,5 +70,5 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         # Our own files only: they hold numpy RNG state and plain dicts, which weights_only rejects.
         return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as e:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
         raise ValueError(f"checkpoint {path} is unreadable ({e}); delete it and resume from an earlier one") from e

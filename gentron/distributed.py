@@ -102,17 +102,12 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
     )
 
 
-def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, model_state: dict,
-                    optimizer_state: dict | None) -> None:
-    """Load full (unsharded) state into a plain, DDP or FSDP2 model; each rank keeps its shard."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
-    )
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a full (unsharded) optimizer state into the optimizer of a plain, DDP or FSDP2 model;
+    each rank keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    options = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(unwrap(model), model_state, options=options)
-    if optimizer is not None and optimizer_state is not None:
-        set_optimizer_state_dict(unwrap(model), optimizer, optimizer_state, options=options)
+    set_optimizer_state_dict(unwrap(model), optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 def local_slice(global_batch: int, info: DistInfo) -> slice:

@@ -19,6 +19,7 @@ GenTron.load_t2i_weights, new temporal layers zero-initialised, fresh optimizer.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -287,23 +288,23 @@ class MetricsLog:
             self.writer.close()
 
 
-def _init_from(path: str, model: GenTron, ema: dict, optimizer) -> None:
-    """Start a new stage from another run's checkpoint (see the module docstring)."""
+def _init_from(path: str, model: GenTron, ema: dict) -> dict | None:
+    """Start a new stage from another run's checkpoint (see the module docstring); returns the
+    optimizer state to carry over, or None for a fresh optimizer."""
     state = load_checkpoint(path)
     was_video = state["model_config"].get("temporal", False)
     if model.config.temporal and not was_video:
         model.load_t2i_weights(state["model"])
-        ema_model = GenTron(model.config)
-        ema_model.load_state_dict(model.state_dict())
+        ema_model = copy.deepcopy(model)
         ema_model.load_t2i_weights(state["ema"])
         ema.update({k: v.clone() for k, v in ema_model.state_dict().items() if k in ema})
         log.info("initialised a T2V model from T2I checkpoint %s (temporal layers start at zero)", path)
-        return
+        return None
     model.load_state_dict(state["model"])
     ema.update({k: state["ema"][k].clone() for k in ema})
-    optimizer.load_state_dict(state["optimizer"])
     log.info("initialised from %s (weights, EMA and optimizer state; positions recomputed for %dx%d)",
              path, model.config.input_size, model.config.input_size)
+    return state["optimizer"]
 
 
 def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
@@ -327,26 +328,27 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
     torch.manual_seed(t.seed)
     model = GenTron(build_model_config(cfg, [_Width(e) for e in table.embeddings], vae)).to(device)
     ema = {k: v.detach().clone() for k, v in model.named_parameters()}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     generator = torch.Generator().manual_seed(t.seed)
-    step, consumed = 0, {"images": 0, "clips": 0}
-
+    step, consumed, optimizer_state = 0, {"images": 0, "clips": 0}, None
     if last_path.exists():
         state = load_checkpoint(last_path)
         model.load_state_dict(state["model"])
         ema = {k: state["ema"][k].to(device) for k in ema}
-        optimizer.load_state_dict(state["optimizer"])
-        step, consumed = state["step"], state["data"]
+        step, consumed, optimizer_state = state["step"], state["data"], state["optimizer"]
         restore_rng(state["rng"], generator)
         log.info("resuming %s at step %d", run_dir, step)
     elif t.init_from:
-        _init_from(t.init_from, model, ema, optimizer)
+        optimizer_state = _init_from(t.init_from, model, ema)
     if info.is_main:
         log.info("model: %.2fM parameters, %s", model.num_params() / 1e6, model.config)
 
+    # Wrap first, then build the optimizer: FSDP2 replaces the parameters with sharded ones.
     model = D.wrap_model(model, info, t.strategy)
     if info.enabled and t.strategy == "fsdp":  # shard the EMA like the weights it follows
         ema = {n: _like(p, ema[n]) for n, p in D.unwrap(model).named_parameters()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    if optimizer_state is not None:
+        D.load_optimizer_state(model, optimizer, optimizer_state)
     forward = torch.compile(model) if t.compile else model
     diffusion = Diffusion(learn_sigma=cfg.model.learn_sigma)
     metrics = MetricsLog(run_dir / LOG_FILE, step, info.is_main,
@@ -397,7 +399,7 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
                 kept = f"the last good checkpoint {last_path} (step {_ckpt_step(last_path)}) is untouched" \
                     if last_path.exists() else "no checkpoint was written yet"
                 raise TrainingDiverged(
-                    f"training diverged at step {step}: loss={loss.item()}, grad_norm={grad_norm.item()} "
+                    f"training diverged at step {step + 1}: loss={loss.item()}, grad_norm={grad_norm.item()} "
                     f"(lr={lr:g}); {kept}. Likely fix: lower train.lr (now {t.lr:g}), set/lower "
                     f"train.grad_clip (now {t.grad_clip:g}) or add train.warmup_steps (now {t.warmup_steps})")
             optimizer.step()

@@ -4,7 +4,6 @@ per category `annotation_blip/`, `labels/annotation_obj_detection_2d/`, `annotat
 plus `averages.json` ({category: mean over images})."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -99,6 +98,7 @@ def evaluate(samples_dir, category: str | None = None, blip: str = weights.BLIP_
                 rows.append({**image_row(s, scores), "question_id": len(rows)})
         _write_official(official, cat, rows)
         averages[cat] = sum(r["scores"][cat] for r in rows) / len(rows)
+        log.info("%s: %.4f over %d images", cat, averages[cat], len(rows))
         per_image += rows
     atomic_write_json(official / "averages.json", averages)
     comparable = _comparable(set(averages), blip, clip, clip_pretrained)

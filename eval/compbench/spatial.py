@@ -80,6 +80,7 @@ class Detector:
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
         folder = weights.hf_model_path(path, "zero-shot object detector")
+        log.info("loading detector from %s", folder)
         self.processor = AutoProcessor.from_pretrained(folder)
         self.model = AutoModelForZeroShotObjectDetection.from_pretrained(folder).eval().to(device)
         if not hasattr(self.processor, "post_process_grounded_object_detection") or "Owl" not in type(self.model).__name__:
@@ -89,7 +90,7 @@ class Detector:
     @torch.no_grad()
     def first_detections(self, image: Image.Image, labels: tuple[str, str]) -> list[Detection | None]:
         """The most confident detection (>= confidence) of each label, in resized-image pixels."""
-        inputs = self.processor(text=[list(labels)], images=image, return_tensors="pt").to(self.device)
+        inputs = self.processor(text=[list(labels)], images=image, padding=True, return_tensors="pt").to(self.device)
         outputs = self.model(**inputs)
         found = self.processor.post_process_grounded_object_detection(
             outputs, threshold=self.confidence, target_sizes=[(image.height, image.width)], text_labels=[list(labels)])[0]

@@ -22,6 +22,7 @@ class BlipVqa:
         from transformers import BlipForQuestionAnswering, BlipProcessor
 
         folder = weights.hf_model_path(path, "BLIP-VQA model")
+        log.info("loading BLIP-VQA from %s", folder)
         self.processor = BlipProcessor.from_pretrained(folder)
         self.model = BlipForQuestionAnswering.from_pretrained(folder).eval().to(device)
         self.device, self.image_size, self.path = device, image_size, str(path)

@@ -1,0 +1,94 @@
+"""Grid composition, expansion, cell ids, the override grammar and its errors (no training)."""
+import pytest
+
+from ablations.grid import available_grids, cell_id, parse_args, plan
+from ablations.launch import main
+from gentron.errors import ConfigError
+
+
+def test_shipped_grids_expand_with_distinct_stable_ids():
+    assert {"conditioning", "text_encoder", "scale", "mfg"} <= set(available_grids())
+    for name in ("conditioning", "text_encoder", "scale", "mfg"):
+        first, again = plan([f"grid={name}"]), plan([f"grid={name}"])
+        ids = [c.cell_id for c in first.cells]
+        assert ids == [c.cell_id for c in again.cells]
+        assert len(set(ids)) == len(ids) and all(len(i) == 10 for i in ids)
+        assert {c.axes["seed"] for c in first.cells} == {0, 1, 2}
+
+
+def test_cell_id_ignores_run_only_keys_and_tracks_the_rest():
+    base = plan(["grid=conditioning", "seeds=[0]"]).cells[0]
+    logged = plan(["grid=conditioning", "seeds=[0]", "train.log_every=1", "sample.batch_size=3"]).cells[0]
+    longer = plan(["grid=conditioning", "seeds=[0]", "train.steps=7"]).cells[0]
+    assert logged.cell_id == base.cell_id == cell_id(base.config)
+    assert longer.cell_id != base.cell_id and longer.config["train"]["steps"] == 7
+
+
+def test_the_issue_command_line_parses():
+    run, cell = parse_args(["grid=conditioning", "seeds=[0,1,2]", "train.steps=500", "launcher=slurm", "slurm=local"])
+    assert (run.grid, list(run.seeds), run.launcher, run.slurm) == ("conditioning", [0, 1, 2], "slurm", "local")
+    assert cell == {"train.steps": 500}
+    p = plan(["grid=conditioning", "seeds=[0,1,2]", "train.steps=500", "launcher=slurm", "slurm=local"])
+    assert len(p.cells) == 6 and {c.config["train"]["steps"] for c in p.cells} == {500}
+    assert {c.config["model"]["conditioning"] for c in p.cells} == {"adaln", "cross_attn"}
+
+
+def test_profiles_map_arms_and_label_them():
+    embedded = plan(["grid=scale", "seeds=[0]"]).cells
+    assert [c.arms["scale"] for c in embedded] == ["XL/2", "G/2"]
+    assert all("embedded" in c.axes["scale"] for c in embedded)
+    paper = plan(["grid=scale", "seeds=[0]", "profile=paper", "data.path=/shards"]).cells
+    assert [c.config["model"]["size"] for c in paper] == ["XL/2", "G/2"]
+    tiny = plan(["grid=text_encoder", "seeds=[0]"]).cells
+    assert [[e["kind"] for e in c.config["text_encoders"]] for c in tiny] == [["tiny_clip"], ["tiny_t5"],
+                                                                              ["tiny_clip", "tiny_t5"]]
+    real = plan(["grid=text_encoder", "seeds=[0]", "profile=paper", "data.path=/shards"]).cells
+    assert [c.axes["text_encoder"] for c in real] == ["CLIP-L", "T5-XXL", "CLIP-T5XXL"]
+    assert real[1].config["text_encoders"][0]["path"] == "google/flan-t5-xxl"
+
+
+def test_mfg_sweeps_lambda_m_at_lambda_t_7_5():
+    cells = plan(["grid=mfg", "seeds=[0]"]).cells
+    assert [c.config["sample"]["mfg_scale"] for c in cells] == [None, 1.0, 1.1, 1.2, 1.3]
+    assert {c.config["sample"]["cfg_scale"] for c in cells} == {7.5}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["grid=conditionning"], "did you mean 'conditioning'"),
+    (["grid=nope"], "grids: conditioning, mfg, scale, text_encoder"),
+    (["train.stepz=3"], "did you mean 'train.steps'"),
+    (["seedz=[0]"], "did you mean 'seeds'"),
+    (["local.workerz=2"], "did you mean 'local.workers'"),
+    (["train.steps=abc"], "train.steps='abc' must be of type int"),
+    (["model.conditioning=film"], "model.conditioning is set by the grid's axis 'conditioning'"),
+    (["grid=scale", "model.size=Q/2"], "is not a known size"),
+    (["launcher=kubernetes"], "choose one of ['local', 'slurm']"),
+    (["launcher=slurm"], "needs slurm=<profile>"),
+    (["dry_run=maybe"], "dry_run"),
+    (["train.steps=1,2"], "is a sweep"),
+    (["profile=huge"], "profiles: embedded, paper"),
+    (["sample.prompt_sets=[nope]"], "unknown prompt set 'nope'"),
+    (["eval.metrics=[fdi]"], "did you mean 'fid'"),
+    (["grid=scale", "profile=paper"], "data.path has no value"),
+])
+def test_bad_input_fails_before_anything_runs(argv, message, tmp_path, capsys):
+    assert main([*argv, f"runs_dir={tmp_path}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    assert main(["grid=conditioning", "dry_run=true", f"runs_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if " adaln " in line or " cross_attn " in line]
+    assert len(rows) == 6 and all("pending" in r for r in rows)
+    for cell in plan(["grid=conditioning"]).cells:
+        assert cell.cell_id in out
+    assert "train" in out and "record" in out and not any(tmp_path.iterdir())
+
+
+def test_paper_sizes_are_refused_on_a_cpu(tmp_path, capsys):
+    assert main(["grid=scale", "profile=paper", "data.path=/shards", f"runs_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to train" in err and "launcher=slurm" in err and "GB" in err
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,91 @@
+"""A tiny grid end to end on the local launcher: layout, metrics, results, table, rerun, resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ablations.grid import plan
+from ablations.launch import main
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+# 2 cells (adaLN vs cross-attention, one seed), a few seconds of training each, 12 prompts
+TINY = ["grid=conditioning", "seeds=[0]", "train.steps=20", "train.ckpt_every=5", "train.batch_size=16",
+        "data.num_train=256", "sample.steps=5", "sample.prompt_sets=[compshapes_smoke]"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    proc = subprocess.run([sys.executable, "ablations/run.py", *TINY, f"runs_dir={runs}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return runs, proc.stdout
+
+
+def test_layout_metrics_results_and_table(tiny_run):
+    runs, out = tiny_run
+    grid_dir = runs / "conditioning"
+    cells = plan(TINY).cells
+    assert (grid_dir / "grid.yaml").exists()
+    for cell in cells:
+        d = grid_dir / cell.cell_id
+        for name in ("config.yaml", "cell.json", "manifest.json", "checkpoints/last.pt", "train_log.jsonl",
+                     "samples/compshapes_smoke/samples.jsonl", "eval/compshapes_judge.json", "metrics.json"):
+            assert (d / name).exists(), name
+        info = json.loads((d / "cell.json").read_text())
+        assert info["axes"] == cell.axes and info["cell_id"] == cell.cell_id
+        manifest = json.loads((d / "manifest.json").read_text())
+        assert manifest["status"] == "done" and manifest["git"]["commit"] and "torch" in manifest["versions"]
+        assert all(manifest["stages"][s]["status"] == "done" for s in ("train", "sample", "evaluate", "record"))
+        assert "compshapes_judge/color" in json.loads((d / "metrics.json").read_text())
+    table = pd.read_parquet(grid_dir / "results.parquet")
+    assert {"grid", "cell_id", "metric", "mean", "ci_low", "ci_high", "n", "axis.conditioning", "axis.seed"} <= set(table)
+    assert set(table["cell_id"]) == {c.cell_id for c in cells}
+    assert "adaln" in out and "cross_attn" in out and "compshapes_judge/color" in out
+    assert "streamlit run reports/app.py" in out
+
+
+def test_rerun_skips_everything(tiny_run, capsys):
+    runs, _ = tiny_run
+    grid_dir = runs / "conditioning"
+    before = {p: p.stat().st_mtime_ns for p in grid_dir.glob("*/checkpoints/last.pt")}
+    start = time.perf_counter()
+    assert main([*TINY, f"runs_dir={runs}"]) == 0
+    assert time.perf_counter() - start < 10
+    assert {p: p.stat().st_mtime_ns for p in grid_dir.glob("*/checkpoints/last.pt")} == before
+    assert "compshapes_judge/color" in capsys.readouterr().out
+    assert main([*TINY, f"runs_dir={runs}", "dry_run=true"]) == 0
+    assert "pending" not in capsys.readouterr().out
+
+
+def test_interrupted_training_resumes_to_the_same_result(tiny_run, tmp_path):
+    runs, _ = tiny_run
+    first = plan(TINY).cells[0]
+    cell_dir = tmp_path / "conditioning" / first.cell_id
+    cmd = [sys.executable, "ablations/run.py", *TINY, f"runs_dir={tmp_path}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while not (cell_dir / "checkpoints" / "last.pt").exists():
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # no chance to save: resume from the periodic checkpoint
+        proc.wait()
+    manifest = json.loads((cell_dir / "manifest.json").read_text())
+    assert manifest["stages"]["train"]["status"] == "running"
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming" in done.stderr
+    manifest = json.loads((cell_dir / "manifest.json").read_text())
+    assert manifest["stages"]["train"]["attempts"] == 2 and manifest["status"] == "done"
+    reference = json.loads((runs / "conditioning" / first.cell_id / "metrics.json").read_text())
+    assert json.loads((cell_dir / "metrics.json").read_text()) == reference

@@ -1,0 +1,139 @@
+"""The trainer: config validation, exact resume, divergence, stages (resolution, T2V), end to end."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+
+from gentron.checkpoint import load_checkpoint
+from gentron.config import default_config, load_config
+from gentron.errors import ConfigError
+from gentron.train import TrainingDiverged, train
+from train_fixtures import state_equal, tiny_config, with_changes
+
+
+# --- config -------------------------------------------------------------------------------------
+
+def test_defaults_are_valid_and_partial_configs_merge():
+    cfg = load_config({"train": {"steps": 7}})
+    assert cfg.train.steps == 7
+    assert cfg.train.lr == default_config().train.lr
+    assert load_config(cfg) == cfg
+
+
+def test_unknown_key_suggests_the_close_match():
+    with pytest.raises(ConfigError, match=r"train\.lrr.*did you mean 'train\.lr'"):
+        load_config({"train": {"lrr": 1e-3}})
+    with pytest.raises(ConfigError, match="did you mean 'model'"):
+        load_config({"modle": {}})
+
+
+def test_wrong_type_and_value_name_key_value_and_allowed():
+    with pytest.raises(ConfigError, match=r"model\.conditioning='crossattn'.*\['adaln', 'cross_attn'\]"):
+        load_config({"model": {"conditioning": "crossattn"}})
+    with pytest.raises(ConfigError, match=r"train\.steps='10'.*int"):
+        load_config({"train": {"steps": "10"}})
+    with pytest.raises(ConfigError, match=r"train\.caption_dropout=1\.5"):
+        load_config({"train": {"caption_dropout": 1.5}})
+    with pytest.raises(ConfigError, match="did you mean 'T/4'"):
+        load_config({"model": {"size": "T4"}})
+
+
+# --- training -----------------------------------------------------------------------------------
+
+def _log_steps(run_dir):
+    return [json.loads(line)["step"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_resume_is_bit_identical_and_does_not_duplicate_log_lines(tmp_path):
+    cfg = tiny_config(tmp_path, train={"steps": 6, "ckpt_every": 3})
+    straight = load_checkpoint(train(cfg, tmp_path / "straight"))
+
+    # Stop at step 3, keep that checkpoint, go on to 6, then "crash" back to the step-3 checkpoint
+    # (as if the process died after logging steps 4-6) and resume from there.
+    run = tmp_path / "resumed"
+    train(with_changes(cfg, train={"steps": 3}), run)
+    shutil.copy(run / "checkpoints/last.pt", tmp_path / "step3.pt")
+    train(cfg, run)
+    shutil.copy(tmp_path / "step3.pt", run / "checkpoints/last.pt")
+    resumed = load_checkpoint(train(cfg, run))
+
+    for key in ("model", "ema", "optimizer", "step", "data"):
+        assert state_equal(straight[key], resumed[key]), key
+    assert _log_steps(run) == [1, 2, 3, 4, 5, 6]
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, train={"steps": 2})
+    ckpt = train(cfg, tmp_path / "run")
+    digest = hashlib.sha1(ckpt.read_bytes()).hexdigest()
+
+    import gentron.diffusion
+
+    real_loss = gentron.diffusion.Diffusion.training_loss
+
+    def poisoned(self, *args, **kwargs):
+        out = real_loss(self, *args, **kwargs)
+        return {**out, "loss": out["loss"] * float("nan")}
+
+    monkeypatch.setattr(gentron.diffusion.Diffusion, "training_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"at step 3.*last good checkpoint.*step 2\).*lower train\.lr"):
+        train(with_changes(cfg, train={"steps": 5, "ckpt_every": 1}), tmp_path / "run")
+    assert hashlib.sha1(ckpt.read_bytes()).hexdigest() == digest
+
+
+def test_stage_two_at_a_higher_resolution_keeps_weights_and_optimizer_state(tmp_path):
+    stage1 = tiny_config(tmp_path, train={"steps": 3})
+    first = load_checkpoint(train(stage1, tmp_path / "s1"))
+    stage2 = with_changes(stage1, data={"resolution": 32}, train={"steps": 2, "init_from": str(tmp_path / "s1/checkpoints/last.pt")})
+    second = load_checkpoint(train(stage2, tmp_path / "s2"))
+    assert second["model_config"]["input_size"] == 32 and first["model_config"]["input_size"] == 16
+    assert second["step"] == 2
+    # AdamW's per-parameter step counts carry on from stage 1: its state was kept, not reset.
+    assert {float(s["step"]) for s in second["optimizer"]["state"].values()} == {5.0}
+
+
+def test_t2v_starts_from_t2i_and_mixes_motion_free_image_steps_with_clips(tmp_path):
+    t2i = tiny_config(tmp_path, train={"steps": 2})
+    image_ckpt = load_checkpoint(train(t2i, tmp_path / "t2i"))
+    t2v = with_changes(t2i, data={"video": True, "num_train": 16},
+                       train={"steps": 6, "p_motion_free": 0.5, "init_from": str(tmp_path / "t2i/checkpoints/last.pt")})
+    video_ckpt = load_checkpoint(train(t2v, tmp_path / "t2v"))
+    assert video_ckpt["model_config"]["temporal"]
+    assert any(".temporal_" in k for k in video_ckpt["model"])
+    assert video_ckpt["data"]["images"] > 0 and video_ckpt["data"]["clips"] > 0
+    assert set(image_ckpt["model"]) < set(video_ckpt["model"])
+
+
+def test_t2v_init_loads_the_t2i_weights(tmp_path):
+    from gentron.generate import load_ema_model
+    from gentron.model import GenTron, GenTronConfig
+    from gentron.train import _init_from
+
+    t2i = tiny_config(tmp_path, train={"steps": 2})
+    path = train(t2i, tmp_path / "t2i")
+    state = load_checkpoint(path)
+    model = GenTron(GenTronConfig(**{**state["model_config"], "temporal": True}))
+    ema = {k: v.detach().clone() for k, v in model.named_parameters()}
+    assert _init_from(str(path), model, ema) is None  # a fresh optimizer for the new layers
+    for k, v in state["model"].items():
+        assert torch.equal(model.state_dict()[k], v)
+        assert torch.equal(ema[k], state["ema"][k])
+    assert load_ema_model(path).config.temporal is False
+
+
+def test_end_to_end_train_generate_judge(tmp_path):
+    from eval.judge import evaluate
+    from gentron.generate import generate, prompt_set
+
+    cfg = tiny_config(tmp_path, train={"steps": 50, "log_every": 10}, data={"resolution": 32})
+    ckpt = train(cfg, tmp_path / "cell")
+    records = [r for r in prompt_set("compshapes_test", [42]) if r["prompt_id"] < 1]
+    out = generate(cfg, ckpt, records, tmp_path / "cell/samples/smoke")
+    result = evaluate(out)
+    assert {p["category"] for p in result["per_prompt"]} == {"color", "shape", "texture", "spatial",
+                                                           "non_spatial", "complex"}
+    assert _log_steps(tmp_path / "cell") == [10, 20, 30, 40, 50]
