@@ -25,6 +25,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this process created the group (and so destroys it at the end)
 
     @property
     def is_main(self) -> bool:
@@ -42,20 +43,17 @@ def init_distributed() -> DistInfo:
     """Join the process group described by the environment; a lone process gets DistInfo()."""
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend)
-        info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
-    elif int(os.environ.get("SLURM_NTASKS", 1)) > 1:
+    if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_NTASKS", 1)) > 1:
         from slurm.launcher import init_distributed_from_slurm
 
-        init_distributed_from_slurm()
-        info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("SLURM_LOCALID", 0)))
-    else:
+        init_distributed_from_slurm()  # exports RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* from SLURM's
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
         return DistInfo()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True)
     log.info("rank %d of %d joined (%s)", info.rank, info.world_size, dist.get_backend())
     return info
 
@@ -132,5 +130,5 @@ def barrier(info: DistInfo) -> None:
 
 
 def shutdown(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+    if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()

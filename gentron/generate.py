@@ -26,6 +26,7 @@ from gentron.config import CellConfig, load_config, to_dict
 from gentron.diffusion import Diffusion
 from gentron.io import atomic_save_image, atomic_write_bytes, atomic_write_text
 from gentron.model import GenTron, GenTronConfig
+from gentron.text import PromptCache
 from gentron.text.base import TextEmbedding
 from gentron.train import build_encoders
 from gentron.vae import build_vae
@@ -42,6 +43,29 @@ def load_ema_model(checkpoint: str | Path, device: torch.device | str = "cpu") -
     model = GenTron(GenTronConfig(**state["model_config"]))
     model.load_state_dict(state["ema"])
     return model.to(device).eval()
+
+
+class ClipDenoised(torch.nn.Module):
+    """Pixel-space sampling: clip each prediction's x0 estimate to the data range [-1, 1] and hand
+    the sampler the epsilon of that clipped x0 (ADM's clip_denoised for pixel-space models).
+
+    Why: an epsilon-predictor's x0 estimate at high noise is (x_t - sqrt(1 - abar) eps) / sqrt(abar),
+    an error amplified 150x at t = 999 (sqrt(abar) = 0.0064). A small model's early-step x0 estimates
+    then have a std of ~10 on [-1, 1] data, which DDIM / DPM-Solver++ fold into x_t and never recover
+    from. Latents are not bounded, so this applies to `vae.kind: identity` only."""
+
+    def __init__(self, model: GenTron, diffusion: Diffusion):
+        super().__init__()
+        self.model, self.diffusion = model, diffusion
+
+    def forward(self, x, t, text, motion_free=None):
+        eps, var_values = self.diffusion.split_output(self.model(x, t, text, motion_free=motion_free))
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        signal = self.diffusion.sqrt_alphas_cumprod.to(x.device)[t].view(shape)
+        noise = self.diffusion.sqrt_one_minus_alphas_cumprod.to(x.device)[t].view(shape)
+        x0 = ((x - noise * eps) / signal).clamp(-1, 1)
+        eps = (x - signal * x0) / noise
+        return eps if var_values is None else torch.cat([eps, var_values], dim=-3)
 
 
 def sample_file(record: dict, video: bool) -> str:
@@ -81,13 +105,10 @@ def _save(out_dir: Path, row: dict, x: torch.Tensor) -> None:
     atomic_write_bytes(out_dir / row["file"], buffer.getvalue())
 
 
-def _embed(encoders: list, prompts: list[str]) -> dict[str, list[TextEmbedding]]:
-    """Each distinct prompt encoded once, alone, so its features never depend on its batch-mates."""
-    return {p: [e.encode([p]) for e in encoders] for p in dict.fromkeys(prompts)}
-
-
-def _batch_text(table: dict[str, list[TextEmbedding]], prompts: list[str]) -> list[TextEmbedding]:
-    return [TextEmbedding.cat([table[p][i] for p in prompts]) for i in range(len(table[prompts[0]]))]
+def _batch_text(cache: PromptCache, prompts: list[str], device) -> list[TextEmbedding]:
+    """The batch's text features from the prompt cache (each prompt encoded once, padding zeroed,
+    so a prompt's features do not depend on its batch-mates)."""
+    return [e.to(device) for e in cache.encode(prompts)]
 
 
 @torch.no_grad()
@@ -118,21 +139,22 @@ def generate(cfg: CellConfig | dict | str | Path, checkpoint: str | Path, prompt
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_ema_model(checkpoint, device)
     vae = build_vae(to_dict(cfg)["vae"]).to(device)
-    encoders = build_encoders(cfg, device)
-    table = _embed(encoders, [r["prompt"] for r in todo] + [""])
+    cache = PromptCache(build_encoders(cfg, device))
     diffusion = Diffusion(learn_sigma=model.config.learn_sigma)
+    clip = cfg.sample.clip_x0 if cfg.sample.clip_x0 is not None else cfg.vae.kind == "identity"
+    denoiser = ClipDenoised(model, diffusion) if clip else model
     side = cfg.data.resolution // vae.downsample
     frame_shape = (vae.channels, side, side)
     s = cfg.sample
 
     for start in tqdm(range(0, len(todo), s.batch_size), desc=f"sampling {out_dir.name}", leave=False):
         batch = todo[start:start + s.batch_size]
-        text = [e.to(device) for e in _batch_text(table, [r["prompt"] for r in batch])]
-        null = [e.to(device) for e in _batch_text(table, [""] * len(batch))]
+        text = _batch_text(cache, [r["prompt"] for r in batch], device)
+        null = _batch_text(cache, [""] * len(batch), device)
         shape = (len(batch), cfg.data.num_frames, *frame_shape) if video else (len(batch), *frame_shape)
         # One generator per sample: its noise depends on its seed only, not on the batch.
         generators = [torch.Generator().manual_seed(r["seed"]) for r in batch]
-        latents = diffusion.sample(model, text, null, shape, sampler=s.sampler, steps=s.steps,
+        latents = diffusion.sample(denoiser, text, null, shape, sampler=s.sampler, steps=s.steps,
                                    cfg_scale=s.cfg_scale, mfg_scale=s.mfg_scale if video else None,
                                    generator=generators)
         images = vae.decode(latents.flatten(0, 1) if video else latents).cpu()

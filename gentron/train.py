@@ -367,6 +367,7 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
         D.barrier(info)
 
     local = D.local_slice(t.batch_size, info)
+    start_step = step
     bar = tqdm(total=t.steps, initial=step, desc=f"train {run_dir.name}", disable=not info.is_main,
                dynamic_ncols=True)
     window_start, window_steps = time.time(), 0
@@ -421,7 +422,8 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
                 window_start, window_steps = time.time(), 0
             if step % t.ckpt_every == 0 and step < t.steps:
                 write_checkpoint()
-    write_checkpoint()
+    if step > start_step or not last_path.exists():  # a finished run that is rerun stays untouched
+        write_checkpoint()
     bar.close()
     metrics.close()
     if stop.requested:

@@ -129,7 +129,7 @@ def test_end_to_end_train_generate_judge(tmp_path):
     from eval.judge import evaluate
     from gentron.generate import generate, prompt_set
 
-    cfg = tiny_config(tmp_path, train={"steps": 50, "log_every": 10}, data={"resolution": 32})
+    cfg = tiny_config(tmp_path, train={"steps": 50, "log_every": 10, "tensorboard": True}, data={"resolution": 32})
     ckpt = train(cfg, tmp_path / "cell")
     records = [r for r in prompt_set("compshapes_test", [42]) if r["prompt_id"] < 1]
     out = generate(cfg, ckpt, records, tmp_path / "cell/samples/smoke")
@@ -137,3 +137,12 @@ def test_end_to_end_train_generate_judge(tmp_path):
     assert {p["category"] for p in result["per_prompt"]} == {"color", "shape", "texture", "spatial",
                                                            "non_spatial", "complex"}
     assert _log_steps(tmp_path / "cell") == [10, 20, 30, 40, 50]
+    assert any((tmp_path / "cell/tensorboard").iterdir())
+
+
+def test_rerunning_a_finished_run_changes_nothing(tmp_path):
+    cfg = tiny_config(tmp_path, train={"steps": 2})
+    ckpt = train(cfg, tmp_path / "run")
+    stamp = ckpt.stat().st_mtime_ns
+    assert train(cfg, tmp_path / "run") == ckpt
+    assert ckpt.stat().st_mtime_ns == stamp and _log_steps(tmp_path / "run") == [1, 2]

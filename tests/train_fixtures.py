@@ -15,7 +15,8 @@ def tiny_config(tmp_path: Path, **sections) -> CellConfig:
         "model": {"depth": 2, "hidden_size": 32, "mlp_hidden_size": 64, "num_heads": 2},
         "text_encoders": [{"kind": "tiny_clip", "seed": 0, "width": 32, "layers": 1, "heads": 2}],
         "data": {"resolution": 16, "num_train": 64, "cache_dir": str(tmp_path / "cache"), "num_frames": 4},
-        "train": {"steps": 4, "batch_size": 8, "warmup_steps": 2, "ckpt_every": 100, "log_every": 1},
+        "train": {"steps": 4, "batch_size": 8, "lr_schedule": "constant", "warmup_steps": 2, "ckpt_every": 100,
+                  "log_every": 1},
         "sample": {"steps": 3, "batch_size": 4},
     }
     for section, values in sections.items():
