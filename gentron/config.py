@@ -47,6 +47,7 @@ class ModelConfig:
     size: str = "T/4"  # a name from gentron.sizes (it fixes the patch size); set fields override it
     conditioning: Literal["adaln", "cross_attn"] = "cross_attn"
     learn_sigma: bool = False
+    prediction: Literal["epsilon", "v"] = "epsilon"  # what the network regresses (gentron.diffusion)
     patch_size: Optional[int] = None  # must agree with the size name when given
     depth: Optional[int] = 6
     hidden_size: Optional[int] = 128

@@ -1,7 +1,9 @@
 """Gaussian diffusion as DiT trains it, and sampling through diffusers' schedulers.
 
-Training (DiT / improved DDPM): linear betas 1e-4..0.02 over 1000 steps, epsilon-prediction MSE,
-and, when the model also predicts its variance (`learn_sigma`), the variational bound term for
+Training (DiT / improved DDPM): linear betas 1e-4..0.02 over 1000 steps, epsilon-prediction MSE
+(DiT's choice; `prediction="v"` trains v = sqrt(abar) eps - sqrt(1 - abar) x0 instead, whose x0
+estimate does not blow up at high noise: the embedded default's tiny pixel-space models learn layouts
+much sooner with it), and, when the model also predicts its variance (`learn_sigma`), the variational bound term for
 that variance: the model's log-variance interpolates between log(beta_t) and log(beta_tilde_t),
 and the vb term sees the predicted epsilon with its gradient stopped, so only the variance learns
 from it.
@@ -26,13 +28,18 @@ import torch
 from gentron.text.base import TextEmbedding
 
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+PREDICTIONS = ("epsilon", "v")
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 class Diffusion:
-    def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, learn_sigma: bool = False):
+    def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                 learn_sigma: bool = False, prediction: str = "epsilon"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction {prediction!r} is unknown; choose one of {list(PREDICTIONS)}")
         self.num_timesteps = num_timesteps
         self.learn_sigma = learn_sigma
+        self.prediction = prediction
         # Constants in float64 (as DiT computes them), stored as float32.
         betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
         alphas_cumprod = torch.cumprod(1 - betas, 0)
@@ -65,6 +72,26 @@ class Diffusion:
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         return _at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - _at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
 
+    def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network regresses: epsilon, or v = sqrt(abar) eps - sqrt(1 - abar) x0."""
+        if self.prediction == "epsilon":
+            return noise
+        return _at(self.sqrt_alphas_cumprod, t, x0) * noise - _at(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+
+    def to_eps(self, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor, clip_x0: bool = False) -> torch.Tensor:
+        """The network's prediction as epsilon (what the samplers take).
+
+        clip_x0 (pixel space): clip the implied x0 to the data range [-1, 1] first and return the
+        epsilon of the clipped x0 (ADM's clip_denoised), so an early step's wild x0 estimate cannot
+        push x_t off the data range for good. Latents are unbounded: never clip them.
+        """
+        signal, sigma = _at(self.sqrt_alphas_cumprod, t, x_t), _at(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        eps = pred if self.prediction == "epsilon" else signal * pred + sigma * x_t
+        if not clip_x0:
+            return eps
+        x0 = ((x_t - sigma * eps) / signal).clamp(-1, 1)
+        return (x_t - signal * x0) / sigma
+
     # --- training --------------------------------------------------------------------------------
 
     def training_loss(
@@ -85,17 +112,17 @@ class Diffusion:
             noise = _randn(x0.shape, generator).to(x0.device)
         x_t = self.q_sample(x0, t, noise)
         out = model(x_t, t, text, motion_free=motion_free).float()
-        eps, var_values = self.split_output(out)
-        mse = _mean_flat((noise - eps) ** 2)
+        pred, var_values = self.split_output(out)
+        mse = _mean_flat((self.target(x0, t, noise) - pred) ** 2)
         if not self.learn_sigma:
             mse = mse.mean()
             return dict(loss=mse, mse=mse, vb=None)
-        # The vb term trains the variance only: the mean it uses comes from a detached epsilon.
-        vb = self._vb_bits(x0, x_t, t, eps.detach(), var_values)
+        # The vb term trains the variance only: the mean it uses comes from a detached prediction.
+        vb = self._vb_bits(x0, x_t, t, self.to_eps(x_t, t, pred.detach()), var_values)
         return dict(loss=(mse + vb).mean(), mse=mse.mean(), vb=vb.mean())
 
     def split_output(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Model output -> (epsilon, variance values in [-1, 1] or None), split on channels (dim -3)."""
+        """Model output -> (prediction, variance values in [-1, 1] or None), split on channels (dim -3)."""
         if not self.learn_sigma:
             return out, None
         eps, var_values = out.chunk(2, dim=-3)
@@ -149,13 +176,15 @@ class Diffusion:
         mfg_scale: float | None = None,
         generator: Generators = None,
         device: torch.device | str | None = None,
+        clip_x0: bool = False,
     ) -> torch.Tensor:
         """Generate x0 of `shape` (B, C, H, W) or (B, T, C, H, W).
 
         text / null_text: one TextEmbedding per encoder with B rows (null_text may have 1 row).
         cfg_scale is the text scale (lambda_T); mfg_scale (lambda_M, video only) turns on
         motion-free guidance. `generator` may be one generator or a list of B, one per sample: with
-        a list, a sample's result depends only on its own generator, not on its batch.
+        a list, a sample's result depends only on its own generator, not on its batch. clip_x0: see
+        `to_eps` (pixel space only).
         """
         scheduler = self.make_scheduler(sampler)
         if mfg_scale is not None and len(shape) != 5:
@@ -169,14 +198,15 @@ class Diffusion:
         x = initial_noise(shape, generator).to(device)
         scheduler.set_timesteps(steps, device=device)
         for t in scheduler.timesteps:
-            eps, var_values = self.guided_output(model, x, t, text, null_text, cfg_scale, mfg_scale)
+            eps, var_values = self.guided_output(model, x, t, text, null_text, cfg_scale, mfg_scale, clip_x0)
             out = eps if var_values is None or sampler != "ddpm" else torch.cat([eps, var_values], dim=-3)
             step = scheduler.step(_channels_first(out), t, _channels_first(x), generator=generator)
             x = _channels_back(step.prev_sample, x.ndim)
         return x
 
-    def guided_output(self, model, x, t, text, null_text, cfg_scale, mfg_scale):
+    def guided_output(self, model, x, t, text, null_text, cfg_scale, mfg_scale, clip_x0=False):
         """Guided epsilon (and the conditional branch's variance values) from ONE forward pass.
+        Each branch's prediction is turned into epsilon (clipped in x0 when asked) before guidance.
 
         CFG rows: [cond, null], eps = eps_u + s (eps_c - eps_u).
         MFG rows: [(c_T, motion), (null, motion), (null, no motion)],
@@ -193,7 +223,8 @@ class Diffusion:
         x_in = x.repeat(rows, *([1] * (x.ndim - 1)))
         t_in = torch.full((rows * batch,), int(t), device=x.device, dtype=torch.long)
         text_in = [TextEmbedding.cat(list(parts)) for parts in zip(*branches)]
-        eps, var_values = self.split_output(model(x_in, t_in, text_in, motion_free=motion_free).float())
+        pred, var_values = self.split_output(model(x_in, t_in, text_in, motion_free=motion_free).float())
+        eps = self.to_eps(x_in, t_in, pred, clip_x0)
         if mfg_scale is None:
             cond, uncond = eps.chunk(2)
             guided = uncond + cfg_scale * (cond - uncond)

@@ -45,29 +45,6 @@ def load_ema_model(checkpoint: str | Path, device: torch.device | str = "cpu") -
     return model.to(device).eval()
 
 
-class ClipDenoised(torch.nn.Module):
-    """Pixel-space sampling: clip each prediction's x0 estimate to the data range [-1, 1] and hand
-    the sampler the epsilon of that clipped x0 (ADM's clip_denoised for pixel-space models).
-
-    Why: an epsilon-predictor's x0 estimate at high noise is (x_t - sqrt(1 - abar) eps) / sqrt(abar),
-    an error amplified 150x at t = 999 (sqrt(abar) = 0.0064). A small model's early-step x0 estimates
-    then have a std of ~10 on [-1, 1] data, which DDIM / DPM-Solver++ fold into x_t and never recover
-    from. Latents are not bounded, so this applies to `vae.kind: identity` only."""
-
-    def __init__(self, model: GenTron, diffusion: Diffusion):
-        super().__init__()
-        self.model, self.diffusion = model, diffusion
-
-    def forward(self, x, t, text, motion_free=None):
-        eps, var_values = self.diffusion.split_output(self.model(x, t, text, motion_free=motion_free))
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        signal = self.diffusion.sqrt_alphas_cumprod.to(x.device)[t].view(shape)
-        noise = self.diffusion.sqrt_one_minus_alphas_cumprod.to(x.device)[t].view(shape)
-        x0 = ((x - noise * eps) / signal).clamp(-1, 1)
-        eps = (x - signal * x0) / noise
-        return eps if var_values is None else torch.cat([eps, var_values], dim=-3)
-
-
 def sample_file(record: dict, video: bool) -> str:
     key = record["prompt_id"] if record.get("prompt_id", -1) >= 0 else record["index"]
     stem = f"{record.get('category') or 'all'}/{key:06d}_{record['seed']}"
@@ -140,9 +117,8 @@ def generate(cfg: CellConfig | dict | str | Path, checkpoint: str | Path, prompt
     model = load_ema_model(checkpoint, device)
     vae = build_vae(to_dict(cfg)["vae"]).to(device)
     cache = PromptCache(build_encoders(cfg, device))
-    diffusion = Diffusion(learn_sigma=model.config.learn_sigma)
+    diffusion = Diffusion(learn_sigma=model.config.learn_sigma, prediction=cfg.model.prediction)
     clip = cfg.sample.clip_x0 if cfg.sample.clip_x0 is not None else cfg.vae.kind == "identity"
-    denoiser = ClipDenoised(model, diffusion) if clip else model
     side = cfg.data.resolution // vae.downsample
     frame_shape = (vae.channels, side, side)
     s = cfg.sample
@@ -154,9 +130,9 @@ def generate(cfg: CellConfig | dict | str | Path, checkpoint: str | Path, prompt
         shape = (len(batch), cfg.data.num_frames, *frame_shape) if video else (len(batch), *frame_shape)
         # One generator per sample: its noise depends on its seed only, not on the batch.
         generators = [torch.Generator().manual_seed(r["seed"]) for r in batch]
-        latents = diffusion.sample(denoiser, text, null, shape, sampler=s.sampler, steps=s.steps,
+        latents = diffusion.sample(model, text, null, shape, sampler=s.sampler, steps=s.steps,
                                    cfg_scale=s.cfg_scale, mfg_scale=s.mfg_scale if video else None,
-                                   generator=generators)
+                                   generator=generators, clip_x0=clip)
         images = vae.decode(latents.flatten(0, 1) if video else latents).cpu()
         if video:
             images = images.unflatten(0, (len(batch), cfg.data.num_frames))

@@ -230,3 +230,35 @@ def test_video_ddpm_with_learned_variance_and_mfg():
     gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
     x = d.sample(model, text, null, (2, 4, 3, 8, 8), sampler="ddpm", steps=3, cfg_scale=5.0, mfg_scale=1.2, generator=gens)
     assert x.shape == (2, 4, 3, 8, 8) and torch.isfinite(x).all()
+
+
+def test_clip_x0_only_changes_out_of_range_x0_estimates():
+    diffusion = Diffusion()
+    x0 = torch.tensor([0.5, -2.0]).view(2, 1, 1, 1).expand(2, 3, 4, 4)
+    eps = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([700, 700])
+    x_t = diffusion.q_sample(x0, t, eps)
+    clipped = diffusion.to_eps(x_t, t, eps, clip_x0=True)
+    torch.testing.assert_close(clipped[0], eps[0], atol=1e-4, rtol=1e-4)  # x0 = 0.5: untouched
+    torch.testing.assert_close(diffusion.predict_x0(x_t, t, clipped)[1], torch.full((3, 4, 4), -1.0),
+                               atol=1e-4, rtol=1e-4)  # x0 = -2: clipped to -1
+
+
+def test_v_prediction_target_and_conversion_are_consistent():
+    d = Diffusion(prediction="v")
+    x0 = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    eps = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0, 10, 500, 999])
+    x_t = d.q_sample(x0, t, eps)
+    v = d.target(x0, t, eps)
+    # A perfect v-predictor implies the true epsilon and x0, at every noise level.
+    torch.testing.assert_close(d.to_eps(x_t, t, v), eps, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(d.predict_x0(x_t, t, d.to_eps(x_t, t, v)), x0, atol=1e-3, rtol=1e-3)
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x, t_, text, motion_free=None):
+            return v
+
+    assert d.training_loss(Oracle(), x0, [], t=t, noise=eps)["loss"].item() < 1e-10
+    with pytest.raises(ValueError, match="prediction"):
+        Diffusion(prediction="x0")
