@@ -1,0 +1,85 @@
+"""A contact sheet of a grid as one PNG: rows are prompts, columns are arms (same prompt, same seed),
+each image with the judge's score for its category. For papers, READMEs and issue threads, where
+the Streamlit browser cannot go.
+
+    python -m reports.sheet runs/conditioning --prompt-set compshapes_mini --category color --n 12 --out sheet.png
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import textwrap
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from gentron.io import atomic_write_bytes
+from reports.results import arm_columns, arm_labels, load_grid, samples_with_scores
+
+CELL, GAP, CAPTION_WIDTH, HEADER, SCORE_HEIGHT = 96, 8, 240, 24, 14
+
+
+def sheet_rows(grid_dir: Path, prompt_set: str, category: str, n: int, seed_axis: int = 0) -> tuple[list, list]:
+    """(arm labels, rows of (prompt, [(image path, score) per arm])) for the cells of one seed."""
+    grid = load_grid(grid_dir)
+    cells = grid.cells
+    if "axis.seed" in cells:
+        cells = cells[cells["axis.seed"] == seed_axis]
+    if cells.empty:
+        raise ValueError(f"{grid_dir}: no cells with seed {seed_axis}; run the grid first")
+    labels = list(arm_labels(cells, arm_columns(cells)))
+    per_arm = [samples_with_scores(path, prompt_set) for path in cells["path"]]
+    if any(frame.empty for frame in per_arm):
+        raise ValueError(f"{grid_dir}: some cells have no samples in '{prompt_set}'; run the grid's sample stage")
+    first = per_arm[0]
+    chosen = first[first["category"] == category].head(n)
+    score = f"compshapes_judge/{category}"
+    rows = []
+    for _, sample in chosen.iterrows():
+        images = []
+        for frame in per_arm:
+            match = frame[frame["file"] == sample["file"]]
+            value = match[score].iloc[0] if score in match and len(match) else None
+            images.append((match["path"].iloc[0] if len(match) else None, value))
+        rows.append((sample["prompt"], images))
+    return labels, rows
+
+
+def render(labels: list[str], rows: list) -> Image.Image:
+    width = CAPTION_WIDTH + len(labels) * (CELL + GAP)
+    height = HEADER + len(rows) * (CELL + SCORE_HEIGHT + GAP)
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, label in enumerate(labels):
+        draw.text((CAPTION_WIDTH + j * (CELL + GAP), 6), label, fill="black")
+    for i, (prompt, images) in enumerate(rows):
+        y = HEADER + i * (CELL + SCORE_HEIGHT + GAP)
+        draw.multiline_text((4, y + CELL // 3), "\n".join(textwrap.wrap(prompt, 36)), fill="black")
+        for j, (path, value) in enumerate(images):
+            x = CAPTION_WIDTH + j * (CELL + GAP)
+            if path is not None:
+                with Image.open(path) as image:  # nearest: show the pixels the model drew
+                    sheet.paste(image.convert("RGB").resize((CELL, CELL), Image.NEAREST), (x, y))
+            if value is not None and value == value:  # NaN: not scored
+                draw.text((x + 2, y + CELL + 1), f"judge {value:.2f}", fill="green" if value >= 0.5 else "red")
+    return sheet
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("grid_dir", type=Path)
+    parser.add_argument("--prompt-set", default="compshapes_mini")
+    parser.add_argument("--category", default="color")
+    parser.add_argument("--n", type=int, default=12)
+    parser.add_argument("--seed-axis", type=int, default=0, help="which seed's cells to show")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    labels, rows = sheet_rows(args.grid_dir, args.prompt_set, args.category, args.n, args.seed_axis)
+    buffer = io.BytesIO()
+    render(labels, rows).save(buffer, format="PNG")
+    atomic_write_bytes(args.out, buffer.getvalue())
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
