@@ -33,8 +33,10 @@ system-deps:
 run: install
 	$(PY) ablations/run.py grid=$(GRID) $(ARGS)
 
+# One BLAS thread per process: the suite runs SLURM job arrays and servers beside pytest on 2 cores,
+# where oversubscribed torch threads made the suite several times slower.
 test: install system-deps
-	$(PY) -m pytest $(ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest $(ARGS)
 
 benchmarks: install
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done

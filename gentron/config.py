@@ -67,6 +67,7 @@ class DataConfig:
     kind: Literal["compshapes", "image_folder", "manifest", "webdataset", "video_folder"] = "compshapes"
     resolution: int = 20
     num_train: int = 20000  # CompShapes only: how many images to draw
+    categories: Optional[list[str]] = None  # CompShapes only: training categories (None: all six)
     seed: int = 0
     video: bool = False
     num_frames: int = 8

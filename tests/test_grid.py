@@ -9,11 +9,12 @@ from gentron.errors import ConfigError
 def test_shipped_grids_expand_with_distinct_stable_ids():
     assert {"conditioning", "text_encoder", "scale", "mfg"} <= set(available_grids())
     for name in ("conditioning", "text_encoder", "scale", "mfg"):
-        first, again = plan([f"grid={name}"]), plan([f"grid={name}"])
+        first, again = plan([f"grid={name}", "seeds=[0,1,2]"]), plan([f"grid={name}", "seeds=[0,1,2]"])
         ids = [c.cell_id for c in first.cells]
         assert ids == [c.cell_id for c in again.cells]
         assert len(set(ids)) == len(ids) and all(len(i) == 10 for i in ids)
         assert {c.axes["seed"] for c in first.cells} == {0, 1, 2}
+    assert {c.axes["seed"] for c in plan(["grid=conditioning"]).cells} == {0}  # the 15-minute default
 
 
 def test_cell_id_ignores_run_only_keys_and_tracks_the_rest():
@@ -78,7 +79,7 @@ def test_bad_input_fails_before_anything_runs(argv, message, tmp_path, capsys):
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
-    assert main(["grid=conditioning", "dry_run=true", f"runs_dir={tmp_path}"]) == 0
+    assert main(["grid=conditioning", "seeds=[0,1,2]", "dry_run=true", f"runs_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if " adaln " in line or " cross_attn " in line]
     assert len(rows) == 6 and all("pending" in r for r in rows)
