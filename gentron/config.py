@@ -48,6 +48,7 @@ class ModelConfig:
     conditioning: Literal["adaln", "cross_attn"] = "cross_attn"
     learn_sigma: bool = False
     prediction: Literal["epsilon", "v"] = "epsilon"  # what the network regresses (gentron.diffusion)
+    noise_schedule: Literal["linear", "cosine"] = "linear"  # betas (gentron.diffusion.make_betas)
     patch_size: Optional[int] = None  # must agree with the size name when given
     depth: Optional[int] = 6
     hidden_size: Optional[int] = 128

@@ -262,3 +262,17 @@ def test_v_prediction_target_and_conversion_are_consistent():
     assert d.training_loss(Oracle(), x0, [], t=t, noise=eps)["loss"].item() < 1e-10
     with pytest.raises(ValueError, match="prediction"):
         Diffusion(prediction="x0")
+
+
+def test_cosine_schedule_follows_its_closed_form():
+    import math
+
+    d = Diffusion(schedule="cosine")
+    closed = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2 / math.cos(0.008 / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    for t in (0, 250, 500, 750):  # abar_t = f(t + 1) / f(0) (index t is the (t+1)-th step)
+        assert abs(d.alphas_cumprod[t].item() - closed(t + 1)) < 1e-5
+    assert torch.all(d.alphas_cumprod[1:] < d.alphas_cumprod[:-1])
+    # The linear schedule has destroyed much more of the signal half way: why small images use cosine.
+    assert Diffusion().alphas_cumprod[500] < 0.1 < 0.4 < d.alphas_cumprod[500]
+    with pytest.raises(ValueError, match="noise schedule"):
+        Diffusion(schedule="quadratic")
