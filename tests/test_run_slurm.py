@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ablations.grid import plan
-from slurm.launcher import read_jobs
+from slurm.launcher import grid_status, read_jobs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
@@ -59,7 +59,9 @@ def test_requeued_training_resumes_to_the_same_result(slurm_cluster, local_refer
     subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True, timeout=60)
     while not (tmp_path / "conditioning" / "results.parquet").exists():
         assert time.time() < deadline + 600, "the grid did not finish after the requeue"
-        time.sleep(1)
+        failed = [j for j in grid_status(tmp_path / "conditioning") if j["state"] in ("FAILED", "CANCELLED")]
+        assert not failed, f"jobs failed after the requeue: {failed}"  # fail now, not at the deadline
+        time.sleep(2)
     manifest = json.loads((ckpt.parent.parent / "manifest.json").read_text())
     assert manifest["stages"]["train"]["attempts"] >= 2
     for cell in plan(TINY).cells:
