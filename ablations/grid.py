@@ -44,7 +44,7 @@ CONF_DIR = Path(__file__).parent / "conf"
 CELL_SECTIONS = tuple(f.name for f in fields(CellConfig))
 # Keys that change how a cell runs, not what it computes: excluded from the cell id, so a rerun with
 # more logging, another batch size for sampling or an extra metric finds the same cell.
-RUN_ONLY_KEYS = ("train.log_every", "train.ckpt_every", "train.tensorboard", "train.num_workers",
+RUN_ONLY_KEYS = ("train.log_every", "train.ckpt_every", "train.tensorboard",
                  "train.compile", "train.grad_checkpointing", "train.strategy", "data.cache_dir",
                  "sample.batch_size", "eval.metrics")
 GRID_KEYS = ("description", "seeds", "base", "axes", "evaluation", "profiles", "note", "labels")

@@ -183,11 +183,11 @@ def _sample(cell_dir: Path, config: dict) -> dict:
 
 def prompt_records(name: str, sample: dict) -> list[dict]:
     """The fixed prompts x seeds of a named prompt set (ablations/conf/prompt_sets.yaml)."""
+    from gentron.generate import prompt_set, read_prompt_file  # here: the plan must not import torch
+
     spec = registry("prompt_sets")[name]
     per_prompt = spec.get("images_per_prompt") or sample["images_per_prompt"]
     if spec["kind"] == "compshapes":
-        from gentron.generate import prompt_set
-
         records = prompt_set(spec["set"], sample["seeds"], per_prompt)
         limit = spec.get("per_category")
         return [r for r in records if limit is None or r["prompt_id"] < limit]
@@ -195,26 +195,7 @@ def prompt_records(name: str, sample: dict) -> list[dict]:
     if not files:
         raise FileNotFoundError(f"prompt set '{name}': no files match {spec['glob']} "
                                 "(set the environment variable named in ablations/conf/prompt_sets.yaml)")
-    seeds = _seeds(sample["seeds"], per_prompt)
-    records = []
-    for path in map(Path, files):
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            category = path.stem.removesuffix("_val")
-            rows = [{"prompt": p.strip(), "category": category, "prompt_id": i}
-                    for i, p in enumerate(line for line in text.splitlines() if line.strip())]
-        records += [{**row, "seed": seed, "index": index} for row in rows for index, seed in enumerate(seeds)]
-    return records
-
-
-def _seeds(seeds: list[int], count: int) -> list[int]:
-    """`count` seeds: the given ones, continued upward from the last."""
-    out = list(seeds[:count])
-    while len(out) < count:
-        out.append(out[-1] + 1)
-    return out
+    return [record for path in files for record in read_prompt_file(Path(path), sample["seeds"], per_prompt)]
 
 
 def evaluate_stage(cell_dir: str) -> None:

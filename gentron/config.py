@@ -104,7 +104,6 @@ class TrainConfig:
     init_from: Optional[str] = None  # a checkpoint to start from (T2V from T2I, or stage 2 from 1)
     strategy: Literal["ddp", "fsdp"] = "ddp"  # used when launched on more than one process
     tensorboard: bool = False
-    num_workers: int = 0  # streaming real data only
 
 
 @dataclass

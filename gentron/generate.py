@@ -158,13 +158,13 @@ def prompt_set(name: str, seeds: list[int], images_per_prompt: int = 1) -> list[
     records = []
     for category in categories:
         for prompt_id, prompt in enumerate(compshapes.test_prompts(category)):
-            for index, seed in enumerate(_seeds(seeds, images_per_prompt)):
+            for index, seed in enumerate(seeds_for(seeds, images_per_prompt)):
                 records.append({"prompt": prompt, "seed": seed, "index": index, "category": category,
                                 "prompt_id": prompt_id})
     return records
 
 
-def _seeds(seeds: list[int], images_per_prompt: int) -> list[int]:
+def seeds_for(seeds: list[int], images_per_prompt: int) -> list[int]:
     """images_per_prompt seeds: the given ones, continued upward from the last."""
     out = list(seeds[:images_per_prompt])
     while len(out) < images_per_prompt:
@@ -172,14 +172,19 @@ def _seeds(seeds: list[int], images_per_prompt: int) -> list[int]:
     return out
 
 
-def _read_prompt_file(path: Path, seeds: list[int], images_per_prompt: int) -> list[dict]:
-    """A .txt (one prompt per line) or .jsonl of records."""
+def read_prompt_file(path: Path, seeds: list[int], images_per_prompt: int) -> list[dict]:
+    """Records of a prompt file, one per (prompt, seed): a .txt with one prompt per line
+    (T2I-CompBench's layout: the category is the file stem without _val) or a .jsonl of
+    {prompt, category, prompt_id} rows."""
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    return [{"prompt": p, "seed": seed, "index": index, "category": path.stem.removesuffix("_val"), "prompt_id": i}
-            for i, p in enumerate(prompts) for index, seed in enumerate(_seeds(seeds, images_per_prompt))]
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        category = path.stem.removesuffix("_val")
+        rows = [{"prompt": p.strip(), "category": category, "prompt_id": i}
+                for i, p in enumerate(line for line in text.splitlines() if line.strip())]
+    return [{**row, "seed": seed, "index": index} for row in rows
+            for index, seed in enumerate(seeds_for(seeds, images_per_prompt))]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load_config(args.config)
     s = cfg.sample
-    records = (_read_prompt_file(args.prompts, s.seeds, s.images_per_prompt) if args.prompts
+    records = (read_prompt_file(args.prompts, s.seeds, s.images_per_prompt) if args.prompts
                else prompt_set(args.prompt_set, s.seeds, s.images_per_prompt))
     print(generate(cfg, args.checkpoint, records, args.out))
 

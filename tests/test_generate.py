@@ -80,3 +80,19 @@ def test_video_writes_gif_and_frames(tmp_path):
     assert row["file"].endswith(".gif") and Image.open(out / row["file"]).n_frames == 4
     assert sorted(p.name for p in (out / row["frames"]).iterdir()) == ["000.png", "001.png", "002.png", "003.png"]
     read_samples(out)
+
+
+def test_prompt_files_in_t2i_compbench_layout_and_jsonl(tmp_path):
+    from gentron.generate import read_prompt_file
+
+    txt = tmp_path / "color_val.txt"
+    txt.write_bytes(b"a green bench and a red car\r\na blue backpack\r\n\r\na brown cow")  # CRLF, no final newline
+    records = read_prompt_file(txt, seeds=[42], images_per_prompt=2)
+    assert [(r["prompt"], r["seed"], r["index"], r["prompt_id"]) for r in records[:3]] == [
+        ("a green bench and a red car", 42, 0, 0), ("a green bench and a red car", 43, 1, 0), ("a blue backpack", 42, 0, 1)]
+    assert len(records) == 6 and {r["category"] for r in records} == {"color"}
+
+    jsonl = tmp_path / "coco.jsonl"
+    jsonl.write_text('{"prompt": "a cat", "category": "coco", "prompt_id": 7}\n')
+    assert read_prompt_file(jsonl, seeds=[0], images_per_prompt=1) == [
+        {"prompt": "a cat", "category": "coco", "prompt_id": 7, "seed": 0, "index": 0}]

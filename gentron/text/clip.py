@@ -15,6 +15,7 @@ from torch import nn
 
 from gentron.text.base import TextEmbedding
 from gentron.text.encoder import (
+    HFTextEncoder,
     TextEncoder,
     load_hf,
     missing_weights_message,
@@ -73,19 +74,14 @@ class OpenCLIPTextEncoder(TextEncoder):
         return TextEmbedding(x, mask, pooled)
 
 
-class HFCLIPTextEncoder(TextEncoder):
+class HFCLIPTextEncoder(HFTextEncoder):
     """A transformers CLIPTextModelWithProjection (pooled = text_embeds) or CLIPTextModel
     (pooled = the unprojected EOT feature, `pooler_output`)."""
 
     def __init__(self, model: nn.Module, tokenizer, name: str, max_length: int):
-        super().__init__()
-        self.model = model
-        self.tokenizer = tokenizer
-        self.name = name
-        self.max_length = max_length
-        self.width = model.config.hidden_size
-        self.pooled_width = model.config.projection_dim if hasattr(model, "text_projection") else self.width
-        self.freeze()
+        width = model.config.hidden_size
+        pooled = model.config.projection_dim if hasattr(model, "text_projection") else width
+        super().__init__(model, tokenizer, name, max_length, width, pooled)
 
     def _encode(self, prompts: list[str]) -> TextEmbedding:
         batch = self.tokenizer(prompts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt")

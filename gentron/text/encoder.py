@@ -53,6 +53,19 @@ class TextEncoder(nn.Module):
         return f"name={self.name!r}, width={self.width}, pooled_width={self.pooled_width}"
 
 
+
+class HFTextEncoder(TextEncoder):
+    """A transformers text model with its tokenizer; subclasses say how widths and pooling work."""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str, max_length: int, width: int, pooled_width: int):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.max_length = max_length
+        self.width, self.pooled_width = width, pooled_width
+        self.freeze()
+
 def trim(emb: TextEmbedding) -> TextEmbedding:
     """Cut the batch's token length to its longest real prompt and zero the padding.
 

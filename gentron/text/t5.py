@@ -7,20 +7,14 @@ import logging
 from torch import nn
 
 from gentron.text.base import TextEmbedding
-from gentron.text.encoder import TextEncoder, load_hf, masked_mean, parse_dtype, seeded, weights_hash
+from gentron.text.encoder import HFTextEncoder, load_hf, masked_mean, parse_dtype, seeded, weights_hash
 
 logger = logging.getLogger(__name__)
 
 
-class T5TextEncoder(TextEncoder):
+class T5TextEncoder(HFTextEncoder):
     def __init__(self, model: nn.Module, tokenizer, name: str, max_length: int):
-        super().__init__()
-        self.model = model
-        self.tokenizer = tokenizer
-        self.name = name
-        self.max_length = max_length
-        self.width = self.pooled_width = model.config.d_model
-        self.freeze()
+        super().__init__(model, tokenizer, name, max_length, model.config.d_model, model.config.d_model)
 
     def _encode(self, prompts: list[str]) -> TextEmbedding:
         batch = self.tokenizer(prompts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt")
