@@ -54,6 +54,7 @@ class ModelConfig:
     learn_sigma: bool = False
     prediction: Literal["epsilon", "v"] = "v"  # what the network regresses (DiT: epsilon)
     noise_schedule: Literal["linear", "cosine"] = "cosine"  # betas (DiT: linear); see make_betas
+    logsnr_shift: float = 0.0  # added to the schedule's log SNR (> 0: less noise); see make_betas
     patch_size: Optional[int] = None  # must agree with the size name when given
     depth: Optional[int] = 6
     hidden_size: Optional[int] = 128

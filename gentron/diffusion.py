@@ -32,30 +32,46 @@ PREDICTIONS = ("epsilon", "v")
 SCHEDULES = ("linear", "cosine")
 
 
-def make_betas(schedule: str, num_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
+def make_betas(schedule: str, num_timesteps: int, beta_start: float, beta_end: float,
+               logsnr_shift: float = 0.0) -> torch.Tensor:
     """float64 betas. linear: DiT's (made for 32x32x4 latents). cosine: improved DDPM's
     abar(t) = cos^2(((t/T + s) / (1 + s)) pi/2), s = 0.008, betas capped at 0.999; made for small
-    pixel images, which the linear schedule turns to noise within its first half."""
+    pixel images, which the linear schedule turns to noise within its first half.
+
+    `logsnr_shift` adds a constant to log SNR(t) = log(abar / (1 - abar)) at every t ("simple
+    diffusion", Hoogeboom et al. 2023): a schedule tuned at one resolution destroys a smaller image's
+    objects sooner, since fewer pixels average the noise away; their rule for resolution d against
+    the schedule's own d0 is 2 ln(d0 / d), > 0 (less noise) below d0. abar(0) = 1 and abar(T) ~ 0
+    are kept, so sampling still starts from pure noise."""
     if schedule == "linear":
-        return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
-    if schedule == "cosine":
+        betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+    elif schedule == "cosine":
         steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
         abar = torch.cos((steps + 0.008) / 1.008 * math.pi / 2) ** 2
-        return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
-    raise ValueError(f"noise schedule {schedule!r} is unknown; choose one of {list(SCHEDULES)}")
+        betas = (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
+    else:
+        raise ValueError(f"noise schedule {schedule!r} is unknown; choose one of {list(SCHEDULES)}")
+    if not logsnr_shift:
+        return betas
+    abar = torch.sigmoid(torch.logit(torch.cumprod(1 - betas, 0)) + logsnr_shift)
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    return (1 - abar / previous).clamp(max=0.999)
+
+
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 class Diffusion:
     def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
-                 learn_sigma: bool = False, prediction: str = "epsilon", schedule: str = "linear"):
+                 learn_sigma: bool = False, prediction: str = "epsilon", schedule: str = "linear",
+                 logsnr_shift: float = 0.0):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction {prediction!r} is unknown; choose one of {list(PREDICTIONS)}")
         self.num_timesteps = num_timesteps
         self.learn_sigma = learn_sigma
         self.prediction = prediction
         # Constants in float64 (as DiT computes them), stored as float32.
-        betas = make_betas(schedule, num_timesteps, beta_start, beta_end)
+        betas = make_betas(schedule, num_timesteps, beta_start, beta_end, logsnr_shift)
         alphas_cumprod = torch.cumprod(1 - betas, 0)
         alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
         posterior_variance = betas * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod)
@@ -73,6 +89,12 @@ class Diffusion:
         self.posterior_mean_coef2 = ((1 - alphas_cumprod_prev) * (1 - betas).sqrt() / (1 - alphas_cumprod)).float()
 
     # --- the forward process ---------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, model) -> "Diffusion":
+        """The diffusion a cell's `model` config section trains and samples with."""
+        return cls(learn_sigma=model.learn_sigma, prediction=model.prediction, schedule=model.noise_schedule,
+                   logsnr_shift=model.logsnr_shift)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, one t per sample (per clip for video)."""

@@ -117,8 +117,7 @@ def generate(cfg: CellConfig | dict | str | Path, checkpoint: str | Path, prompt
     model = load_ema_model(checkpoint, device)
     vae = build_vae(to_dict(cfg)["vae"]).to(device)
     cache = PromptCache(build_encoders(cfg, device))
-    diffusion = Diffusion(learn_sigma=model.config.learn_sigma, prediction=cfg.model.prediction,
-                          schedule=cfg.model.noise_schedule)
+    diffusion = Diffusion.from_config(cfg.model)
     clip = cfg.sample.clip_x0 if cfg.sample.clip_x0 is not None else cfg.vae.kind == "identity"
     side = cfg.data.resolution // vae.downsample
     frame_shape = (vae.channels, side, side)

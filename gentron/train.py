@@ -350,8 +350,7 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
     if optimizer_state is not None:
         D.load_optimizer_state(model, optimizer, optimizer_state)
     forward = torch.compile(model) if t.compile else model
-    diffusion = Diffusion(learn_sigma=cfg.model.learn_sigma, prediction=cfg.model.prediction,
-                          schedule=cfg.model.noise_schedule)
+    diffusion = Diffusion.from_config(cfg.model)
     metrics = MetricsLog(run_dir / LOG_FILE, step, info.is_main,
                          run_dir / "tensorboard" if t.tensorboard else None)
 

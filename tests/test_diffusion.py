@@ -276,3 +276,14 @@ def test_cosine_schedule_follows_its_closed_form():
     assert Diffusion().alphas_cumprod[500] < 0.1 < 0.4 < d.alphas_cumprod[500]
     with pytest.raises(ValueError, match="noise schedule"):
         Diffusion(schedule="quadratic")
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_logsnr_shift_moves_log_snr_by_a_constant(schedule):
+    base, shifted = Diffusion(schedule=schedule), Diffusion(schedule=schedule, logsnr_shift=2.0)
+    log_snr = lambda d: torch.logit(torch.cumprod(1 - d.betas64, 0))  # noqa: E731
+    interior = slice(0, 990)  # before the 0.999 beta cap at the very end
+    difference = log_snr(shifted)[interior] - log_snr(base)[interior]
+    assert torch.allclose(difference, torch.full_like(difference, 2.0), atol=1e-3)
+    assert shifted.alphas_cumprod[-1] < 1e-3  # sampling still starts from (almost) pure noise
+    assert torch.all(shifted.alphas_cumprod[1:] < shifted.alphas_cumprod[:-1])
