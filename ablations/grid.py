@@ -53,7 +53,9 @@ ID_LENGTH = 10
 
 @dataclass
 class LocalOptions:
-    workers: int = 1  # >1: a process pool runs that many cells at once
+    # Cells (train groups) run at once, sharing the cores. None: one per core on a machine without a
+    # GPU (tiny CPU cells use their cores better side by side), 1 with a GPU (cells would share it).
+    workers: Optional[int] = None
 
 
 @dataclass
@@ -128,7 +130,7 @@ def parse_args(argv: list[str]) -> tuple[DictConfig, dict[str, Any]]:
             raise ConfigError(f"{name}={run[name]} is not allowed; choose one of {list(allowed)}")
     if run.launcher == "slurm" and not run.slurm:
         raise ConfigError("launcher=slurm needs slurm=<profile> (a file of slurm/profiles/, e.g. slurm=local)")
-    if run.local.workers < 1:
+    if run.local.workers is not None and run.local.workers < 1:
         raise ConfigError(f"local.workers={run.local.workers} must be at least 1")
     return run, cell
 

@@ -13,6 +13,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
+import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
@@ -145,8 +146,13 @@ def run_local(p: Plan) -> int:
     todo = [g for g in groups if not all(stages.is_complete(d) for d in g)]
     log.info("grid %s: %d cells, %d to run, %d complete", p.run.grid, len(p.cells),
              sum(map(len, todo)), len(p.cells) - sum(map(len, todo)))
-    failed = _run_pool(todo, p.run.local.workers) if p.run.local.workers > 1 else _run_sequential(todo)
+    workers = min(len(todo), p.run.local.workers or _auto_workers())
+    failed = _run_pool(todo, workers) if workers > 1 else _run_sequential(todo)
     return finish(p, failed)
+
+
+def _auto_workers() -> int:
+    return 1 if torch.cuda.is_available() else torch.get_num_threads()
 
 
 def _run_sequential(groups: list[list[str]]) -> list[str]:
@@ -160,10 +166,19 @@ def _run_sequential(groups: list[list[str]]) -> list[str]:
     return failed
 
 
+def _set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
 def _run_pool(groups: list[list[str]], workers: int) -> list[str]:
+    """Cell groups in `workers` processes that share the CPU cores between them: two cells at one
+    thread each train ~15% faster on 2 cores than one after the other at two threads (small
+    matmuls scale poorly across threads), and their sampling and evaluation overlap too."""
     failed = []
     context = multiprocessing.get_context("spawn")  # no forked torch state
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    threads = max(1, torch.get_num_threads() // workers)  # the cores torch would use here (or OMP_NUM_THREADS)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_set_threads,
+                             initargs=(threads,)) as pool:
         futures = {pool.submit(stages.run_cells, group): group for group in groups}
         for future in tqdm(as_completed(futures), total=len(futures), desc="cell groups", unit="group"):
             try:

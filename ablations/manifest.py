@@ -82,10 +82,12 @@ def stage_state(manifest: dict, stage: str) -> str:
 
 
 def begin(cell_dir: Path, stage: str) -> float:
+    import torch  # the stage itself loads it anyway; its thread count explains the stage's timing
+
     manifest = read(cell_dir)
     entry = manifest.setdefault("stages", {}).setdefault(stage, {})
     entry.update(status="running", start=now(), end=None, host=socket.gethostname(),
-                 job_id=_job_id(), attempts=entry.get("attempts", 0) + 1)
+                 job_id=_job_id(), attempts=entry.get("attempts", 0) + 1, threads=torch.get_num_threads())
     manifest["start"] = manifest.get("start") or entry["start"]
     manifest.update(status="running", **environment())
     write(cell_dir, manifest)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from ablations.grid import plan
 from ablations.launch import main
@@ -50,6 +51,19 @@ def test_layout_metrics_results_and_table(tiny_run):
     assert set(table["cell_id"]) == {c.cell_id for c in cells}
     assert "adaln" in out and "cross_attn" in out and "compshapes_judge/color" in out
     assert "streamlit run reports/app.py" in out
+
+
+def test_parallel_workers_split_the_cores_and_give_the_same_grid(tiny_run, tmp_path):
+    runs, _ = tiny_run
+    assert main([*TINY, f"runs_dir={tmp_path}", "local.workers=2"]) == 0
+    cells = plan(TINY).cells
+    threads = max(1, torch.get_num_threads() // 2)
+    for cell in cells:
+        manifest = json.loads((tmp_path / "conditioning" / cell.cell_id / "manifest.json").read_text())
+        assert manifest["status"] == "done"
+        assert {manifest["stages"][s]["threads"] for s in ("train", "sample", "evaluate")} == {threads}
+    table = pd.read_parquet(tmp_path / "conditioning" / "results.parquet")
+    assert set(table["cell_id"]) == {c.cell_id for c in cells} and table["mean"].notna().all()
 
 
 def test_rerun_skips_everything(tiny_run, capsys):
