@@ -9,10 +9,10 @@ from gentron.config import CellConfig, load_config, to_dict
 
 
 def tiny_config(tmp_path: Path, **sections) -> CellConfig:
-    """A 16 px, 2-block, width-32 model on 64 CompShapes images; `sections` update the config's
+    """A 16 px, patch-4, 2-block, width-32 model on 64 CompShapes images; `sections` update the config's
     sections, e.g. tiny_config(tmp, train={"steps": 3}). The data cache lives in tmp_path/cache."""
     cfg = {
-        "model": {"depth": 2, "hidden_size": 32, "mlp_hidden_size": 64, "num_heads": 2},
+        "model": {"size": "T/4", "depth": 2, "hidden_size": 32, "mlp_hidden_size": 64, "num_heads": 2},
         "text_encoders": [{"kind": "tiny_clip", "seed": 0, "width": 32, "layers": 1, "heads": 2}],
         "data": {"resolution": 16, "num_train": 64, "cache_dir": str(tmp_path / "cache"), "num_frames": 4},
         "train": {"steps": 4, "batch_size": 8, "lr_schedule": "constant", "warmup_steps": 2, "ckpt_every": 100,
