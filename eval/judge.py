@@ -21,7 +21,9 @@ images are flat shapes on a known background, so the judge can measure the same 
 Scores per image, for its category, binary as the headline and `<category>_soft` alongside:
 - color / shape / texture: 1 if every phrase's mentioned attributes (shape + colour/texture) are all
   found on one object each; soft = product over phrases of the fraction of its attributes matched
-  (BLIP-VQA's product over noun phrases).
+  (BLIP-VQA's product over noun phrases). `color_present` (ours, a diagnostic, no T2I-CompBench
+  counterpart): 1 if every prompted colour is on some object, shapes ignored: it separates
+  attribute leakage (both objects in one colour) from shapes drawn badly.
 - spatial: both phrases bound and the official rule holding on their box centres, dx = x2 - x1,
   dy = y2 - y1 (y down): "left of" dx > 0 and |dx| > |dy| (right: dx < 0; top: dy > 0; bottom: dy < 0,
   with |dy| > |dx|); "next to" |dx| < 0.3125 or |dy| < 0.3125 (the official 150 px of a 480 px
@@ -271,6 +273,8 @@ def score_image(prompt: str | PromptSpec, image) -> dict:
     detections = detect(image)
     best = max((_scores_for(spec, bound) for bound in _assignments(len(spec.phrases), detections)),
                key=lambda s: tuple(s.values()))
+    if spec.category == "color":
+        best["color_present"] = float({p.color for p in spec.phrases} <= {d.color for d in detections})
     return {"scores": best, "objects": [asdict(d) for d in detections]}
 
 

@@ -16,7 +16,8 @@ from PIL import Image, ImageDraw
 from gentron.io import atomic_write_bytes
 from reports.results import arm_columns, arm_labels, load_grid, samples_with_scores
 
-CELL, GAP, CAPTION_WIDTH, HEADER, SCORE_HEIGHT = 96, 8, 240, 24, 14
+CELL, GAP, CAPTION_WIDTH, HEADER, SCORE_HEIGHT = 96, 8, 240, 36, 14
+LABEL_CHARS = 16  # what the default font fits over one image
 
 
 def sheet_rows(grid_dir: Path, prompt_set: str, category: str, n: int, seed_axis: int = 0) -> tuple[list, list]:
@@ -51,7 +52,8 @@ def render(labels: list[str], rows: list) -> Image.Image:
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     for j, label in enumerate(labels):
-        draw.text((CAPTION_WIDTH + j * (CELL + GAP), 6), label, fill="black")
+        lines = textwrap.wrap(label.replace("=", "= "), LABEL_CHARS)  # "axis=arm" breaks after the "="
+        draw.multiline_text((CAPTION_WIDTH + j * (CELL + GAP), 4), "\n".join(lines), fill="black")
     for i, (prompt, images) in enumerate(rows):
         y = HEADER + i * (CELL + SCORE_HEIGHT + GAP)
         draw.multiline_text((4, y + CELL // 3), "\n".join(textwrap.wrap(prompt, 36)), fill="black")

@@ -74,6 +74,16 @@ def test_wrong_bindings_score_zero():
         assert scores[category] == 0.0, (prompt, lie, scores)
     colour_swap = judge.score_image(cases[0][0], cs.render(_scene(cases[0][0], **cases[0][1]), 32))["scores"]
     assert colour_swap["color_soft"] == pytest.approx(0.25)  # each phrase half right: shape yes, colour no
+    assert colour_swap["color_present"] == 1.0  # both colours are there, on the wrong shapes
+
+
+def test_color_present_ignores_shapes_but_not_leakage():
+    prompt = "a red triangle and a blue circle"
+    score = lambda **lie: judge.score_image(prompt, cs.render(_scene(prompt, **lie), 32))["scores"]  # noqa: E731
+    assert score() == {"color": 1.0, "color_soft": 1.0, "color_present": 1.0}
+    assert score(o0={"shape": "square"}, o1={"shape": "square"})["color_present"] == 1.0
+    leaked = score(o1={"color": "red"})  # both objects red: blue is missing
+    assert leaked["color_present"] == 0.0 and leaked["color"] == 0.0
 
 
 def test_wrong_places_score_zero():
