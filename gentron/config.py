@@ -60,6 +60,8 @@ class ModelConfig:
     learn_sigma: bool = False
     prediction: Literal["epsilon", "v"] = "v"  # what the network regresses (DiT: epsilon)
     noise_schedule: Literal["linear", "cosine"] = "cosine"  # betas (DiT: linear); see make_betas
+    long_skip: bool = False  # U-ViT long skips between the shallow and deep halves (not in GenTron)
+    conv_head: bool = False  # U-ViT's 3x3 conv on the output (not in GenTron)
     logsnr_shift: float = 0.0  # added to the schedule's log SNR (> 0: less noise); see make_betas
     patch_size: Optional[int] = None  # must agree with the size name when given
     depth: Optional[int] = 6

@@ -37,6 +37,8 @@ class GenTronConfig:
     temporal: bool = False                    # T2V: temporal self-attention in every block
     max_frames: int = 32                      # longest clip the frame-position table covers
     grad_checkpointing: bool = False
+    long_skip: bool = False                   # U-ViT long skips: block i's output joins block depth-1-i's input
+    conv_head: bool = False                   # U-ViT: a residual 3x3 conv on the unpatchified output
 
     def __post_init__(self):
         self.text_widths = tuple(int(w) for w in self.text_widths)
@@ -90,7 +92,12 @@ class GenTron(nn.Module):
                          temporal=config.temporal)
             for i in range(config.depth)
         )
+        # Small pixel-space ViTs lose fine detail in the trunk and draw patch seams (U-ViT, Bao et al.
+        # 2023): long skips hand shallow features to the deep half, a 3x3 conv smooths across patches.
+        self.skip_projections = nn.ModuleList(nn.Linear(2 * d, d) for _ in range(config.depth // 2)) \
+            if config.long_skip else None
         self.final_layer = FinalLayer(d, config.patch_size, config.out_channels)
+        self.conv_head = nn.Conv2d(config.out_channels, config.out_channels, 3, padding=1) if config.conv_head else None
         self.grad_checkpointing = config.grad_checkpointing
         self.initialize_weights()
 
@@ -112,6 +119,8 @@ class GenTron(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         zero = [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]
+        if self.conv_head is not None:
+            zero.append(self.conv_head)  # a residual branch that starts closed
         for block in self.blocks:
             zero.append(block.adaLN_modulation[-1])
             if block.cross_attn is not None:
@@ -169,15 +178,22 @@ class GenTron(nn.Module):
             if motion_free is not None:
                 mask = temporal_mask(motion_free.to(device=x.device, dtype=torch.bool), tokens.shape[1], frames)
 
+        skips, first_deep = [], cfg.depth - cfg.depth // 2
         for i, block in enumerate(self.blocks):
+            if self.skip_projections is not None and i >= first_deep:
+                tokens = self.skip_projections[i - first_deep](torch.cat([tokens, skips.pop()], dim=-1))
             context, context_mask = contexts[i % len(contexts)]  # interleaved cross-attention
             args = (tokens, c, context, context_mask, frames, frame_pos, mask)
             if self.grad_checkpointing and torch.is_grad_enabled():
                 tokens = checkpoint(block, *args, use_reentrant=False)
             else:
                 tokens = block(*args)
+            if self.skip_projections is not None and i < cfg.depth // 2:
+                skips.append(tokens)
 
         out = self.unpatchify(self.final_layer(tokens, c), grid_h, grid_w)
+        if self.conv_head is not None:
+            out = out + self.conv_head(out)
         return out.unflatten(0, (batch, frames)) if video else out
 
     @torch.no_grad()

@@ -71,6 +71,8 @@ def build_model_config(cfg: CellConfig, encoders: list, vae) -> GenTronConfig:
         in_channels=vae.channels,
         conditioning=m.conditioning,
         learn_sigma=m.learn_sigma,
+        long_skip=m.long_skip,
+        conv_head=m.conv_head,
         text_widths=tuple(e.width for e in encoders),
         pooled_widths=tuple(e.pooled_width for e in encoders),
         temporal=cfg.data.video,

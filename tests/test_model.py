@@ -260,3 +260,34 @@ def test_config_and_input_errors():
     video = build(temporal=True)
     with pytest.raises(ValueError, match="max_frames"):
         video(torch.randn(1, 9, C, S, S), torch.tensor([1]), make_text(video.config, batch=1))
+
+
+def test_long_skips_join_mirrored_blocks():
+    """depth 5, U-ViT order: blocks 0, 1 feed blocks 4, 3 through Linear(2d -> d); block 2 is the middle."""
+    model = build(depth=5, long_skip=True)
+    x, t = inputs()
+    text = make_text(model.config)
+    inputs_seen = {}
+    handles = [b.register_forward_pre_hook(lambda m, a, i=i: inputs_seen.__setitem__(i, a[0].detach().clone()))
+               for i, b in enumerate(model.blocks)]
+    outs = block_outputs(model, lambda: model(x, t, text))
+    for h in handles:
+        h.remove()
+    assert len(model.skip_projections) == 2
+    assert torch.allclose(inputs_seen[3], model.skip_projections[0](torch.cat([outs[2], outs[1]], -1)), atol=1e-6)
+    assert torch.allclose(inputs_seen[4], model.skip_projections[1](torch.cat([outs[3], outs[0]], -1)), atol=1e-6)
+    assert torch.equal(inputs_seen[2], outs[1])
+    assert model(*inputs(frames=3), text).shape == (B, 3, C, S, S)  # per-frame tokens skip alike
+
+
+def test_conv_head_starts_as_identity_and_trains():
+    plain, with_head = build(trained=False), build(trained=False, conv_head=True)
+    with torch.no_grad():  # same trunk weights; the fresh (zero) conv branch adds nothing
+        for name, p in plain.named_parameters():
+            dict(with_head.named_parameters())[name].copy_(p + 0.1)
+            p.add_(0.1)
+    x, t = inputs()
+    text = make_text(plain.config)
+    assert torch.equal(plain(x, t, text), with_head(x, t, text))
+    with_head(x, t, text).pow(2).sum().backward()
+    assert with_head.conv_head.weight.grad.abs().sum() > 0
