@@ -171,9 +171,9 @@ def _set_threads(threads: int) -> None:
 
 
 def _run_pool(groups: list[list[str]], workers: int) -> list[str]:
-    """Cell groups in `workers` processes that share the CPU cores between them: two cells at one
-    thread each train ~15% faster on 2 cores than one after the other at two threads (small
-    matmuls scale poorly across threads), and their sampling and evaluation overlap too."""
+    """Cell groups in `workers` processes that share the CPU cores between them: on 2 cores two
+    tiny cells at one thread each finish ~1.4x sooner than one after the other at two threads
+    (small matmuls scale poorly across threads; benchmarks/train_throughput.py)."""
     failed = []
     context = multiprocessing.get_context("spawn")  # no forked torch state
     threads = max(1, torch.get_num_threads() // workers)  # the cores torch would use here (or OMP_NUM_THREADS)

@@ -27,6 +27,8 @@ minutes on 2 CPU cores. Why each number (measured on the shared 2-core machine, 
   minutes. EMA 0.995 (a ~200-step window, warmed up as (1+s)/(10+s)) suits a 3k-step run.
 - logsnr_shift 0: shifting the cosine schedule towards less noise (+2, simple diffusion's rule for
   20 px) lost colour binding (0.03; colours present 11 / 32), towards more noise (-1) lost shapes.
+- long_skip / conv_head off: U-ViT's long skips (0.09, colours present 21 / 32) and its output conv
+  (0.03) did not help at this budget.
 - pixel space (vae identity), tiny_clip text features cached once, so a step never runs an encoder.
 - DPM-Solver++ 20 steps, CFG 4, x0 estimates clipped to [-1, 1] (pixel space). 50 steps, CFG 2 or
   7.5 and DDPM 100 steps changed nothing measurable: sampling is not the bottleneck, training is.
