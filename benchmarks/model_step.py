@@ -47,6 +47,22 @@ def clock(device):
     return time.perf_counter() if device.type == "cuda" else time.thread_time()
 
 
+def time_interleaved(fns: dict, args, device, before=lambda name: None) -> dict[str, list[float]]:
+    """Time each function args.repeats times after args.warmup rounds, interleaved (A B A B ...) so
+    that a noisy shared machine slows every contender alike."""
+    times = {name: [] for name in fns}
+    for i in range(args.warmup + args.repeats):
+        for name, fn in fns.items():
+            before(name)
+            sync(device)
+            start = clock(device)
+            fn()
+            sync(device)
+            if i >= args.warmup:
+                times[name].append(clock(device) - start)
+    return times
+
+
 def autocast(device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
@@ -119,16 +135,8 @@ def main():
         out.float().square().mean().backward()
 
     steps = {"ours (GenTron)": (ours, step_ours), "diffusers PixArt": (pixart, step_pixart)}
-    times = {name: [] for name in steps}
-    for i in range(args.warmup + args.repeats):
-        for name, (model, step) in steps.items():  # interleaved: A B A B ...
-            model.zero_grad(set_to_none=True)
-            sync(device)
-            start = clock(device)
-            step()
-            sync(device)
-            if i >= args.warmup:
-                times[name].append(clock(device) - start)
+    times = time_interleaved({name: step for name, (_, step) in steps.items()}, args, device,
+                             before=lambda name: steps[name][0].zero_grad(set_to_none=True))
 
     memory = {}
     for name, (model, step) in steps.items():
@@ -166,16 +174,8 @@ def main():
     motion_free3 = torch.tensor([True] * B + [False] * 2 * B, device=device)
     single = lambda: video(clips, t, text, motion_free=torch.zeros(B, dtype=torch.bool, device=device))  # noqa: E731
     mfg = lambda: video(clips.repeat(3, 1, 1, 1, 1), t.repeat(3), text3, motion_free=motion_free3)  # noqa: E731
-    vt = {"single": [], "mfg": []}
     with torch.no_grad(), autocast(device):
-        for i in range(args.warmup + args.repeats):
-            for name, fn in (("single", single), ("mfg", mfg)):
-                sync(device)
-                start = clock(device)
-                fn()
-                sync(device)
-                if i >= args.warmup:
-                    vt[name].append(clock(device) - start)
+        vt = time_interleaved({"single": single, "mfg": mfg}, args, device)
     s, m = statistics.median(vt["single"]), statistics.median(vt["mfg"])
     print(f"video ({args.frames} frames): unguided forward {s * 1e3:.1f} ms, MFG step (3 branches, one "
           f"batch of {3 * B}) {m * 1e3:.1f} ms = {m / s:.2f}x")

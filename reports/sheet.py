@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from gentron.io import atomic_write_bytes
 from reports.results import arm_columns, arm_labels, load_grid, samples_with_scores
 
-CELL, GAP, CAPTION_WIDTH, HEADER, SCORE_HEIGHT = 96, 8, 240, 36, 14
+CELL, GAP, CAPTION_WIDTH, LINE_HEIGHT, SCORE_HEIGHT = 96, 8, 240, 12, 14
 LABEL_CHARS = 16  # what the default font fits over one image
 
 
@@ -47,15 +47,17 @@ def sheet_rows(grid_dir: Path, prompt_set: str, category: str, n: int, seed_axis
 
 
 def render(labels: list[str], rows: list) -> Image.Image:
+    # "axis=arm" labels break after the "=", and the header grows with the longest one
+    wrapped = ["\n".join(textwrap.wrap(label.replace("=", "= "), LABEL_CHARS)) for label in labels]
+    header = 12 + LINE_HEIGHT * max((text.count("\n") + 1 for text in wrapped), default=1)
     width = CAPTION_WIDTH + len(labels) * (CELL + GAP)
-    height = HEADER + len(rows) * (CELL + SCORE_HEIGHT + GAP)
+    height = header + len(rows) * (CELL + SCORE_HEIGHT + GAP)
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
-    for j, label in enumerate(labels):
-        lines = textwrap.wrap(label.replace("=", "= "), LABEL_CHARS)  # "axis=arm" breaks after the "="
-        draw.multiline_text((CAPTION_WIDTH + j * (CELL + GAP), 4), "\n".join(lines), fill="black")
+    for j, text in enumerate(wrapped):
+        draw.multiline_text((CAPTION_WIDTH + j * (CELL + GAP), 4), text, fill="black")
     for i, (prompt, images) in enumerate(rows):
-        y = HEADER + i * (CELL + SCORE_HEIGHT + GAP)
+        y = header + i * (CELL + SCORE_HEIGHT + GAP)
         draw.multiline_text((4, y + CELL // 3), "\n".join(textwrap.wrap(prompt, 36)), fill="black")
         for j, (path, value) in enumerate(images):
             x = CAPTION_WIDTH + j * (CELL + GAP)
