@@ -47,7 +47,7 @@ from gentron.vae import build_vae
 log = logging.getLogger(__name__)
 
 LOG_FILE = "train_log.jsonl"
-CACHE_VERSION = 1  # bump when the cached-data layout changes
+CACHE_VERSION = 2  # bump when the cached-data layout or what CompShapes draws changes (2: objects r = 0.19)
 
 
 class TrainingDiverged(RuntimeError):

@@ -39,6 +39,14 @@ def test_ground_truth_renders_score_one(category):
     assert mean_score(category, lambda s: cs.render(s, 256), n=10) == 1.0
 
 
+@pytest.mark.parametrize("category", ["color", "shape", "texture", "spatial", "complex"])
+def test_ground_truth_renders_score_one_at_the_embedded_resolution(category):
+    """20 px, the embedded default's images (objects ~7.6 px across). Not non_spatial: its smaller
+    object is 4.4 px there, too few pixels to tell a circle from a square (ground truth scores ~0.83;
+    README says so)."""
+    assert mean_score(category, lambda s: cs.render(s, 20), n=60) >= 0.99
+
+
 @pytest.mark.parametrize("category", cs.IMAGE_CATEGORIES)
 def test_noise_and_blank_images_score_zero(category):
     rng = np.random.default_rng(1)

@@ -61,22 +61,42 @@ def test_tiny_encoders_are_seed_deterministic(tiny_clip, tiny_t5):
     torch.testing.assert_close(t5_again.encode(PROMPTS).tokens, tiny_t5.encode(PROMPTS).tokens, rtol=0, atol=0)
 
 
-def test_tiny_clip_matches_open_clip_text_tower(tiny_clip):
-    """Our short causal pass equals open_clip's own 77-token forward: tokens after ln_final, pooled
-    = projected EOT feature."""
+def test_openclip_encoder_matches_open_clip_text_tower():
+    """Our short causal pass equals open_clip's own 77-token forward (the path real CLIP weights take):
+    tokens after ln_final, pooled = projected EOT feature."""
     from open_clip.transformer import TextTransformer
 
-    tower = seeded(0, lambda: TextTransformer(context_length=77, vocab_size=49408, width=64, heads=4, layers=2, output_dim=64))
+    from gentron.text.clip import OpenCLIPTextEncoder, clip_bpe_tokenizer
+
+    tower = seeded(0, lambda: TextTransformer(context_length=77, vocab_size=49408, width=64, heads=4, layers=2, output_dim=48))
     tower.output_tokens = True
-    ids = tiny_clip.tokenizer(PROMPTS)
+    encoder = OpenCLIPTextEncoder(tower, clip_bpe_tokenizer(), "open_clip-test")
+    ids = encoder.tokenizer(PROMPTS)
     with torch.no_grad():
         pooled, tokens = tower(ids)
-    emb = tiny_clip.encode(PROMPTS)
+    emb = encoder.encode(PROMPTS)
     torch.testing.assert_close(emb.pooled, pooled, atol=1e-5, rtol=1e-5)
     length = emb.tokens.shape[1]
     torch.testing.assert_close(emb.tokens, tokens[:, :length] * emb.mask[..., None], atol=1e-5, rtol=1e-5)
     # Real lengths: SOT + words + EOT; the empty prompt is SOT, EOT.
     assert emb.mask.sum(1).tolist()[1] == 2
+
+
+def test_tiny_clip_pools_by_mean_and_keeps_words_apart(tiny_clip):
+    """The random stand-in's EOT feature is not a trained summary, so it pools by the masked mean of
+    its tokens (projected); and its features must tell words apart, in place and across contexts."""
+    from gentron.text.encoder import masked_mean
+
+    emb = tiny_clip.encode(PROMPTS)
+    torch.testing.assert_close(emb.pooled, tiny_clip._project(masked_mean(emb.tokens, emb.mask)))
+    emb = tiny_clip.encode(["a green circle and a purple square", "a red circle and a purple square",
+                            "a purple square and a green circle"])
+    unit = torch.nn.functional.normalize(emb.tokens, dim=-1)
+    cos = lambda a, b: float((unit[a] * unit[b]).sum())  # noqa: E731
+    assert cos((0, 2), (1, 2)) < 0.6  # "green" vs "red", same place
+    assert cos((0, 3), (1, 3)) > 0.8  # "circle" after "green" vs after "red"
+    assert cos((0, 2), (2, 6)) > 0.6  # "green" first vs last: the same word ...
+    assert cos((0, 2), (2, 6)) < 0.98  # ... in another place, which binding needs to see
 
 
 def test_tiny_t5_pooled_is_masked_mean(tiny_t5):

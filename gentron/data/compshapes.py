@@ -9,10 +9,14 @@ Vocabulary (chosen to stay distinct at 32 px, even under blur and noise):
 - shapes (the nouns): circle, square, triangle (apex up; all three fill a 2r x 2r box);
 - textures: solid, striped (horizontal stripes), dotted. A pattern is drawn in a darker shade (0.4x)
   of the object's own colour, never in the background colour, so a textured object stays one
-  connected blob of one chromaticity. Textures need pixels: objects that carry a texture word are
-  drawn big (r = 0.19 of the image, ~12 px across at 32 px), with a pattern period of 1/8 of the image
-  (4 px at 32 px);
-- sizes: normal r = 0.16, big 0.19, small 0.11 (+-8% jitter), r = half the side of the object's box.
+  connected blob of one chromaticity, with a pattern period of 1/8 of the image (4 px at 32 px);
+- sizes: r = 0.19 (+-8% jitter; r = half the side of the object's box: ~12 px across at 32 px,
+  ~7.6 px at the embedded default's 20 px), and 0.11 for the smaller object of a "bigger than" /
+  "smaller than" prompt. As big as two objects and a spatial relation allow, because shape needs
+  pixels: at r = 0.16 (6.4 px at 20 px) circles and squares differ by a pixel per corner, the
+  embedded default's tiny model drew them as the same blob and bound 0.31 of training colour
+  prompts; at 0.19 it binds 0.84 (README "The embedded default"). Textures need the pixels too.
+  Objects in clips are r = 0.16: two of them travelling 0.3 of the image need the room.
 
 Categories and grammar (`parse_prompt` inverts `caption`):
 - color:       "a red circle and a blue square"         two different colours (shapes may repeat)
@@ -68,7 +72,8 @@ BACKGROUND = (235, 235, 235)
 DARK_SHADE = 0.4  # pattern colour = DARK_SHADE * object colour (same chromaticity, much darker)
 PATTERN_PERIOD = 1 / 8  # stripes and dot grid, in image units (4 px at 32 px)
 DOT_RADIUS = 0.03  # ~18% of a dotted object is dark
-SIZE_NORMAL, SIZE_BIG, SIZE_SMALL = 0.16, 0.19, 0.11
+SIZE_NORMAL, SIZE_SMALL = 0.19, 0.11
+SIZE_MOVING = 0.16  # two objects travelling 0.3 of the image each need room not to meet
 SIZE_JITTER = 0.08
 GAP = 0.08  # minimum gap between objects' boxes, so connected components never merge
 MARGIN = 0.02  # minimum gap between an object's box and the image border
@@ -275,15 +280,14 @@ def write_prompt_files(out_dir: str | Path, split: str = "test", categories=IMAG
 
 
 # --- scene layout -------------------------------------------------------------------------------
-def _fill_unmentioned(phrase: Phrase, rng: np.random.Generator, split: str, textured: bool) -> ShapeObject:
+def _fill_unmentioned(phrase: Phrase, rng: np.random.Generator, split: str) -> ShapeObject:
     """Draw what the prompt leaves open; in training never a held-out pair, even unmentioned."""
     colors = [phrase.color] if phrase.color else list(COLORS)
     textures = [phrase.texture] if phrase.texture else ["solid"]
     options = [(c, t) for c in colors for t in textures
                if split == "test" or not _held_out(Phrase(phrase.shape, c, t))]
     color, texture = options[rng.integers(len(options))]
-    size = SIZE_BIG if textured else SIZE_NORMAL
-    return ShapeObject(phrase.shape, color, texture, size)
+    return ShapeObject(phrase.shape, color, texture)
 
 
 def _jitter(size: float, rng: np.random.Generator) -> float:
@@ -356,11 +360,12 @@ def scene_for_prompt(prompt: str, rng: np.random.Generator | int, split: str = "
     """A random scene that the prompt describes truly (deterministic given the seed)."""
     rng = np.random.default_rng(rng)
     spec = parse_prompt(prompt)
-    textured = any(p.texture for p in spec.phrases)
-    objects = [_fill_unmentioned(p, rng, split, textured) for p in spec.phrases]
+    objects = [_fill_unmentioned(p, rng, split) for p in spec.phrases]
     if spec.relation in SIZE_RELATIONS:
-        big, small = (0, 1) if spec.relation == "bigger than" else (1, 0)
-        objects[big], objects[small] = replace(objects[big], size=SIZE_BIG), replace(objects[small], size=SIZE_SMALL)
+        small = 1 if spec.relation == "bigger than" else 0
+        objects[small] = replace(objects[small], size=SIZE_SMALL)
+    if spec.category == "motion":
+        objects = [replace(o, size=SIZE_MOVING) for o in objects]
     objects = [replace(o, size=_jitter(o.size, rng)) for o in objects]
     if spec.category == "motion":
         if num_frames < 2:

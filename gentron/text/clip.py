@@ -18,6 +18,7 @@ from gentron.text.encoder import (
     HFTextEncoder,
     TextEncoder,
     load_hf,
+    masked_mean,
     missing_weights_message,
     parse_dtype,
     seeded,
@@ -30,8 +31,11 @@ logger = logging.getLogger(__name__)
 class OpenCLIPTextEncoder(TextEncoder):
     """The text half of an open_clip CLIP model (the vision tower is dropped to save memory)."""
 
-    def __init__(self, tower: nn.Module, tokenizer, name: str):
+    def __init__(self, tower: nn.Module, tokenizer, name: str, pool: str = "eot"):
         super().__init__()
+        if pool not in ("eot", "mean"):
+            raise ValueError(f"{name}: pool must be 'eot' (CLIP's own) or 'mean', got {pool!r}")
+        self.pool = pool
         # open_clip's CLIP keeps these on the model itself, CustomTextCLIP on model.text.
         pool_type = getattr(tower, "text_pool_type", getattr(tower, "pool_type", None))
         if getattr(tower, "cls_emb", None) is not None or tower.attn_mask is None or pool_type not in ("argmax", "eos"):
@@ -70,7 +74,8 @@ class OpenCLIPTextEncoder(TextEncoder):
         x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
         x = self.ln_final(x)
         mask = torch.arange(length, device=ids.device)[None] < lengths[:, None]
-        pooled = self._project(x[torch.arange(len(ids), device=ids.device), lengths - 1])
+        summary = masked_mean(x, mask) if self.pool == "mean" else x[torch.arange(len(ids), device=ids.device), lengths - 1]
+        pooled = self._project(summary)
         return TextEmbedding(x, mask, pooled)
 
 
@@ -138,16 +143,31 @@ def build_hf_clip(path: str, tokenizer: str | None = None, max_length: int = 77,
     return HFCLIPTextEncoder(model, tokenizer, name, max_length).to(parse_dtype(dtype))
 
 
-def build_tiny_clip(width: int = 64, layers: int = 2, heads: int = 4, pooled_width: int | None = None, seed: int = 0) -> OpenCLIPTextEncoder:
-    """A small random open_clip text tower with CLIP's real BPE tokenizer (no download)."""
+def build_tiny_clip(width: int = 64, layers: int = 2, heads: int = 4, pooled_width: int | None = None, seed: int = 0,
+                    embed_std: float = 1.0, position_std: float = 0.3) -> OpenCLIPTextEncoder:
+    """A small random open_clip text tower with CLIP's real BPE tokenizer (no download), frozen.
+
+    A random stand-in must still tell words apart, as a trained CLIP does. At open_clip's own init
+    (token embeddings std 0.02, positions 0.01) the residual stream is dominated by what the random
+    blocks add, which is much the same for every token: "green" and "red" in the same place come out
+    0.9 cosine-similar. Unit-scale token embeddings keep each word's identity (0.2), positions at 0.3
+    keep where it stands (binding needs to know which noun a colour word precedes), and the blocks still
+    mix in its context. Its EOT feature summarises nothing it was trained to, and with word identity
+    this strong it is nearly the same for every prompt, so the pooled vector (adaLN's only view of the
+    prompt) is the projected mean of the tokens. Measured in README "The embedded default".
+    """
     from open_clip.transformer import TextTransformer
 
-    tower = seeded(seed, lambda: TextTransformer(
-        context_length=77, vocab_size=49408, width=width, heads=heads, layers=layers,
-        output_dim=pooled_width or width,
-    ))
-    name = f"tiny_clip:w{width}:l{layers}:h{heads}:p{pooled_width or width}:s{seed}:{weights_hash(tower)}"
-    return OpenCLIPTextEncoder(tower, clip_bpe_tokenizer(), name)
+    def random_tower():
+        tower = TextTransformer(context_length=77, vocab_size=49408, width=width, heads=heads, layers=layers,
+                                output_dim=pooled_width or width)
+        nn.init.normal_(tower.token_embedding.weight, std=embed_std)
+        nn.init.normal_(tower.positional_embedding, std=position_std)
+        return tower
+
+    tower = seeded(seed, random_tower)
+    name = f"tiny_clip:w{width}:l{layers}:h{heads}:p{pooled_width or width}:s{seed}:mean:{weights_hash(tower)}"
+    return OpenCLIPTextEncoder(tower, clip_bpe_tokenizer(), name, pool="mean")
 
 
 @functools.lru_cache(maxsize=1)
