@@ -14,7 +14,7 @@ A grid file (ablations/grids/<name>.yaml) is data:
 
 A cell's config is gentron.config's defaults, then `base`, `evaluation`, the arm of every axis and
 the seed, then the command line's cell overrides (`train.steps=20`); gentron.config validates it.
-Its id is the sha1 of that resolved config as canonical JSON, without RUN_ONLY_KEYS.
+Its id is the sha1 of that resolved config as canonical JSON, without RUN_ONLY_KEYS, with CELL_VERSION.
 """
 from __future__ import annotations
 
@@ -47,6 +47,11 @@ CELL_SECTIONS = tuple(f.name for f in fields(CellConfig))
 RUN_ONLY_KEYS = ("train.log_every", "train.ckpt_every", "train.tensorboard",
                  "train.compile", "train.grad_checkpointing", "train.strategy", "data.cache_dir",
                  "sample.batch_size", "eval.metrics")
+# Bump when the same cell config would now train, sample or score differently (what CompShapes draws,
+# how a tiny text encoder initialises, what the judge reads): an old run folder's cells then get new
+# ids and are recomputed instead of being reused as if current. 2: tiny_clip keeps words apart,
+# CompShapes objects r = 0.19.
+CELL_VERSION = 2
 GRID_KEYS = ("description", "seeds", "base", "axes", "evaluation", "profiles", "note", "labels")
 ID_LENGTH = 10
 
@@ -288,11 +293,12 @@ def metric_prompt_set(metric: str, prompt_sets: list[str], where: str = "") -> s
 
 
 def cell_id(config: dict) -> str:
-    """10-hex sha1 of the canonical JSON of the resolved config without RUN_ONLY_KEYS."""
+    """10-hex sha1 of the canonical JSON of the resolved config without RUN_ONLY_KEYS, with CELL_VERSION."""
     identity = json.loads(json.dumps(config))
     for key in RUN_ONLY_KEYS:
         section, name = key.split(".")
         identity.get(section, {}).pop(name, None)
+    identity["cell_version"] = CELL_VERSION
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:ID_LENGTH]
 

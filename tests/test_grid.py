@@ -25,6 +25,16 @@ def test_cell_id_ignores_run_only_keys_and_tracks_the_rest():
     assert longer.cell_id != base.cell_id and longer.config["train"]["steps"] == 7
 
 
+def test_cell_id_changes_with_the_cell_version(monkeypatch):
+    """Code that computes something else for the same config bumps CELL_VERSION: old cells are not reused."""
+    import ablations.grid as grid
+
+    config = plan(["grid=conditioning", "seeds=[0]"]).cells[0].config
+    before = cell_id(config)
+    monkeypatch.setattr(grid, "CELL_VERSION", grid.CELL_VERSION + 1)
+    assert cell_id(config) != before
+
+
 def test_the_issue_command_line_parses():
     run, cell = parse_args(["grid=conditioning", "seeds=[0,1,2]", "train.steps=500", "launcher=slurm", "slurm=local"])
     assert (run.grid, list(run.seeds), run.launcher, run.slurm) == ("conditioning", [0, 1, 2], "slurm", "local")
