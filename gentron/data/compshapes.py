@@ -280,14 +280,14 @@ def write_prompt_files(out_dir: str | Path, split: str = "test", categories=IMAG
 
 
 # --- scene layout -------------------------------------------------------------------------------
-def _fill_unmentioned(phrase: Phrase, rng: np.random.Generator, split: str) -> ShapeObject:
+def _fill_unmentioned(phrase: Phrase, rng: np.random.Generator, split: str, size: float) -> ShapeObject:
     """Draw what the prompt leaves open; in training never a held-out pair, even unmentioned."""
     colors = [phrase.color] if phrase.color else list(COLORS)
     textures = [phrase.texture] if phrase.texture else ["solid"]
     options = [(c, t) for c in colors for t in textures
                if split == "test" or not _held_out(Phrase(phrase.shape, c, t))]
     color, texture = options[rng.integers(len(options))]
-    return ShapeObject(phrase.shape, color, texture)
+    return ShapeObject(phrase.shape, color, texture, size)
 
 
 def _jitter(size: float, rng: np.random.Generator) -> float:
@@ -360,12 +360,11 @@ def scene_for_prompt(prompt: str, rng: np.random.Generator | int, split: str = "
     """A random scene that the prompt describes truly (deterministic given the seed)."""
     rng = np.random.default_rng(rng)
     spec = parse_prompt(prompt)
-    objects = [_fill_unmentioned(p, rng, split) for p in spec.phrases]
+    size = SIZE_MOVING if spec.category == "motion" else SIZE_NORMAL
+    objects = [_fill_unmentioned(p, rng, split, size) for p in spec.phrases]
     if spec.relation in SIZE_RELATIONS:
         small = 1 if spec.relation == "bigger than" else 0
         objects[small] = replace(objects[small], size=SIZE_SMALL)
-    if spec.category == "motion":
-        objects = [replace(o, size=SIZE_MOVING) for o in objects]
     objects = [replace(o, size=_jitter(o.size, rng)) for o in objects]
     if spec.category == "motion":
         if num_frames < 2:
