@@ -1,0 +1,87 @@
+"""Colour binding of one trained cell on training vs held-out colour prompts: is a low held-out score
+the drawing or compositional generalisation?
+
+    python benchmarks/binding_gap.py [runs/conditioning/<cell-id> ...] [--n 64] [--png sheet.png]
+
+Without cells, every cell of runs/conditioning (what `make run` leaves).
+
+The held-out score is the cell's own (eval/compshapes_judge.json, colour prompts of its CompShapes
+prompt set). The training score samples the first n of a fixed shuffle of the training colour prompts
+(colour-shape pairs the model has seen, in new layouts) from the cell's checkpoint with the cell's
+sample config, into <cell>/samples/compshapes_train_color/, and judges them the same way. --png
+writes those samples as a grid, 8 per row, each image enlarged 4x. Rerunning reuses the samples.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+from PIL import Image
+
+from eval.common import aggregate, per_prompt_means
+from eval.judge import evaluate
+from gentron.config import load_config
+from gentron.data import compshapes
+from gentron.generate import generate, seeds_for
+
+FOLDER = "compshapes_train_color"
+SHUFFLE_SEED = 0
+
+
+def training_prompts(n: int) -> list[str]:
+    pool = list(compshapes.prompts("color", "train"))
+    random.Random(SHUFFLE_SEED).shuffle(pool)
+    return pool[:n]
+
+
+def colour_score(per_image: list[dict]) -> dict:
+    return aggregate(per_prompt_means([r for r in per_image if r["category"] == "color"]))
+
+
+def write_grid(folder: Path, files: list[str], out: Path, columns: int = 8, scale: int = 4) -> None:
+    images = [Image.open(folder / f).convert("RGB") for f in files]
+    side = images[0].width * scale
+    grid = Image.new("RGB", (columns * side, -(-len(images) // columns) * side), "white")
+    for i, image in enumerate(images):
+        grid.paste(image.resize((side, side), Image.NEAREST), ((i % columns) * side, (i // columns) * side))
+    grid.save(out)
+
+
+def measure(cell_dir: Path, n: int, png: Path | None) -> None:
+    judged = cell_dir / "eval" / "compshapes_judge.json"
+    if not judged.exists():
+        raise SystemExit(f"{judged} is missing: train and judge the cell first (make run)")
+    cfg = load_config(cell_dir / "config.yaml")
+    seed = seeds_for(cfg.sample.seeds, 1)[0]
+    records = [{"prompt": p, "seed": seed, "category": "color", "prompt_id": i}
+               for i, p in enumerate(training_prompts(n))]
+    folder = generate(cfg, cell_dir / "checkpoints" / "last.pt", records, cell_dir / "samples" / FOLDER)
+    training = evaluate(folder)
+    print(f"{cell_dir} ({json.loads((cell_dir / 'cell.json').read_text())['axes']})")
+    for name, per_image in (("held-out", json.loads(judged.read_text())["per_image"]), ("training", training["per_image"])):
+        print(f"  {name:9s} colour prompts: " + ", ".join(
+            f"{k} {v['mean']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}] (n={v['n']})"
+            for k, v in colour_score(per_image).items() if k in ("color", "color_present")))
+    if png:
+        write_grid(folder, [r["file"] for r in training["per_image"]][:32], png)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cells", type=Path, nargs="*")
+    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--png", type=Path, help="one cell only")
+    args = parser.parse_args()
+    cells = args.cells or sorted(p.parent for p in Path("runs/conditioning").glob("*/cell.json"))
+    if not cells:
+        raise SystemExit("no cells given and none in runs/conditioning: run `make run` first")
+    if args.png and len(cells) != 1:
+        raise SystemExit("--png needs exactly one cell")
+    for cell_dir in cells:
+        measure(cell_dir, args.n, args.png)
+
+
+if __name__ == "__main__":
+    main()
