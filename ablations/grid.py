@@ -49,8 +49,9 @@ RUN_ONLY_KEYS = ("train.log_every", "train.ckpt_every", "train.tensorboard",
                  "sample.batch_size", "eval.metrics")
 # Bump when the same cell config would now train, sample or score differently (what CompShapes draws,
 # how a tiny text encoder initialises, what the judge reads): an old run folder's cells then get new
-# ids and are recomputed instead of being reused as if current. 2: tiny_clip keeps words apart,
-# CompShapes objects r = 0.19.
+# ids and are recomputed instead of being reused as if current. (The caches below a cell key on their
+# own: encoded data on gentron.data.compshapes.VERSION, text features on the encoder's weights.)
+# 2: tiny_clip keeps words apart, CompShapes objects r = 0.19.
 CELL_VERSION = 2
 GRID_KEYS = ("description", "seeds", "base", "axes", "evaluation", "profiles", "note", "labels")
 ID_LENGTH = 10

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from gentron import distributed as D
 from gentron.checkpoint import capture_rng, checkpoint_dir, load_checkpoint, restore_rng, save_checkpoint
 from gentron.config import CellConfig, load_config, save_config, to_dict
+from gentron.data import compshapes
 from gentron.diffusion import Diffusion
 from gentron.io import atomic_torch_save, atomic_write_text
 from gentron.model import GenTron, GenTronConfig
@@ -47,7 +48,7 @@ from gentron.vae import build_vae
 log = logging.getLogger(__name__)
 
 LOG_FILE = "train_log.jsonl"
-CACHE_VERSION = 2  # bump when the cached-data layout or what CompShapes draws changes (2: objects r = 0.19)
+CACHE_VERSION = 1  # bump when the cached-data layout changes (what CompShapes draws: its VERSION)
 
 
 class TrainingDiverged(RuntimeError):
@@ -103,9 +104,7 @@ def _iter_dataset(cfg: CellConfig, video: bool):
     """Items {"image" | "video": tensor in [-1, 1], "caption": str} of the configured data."""
     data = cfg.data
     if data.kind == "compshapes":
-        from gentron.data.compshapes import from_config
-
-        dataset = from_config({**to_dict(cfg)["data"], "video": video})
+        dataset = compshapes.from_config({**to_dict(cfg)["data"], "video": video})
         return (dataset[i] for i in range(len(dataset))), len(dataset)
     from gentron.data.real import build_real_dataset
 
@@ -140,7 +139,8 @@ def _encode_items(items, total, vae, key: str, device, batch_size: int = 256):
 def load_training_set(cfg: CellConfig, vae, cache_dir: Path, info: D.DistInfo, device) -> TrainingSet:
     """Rank 0 encodes the data once into `cache_dir/data-<hash>.pt`; everyone loads that file."""
     key = json.dumps({"data": {k: v for k, v in to_dict(cfg)["data"].items() if k not in ("cache_dir", "on_error")},
-                      "vae": to_dict(cfg)["vae"], "version": CACHE_VERSION}, sort_keys=True)
+                      "vae": to_dict(cfg)["vae"], "version": CACHE_VERSION,
+                      "compshapes": compshapes.VERSION if cfg.data.kind == "compshapes" else None}, sort_keys=True)
     path = cache_dir / f"data-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
     if info.is_main and not path.exists():
         t0 = time.time()

@@ -140,6 +140,23 @@ def test_end_to_end_train_generate_judge(tmp_path):
     assert any((tmp_path / "cell/tensorboard").iterdir())
 
 
+def test_encoded_data_cache_follows_what_compshapes_draws(tmp_path, monkeypatch):
+    """Data encoded before CompShapes changed what it draws (its VERSION) is not reused."""
+    from gentron import distributed as D
+    from gentron.data import compshapes
+    from gentron.train import load_training_set
+    from gentron.vae import build_vae
+
+    cfg = tiny_config(tmp_path)
+    load = lambda: load_training_set(cfg, build_vae({"kind": "identity"}), tmp_path / "cache", D.DistInfo(), "cpu")  # noqa: E731
+    first = load()
+    assert len(list((tmp_path / "cache").glob("data-*.pt"))) == 1
+    monkeypatch.setattr(compshapes, "VERSION", compshapes.VERSION + 1)
+    again = load()
+    assert len(list((tmp_path / "cache").glob("data-*.pt"))) == 2
+    assert torch.equal(first.images, again.images)  # the same drawing code here, so the same images
+
+
 def test_rerunning_a_finished_run_changes_nothing(tmp_path):
     cfg = tiny_config(tmp_path, train={"steps": 2})
     ckpt = train(cfg, tmp_path / "run")

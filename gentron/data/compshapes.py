@@ -72,6 +72,8 @@ BACKGROUND = (235, 235, 235)
 DARK_SHADE = 0.4  # pattern colour = DARK_SHADE * object colour (same chromaticity, much darker)
 PATTERN_PERIOD = 1 / 8  # stripes and dot grid, in image units (4 px at 32 px)
 DOT_RADIUS = 0.03  # ~18% of a dotted object is dark
+# Bump when the same data config draws different images (caches of encoded data carry it). 2: r = 0.19.
+VERSION = 2
 SIZE_NORMAL, SIZE_SMALL = 0.19, 0.11
 SIZE_MOVING = 0.16  # two objects travelling 0.3 of the image each need room not to meet
 SIZE_JITTER = 0.08
