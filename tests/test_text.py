@@ -99,6 +99,20 @@ def test_tiny_clip_pools_by_mean_and_keeps_words_apart(tiny_clip):
     assert cos((0, 2), (2, 6)) < 0.98  # ... in another place, which binding needs to see
 
 
+def test_tiny_clip_binds_each_noun_to_its_own_adjective(tiny_clip):
+    """Each token sees itself and the token before it (two layers: two back), as a trained encoder's
+    noun feature carries its own adjective: "circle" changes with its colour, "square" does not
+    change with the other object's."""
+    from gentron.text.clip import local_causal_mask
+
+    assert local_causal_mask(4, 2).isinf().tolist() == [[False, True, True, True], [False, False, True, True],
+                                                        [True, False, False, True], [True, True, False, False]]
+    emb = tiny_clip.encode(["a green circle and a purple square", "a red circle and a purple square"])
+    unit = torch.nn.functional.normalize(emb.tokens, dim=-1)
+    assert float((unit[0, 3] * unit[1, 3]).sum()) < 0.95  # "circle" after "green" vs after "red"
+    torch.testing.assert_close(unit[0, 7], unit[1, 7])  # "square": the first phrase is out of its sight
+
+
 def test_tiny_t5_pooled_is_masked_mean(tiny_t5):
     emb = tiny_t5.encode(PROMPTS)
     expected = torch.stack([emb.tokens[i, m].mean(0) for i, m in enumerate(emb.mask)])

@@ -144,7 +144,7 @@ def build_hf_clip(path: str, tokenizer: str | None = None, max_length: int = 77,
 
 
 def build_tiny_clip(width: int = 64, layers: int = 2, heads: int = 4, pooled_width: int | None = None, seed: int = 0,
-                    embed_std: float = 1.0, position_std: float = 0.3) -> OpenCLIPTextEncoder:
+                    embed_std: float = 1.0, position_std: float = 0.3, window: int | None = 2) -> OpenCLIPTextEncoder:
     """A small random open_clip text tower with CLIP's real BPE tokenizer (no download), frozen.
 
     A random stand-in must still tell words apart, as a trained CLIP does. At open_clip's own init
@@ -154,7 +154,15 @@ def build_tiny_clip(width: int = 64, layers: int = 2, heads: int = 4, pooled_wid
     keep where it stands (binding needs to know which noun a colour word precedes), and the blocks still
     mix in its context. Its EOT feature summarises nothing it was trained to, and with word identity
     this strong it is nearly the same for every prompt, so the pooled vector (adaLN's only view of the
-    prompt) is the projected mean of the tokens. Measured in README "The embedded default".
+    prompt) is the projected mean of the tokens.
+
+    A trained encoder's noun feature carries its own adjectives ("circle" in "a red circle" knows it
+    is red); a random one, attending at random across the whole prefix, mixes every earlier word in
+    about equally, so "square" in "a red circle and a blue square" carries red as much as blue. Each
+    token therefore sees itself and `window - 1` tokens before it (two layers: `2 * (window - 1)`
+    back), the reach of an English adjective-noun phrase: "circle" then changes with its own colour
+    and not with the other object's, and a cross-attention layer can read a bound colour and shape
+    from one token. Measured in README "The embedded default".
     """
     from open_clip.transformer import TextTransformer
 
@@ -163,11 +171,20 @@ def build_tiny_clip(width: int = 64, layers: int = 2, heads: int = 4, pooled_wid
                                 output_dim=pooled_width or width)
         nn.init.normal_(tower.token_embedding.weight, std=embed_std)
         nn.init.normal_(tower.positional_embedding, std=position_std)
+        if window:
+            tower.attn_mask = local_causal_mask(tower.attn_mask.shape[0], window)
         return tower
 
     tower = seeded(seed, random_tower)
-    name = f"tiny_clip:w{width}:l{layers}:h{heads}:p{pooled_width or width}:s{seed}:mean:{weights_hash(tower)}"
+    name = (f"tiny_clip:w{width}:l{layers}:h{heads}:p{pooled_width or width}:s{seed}:mean:win{window or 0}:"
+            f"{weights_hash(tower)}")
     return OpenCLIPTextEncoder(tower, clip_bpe_tokenizer(), name, pool="mean")
+
+
+def local_causal_mask(length: int, window: int) -> torch.Tensor:
+    """Additive attention mask: each token sees itself and the `window - 1` tokens before it."""
+    offset = torch.arange(length)[:, None] - torch.arange(length)[None, :]
+    return torch.zeros(length, length).masked_fill((offset < 0) | (offset >= window), float("-inf"))
 
 
 @functools.lru_cache(maxsize=1)
