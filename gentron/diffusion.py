@@ -64,12 +64,13 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 class Diffusion:
     def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  learn_sigma: bool = False, prediction: str = "epsilon", schedule: str = "linear",
-                 logsnr_shift: float = 0.0):
+                 logsnr_shift: float = 0.0, min_snr_gamma: float | None = None):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction {prediction!r} is unknown; choose one of {list(PREDICTIONS)}")
         self.num_timesteps = num_timesteps
         self.learn_sigma = learn_sigma
         self.prediction = prediction
+        self.min_snr_gamma = min_snr_gamma
         # Constants in float64 (as DiT computes them), stored as float32.
         betas = make_betas(schedule, num_timesteps, beta_start, beta_end, logsnr_shift)
         alphas_cumprod = torch.cumprod(1 - betas, 0)
@@ -94,7 +95,7 @@ class Diffusion:
     def from_config(cls, model) -> "Diffusion":
         """The diffusion a cell's `model` config section trains and samples with."""
         return cls(learn_sigma=model.learn_sigma, prediction=model.prediction, schedule=model.noise_schedule,
-                   logsnr_shift=model.logsnr_shift)
+                   logsnr_shift=model.logsnr_shift, min_snr_gamma=model.min_snr_gamma)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, one t per sample (per clip for video)."""
@@ -150,12 +151,21 @@ class Diffusion:
         out = model(x_t, t, text, motion_free=motion_free).float()
         pred, var_values = self.split_output(out)
         mse = _mean_flat((self.target(x0, t, noise) - pred) ** 2)
+        if self.min_snr_gamma:
+            mse = mse * self.min_snr_weight(t)
         if not self.learn_sigma:
             mse = mse.mean()
             return dict(loss=mse, mse=mse, vb=None)
         # The vb term trains the variance only: the mean it uses comes from a detached prediction.
         vb = self._vb_bits(x0, x_t, t, self.to_eps(x_t, t, pred.detach()), var_values)
         return dict(loss=(mse + vb).mean(), mse=mse.mean(), vb=vb.mean())
+
+    def min_snr_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-gamma (Hang et al. 2023): weight each timestep's loss as if the network regressed x0
+        with weight min(SNR, gamma), so nearly clean timesteps (huge SNR, little to learn) stop
+        dominating the gradient. In epsilon or v units that is min(SNR, gamma) / SNR or / (SNR + 1)."""
+        snr = self.alphas_cumprod.to(t.device)[t] / (1 - self.alphas_cumprod.to(t.device)[t])
+        return snr.clamp(max=self.min_snr_gamma) / (snr if self.prediction == "epsilon" else snr + 1)
 
     def split_output(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Model output -> (prediction, variance values in [-1, 1] or None), split on channels (dim -3)."""
