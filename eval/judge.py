@@ -152,17 +152,11 @@ def _coverage_map(patch: np.ndarray, mask: np.ndarray, color_index: int) -> np.n
     pixels under FG_DISTANCE still count (hence the dilation)."""
     background = np.asarray(BACKGROUND, np.float32)
     offsets = patch - background
-    best_cover, best_miss = None, None
-    for shade in (1.0, DARK_SHADE):
-        line = _PALETTE[color_index] * shade - background
-        cover = np.clip(offsets @ line / (line @ line), 0, 1)
-        miss = np.linalg.norm(offsets - cover[..., None] * line, axis=-1)
-        if best_cover is None:
-            best_cover, best_miss = cover, miss
-        else:
-            closer = miss < best_miss
-            best_cover = np.where(closer, cover, best_cover)
-    return best_cover * ndimage.binary_dilation(mask)
+    lines = [_PALETTE[color_index] * shade - background for shade in (1.0, DARK_SHADE)]
+    covers = np.stack([np.clip(offsets @ line / (line @ line), 0, 1) for line in lines])
+    misses = np.stack([np.linalg.norm(offsets - cover[..., None] * line, axis=-1) for cover, line in zip(covers, lines)])
+    nearer = np.take_along_axis(covers, misses.argmin(axis=0)[None], axis=0)[0]
+    return nearer * ndimage.binary_dilation(mask)
 
 
 def _ideal(shape: str, half: float, center: tuple[float, float], size: tuple[int, int]) -> np.ndarray:

@@ -259,6 +259,9 @@ def _check_values(cfg: CellConfig) -> None:
     _check_size(cfg.model.size)
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr={cfg.train.lr} must be positive (paper: 1e-4)")
+    if cfg.model.min_snr_gamma is not None and cfg.model.min_snr_gamma <= 0:
+        raise ConfigError(f"model.min_snr_gamma={cfg.model.min_snr_gamma} must be positive (Min-SNR's 5) "
+                          "or null for plain MSE")
     if not cfg.text_encoders:
         raise ConfigError("text_encoders is empty; give at least one, e.g. [{kind: tiny_clip, seed: 0}]")
     for i, spec in enumerate(cfg.text_encoders):

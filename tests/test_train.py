@@ -40,6 +40,8 @@ def test_wrong_type_and_value_name_key_value_and_allowed():
         load_config({"train": {"caption_dropout": 1.5}})
     with pytest.raises(ConfigError, match="did you mean 'T/4'"):
         load_config({"model": {"size": "T4"}})
+    with pytest.raises(ConfigError, match=r"model\.min_snr_gamma=0\.0 must be positive"):
+        load_config({"model": {"min_snr_gamma": 0.0}})
 
 
 # --- training -----------------------------------------------------------------------------------
