@@ -154,7 +154,8 @@ def _coverage_map(patch: np.ndarray, mask: np.ndarray, color_index: int) -> np.n
     offsets = patch - background
     lines = [_PALETTE[color_index] * shade - background for shade in (1.0, DARK_SHADE)]
     covers = np.stack([np.clip(offsets @ line / (line @ line), 0, 1) for line in lines])
-    misses = np.stack([np.linalg.norm(offsets - cover[..., None] * line, axis=-1) for cover, line in zip(covers, lines)])
+    misses = np.stack([np.linalg.norm(offsets - cover[..., None] * line, axis=-1)
+                       for cover, line in zip(covers, lines)])
     nearer = np.take_along_axis(covers, misses.argmin(axis=0)[None], axis=0)[0]
     return nearer * ndimage.binary_dilation(mask)
 
