@@ -151,20 +151,20 @@ class Diffusion:
         out = model(x_t, t, text, motion_free=motion_free).float()
         pred, var_values = self.split_output(out)
         mse = _mean_flat((self.target(x0, t, noise) - pred) ** 2)
-        if self.min_snr_gamma:
-            mse = mse * self.min_snr_weight(t)
+        # Min-SNR weights what is optimised; `mse` stays the plain error, comparable across runs.
+        weighted = mse * self.min_snr_weight(t) if self.min_snr_gamma else mse
         if not self.learn_sigma:
-            mse = mse.mean()
-            return dict(loss=mse, mse=mse, vb=None)
+            return dict(loss=weighted.mean(), mse=mse.mean(), vb=None)
         # The vb term trains the variance only: the mean it uses comes from a detached prediction.
         vb = self._vb_bits(x0, x_t, t, self.to_eps(x_t, t, pred.detach()), var_values)
-        return dict(loss=(mse + vb).mean(), mse=mse.mean(), vb=vb.mean())
+        return dict(loss=(weighted + vb).mean(), mse=mse.mean(), vb=vb.mean())
 
     def min_snr_weight(self, t: torch.Tensor) -> torch.Tensor:
         """Min-SNR-gamma (Hang et al. 2023): weight each timestep's loss as if the network regressed x0
         with weight min(SNR, gamma), so nearly clean timesteps (huge SNR, little to learn) stop
         dominating the gradient. In epsilon or v units that is min(SNR, gamma) / SNR or / (SNR + 1)."""
-        snr = self.alphas_cumprod.to(t.device)[t] / (1 - self.alphas_cumprod.to(t.device)[t])
+        abar = self.alphas_cumprod.to(t.device)[t]
+        snr = abar / (1 - abar)
         return snr.clamp(max=self.min_snr_gamma) / (snr if self.prediction == "epsilon" else snr + 1)
 
     def split_output(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

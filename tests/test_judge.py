@@ -42,7 +42,7 @@ def test_ground_truth_renders_score_one(category):
 @pytest.mark.parametrize("category", ["color", "shape", "texture", "spatial", "complex"])
 def test_ground_truth_renders_score_one_at_the_embedded_resolution(category):
     """20 px, the embedded default's images (objects ~7.6 px across). Not non_spatial: its smaller
-    object is 4.4 px there, too few pixels to tell a circle from a square (ground truth scores ~0.83;
+    object is 4.4 px there, too few pixels to tell its shape reliably (ground truth scores ~0.82;
     README says so)."""
     assert mean_score(category, lambda s: cs.render(s, 20), n=60) >= 0.99
 
