@@ -79,6 +79,8 @@ class ModelConfig:
     conv_head: bool = False  # U-ViT's 3x3 conv on the output (not in GenTron)
     logsnr_shift: float = 0.0  # added to the schedule's log SNR (> 0: less noise); see make_betas
     min_snr_gamma: Optional[float] = None  # Min-SNR loss weighting (Diffusion.min_snr_weight); None: plain MSE
+    route_ratio: float = 0.0  # TREAD token routing in training (GenTronConfig.route_ratio); 0: off
+    route_span: Optional[list[int]] = None  # [start, end) blocks the routed tokens skip; None: all but first and last
     patch_size: Optional[int] = None  # must agree with the size name when given
     depth: Optional[int] = 6
     hidden_size: Optional[int] = 64
@@ -263,6 +265,10 @@ def _check_values(cfg: CellConfig) -> None:
     if cfg.model.min_snr_gamma is not None and cfg.model.min_snr_gamma <= 0:
         raise ConfigError(f"model.min_snr_gamma={cfg.model.min_snr_gamma} must be positive (Min-SNR's 5) "
                           "or null for plain MSE")
+    if not 0.0 <= cfg.model.route_ratio < 1.0:
+        raise ConfigError(f"model.route_ratio={cfg.model.route_ratio} must be in [0, 1) (TREAD: 0.5; 0 turns it off)")
+    if cfg.model.route_span is not None and len(cfg.model.route_span) != 2:
+        raise ConfigError(f"model.route_span={cfg.model.route_span} must be [start, end) block indices, e.g. [1, 5]")
     if not cfg.text_encoders:
         raise ConfigError("text_encoders is empty; give at least one, e.g. [{kind: tiny_clip, seed: 0}]")
     for i, spec in enumerate(cfg.text_encoders):

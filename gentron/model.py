@@ -39,6 +39,8 @@ class GenTronConfig:
     grad_checkpointing: bool = False
     long_skip: bool = False                   # U-ViT long skips: block i's output joins block depth-1-i's input
     conv_head: bool = False                   # U-ViT: a residual 3x3 conv on the unpatchified output
+    route_ratio: float = 0.0                  # TREAD: share of tokens that skip the routed blocks in training
+    route_span: tuple[int, int] | None = None  # routed blocks [start, end); None: all but the first and last
 
     def __post_init__(self):
         self.text_widths = tuple(int(w) for w in self.text_widths)
@@ -55,12 +57,28 @@ class GenTronConfig:
             problems.append(f"hidden_size {self.hidden_size} must be a multiple of 4 (2D sin-cos positions)")
         if self.input_size % self.patch_size:
             problems.append(f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}")
+        if not 0.0 <= self.route_ratio < 1.0:
+            problems.append(f"route_ratio must be in [0, 1), got {self.route_ratio}")
+        if self.route_span is not None:
+            self.route_span = tuple(int(i) for i in self.route_span)
+            start, end = self.route_span
+            if not 0 <= start < end <= self.depth:
+                problems.append(f"route_span {self.route_span} must be [start, end) with 0 <= start < end <= depth "
+                                f"({self.depth})")
+        if self.route_ratio and self.long_skip:
+            problems.append("route_ratio and long_skip do not combine (a long skip would join token sets of "
+                            "different sizes): turn one off")
         if problems:
             raise ValueError("invalid GenTronConfig: " + "; ".join(problems))
 
     @property
     def out_channels(self) -> int:
         return 2 * self.in_channels if self.learn_sigma else self.in_channels
+
+    @property
+    def routed_blocks(self) -> range:
+        start, end = self.route_span or (1, self.depth - 1)
+        return range(start, end)
 
     @property
     def num_text_encoders(self) -> int:
@@ -172,22 +190,32 @@ class GenTron(nn.Module):
             contexts = [(ctx.repeat_interleave(frames, dim=0), m.repeat_interleave(frames, dim=0))
                         if ctx is not None else (None, None) for ctx, m in contexts]
 
-        frame_pos = mask = None
+        frame_pos = motion_off = None
         if cfg.temporal:
             frame_pos = self.frame_pos(frames).to(tokens.dtype)
             if motion_free is not None:
-                mask = temporal_mask(motion_free.to(device=x.device, dtype=torch.bool), tokens.shape[1], frames)
+                motion_off = motion_free.to(device=x.device, dtype=torch.bool)
 
+        # TREAD (Krause et al. 2025): in training, a random share of the tokens skips the routed
+        # blocks and rejoins unchanged after them. Those blocks cost that much less, every token is
+        # still denoised and in the loss, and sampling runs all tokens through every block.
+        routed = cfg.routed_blocks if self.training and cfg.route_ratio > 0 else range(0)
+        kept = self.kept_tokens(batch, frames, tokens.shape[1], x.device) if routed else None
         skips, first_deep = [], cfg.depth - cfg.depth // 2
         for i, block in enumerate(self.blocks):
+            if routed and i == routed.start:
+                all_tokens, tokens = tokens, tokens.gather(1, kept)
             if self.skip_projections is not None and i >= first_deep:
                 tokens = self.skip_projections[i - first_deep](torch.cat([tokens, skips.pop()], dim=-1))
             context, context_mask = contexts[i % len(contexts)]  # interleaved cross-attention
+            mask = None if motion_off is None else temporal_mask(motion_off, tokens.shape[1], frames)
             args = (tokens, c, context, context_mask, frames, frame_pos, mask)
             if self.grad_checkpointing and torch.is_grad_enabled():
                 tokens = checkpoint(block, *args, use_reentrant=False)
             else:
                 tokens = block(*args)
+            if routed and i == routed.stop - 1:
+                tokens = all_tokens.scatter(1, kept, tokens)
             if self.skip_projections is not None and i < cfg.depth // 2:
                 skips.append(tokens)
 
@@ -195,6 +223,14 @@ class GenTron(nn.Module):
         if self.conv_head is not None:
             out = out + self.conv_head(out)
         return out.unflatten(0, (batch, frames)) if video else out
+
+    def kept_tokens(self, batch: int, frames: int, num_tokens: int, device: torch.device) -> torch.Tensor:
+        """Indices (B*T, K, D) of the tokens the routed blocks see: a random (1 - route_ratio) share per
+        clip, the same positions in every frame so temporal attention still lines frames up."""
+        keep = max(1, round(num_tokens * (1 - self.config.route_ratio)))
+        order = torch.rand(batch, num_tokens, device=device).argsort(dim=1)[:, :keep].sort(dim=1).values
+        index = order.repeat_interleave(frames, dim=0)
+        return index[..., None].expand(-1, -1, self.config.hidden_size)
 
     @torch.no_grad()
     def load_t2i_weights(self, state_dict: dict[str, torch.Tensor]) -> None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from tqdm import tqdm
 
 from gentron import distributed as D
@@ -74,6 +75,8 @@ def build_model_config(cfg: CellConfig, encoders: list, vae) -> GenTronConfig:
         learn_sigma=m.learn_sigma,
         long_skip=m.long_skip,
         conv_head=m.conv_head,
+        route_ratio=m.route_ratio,
+        route_span=m.route_span,
         text_widths=tuple(e.width for e in encoders),
         pooled_widths=tuple(e.pooled_width for e in encoders),
         temporal=cfg.data.video,
@@ -142,25 +145,33 @@ def load_training_set(cfg: CellConfig, vae, cache_dir: Path, info: D.DistInfo, d
                       "vae": to_dict(cfg)["vae"], "version": CACHE_VERSION,
                       "compshapes": compshapes.VERSION if cfg.data.kind == "compshapes" else None}, sort_keys=True)
     path = cache_dir / f"data-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
-    if info.is_main and not path.exists():
-        t0 = time.time()
-        prompts: dict[str, int] = {}
-        ids = lambda caps: torch.tensor([prompts.setdefault(c, len(prompts)) for c in caps])  # noqa: E731
-        images, image_caps = _encode_items(*_iter_dataset(cfg, video=False), vae, "image", device) \
-            if cfg.data.kind != "video_folder" else (None, None)
-        payload = {"key": key}
-        if cfg.data.video:
-            clips, clip_caps = _encode_items(*_iter_dataset(cfg, video=True), vae, "video", device)
-            if images is None:  # a video folder has no separate images: middle frames stand in
-                images, image_caps = clips[:, clips.shape[1] // 2].clone(), clip_caps
-            payload.update(clips=clips, clip_prompts=ids(clip_caps))
-        payload.update(images=images, image_prompts=ids(image_caps), prompts=list(prompts))
-        atomic_torch_save(path, payload)
-        log.info("encoded training data into %s in %.1fs", path, time.time() - t0)
+    if info.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The cells of a grid share this cache and may start together: one encodes, the others wait.
+        with FileLock(f"{path}.lock"):
+            if not path.exists():
+                _encode_training_set(cfg, vae, key, path, device)
     D.barrier(info)
     payload = torch.load(path, map_location="cpu", weights_only=True)
     return TrainingSet(payload["prompts"], payload["images"], payload["image_prompts"],
                        payload.get("clips"), payload.get("clip_prompts"))
+
+
+def _encode_training_set(cfg: CellConfig, vae, key: str, path: Path, device) -> None:
+    t0 = time.time()
+    prompts: dict[str, int] = {}
+    ids = lambda caps: torch.tensor([prompts.setdefault(c, len(prompts)) for c in caps])  # noqa: E731
+    images, image_caps = _encode_items(*_iter_dataset(cfg, video=False), vae, "image", device) \
+        if cfg.data.kind != "video_folder" else (None, None)
+    payload = {"key": key}
+    if cfg.data.video:
+        clips, clip_caps = _encode_items(*_iter_dataset(cfg, video=True), vae, "video", device)
+        if images is None:  # a video folder has no separate images: middle frames stand in
+            images, image_caps = clips[:, clips.shape[1] // 2].clone(), clip_caps
+        payload.update(clips=clips, clip_prompts=ids(clip_caps))
+    payload.update(images=images, image_prompts=ids(image_caps), prompts=list(prompts))
+    atomic_torch_save(path, payload)
+    log.info("encoded training data into %s in %.1fs", path, time.time() - t0)
 
 
 def epoch_indices(n: int, seed: int, stream: int, epoch: int) -> torch.Tensor:

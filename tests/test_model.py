@@ -289,3 +289,43 @@ def test_conv_head_starts_as_identity_and_trains():
     assert torch.equal(plain(x, t, text), with_head(x, t, text))
     with_head(x, t, text).pow(2).sum().backward()
     assert with_head.conv_head.weight.grad.abs().sum() > 0
+
+
+def test_token_routing_skips_the_routed_blocks_in_training_only():
+    """TREAD: in training, half the tokens bypass blocks 1-2 of 4 and rejoin unchanged before block 3;
+    in eval every token goes through every block, exactly the unrouted model."""
+    routed, plain = build(depth=4, route_ratio=0.5), build(depth=4)
+    x, t = inputs()
+    text = make_text(routed.config)
+    assert torch.equal(routed(x, t, text), plain(x, t, text))
+
+    routed.train()
+    seen = {}
+    hooks = [b.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0].detach().clone()))
+             for i, b in enumerate(routed.blocks)]
+    torch.manual_seed(7)
+    outs = block_outputs(routed, lambda: routed(x, t, text).pow(2).sum().backward())
+    for h in hooks:
+        h.remove()
+    torch.manual_seed(7)  # the forward's only random draw is the kept set
+    kept = routed.kept_tokens(B, 1, 16, x.device)[..., 0]
+    assert [seen[i].shape[1] for i in range(4)] == [16, 8, 8, 16]
+    assert torch.equal(seen[1], outs[0].gather(1, kept[..., None].expand_as(seen[1])))
+    skipped = torch.ones(B, 16, dtype=torch.bool).scatter(1, kept, False)
+    assert torch.equal(seen[3][skipped], outs[0][skipped])  # routed tokens rejoin unchanged
+    assert torch.equal(seen[3][~skipped], outs[2].flatten(0, 1))
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in routed.blocks[1].mlp.parameters())
+
+    video = build(depth=4, route_ratio=0.5, temporal=True).train()
+    assert video(*inputs(frames=3), make_text(video.config)).shape == (B, 3, C, S, S)
+    per_frame = video.kept_tokens(B, 3, 16, x.device)
+    assert torch.equal(per_frame[0], per_frame[1]) and torch.equal(per_frame[0], per_frame[2])
+
+
+def test_token_routing_config_errors():
+    with pytest.raises(ValueError, match=r"route_ratio must be in \[0, 1\)"):
+        tiny(route_ratio=1.0)
+    with pytest.raises(ValueError, match=r"route_span \(1, 3\) must be \[start, end\)"):
+        tiny(route_span=(1, 3))
+    with pytest.raises(ValueError, match="do not combine"):
+        tiny(depth=4, route_ratio=0.5, long_skip=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
+import time
 
 import pytest
 import torch
@@ -42,6 +44,10 @@ def test_wrong_type_and_value_name_key_value_and_allowed():
         load_config({"model": {"size": "T4"}})
     with pytest.raises(ConfigError, match=r"model\.min_snr_gamma=0\.0 must be positive"):
         load_config({"model": {"min_snr_gamma": 0.0}})
+    with pytest.raises(ConfigError, match=r"model\.route_ratio=1\.0 must be in \[0, 1\)"):
+        load_config({"model": {"route_ratio": 1.0}})
+    with pytest.raises(ConfigError, match=r"model\.route_span=\[1\] must be \[start, end\)"):
+        load_config({"model": {"route_span": [1]}})
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -157,6 +163,35 @@ def test_encoded_data_cache_follows_what_compshapes_draws(tmp_path, monkeypatch)
     again = load()
     assert len(list((tmp_path / "cache").glob("data-*.pt"))) == 2
     assert torch.equal(first.images, again.images)  # the same drawing code here, so the same images
+
+
+def test_cells_starting_together_encode_the_shared_data_once(tmp_path, monkeypatch):
+    """Two cells of a grid start at once on an empty shared cache: one encodes, the other waits."""
+    from gentron import distributed as D
+    from gentron import train as T
+    from gentron.vae import build_vae
+
+    cfg, encodes = tiny_config(tmp_path), []
+
+    def slow_encode(*args):
+        encodes.append(1)
+        time.sleep(0.5)  # widen the window in which an unlocked second cell would start encoding too
+        T_encode(*args)
+
+    T_encode = T._encode_training_set
+    monkeypatch.setattr(T, "_encode_training_set", slow_encode)
+    results = [None, None]
+
+    def load(i):
+        results[i] = T.load_training_set(cfg, build_vae({"kind": "identity"}), tmp_path / "cache", D.DistInfo(), "cpu")
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(encodes) == 1
+    assert torch.equal(results[0].images, results[1].images)
 
 
 def test_rerunning_a_finished_run_changes_nothing(tmp_path):
