@@ -14,6 +14,7 @@ writes those samples as a grid, 8 per row, each image enlarged 4x. Rerunning reu
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import random
 from pathlib import Path
@@ -25,6 +26,7 @@ from eval.judge import evaluate
 from gentron.config import load_config
 from gentron.data import compshapes
 from gentron.generate import generate, seeds_for
+from gentron.io import atomic_write_bytes
 
 FOLDER = "compshapes_train_color"
 SHUFFLE_SEED = 0
@@ -40,13 +42,17 @@ def colour_score(per_image: list[dict]) -> dict:
     return aggregate(per_prompt_means([r for r in per_image if r["category"] == "color"]))
 
 
-def write_grid(folder: Path, files: list[str], out: Path, columns: int = 8, scale: int = 4) -> None:
+def write_grid(folder: Path, files: list[str], out: Path, columns: int = 8, scale: int = 4, gap: int = 4) -> None:
+    """The images enlarged `scale` times (nearest: the pixels the model drew), `gap` px of white between."""
     images = [Image.open(folder / f).convert("RGB") for f in files]
     side = images[0].width * scale
-    grid = Image.new("RGB", (columns * side, -(-len(images) // columns) * side), "white")
+    pitch = side + gap
+    grid = Image.new("RGB", (columns * pitch - gap, -(-len(images) // columns) * pitch - gap), "white")
     for i, image in enumerate(images):
-        grid.paste(image.resize((side, side), Image.NEAREST), ((i % columns) * side, (i // columns) * side))
-    grid.save(out)
+        grid.paste(image.resize((side, side), Image.NEAREST), ((i % columns) * pitch, (i // columns) * pitch))
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    atomic_write_bytes(out, buffer.getvalue())
 
 
 def measure(cell_dir: Path, n: int, png: Path | None) -> None:
