@@ -65,6 +65,9 @@ class GenTronConfig:
             if not 0 <= start < end <= self.depth:
                 problems.append(f"route_span {self.route_span} must be [start, end) with 0 <= start < end <= depth "
                                 f"({self.depth})")
+        if self.route_ratio and not problems and not self.routed_blocks:
+            problems.append(f"route_ratio {self.route_ratio} needs a routed block, but depth {self.depth} leaves none "
+                            "between its first and last: give route_span or turn routing off")
         if self.route_ratio and self.long_skip:
             problems.append("route_ratio and long_skip do not combine (a long skip would join token sets of "
                             "different sizes): turn one off")

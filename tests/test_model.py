@@ -329,3 +329,6 @@ def test_token_routing_config_errors():
         tiny(route_span=(1, 3))
     with pytest.raises(ValueError, match="do not combine"):
         tiny(depth=4, route_ratio=0.5, long_skip=True)
+    with pytest.raises(ValueError, match="needs a routed block"):
+        tiny(depth=2, route_ratio=0.5)
+    assert tiny(depth=2, route_ratio=0.5, route_span=(0, 1)).routed_blocks == range(0, 1)
