@@ -17,8 +17,8 @@ minutes on 2 CPU cores. Why each number (measured on the shared 2-core machine, 
   coherent objects on a clean background. Patch size matters more than width here, as in DiT.
 - width 48 / MLP 96, 7,000 steps, because binding comes with steps, not parameters: width 64 / MLP
   256 (0.58M) costs 0.19 s a step on one core, so the 15-minute grid bought it 4,000 steps (held-out
-  colour prompts 0.27; 0.59 at 9,000 steps, 17 min). Width 48 / MLP 96 costs 0.11 s, learns about as
-  much per step and fits 7,000 steps: held-out 0.49 / 0.34 on data and training seeds 0 / 1. Depth is
+  colour prompts 0.27, training 0.45; 0.59 at 9,000 steps, 17 min). Width 48 / MLP 96 costs 0.10 s
+  and fits 7,000 steps: held-out 0.49 / 0.34 / 0.25 over three runs, training 0.62-0.67. Depth is
   what composes: depth 4 fits the training prompts (0.61-0.75) but draws a held-out pair in the shape
   its colour was seen with (held-out 0.28-0.29); width 32 (0.32) and depth 8 x width 40 (0.31) lost too.
 - v-prediction on improved DDPM's cosine schedule, not DiT's epsilon on linear betas: the linear
