@@ -15,7 +15,7 @@ minutes on 2 CPU cores. Why each number (measured on the shared 2-core machine, 
   128, 2.2M parameters, the same FLOPs per image) every object came out as patch-aligned 4 px
   blocks, fragmented and square (judge colour 0.03-0.16); at patch 2 the same budget draws two
   coherent objects on a clean background. Patch size matters more than width here, as in DiT.
-- width 48 / MLP 96, 7,000 steps, because binding comes with steps, not parameters: width 64 / MLP
+- width 48 / MLP 96, 7,000 steps, because binding comes with steps more than parameters: width 64 / MLP
   256 (0.58M) costs 0.19 s a step on one core, so the 15-minute grid bought it 4,000 steps (held-out
   colour prompts 0.27, training 0.45; 0.59 at 9,000 steps, 17 min). Width 48 / MLP 96 costs 0.10 s
   and fits 7,000 steps: held-out 0.49 / 0.34 / 0.25 over three runs, training 0.62-0.67. Depth is
