@@ -7,7 +7,8 @@ Runs the real trainer (gentron.train.train) on the default cell config for a few
 temporary folder and reads steps/s from its train_log.jsonl, skipping the first log window (warm-up).
 The data set is cut to 2,048 images so that encoding it stays out of the way; the model, batch and
 step are the default's. Each row is one (conditioning, model.route_ratio) pair, measured one after the
-other in the same run, so the TREAD speed-up is a side-by-side ratio. Shared machines give noisy numbers: the load average is printed alongside.
+other in the same run, so the TREAD speed-up is a side-by-side ratio. Shared machines give noisy
+numbers: the load average is printed alongside.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def measure(conditioning: str, route_ratio: float, steps: int, workdir: Path) ->
     rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     rates = [r["steps_per_s"] for r in rows[1:]] or [rows[-1]["steps_per_s"]]
     steps_per_s = statistics.median(rates)
-    return {"conditioning": conditioning, "route_ratio": route_ratio, "batch": cfg["train"]["batch_size"], "s_per_step": 1 / steps_per_s,
+    return {"conditioning": conditioning, "route_ratio": route_ratio, "batch": cfg["train"]["batch_size"],
+            "s_per_step": 1 / steps_per_s,
             "images_per_s": steps_per_s * cfg["train"]["batch_size"]}
 
 
