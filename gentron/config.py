@@ -48,8 +48,8 @@ minutes on 2 CPU cores. Why each number (measured on the shared 2-core machine, 
   shapes; width 64, 3,000 steps), held-out 0.16 -> 0.21-0.22.
 - four shapes (circle, square, triangle, diamond): with three, the bag of words alone drew 86% of the
   training colour prompts right (gentron/data/compshapes.py), which hid how little the model binds.
-- plain MSE, not Min-SNR-5 (`min_snr_gamma`; width 64, 3,000 steps): training colour prompts 0.61 on one seed, 0.30 on
-  another with prompted colours lost (0.66 present); unweighted 0.36 and 0.34.
+- plain MSE, not Min-SNR-5 (`min_snr_gamma`; width 64, 3,000 steps): training colour prompts 0.61
+  on one seed, 0.30 on another with prompted colours lost (0.66 present); unweighted 0.36 and 0.34.
 - CompShapes objects r = 0.19 of the image (7.6 px at 20 px): at 0.16 circles and squares came out
   as the same blob; with it, training colour prompts bound 0.84 (three shapes, see above).
 - DPM-Solver++ 20 steps, CFG 4, x0 estimates clipped to [-1, 1] (pixel space). 50 steps, CFG 1.5-12,
