@@ -18,9 +18,10 @@ minutes on 2 CPU cores. Why each number (measured on the shared 2-core machine, 
 - width 48 / MLP 96, 7,000 steps, because binding comes with steps more than parameters: width 64 / MLP
   256 (0.58M) costs 0.19 s a step on one core, so the 15-minute grid bought it 4,000 steps (held-out
   colour prompts 0.27, training 0.45; 0.59 at 9,000 steps, 17 min). Width 48 / MLP 96 costs 0.10 s
-  and fits 7,000 steps: held-out 0.49 / 0.34 / 0.25 over three runs, training 0.62-0.67. Depth is
-  what composes: depth 4 fits the training prompts (0.61-0.75) but draws a held-out pair in the shape
-  its colour was seen with (held-out 0.28-0.29); width 32 (0.32) and depth 8 x width 40 (0.31) lost too.
+  and fits 7,000 steps: held-out 0.49 / 0.34 / 0.25 / 0.51 over four runs, training 0.62-0.69.
+  Depth is what composes: depth 4 fits the training prompts (0.61-0.75) but draws a held-out pair in
+  the shape its colour was seen with (held-out 0.28-0.29); width 32 (0.32) and depth 8 x width 40
+  (0.31) lost too.
 - v-prediction on improved DDPM's cosine schedule, not DiT's epsilon on linear betas: the linear
   schedule has turned a 20 px image to noise by t = 500 (abar 0.08), so half of training and
   sampling is spent where there is no layout left to learn, and an epsilon-predictor's x0 estimate
@@ -56,8 +57,8 @@ minutes on 2 CPU cores. Why each number (measured on the shared 2-core machine, 
   DDIM 50 and DDPM 100-200 steps changed nothing measurable: sampling is not the bottleneck.
 What this budget reaches is in the README ("The embedded default"): cross-attention draws both
 prompted colours (0.99), beats adaLN on every category with a signal, and binds colours to the right
-shapes on 0.62-0.67 of training colour prompts, but on held-out pairs 0.25-0.49 over three runs
-(under the issue's >= 0.5). Composing unseen pairs varies from run to run more than with steps: at
+shapes on 0.62-0.69 of training colour prompts, but on held-out pairs 0.25-0.51 over four runs
+(the issue's >= 0.5 in one). Composing unseen pairs varies from run to run more than with steps: at
 10,000 steps two seeds bound 0.36 and 0.54.
 """
 from __future__ import annotations
