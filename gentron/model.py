@@ -204,6 +204,9 @@ class GenTron(nn.Module):
         # still denoised and in the loss, and sampling runs all tokens through every block.
         routed = cfg.routed_blocks if self.training and cfg.route_ratio > 0 else range(0)
         kept = self.kept_tokens(batch, frames, tokens.shape[1], x.device) if routed else None
+        # one temporal mask per token count the blocks see: all tokens, and the kept ones when routing
+        counts = (tokens.shape[1], kept.shape[1]) if routed else (tokens.shape[1],)
+        masks = {n: temporal_mask(motion_off, n, frames) for n in counts} if motion_off is not None else {}
         skips, first_deep = [], cfg.depth - cfg.depth // 2
         for i, block in enumerate(self.blocks):
             if routed and i == routed.start:
@@ -211,8 +214,7 @@ class GenTron(nn.Module):
             if self.skip_projections is not None and i >= first_deep:
                 tokens = self.skip_projections[i - first_deep](torch.cat([tokens, skips.pop()], dim=-1))
             context, context_mask = contexts[i % len(contexts)]  # interleaved cross-attention
-            mask = None if motion_off is None else temporal_mask(motion_off, tokens.shape[1], frames)
-            args = (tokens, c, context, context_mask, frames, frame_pos, mask)
+            args = (tokens, c, context, context_mask, frames, frame_pos, masks.get(tokens.shape[1]))
             if self.grad_checkpointing and torch.is_grad_enabled():
                 tokens = checkpoint(block, *args, use_reentrant=False)
             else:

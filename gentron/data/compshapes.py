@@ -43,8 +43,8 @@ objects' boxes never overlap (gap >= 0.08 of the image) and spatial captions are
 Splits (compositional generalisation): the test split holds out 5 of the 20 colour-shape pairs
 (red triangle, green circle, blue square, yellow diamond, purple circle: one shape per colour) and
 2 of the 12 texture-shape pairs (striped circle, dotted triangle). Every colour, shape and texture
-still occurs in training. A test prompt contains at least one held-out pair; a training prompt none, and a
-training *image* never shows one either (unmentioned attributes are drawn among allowed pairs).
+still occurs in training. A test prompt contains at least one held-out pair; a training prompt none,
+and a training *image* never shows one either (unmentioned attributes are drawn among allowed pairs).
 """
 from __future__ import annotations
 

@@ -159,10 +159,10 @@ def build_tiny_clip(width: int = 64, layers: int = 2, heads: int = 4, pooled_wid
     A trained encoder's noun feature carries its own adjectives ("circle" in "a red circle" knows it
     is red); a random one, attending at random across the whole prefix, mixes every earlier word in
     about equally, so "square" in "a red circle and a blue square" carries red as much as blue. Each
-    token therefore sees itself and `window - 1` tokens before it (after all blocks: `layers * (window - 1)`
-    back), the reach of an English adjective-noun phrase: "circle" then changes with its own colour
-    and not with the other object's, and a cross-attention layer can read a bound colour and shape
-    from one token. Measured in README "The embedded default".
+    token therefore sees itself and `window - 1` tokens before it (after all blocks:
+    `layers * (window - 1)` back), the reach of an English adjective-noun phrase: "circle" then
+    changes with its own colour and not with the other object's, and a cross-attention layer can
+    read a bound colour and shape from one token. Measured in README "The embedded default".
     """
     from open_clip.transformer import TextTransformer
 
