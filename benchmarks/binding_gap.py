@@ -14,7 +14,6 @@ writes those samples as a grid, 8 per row, each image enlarged 4x. Rerunning reu
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 from pathlib import Path
@@ -26,7 +25,7 @@ from eval.judge import evaluate
 from gentron.config import load_config
 from gentron.data import compshapes
 from gentron.generate import generate, seeds_for
-from gentron.io import atomic_write_bytes
+from gentron.io import atomic_save_image
 
 FOLDER = "compshapes_train_color"
 SHUFFLE_SEED = 0
@@ -50,9 +49,7 @@ def write_grid(folder: Path, files: list[str], out: Path, columns: int = 8, scal
     grid = Image.new("RGB", (columns * pitch - gap, -(-len(images) // columns) * pitch - gap), "white")
     for i, image in enumerate(images):
         grid.paste(image.resize((side, side), Image.NEAREST), ((i % columns) * pitch, (i // columns) * pitch))
-    buffer = io.BytesIO()
-    grid.save(buffer, format="PNG")
-    atomic_write_bytes(out, buffer.getvalue())
+    atomic_save_image(out, grid)
 
 
 def measure(cell_dir: Path, n: int, png: Path | None) -> None:

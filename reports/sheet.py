@@ -7,13 +7,12 @@ the Streamlit browser cannot go.
 from __future__ import annotations
 
 import argparse
-import io
 import textwrap
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from gentron.io import atomic_write_bytes
+from gentron.io import atomic_save_image
 from reports.results import arm_columns, arm_labels, load_grid, samples_with_scores
 
 CELL, GAP, CAPTION_WIDTH, LINE_HEIGHT, SCORE_HEIGHT = 96, 8, 240, 12, 14
@@ -79,9 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     labels, rows = sheet_rows(args.grid_dir, args.prompt_set, args.category, args.n, args.seed_axis)
-    buffer = io.BytesIO()
-    render(labels, rows).save(buffer, format="PNG")
-    atomic_write_bytes(args.out, buffer.getvalue())
+    atomic_save_image(args.out, render(labels, rows))
     print(f"wrote {args.out}")
 
 
