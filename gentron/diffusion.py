@@ -64,13 +64,15 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 class Diffusion:
     def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  learn_sigma: bool = False, prediction: str = "epsilon", schedule: str = "linear",
-                 logsnr_shift: float = 0.0, min_snr_gamma: float | None = None):
+                 logsnr_shift: float = 0.0, min_snr_gamma: float | None = None,
+                 timestep_std: float | None = None):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction {prediction!r} is unknown; choose one of {list(PREDICTIONS)}")
         self.num_timesteps = num_timesteps
         self.learn_sigma = learn_sigma
         self.prediction = prediction
         self.min_snr_gamma = min_snr_gamma
+        self.timestep_std = timestep_std
         # Constants in float64 (as DiT computes them), stored as float32.
         betas = make_betas(schedule, num_timesteps, beta_start, beta_end, logsnr_shift)
         alphas_cumprod = torch.cumprod(1 - betas, 0)
@@ -95,7 +97,8 @@ class Diffusion:
     def from_config(cls, model) -> "Diffusion":
         """The diffusion a cell's `model` config section trains and samples with."""
         return cls(learn_sigma=model.learn_sigma, prediction=model.prediction, schedule=model.noise_schedule,
-                   logsnr_shift=model.logsnr_shift, min_snr_gamma=model.min_snr_gamma)
+                   logsnr_shift=model.logsnr_shift, min_snr_gamma=model.min_snr_gamma,
+                   timestep_std=model.timestep_std)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, one t per sample (per clip for video)."""
@@ -144,7 +147,7 @@ class Diffusion:
         """Loss for a batch of clean images/clips. `t` and `noise` are drawn from `generator` unless
         given. Returns dict(loss, mse, vb) of scalars; vb is None without `learn_sigma`."""
         if t is None:
-            t = _randint(self.num_timesteps, len(x0), generator).to(x0.device)
+            t = self.sample_timesteps(len(x0), generator).to(x0.device)
         if noise is None:
             noise = _randn(x0.shape, generator).to(x0.device)
         x_t = self.q_sample(x0, t, noise)
@@ -158,6 +161,15 @@ class Diffusion:
         # The vb term trains the variance only: the mean it uses comes from a detached prediction.
         vb = self._vb_bits(x0, x_t, t, self.to_eps(x_t, t, pred.detach()), var_values)
         return dict(loss=(weighted + vb).mean(), mse=mse.mean(), vb=vb.mean())
+
+    def sample_timesteps(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n training timesteps: uniform (DiT), or with `timestep_std` logit-normal(0, std) over t / T
+        (SD3, Esser et al. 2024), which trains the middle of the schedule, where layout and binding
+        are decided, more often than the nearly clean and nearly pure-noise ends."""
+        if self.timestep_std is None:
+            return _randint(self.num_timesteps, n, generator)
+        u = torch.sigmoid(self.timestep_std * _randn((n,), generator))
+        return (u * self.num_timesteps).long().clamp(max=self.num_timesteps - 1)
 
     def min_snr_weight(self, t: torch.Tensor) -> torch.Tensor:
         """Min-SNR-gamma (Hang et al. 2023): weight each timestep's loss as if the network regressed x0

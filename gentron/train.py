@@ -398,7 +398,7 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
             keep = torch.rand(len(ids), generator=generator) >= t.caption_dropout
             ids = torch.where(keep, ids, torch.full_like(ids, table.null_id))
             # Timesteps and noise for the whole global batch, so every rank count gives the same run.
-            timesteps = torch.randint(0, diffusion.num_timesteps, (len(ids),), generator=generator)
+            timesteps = diffusion.sample_timesteps(len(ids), generator)
             noise = torch.randn(x0.shape, generator=generator)
             text = [e[local] for e in table.lookup(ids.to(device))]
             with _autocast(cfg, device):

@@ -309,3 +309,17 @@ def test_min_snr_weights_the_loss_per_timestep(prediction):
     torch.testing.assert_close(out["loss"], (per_sample * expected).mean())
     torch.testing.assert_close(out["mse"], per_sample.mean())  # the logged error stays unweighted
     assert plain.training_loss(zero, x0, [], t=t, noise=eps)["loss"] == pytest.approx(per_sample.mean().item())
+
+
+def test_logit_normal_timesteps_train_the_middle_of_the_schedule():
+    """Uniform by default (the same draws as torch.randint, so default runs are unchanged);
+    logit-normal(0, 1) puts P(|z| < logit(3/4)) = 0.73 of the timesteps in [T/4, 3T/4), uniform 0.5."""
+    uniform, logit_normal = Diffusion(), Diffusion(timestep_std=1.0)
+    drawn = uniform.sample_timesteps(1000, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(drawn, torch.randint(0, 1000, (1000,), generator=torch.Generator().manual_seed(0)))
+    t = logit_normal.sample_timesteps(20_000, torch.Generator().manual_seed(0))
+    assert t.dtype == torch.long and 0 <= t.min() and t.max() <= 999
+    middle = ((t >= 250) & (t < 750)).float().mean().item()
+    assert abs(middle - 0.729) < 0.015, middle
+    again = logit_normal.sample_timesteps(20_000, torch.Generator().manual_seed(0))
+    assert torch.equal(t, again)
