@@ -9,7 +9,9 @@ The held-out score is the cell's own (eval/compshapes_judge.json, colour prompts
 prompt set). The training score samples the first n of a fixed shuffle of the training colour prompts
 (colour-shape pairs the model has seen, in new layouts) from the cell's checkpoint with the cell's
 sample config, into <cell>/samples/compshapes_train_color/, and judges them the same way. --png
-writes those samples as a grid, 8 per row, each image enlarged 4x. Rerunning reuses the samples.
+writes those samples as a grid, 8 per row, each image enlarged 4x. Rerunning reuses the samples. It
+also says, per held-out colour-shape pair, in how many of the prompts naming it the pair is drawn
+right, and how many misses give the held-out object the other object's shape.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from eval.common import aggregate, per_prompt_means
-from eval.judge import evaluate
+from eval.judge import evaluate, held_out_pairs
 from gentron.config import load_config
 from gentron.data import compshapes
 from gentron.generate import generate, seeds_for
@@ -67,6 +69,11 @@ def measure(cell_dir: Path, n: int, png: Path | None) -> None:
         print(f"  {name:9s} colour prompts: " + ", ".join(
             f"{k} {v['mean']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}] (n={v['n']})"
             for k, v in colour_score(per_image).items() if k in ("color", "color_present")))
+    pairs = held_out_pairs(json.loads(judged.read_text())["per_image"])
+    print("  held-out pairs drawn right: " + ", ".join(
+        f"{colour} {shape} {c['right']}/{c['n']}" for (colour, shape), c in pairs.items() if c["n"]))
+    missed = sum(c["n"] - c["right"] for c in pairs.values())
+    print(f"  of the {missed} misses, {sum(c['other_shape'] for c in pairs.values())} in the other object's shape")
     if png:
         write_grid(folder, [r["file"] for r in training["per_image"]][:32], png)
 

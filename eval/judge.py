@@ -62,8 +62,8 @@ from PIL import Image, ImageSequence
 from scipy import ndimage
 
 from eval.common import Sample, load_image, read_samples, result, write_result
-from gentron.data.compshapes import (BACKGROUND, COLORS, DARK_SHADE, DIRECTIONS, MOTION_DISTANCE, Phrase,
-                                     PromptSpec, ShapeObject, coverage, parse_prompt)
+from gentron.data.compshapes import (BACKGROUND, COLORS, DARK_SHADE, DIRECTIONS, HELD_OUT_COLOR_SHAPE,
+                                     MOTION_DISTANCE, Phrase, PromptSpec, ShapeObject, coverage, parse_prompt)
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +389,27 @@ def evaluate(samples_dir: str | Path) -> dict:
                           "prompt": sample.prompt, "category": spec.category, **scored})
     log.info("judged %d samples in %s", len(per_image), folder)
     return result(METRIC, per_image, PROTOCOL, comparable_to_paper=False)
+
+
+def held_out_pairs(per_image: list[dict]) -> dict[tuple[str, str], dict[str, int]]:
+    """Which held-out colour-shape pairs a model composes. Per pair, over the judged colour prompts
+    naming it: `n` prompts, `right` in which an object of its colour has its shape, and of the rest
+    `other_shape`, in which the object of its colour has the shape of the prompt's other object."""
+    pairs = {pair: {"n": 0, "right": 0, "other_shape": 0} for pair in sorted(HELD_OUT_COLOR_SHAPE)}
+    for record in per_image:
+        if record["category"] != "color":
+            continue
+        phrases = parse_prompt(record["prompt"]).phrases
+        drawn = {o["color"]: o["shape"] for o in record["objects"]}
+        for phrase, other in zip(phrases, phrases[::-1]):
+            counts = pairs.get((phrase.color, phrase.shape))
+            if counts is None:
+                continue
+            counts["n"] += 1
+            shape = drawn.get(phrase.color)
+            counts["right"] += shape == phrase.shape
+            counts["other_shape"] += shape != phrase.shape and shape == other.shape
+    return pairs
 
 
 def main(argv: list[str] | None = None) -> None:

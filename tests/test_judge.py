@@ -209,3 +209,22 @@ def test_blurred_diamonds_and_circles_are_told_apart():
         image = degrade(cs.render(cs.Scene((obj,), None, "", "color"), 20), rng, blur=0.7)
         right.append([d.shape for d in judge.detect(image)] == [shape])
     assert np.mean(right) >= 0.95  # 0.99 (0.91 by outline alone)
+
+
+def test_held_out_pairs_counts_each_pair_and_misses_in_the_other_objects_shape():
+    def record(prompt, *objects, category="color"):
+        return {"prompt": prompt, "category": category, "objects": [{"color": c, "shape": s} for c, s in objects]}
+
+    per_image = [
+        record("a red triangle and a blue circle", ("red", "circle"), ("blue", "circle")),  # other's shape
+        record("a red triangle and a blue square", ("red", "triangle"), ("blue", "square")),  # both right
+        record("a red triangle and a yellow square", ("yellow", "square")),  # red missing: a miss, not other's
+        record("a green circle and a red square", ("green", "diamond"), ("red", "square")),  # another shape
+        record("a red triangle on the left of a blue circle", ("red", "circle"), category="spatial"),  # not colour
+    ]
+    pairs = judge.held_out_pairs(per_image)
+    assert pairs[("red", "triangle")] == {"n": 3, "right": 1, "other_shape": 1}
+    assert pairs[("green", "circle")] == {"n": 1, "right": 0, "other_shape": 0}
+    assert pairs[("blue", "square")] == {"n": 1, "right": 1, "other_shape": 0}
+    assert pairs[("yellow", "diamond")] == {"n": 0, "right": 0, "other_shape": 0}
+    assert set(pairs) == set(cs.HELD_OUT_COLOR_SHAPE)
