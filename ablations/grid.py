@@ -52,7 +52,7 @@ RUN_ONLY_KEYS = ("train.log_every", "train.ckpt_every", "train.tensorboard",
 # ids and are recomputed instead of being reused as if current. (The caches below a cell key on their
 # own: encoded data on gentron.data.compshapes.VERSION, text features on the encoder's weights.)
 # 2: tiny_clip keeps words apart, CompShapes objects r = 0.19. 3: diamonds; tiny_clip's local window.
-# 4: width 48 / MLP 96 for 7,000 steps; fused AdamW. 5: logit-normal training timesteps.
+# 4: width 48 / MLP 96 for 7,000 steps; fused AdamW. 5: logit-normal training timesteps (std 0.8).
 CELL_VERSION = 5
 GRID_KEYS = ("description", "seeds", "base", "axes", "evaluation", "profiles", "note", "labels")
 ID_LENGTH = 10
