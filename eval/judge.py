@@ -394,21 +394,20 @@ def evaluate(samples_dir: str | Path) -> dict:
 def held_out_pairs(per_image: list[dict]) -> dict[tuple[str, str], dict[str, int]]:
     """Which held-out colour-shape pairs a model composes. Per pair, over the judged colour prompts
     naming it: `n` prompts, `right` in which an object of its colour has its shape, and of the rest
-    `other_shape`, in which the object of its colour has the shape of the prompt's other object."""
+    `other_shape`, in which an object of its colour has the shape of the prompt's other object."""
     pairs = {pair: {"n": 0, "right": 0, "other_shape": 0} for pair in sorted(HELD_OUT_COLOR_SHAPE)}
     for record in per_image:
         if record["category"] != "color":
             continue
         phrases = parse_prompt(record["prompt"]).phrases
-        drawn = {o["color"]: o["shape"] for o in record["objects"]}
         for phrase, other in zip(phrases, phrases[::-1]):
             counts = pairs.get((phrase.color, phrase.shape))
             if counts is None:
                 continue
+            shapes = {o["shape"] for o in record["objects"] if o["color"] == phrase.color}
             counts["n"] += 1
-            shape = drawn.get(phrase.color)
-            counts["right"] += shape == phrase.shape
-            counts["other_shape"] += shape != phrase.shape and shape == other.shape
+            counts["right"] += phrase.shape in shapes
+            counts["other_shape"] += phrase.shape not in shapes and other.shape in shapes
     return pairs
 
 

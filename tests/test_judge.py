@@ -219,11 +219,12 @@ def test_held_out_pairs_counts_each_pair_and_misses_in_the_other_objects_shape()
         record("a red triangle and a blue circle", ("red", "circle"), ("blue", "circle")),  # other's shape
         record("a red triangle and a blue square", ("red", "triangle"), ("blue", "square")),  # both right
         record("a red triangle and a yellow square", ("yellow", "square")),  # red missing: a miss, not other's
+        record("a red triangle and a green square", ("red", "triangle"), ("red", "circle"), ("green", "square")),
         record("a green circle and a red square", ("green", "diamond"), ("red", "square")),  # another shape
         record("a red triangle on the left of a blue circle", ("red", "circle"), category="spatial"),  # not colour
     ]
     pairs = judge.held_out_pairs(per_image)
-    assert pairs[("red", "triangle")] == {"n": 3, "right": 1, "other_shape": 1}
+    assert pairs[("red", "triangle")] == {"n": 4, "right": 2, "other_shape": 1}  # any red triangle counts
     assert pairs[("green", "circle")] == {"n": 1, "right": 0, "other_shape": 0}
     assert pairs[("blue", "square")] == {"n": 1, "right": 1, "other_shape": 0}
     assert pairs[("yellow", "diamond")] == {"n": 0, "right": 0, "other_shape": 0}
