@@ -1,14 +1,13 @@
 """Training throughput of the embedded default (images/s on this machine's CPU cores).
 
     python benchmarks/train_throughput.py [--steps 40] [--threads 2] [--conditioning adaln cross_attn]
-                                          [--route-ratios 0 0.5 0.75]
 
 Runs the real trainer (gentron.train.train) on the default cell config for a few steps in a
 temporary folder and reads steps/s from its train_log.jsonl, skipping the first log window (warm-up).
 The data set is cut to 2,048 images so that encoding it stays out of the way; the model, batch and
-step are the default's. Each row is one (conditioning, model.route_ratio) pair, measured one after the
-other in the same run, so the TREAD speed-up is a side-by-side ratio. Shared machines give noisy
-numbers: the load average is printed alongside.
+step are the default's. Each row is one conditioning, measured one after the other in the same run,
+so their ratio is side by side. Shared machines give noisy numbers: the load average is printed
+alongside.
 """
 from __future__ import annotations
 
@@ -25,17 +24,17 @@ from gentron.config import load_config, to_dict
 from gentron.train import train
 
 
-def measure(conditioning: str, route_ratio: float, steps: int, workdir: Path) -> dict:
+def measure(conditioning: str, steps: int, workdir: Path) -> dict:
     cfg = to_dict(load_config())
-    cfg["model"].update(conditioning=conditioning, route_ratio=route_ratio)
+    cfg["model"].update(conditioning=conditioning)
     cfg["data"].update(num_train=2048, cache_dir=str(workdir / "cache"))
     cfg["train"].update(steps=steps, log_every=10, ckpt_every=10**9)
-    run_dir = workdir / f"{conditioning}-{route_ratio}"
+    run_dir = workdir / conditioning
     train(cfg, run_dir)
     rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     rates = [r["steps_per_s"] for r in rows[1:]] or [rows[-1]["steps_per_s"]]
     steps_per_s = statistics.median(rates)
-    return {"conditioning": conditioning, "route_ratio": route_ratio, "batch": cfg["train"]["batch_size"],
+    return {"conditioning": conditioning, "batch": cfg["train"]["batch_size"],
             "s_per_step": 1 / steps_per_s,
             "images_per_s": steps_per_s * cfg["train"]["batch_size"]}
 
@@ -45,19 +44,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--conditioning", nargs="+", default=["cross_attn", "adaln"])
-    parser.add_argument("--route-ratios", nargs="+", type=float, default=[0.0, load_config().model.route_ratio])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        results = [measure(c, r, args.steps, Path(tmp)) for c in args.conditioning
-                   for r in dict.fromkeys(args.route_ratios)]
+        results = [measure(c, args.steps, Path(tmp)) for c in args.conditioning]
     print(f"threads={args.threads} load_average={os.getloadavg()[0]:.2f}")
-    print(f"{'conditioning':<12} {'route':>5} {'batch':>5} {'s/step':>7} {'images/s':>9} {'speed-up':>8}")
-    unrouted = {r["conditioning"]: r["s_per_step"] for r in results if r["route_ratio"] == 0}
+    print(f"{'conditioning':<12} {'batch':>5} {'s/step':>7} {'images/s':>9} {'vs first':>8}")
     for r in results:
-        speedup = unrouted[r["conditioning"]] / r["s_per_step"] if r["conditioning"] in unrouted else float("nan")
-        print(f"{r['conditioning']:<12} {r['route_ratio']:5.2f} {r['batch']:>5} {r['s_per_step']:7.3f} "
-              f"{r['images_per_s']:9.1f} {speedup:8.2f}")
+        print(f"{r['conditioning']:<12} {r['batch']:>5} {r['s_per_step']:7.3f} {r['images_per_s']:9.1f} "
+              f"{results[0]['s_per_step'] / r['s_per_step']:8.2f}")
 
 
 if __name__ == "__main__":

@@ -9,64 +9,8 @@ match, a wrong type or value names the key, the value and what is allowed.
     save_config(cfg, run_dir / "config.yaml")  # the resolved YAML
 
 The defaults ARE the embedded default: a tiny GenTron trained in pixel space on CompShapes in
-minutes on 2 CPU cores. Why each number (measured on the shared 2-core machine, see README):
-- 20 x 20 px, patch 2 (100 tokens), depth 6, width 48, MLP 96, 3 heads (0.29M parameters): the
-  judge scores ground-truth renders 1.0 at 20 px (0.9 at 16 px). At patch 4 (5 x 5 tokens, width
-  128, 2.2M parameters, the same FLOPs per image) every object came out as patch-aligned 4 px
-  blocks, fragmented and square (judge colour 0.03-0.16); at patch 2 the same budget draws two
-  coherent objects on a clean background. Patch size matters more than width here, as in DiT.
-- width 48 / MLP 96, 7,000 steps, because binding comes with steps more than parameters: width 64 / MLP
-  256 (0.58M) costs 0.19 s a step on one core, so the 15-minute grid bought it 4,000 steps (held-out
-  colour prompts 0.27, training 0.45; 0.59 at 9,000 steps, 17 min). Width 48 / MLP 96 costs 0.10 s
-  and fits 7,000 steps: held-out 0.49 / 0.34 / 0.25 / 0.51 over four runs, training 0.62-0.69
-  (uniform timesteps; logit-normal ones below: 0.51-0.71 over five seeds).
-  Depth is what composes: depth 4 fits the training prompts (0.61-0.75) but draws a held-out pair in
-  the shape its colour was seen with (held-out 0.28-0.29); width 32 (0.32) and depth 8 x width 40
-  (0.31) lost too.
-- v-prediction on improved DDPM's cosine schedule, not DiT's epsilon on linear betas: the linear
-  schedule has turned a 20 px image to noise by t = 500 (abar 0.08), so half of training and
-  sampling is spent where there is no layout left to learn, and an epsilon-predictor's x0 estimate
-  is amplified 150x at t = 999. Measured on the same budget (cross_attn, held-out colour prompts):
-  epsilon/linear drew fragmented patch-sized blobs (judge colour 0.00, soft 0.22); v/linear
-  0.06-0.09 (soft 0.24-0.31); v/cosine coherent objects, 0.16 (soft 0.38).
-- batch 32, AdamW lr 8e-3 with 100 warmup steps and a cosine decay over the run: measured at
-  patch 2, lr 2e-3 / 4e-3 / 8e-3 / 1.6e-2 gave judge colour 0.06 / 0.06 / 0.09 / 0.06 with both
-  prompted colours present in 16 / 22 / 24 / 13 of 32 images; 1e-4 (paper) is far too slow for
-  minutes. EMA 0.995 (a ~200-step window, warmed up as (1+s)/(10+s)). No weight decay: 0.05 / 0.2 lost
-  held-out binding (0.25 / 0.20 against 0.34 on seed 1).
-- logit-normal(0, 0.8) training timesteps (`timestep_std`; SD3 samples t / T logit-normal(0, 1)),
-  not uniform: 83% of steps in the middle half of the schedule, where the layout and which shape
-  takes which colour are decided, instead of 50%. Held-out colour prompts over seeds 0-4: uniform
-  0.49 and 0.25 / 0.34 / 0.51 (seeds 0-2); std 1 0.57 / 0.50 / 0.50 / 0.39 / 0.37; std 0.8 0.70 (the
-  grid's 100) / 0.71 / 0.59 / 0.56 / 0.51. Training prompts 0.64-0.83.
-- logsnr_shift 0: shifting the cosine schedule towards less noise (+2, simple diffusion's rule for
-  20 px) lost colour binding (0.03; colours present 11 / 32), towards more noise (-1) lost shapes.
-- route_ratio 0 (TREAD token routing off): routing half / three quarters of the tokens around blocks
-  1-4 made a step 1.5x / 2x cheaper, but the steps that bought (6,000 / 8,000 at width 64) bound
-  0.16 / 0.21 of held-out colour prompts, under the 0.27 of 4,000 unrouted steps.
-- long_skip / conv_head off: U-ViT's long skips (0.09, colours present 21 / 32) and its output conv
-  (0.03) did not help at this budget.
-- pixel space (vae identity), tiny_clip text features cached once, so a step never runs an encoder.
-  tiny_clip is initialised to keep words apart (gentron/text/clip.py): at open_clip's own init its
-  features for "green" and "red" were 0.9 cosine-similar, and training colour prompts bound 0.25;
-  with unit-scale word embeddings 0.44-0.50, with every prompted colour drawn in 0.8-0.98 of images.
-  Each of its tokens sees only itself and the token before it (per layer), so a noun's feature carries
-  its own adjective as a trained encoder's does: training colour prompts 0.20 -> 0.34-0.36 (four
-  shapes; width 64, 3,000 steps), held-out 0.16 -> 0.21-0.22. A window of 1 (each token only
-  itself: colour bound to noun by position alone) lost both: 0.13 / 0.13 held-out, 0.42 / 0.41
-  training (seeds 0 / 1, width 48). Its noun features are 97% additive in colour and shape.
-- four shapes (circle, square, triangle, diamond): with three, the bag of words alone drew 86% of the
-  training colour prompts right (gentron/data/compshapes.py), which hid how little the model binds.
-- plain MSE, not Min-SNR-5 (`min_snr_gamma`; width 64, 3,000 steps): training colour prompts 0.61
-  on one seed, 0.30 on another with prompted colours lost (0.66 present); unweighted 0.36 and 0.34.
-- CompShapes objects r = 0.19 of the image (7.6 px at 20 px): at 0.16 circles and squares came out
-  as the same blob; with it, training colour prompts bound 0.84 (three shapes, see above).
-- DPM-Solver++ 20 steps, CFG 4, x0 estimates clipped to [-1, 1] (pixel space). 50 steps, CFG 1.5-12,
-  DDIM 50 and DDPM 100-200 steps changed nothing measurable: sampling is not the bottleneck.
-What this budget reaches is in the README ("The embedded default"): cross-attention draws both
-prompted colours (0.98), beats adaLN on every category with a signal, and binds colours to the right
-shapes on 0.64-0.83 of training colour prompts and 0.51-0.71 of held-out ones over five seeds (the
-grid's seed 0: 0.70 of its 100). Which held-out pairs a run composes still varies from run to run.
+minutes on one CPU. Why each number, and every variant measured against it, is in
+docs/embedded_default.md; the paper profile's values are in ablations/conf/profiles/paper.yaml.
 """
 from __future__ import annotations
 
@@ -93,13 +37,9 @@ class ModelConfig:
     learn_sigma: bool = False
     prediction: Literal["epsilon", "v"] = "v"  # what the network regresses (DiT: epsilon)
     noise_schedule: Literal["linear", "cosine"] = "cosine"  # betas (DiT: linear); see make_betas
-    long_skip: bool = False  # U-ViT long skips between the shallow and deep halves (not in GenTron)
-    conv_head: bool = False  # U-ViT's 3x3 conv on the output (not in GenTron)
     logsnr_shift: float = 0.0  # added to the schedule's log SNR (> 0: less noise); see make_betas
     min_snr_gamma: Optional[float] = None  # Min-SNR loss weighting (Diffusion.min_snr_weight); None: plain MSE
     timestep_std: Optional[float] = 0.8  # logit-normal training timesteps (Diffusion.sample_timesteps); None: uniform
-    route_ratio: float = 0.0  # TREAD token routing in training (GenTronConfig.route_ratio); 0: off
-    route_span: Optional[list[int]] = None  # [start, end) blocks the routed tokens skip; None: all but first and last
     patch_size: Optional[int] = None  # must agree with the size name when given
     depth: Optional[int] = 6
     hidden_size: Optional[int] = 48
@@ -287,10 +227,6 @@ def _check_values(cfg: CellConfig) -> None:
     if cfg.model.min_snr_gamma is not None and cfg.model.min_snr_gamma <= 0:
         raise ConfigError(f"model.min_snr_gamma={cfg.model.min_snr_gamma} must be positive (Min-SNR's 5) "
                           "or null for plain MSE")
-    if not 0.0 <= cfg.model.route_ratio < 1.0:
-        raise ConfigError(f"model.route_ratio={cfg.model.route_ratio} must be in [0, 1) (TREAD: 0.5; 0 turns it off)")
-    if cfg.model.route_span is not None and len(cfg.model.route_span) != 2:
-        raise ConfigError(f"model.route_span={cfg.model.route_span} must be [start, end) block indices, e.g. [1, 5]")
     if not cfg.text_encoders:
         raise ConfigError("text_encoders is empty; give at least one, e.g. [{kind: tiny_clip, seed: 0}]")
     for i, spec in enumerate(cfg.text_encoders):

@@ -1,5 +1,5 @@
 """GenTron: a DiT backbone with text conditioning (adaLN or cross-attention) and, for video,
-temporal self-attention in every block. See GENTRON.md sections 1-2 and DESIGN.md "Model"."""
+temporal self-attention in every block. See docs/method.md and DESIGN.md "Model"."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -37,10 +37,6 @@ class GenTronConfig:
     temporal: bool = False                    # T2V: temporal self-attention in every block
     max_frames: int = 32                      # longest clip the frame-position table covers
     grad_checkpointing: bool = False
-    long_skip: bool = False                   # U-ViT long skips: block i's output joins block depth-1-i's input
-    conv_head: bool = False                   # U-ViT: a residual 3x3 conv on the unpatchified output
-    route_ratio: float = 0.0                  # TREAD: share of tokens that skip the routed blocks in training
-    route_span: tuple[int, int] | None = None  # routed blocks [start, end); None: all but the first and last
 
     def __post_init__(self):
         self.text_widths = tuple(int(w) for w in self.text_widths)
@@ -57,31 +53,12 @@ class GenTronConfig:
             problems.append(f"hidden_size {self.hidden_size} must be a multiple of 4 (2D sin-cos positions)")
         if self.input_size % self.patch_size:
             problems.append(f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}")
-        if not 0.0 <= self.route_ratio < 1.0:
-            problems.append(f"route_ratio must be in [0, 1), got {self.route_ratio}")
-        if self.route_span is not None:
-            self.route_span = tuple(int(i) for i in self.route_span)
-            start, end = self.route_span
-            if not 0 <= start < end <= self.depth:
-                problems.append(f"route_span {self.route_span} must be [start, end) with 0 <= start < end <= depth "
-                                f"({self.depth})")
-        if self.route_ratio and not problems and not self.routed_blocks:
-            problems.append(f"route_ratio {self.route_ratio} needs a routed block, but depth {self.depth} leaves none "
-                            "between its first and last: give route_span or turn routing off")
-        if self.route_ratio and self.long_skip:
-            problems.append("route_ratio and long_skip do not combine (a long skip would join token sets of "
-                            "different sizes): turn one off")
         if problems:
             raise ValueError("invalid GenTronConfig: " + "; ".join(problems))
 
     @property
     def out_channels(self) -> int:
         return 2 * self.in_channels if self.learn_sigma else self.in_channels
-
-    @property
-    def routed_blocks(self) -> range:
-        start, end = self.route_span or (1, self.depth - 1)
-        return range(start, end)
 
     @property
     def num_text_encoders(self) -> int:
@@ -113,12 +90,7 @@ class GenTron(nn.Module):
                          temporal=config.temporal)
             for i in range(config.depth)
         )
-        # Small pixel-space ViTs lose fine detail in the trunk and draw patch seams (U-ViT, Bao et al.
-        # 2023): long skips hand shallow features to the deep half, a 3x3 conv smooths across patches.
-        self.skip_projections = nn.ModuleList(nn.Linear(2 * d, d) for _ in range(config.depth // 2)) \
-            if config.long_skip else None
         self.final_layer = FinalLayer(d, config.patch_size, config.out_channels)
-        self.conv_head = nn.Conv2d(config.out_channels, config.out_channels, 3, padding=1) if config.conv_head else None
         self.grad_checkpointing = config.grad_checkpointing
         self.initialize_weights()
 
@@ -140,8 +112,6 @@ class GenTron(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         zero = [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]
-        if self.conv_head is not None:
-            zero.append(self.conv_head)  # a residual branch that starts closed
         for block in self.blocks:
             zero.append(block.adaLN_modulation[-1])
             if block.cross_attn is not None:
@@ -168,6 +138,27 @@ class GenTron(nn.Module):
         Returns (B[, T], C_out, H, W). A temporal model treats a 4D batch as clips of one frame; a
         non-temporal model given clips runs on each frame independently.
         """
+        self.check_text(text)
+        video = x.ndim == 5
+        batch, frames = x.shape[0], (x.shape[1] if video else 1)
+        if video:
+            x = x.flatten(0, 1)                                       # frames ride in the batch
+        grid_h, grid_w = x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size
+        tokens = self.x_embedder(x) + self.pos_embed(grid_h, grid_w)  # (B*T, N, D)
+        c = self.conditioning_vector(t, text, frames)                 # (B*T, D): time + pooled text
+        contexts = self.text_contexts(text, frames)                   # per encoder: tokens, mask
+        frame_pos, mask = self.temporal_inputs(tokens, frames, motion_free)
+        for i, block in enumerate(self.blocks):
+            context, context_mask = contexts[i % len(contexts)]     # interleaved cross-attention
+            args = (tokens, c, context, context_mask, frames, frame_pos, mask)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                tokens = checkpoint(block, *args, use_reentrant=False)
+            else:
+                tokens = block(*args)
+        out = self.unpatchify(self.final_layer(tokens, c), grid_h, grid_w)
+        return out.unflatten(0, (batch, frames)) if video else out
+
+    def check_text(self, text: list[TextEmbedding]) -> None:
         cfg = self.config
         if len(text) != cfg.num_text_encoders:
             raise ValueError(f"model was built for {cfg.num_text_encoders} text encoder(s), got {len(text)} "
@@ -176,66 +167,32 @@ class GenTron(nn.Module):
             if emb.tokens.shape[-1] != tw or emb.pooled.shape[-1] != pw:
                 raise ValueError(f"text encoder {i}: model expects token width {tw} and pooled width {pw}, "
                                  f"got {emb.tokens.shape[-1]} and {emb.pooled.shape[-1]}")
-        video = x.ndim == 5
-        batch, frames = x.shape[0], (x.shape[1] if video else 1)
-        if video:
-            x = x.flatten(0, 1)
-        grid_h, grid_w = x.shape[-2] // cfg.patch_size, x.shape[-1] // cfg.patch_size
 
-        tokens = self.x_embedder(x) + self.pos_embed(grid_h, grid_w)
+    def conditioning_vector(self, t: torch.Tensor, text: list[TextEmbedding], frames: int) -> torch.Tensor:
+        """adaLN's input: the timestep embedding plus each encoder's projected pooled text, per frame."""
         c = self.t_embedder(t)
         for proj, emb in zip(self.pooled_projections, text):
             c = c + proj(emb.pooled)
-        cross = cfg.conditioning == "cross_attn"
-        contexts = [(emb.tokens, emb.mask) if cross else (None, None) for emb in text]
-        if frames > 1:  # conditioning is per clip; every frame of a clip gets the same
-            c = c.repeat_interleave(frames, dim=0)
-            contexts = [(ctx.repeat_interleave(frames, dim=0), m.repeat_interleave(frames, dim=0))
-                        if ctx is not None else (None, None) for ctx, m in contexts]
+        return c.repeat_interleave(frames, dim=0) if frames > 1 else c
 
-        frame_pos = motion_off = None
-        if cfg.temporal:
-            frame_pos = self.frame_pos(frames).to(tokens.dtype)
-            if motion_free is not None:
-                motion_off = motion_free.to(device=x.device, dtype=torch.bool)
+    def text_contexts(self, text: list[TextEmbedding], frames: int) -> list[tuple]:
+        """Cross-attention keys/values per encoder (None for adaLN-only blocks), one copy per frame."""
+        if self.config.conditioning != "cross_attn":
+            return [(None, None)]
+        if frames == 1:
+            return [(emb.tokens, emb.mask) for emb in text]
+        return [(emb.tokens.repeat_interleave(frames, dim=0), emb.mask.repeat_interleave(frames, dim=0))
+                for emb in text]
 
-        # TREAD (Krause et al. 2025): in training, a random share of the tokens skips the routed
-        # blocks and rejoins unchanged after them. Those blocks cost that much less, every token is
-        # still denoised and in the loss, and sampling runs all tokens through every block.
-        routed = cfg.routed_blocks if self.training and cfg.route_ratio > 0 else range(0)
-        kept = self.kept_tokens(batch, frames, tokens.shape[1], x.device) if routed else None
-        # one temporal mask per token count the blocks see: all tokens, and the kept ones when routing
-        counts = (tokens.shape[1], kept.shape[1]) if routed else (tokens.shape[1],)
-        masks = {n: temporal_mask(motion_off, n, frames) for n in counts} if motion_off is not None else {}
-        skips, first_deep = [], cfg.depth - cfg.depth // 2
-        for i, block in enumerate(self.blocks):
-            if routed and i == routed.start:
-                all_tokens, tokens = tokens, tokens.gather(1, kept)
-            if self.skip_projections is not None and i >= first_deep:
-                tokens = self.skip_projections[i - first_deep](torch.cat([tokens, skips.pop()], dim=-1))
-            context, context_mask = contexts[i % len(contexts)]  # interleaved cross-attention
-            args = (tokens, c, context, context_mask, frames, frame_pos, masks.get(tokens.shape[1]))
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                tokens = checkpoint(block, *args, use_reentrant=False)
-            else:
-                tokens = block(*args)
-            if routed and i == routed.stop - 1:
-                tokens = all_tokens.scatter(1, kept, tokens)
-            if self.skip_projections is not None and i < cfg.depth // 2:
-                skips.append(tokens)
-
-        out = self.unpatchify(self.final_layer(tokens, c), grid_h, grid_w)
-        if self.conv_head is not None:
-            out = out + self.conv_head(out)
-        return out.unflatten(0, (batch, frames)) if video else out
-
-    def kept_tokens(self, batch: int, frames: int, num_tokens: int, device: torch.device) -> torch.Tensor:
-        """Indices (B*T, K, D) of the tokens the routed blocks see: a random (1 - route_ratio) share per
-        clip, the same positions in every frame so temporal attention still lines frames up."""
-        keep = max(1, round(num_tokens * (1 - self.config.route_ratio)))
-        order = torch.rand(batch, num_tokens, device=device).argsort(dim=1)[:, :keep].sort(dim=1).values
-        index = order.repeat_interleave(frames, dim=0)
-        return index[..., None].expand(-1, -1, self.config.hidden_size)
+    def temporal_inputs(self, tokens: torch.Tensor, frames: int, motion_free: torch.Tensor | None):
+        """Frame positions and the motion-free temporal mask (None where not temporal / motion on)."""
+        if not self.config.temporal:
+            return None, None
+        frame_pos = self.frame_pos(frames).to(tokens.dtype)
+        if motion_free is None:
+            return frame_pos, None
+        motion_off = motion_free.to(device=tokens.device, dtype=torch.bool)
+        return frame_pos, temporal_mask(motion_off, tokens.shape[1], frames)
 
     @torch.no_grad()
     def load_t2i_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
