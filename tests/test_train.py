@@ -46,10 +46,6 @@ def test_wrong_type_and_value_name_key_value_and_allowed():
         load_config({"model": {"min_snr_gamma": 0.0}})
     with pytest.raises(ConfigError, match=r"model\.timestep_std=-1\.0 must be positive"):
         load_config({"model": {"timestep_std": -1.0}})
-    with pytest.raises(ConfigError, match=r"model\.route_ratio=1\.0 must be in \[0, 1\)"):
-        load_config({"model": {"route_ratio": 1.0}})
-    with pytest.raises(ConfigError, match=r"model\.route_span=\[1\] must be \[start, end\)"):
-        load_config({"model": {"route_span": [1]}})
 
 
 # --- training -----------------------------------------------------------------------------------
