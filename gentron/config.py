@@ -32,7 +32,7 @@ TEXT_ENCODER_KINDS = ("clip", "hf_clip", "t5", "tiny_clip", "tiny_t5")
 
 @dataclass
 class ModelConfig:
-    size: str = "T/2"  # a name from gentron.sizes (it fixes the patch size); set fields override it
+    size: str = "CS/2"  # a name from gentron.sizes: it sets depth, widths, heads and patch size
     conditioning: Literal["adaln", "cross_attn"] = "cross_attn"
     learn_sigma: bool = False
     prediction: Literal["epsilon", "v"] = "v"  # what the network regresses (DiT: epsilon)
@@ -41,10 +41,10 @@ class ModelConfig:
     min_snr_gamma: Optional[float] = None  # Min-SNR loss weighting (Diffusion.min_snr_weight); None: plain MSE
     timestep_std: Optional[float] = 0.8  # logit-normal training timesteps (Diffusion.sample_timesteps); None: uniform
     patch_size: Optional[int] = None  # must agree with the size name when given
-    depth: Optional[int] = 6
-    hidden_size: Optional[int] = 48
-    mlp_hidden_size: Optional[int] = 96
-    num_heads: Optional[int] = 3
+    depth: Optional[int] = None  # explicit overrides of the size (None: the size's own)
+    hidden_size: Optional[int] = None
+    mlp_hidden_size: Optional[int] = None
+    num_heads: Optional[int] = None
 
 
 @dataclass

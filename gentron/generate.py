@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from gentron.checkpoint import load_checkpoint
 from gentron.config import CellConfig, load_config, to_dict
+from gentron.data.features import model_dtype, to_model_dtype
 from gentron.diffusion import Diffusion
 from gentron.io import atomic_save_image, atomic_write_bytes, atomic_write_text
 from gentron.model import GenTron, GenTronConfig
@@ -82,10 +83,10 @@ def _save(out_dir: Path, row: dict, x: torch.Tensor) -> None:
     atomic_write_bytes(out_dir / row["file"], buffer.getvalue())
 
 
-def _batch_text(cache: PromptCache, prompts: list[str], device) -> list[TextEmbedding]:
+def _batch_text(cache: PromptCache, prompts: list[str], device, dtype: torch.dtype) -> list[TextEmbedding]:
     """The batch's text features from the prompt cache (each prompt encoded once, padding zeroed,
-    so a prompt's features do not depend on its batch-mates)."""
-    return [e.to(device) for e in cache.encode(prompts)]
+    so a prompt's features do not depend on its batch-mates), in the model's dtype."""
+    return to_model_dtype(cache.encode(prompts), dtype, device)
 
 
 @torch.no_grad()
@@ -115,6 +116,7 @@ def generate(cfg: CellConfig | dict | str | Path, checkpoint: str | Path, prompt
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_ema_model(checkpoint, device)
+    dtype = model_dtype(model)
     vae = build_vae(to_dict(cfg)["vae"]).to(device)
     cache = PromptCache(build_encoders(cfg, device))
     diffusion = Diffusion.from_config(cfg.model)
@@ -125,8 +127,8 @@ def generate(cfg: CellConfig | dict | str | Path, checkpoint: str | Path, prompt
 
     for start in tqdm(range(0, len(todo), s.batch_size), desc=f"sampling {out_dir.name}", leave=False):
         batch = todo[start:start + s.batch_size]
-        text = _batch_text(cache, [r["prompt"] for r in batch], device)
-        null = _batch_text(cache, [""] * len(batch), device)
+        text = _batch_text(cache, [r["prompt"] for r in batch], device, dtype)
+        null = _batch_text(cache, [""] * len(batch), device, dtype)
         shape = (len(batch), cfg.data.num_frames, *frame_shape) if video else (len(batch), *frame_shape)
         # One generator per sample: its noise depends on its seed only, not on the batch.
         generators = [torch.Generator().manual_seed(r["seed"]) for r in batch]

@@ -37,7 +37,9 @@ class Size:
 
 # Scaled in depth, width and MLP width together (Zhai et al., "Scaling Vision Transformers").
 # The small sizes are ours, for CPU runs: ViT/DiT widths with MLP = 4x width and head dim 64.
+# CS is the embedded default's model (CompShapes on a CPU): 0.29M parameters at patch 2, 20 px.
 BASES: dict[str, Size] = {
+    "CS": Size(6, 48, 96, 3, "ours: the embedded default (CompShapes, 20 px, CPU); head dim 16, MLP 2x"),
     "T": Size(6, 192, 768, 3, "ours: ViT-Ti width at half its depth, for CPU runs; head dim 64"),
     "S": Size(12, 384, 1536, 6, "DiT-S; head dim 64"),
     "B": Size(12, 768, 3072, 12, "DiT-B; head dim 64"),

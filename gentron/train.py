@@ -38,6 +38,7 @@ from gentron import distributed as D
 from gentron.checkpoint import capture_rng, checkpoint_dir, load_checkpoint, restore_rng, save_checkpoint
 from gentron.config import CellConfig, load_config, save_config, to_dict
 from gentron.data import compshapes
+from gentron.data.features import to_model_dtype
 from gentron.diffusion import Diffusion
 from gentron.io import atomic_torch_save, atomic_write_text
 from gentron.model import GenTron, GenTronConfig
@@ -190,9 +191,9 @@ def take(n: int, count: int, position: int, seed: int, stream: int) -> torch.Ten
 class PromptTable:
     """Every training prompt (and the empty one) encoded once; a batch is a gather."""
 
-    def __init__(self, cache: PromptCache, prompts: list[str], device):
+    def __init__(self, cache: PromptCache, prompts: list[str], device, dtype: torch.dtype = torch.float32):
         self.null_id = len(prompts)
-        self.embeddings = [e.to(device) for e in cache.encode(list(prompts) + [""])]
+        self.embeddings = to_model_dtype(cache.encode(list(prompts) + [""]), dtype, device)
 
     def lookup(self, ids: torch.Tensor) -> list[TextEmbedding]:
         out = []
@@ -310,7 +311,7 @@ def _init_from(path: str, model: GenTron, ema: dict) -> dict | None:
         log.info("initialised a T2V model from T2I checkpoint %s (temporal layers start at zero)", path)
         return None
     model.load_state_dict(state["model"])
-    ema.update({k: state["ema"][k].clone() for k in ema})
+    ema.update({k: state["ema"][k].to(device=v.device, dtype=v.dtype, copy=True) for k, v in ema.items()})
     log.info("initialised from %s (weights, EMA and optimizer state; positions recomputed for %dx%d)",
              path, model.config.input_size, model.config.input_size)
     return state["optimizer"]

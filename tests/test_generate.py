@@ -96,3 +96,23 @@ def test_prompt_files_in_t2i_compbench_layout_and_jsonl(tmp_path):
     jsonl.write_text('{"prompt": "a cat", "category": "coco", "prompt_id": 7}\n')
     assert read_prompt_file(jsonl, seeds=[0], images_per_prompt=1) == [
         {"prompt": "a cat", "category": "coco", "prompt_id": 7, "seed": 0, "index": 0}]
+
+
+def test_bf16_text_encoder_generates_with_an_fp32_model(tmp_path):
+    """Generation runs without autocast: bf16 T5 features must be cast to the model's dtype."""
+    import torch
+
+    from gentron.checkpoint import save_checkpoint
+    from gentron.model import GenTron
+    from gentron.text import build_text_encoder
+    from gentron.train import build_model_config
+    from gentron.vae import build_vae
+    from train_fixtures import local_t5
+
+    encoder = {"kind": "t5", "path": str(local_t5(tmp_path / "t5")), "dtype": "bfloat16", "max_length": 32}
+    cfg = tiny_config(tmp_path, text_encoders=[encoder])
+    torch.manual_seed(0)
+    model = GenTron(build_model_config(cfg, [build_text_encoder(encoder)], build_vae({"kind": "identity"})))
+    ckpt = save_checkpoint(tmp_path / "last.pt", model_config=model.config.to_dict(), ema=model.state_dict())
+    out = generate(cfg, ckpt, RECORDS[:1], tmp_path / "s")
+    assert (out / "color/000000_1.png").exists()

@@ -198,3 +198,58 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path):
     stamp = ckpt.stat().st_mtime_ns
     assert train(cfg, tmp_path / "run") == ckpt
     assert ckpt.stat().st_mtime_ns == stamp and _log_steps(tmp_path / "run") == [1, 2]
+
+
+# --- paper-profile paths that once failed -------------------------------------------------------
+
+def test_bf16_text_features_train_an_fp32_model(tmp_path):
+    """A T5 encoder loaded in bfloat16 (the paper profile's T5-XXL) feeds the fp32 model: its
+    features are cast to the model's dtype, not passed on as bf16."""
+    from train_fixtures import local_t5
+
+    encoder = {"kind": "t5", "path": str(local_t5(tmp_path / "t5")), "dtype": "bfloat16", "max_length": 32}
+    cfg = tiny_config(tmp_path, text_encoders=[encoder], train={"steps": 2})
+    state = load_checkpoint(train(cfg, tmp_path / "run"))
+    assert state["step"] == 2
+    assert all(v.dtype == torch.float32 for v in state["model"].values())
+
+
+def test_init_from_puts_the_ema_where_the_model_is(tmp_path):
+    """The EMA of a stage started from another run's checkpoint lives on the model's device
+    (the meta device stands in for a GPU here: anything that is not the checkpoint's CPU)."""
+    import warnings
+
+    from gentron.model import GenTron, GenTronConfig
+    from gentron.train import _init_from
+
+    path = train(tiny_config(tmp_path, train={"steps": 1}), tmp_path / "s1")
+    state = load_checkpoint(path)
+    for temporal in (False, True):
+        with torch.device("meta"):
+            model = GenTron(GenTronConfig(**{**state["model_config"], "temporal": temporal}))
+        ema = {k: v.detach().clone() for k, v in model.named_parameters()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # loading into meta tensors is a no-op, and torch says so
+            _init_from(str(path), model, ema)
+        assert {v.device.type for v in ema.values()} == {"meta"}, temporal
+
+
+def test_model_size_alone_sets_depth_and_width():
+    """`model.size: B/2` means DiT-B's depth and width; the embedded model has its own size name."""
+    from gentron.sizes import SIZES
+    from gentron.train import build_model_config
+    from gentron.vae import build_vae
+
+    class Encoder:
+        width, pooled_width = 32, 32
+
+    vae = build_vae({"kind": "identity"})
+    b2 = build_model_config(load_config({"model": {"size": "B/2"}}), [Encoder()], vae)
+    assert (b2.depth, b2.hidden_size, b2.mlp_hidden_size, b2.num_heads) == (12, 768, 3072, 12)
+    default = build_model_config(load_config({}), [Encoder()], vae)
+    size, patch = SIZES[default_config().model.size]
+    assert (default.depth, default.hidden_size, default.mlp_hidden_size, default.num_heads, default.patch_size) == (
+        size.depth, size.hidden_size, size.mlp_hidden_size, size.num_heads, patch) == (6, 48, 96, 3, 2)
+    wider = build_model_config(load_config({"model": {"size": "B/2", "hidden_size": 64, "num_heads": 4}}),
+                               [Encoder()], vae)
+    assert (wider.depth, wider.hidden_size, wider.num_heads) == (12, 64, 4)  # explicit overrides still apply

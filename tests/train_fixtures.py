@@ -43,3 +43,17 @@ def state_equal(a: dict, b: dict) -> bool:
     if isinstance(a, torch.Tensor):
         return torch.equal(a, b)
     return a == b
+
+
+def local_t5(folder: Path, width: int = 32) -> Path:
+    """A tiny random T5 encoder and the byte-level tokenizer saved as a local model folder, so that
+    `{kind: t5, path: folder, dtype: bfloat16}` runs the paper profile's T5 code path offline."""
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+    if not (folder / "config.json").exists():
+        config = T5Config(vocab_size=384, d_model=width, d_kv=width // 2, d_ff=2 * width, num_layers=1, num_heads=2,
+                          dropout_rate=0.0, feed_forward_proj="gated-gelu")
+        torch.manual_seed(0)
+        T5EncoderModel(config).save_pretrained(folder)
+        ByT5Tokenizer().save_pretrained(folder)
+    return folder
