@@ -61,6 +61,14 @@ def read(cell_dir: str | Path) -> dict:
     return read_json(path) if path.exists() else {}
 
 
+def read_or_empty(cell_dir: str | Path) -> dict:
+    """The manifest, or {} when it is missing or unreadable (readers that must not fail on a torn file)."""
+    try:
+        return read(cell_dir)
+    except (ValueError, OSError):
+        return {}
+
+
 def write(cell_dir: str | Path, manifest: dict) -> None:
     atomic_write_json(Path(cell_dir) / MANIFEST, manifest)
 

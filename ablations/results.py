@@ -1,7 +1,7 @@
 """runs/<grid>/results.parquet, rebuilt from the cells' cell.json and metrics.json (never edited),
 and the table printed at the end of a run: mean and 95% CI per arm, seeds pooled.
 
-Pooling over seeds is reports.results.group_over_seeds (the results browser's own): the mean of
+Pooling over seeds is ablations.runfolder.group_over_seeds (the results browser's too): the mean of
 the seeds' means with a t-based 95% CI across seeds; an arm with one seed keeps its CI over prompts.
 """
 from __future__ import annotations
@@ -12,27 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from gentron.io import atomic_write_bytes, read_json
-from reports.results import group_over_seeds
+from ablations.runfolder import RESULTS, collect, group_over_seeds
+from gentron.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-RESULTS = "results.parquet"
-COLUMNS = ["grid", "cell_id", "metric", "mean", "ci_low", "ci_high", "n"]
 REPORT_HINT = "streamlit run reports/app.py"
-
-
-def collect(grid_dir: str | Path) -> pd.DataFrame:
-    """One row per (cell, metric) of every cell that has metrics.json, plus an `axis.<name>` column per axis."""
-    grid_dir = Path(grid_dir)
-    rows = []
-    for metrics_path in sorted(grid_dir.glob("*/metrics.json")):
-        info = read_json(metrics_path.parent / "cell.json")
-        axes = {f"axis.{k}": v for k, v in info["axes"].items()}
-        for metric, value in read_json(metrics_path).items():
-            rows.append({"grid": grid_dir.name, "cell_id": info["cell_id"], "metric": metric,
-                         **{k: value.get(k) for k in ("mean", "ci_low", "ci_high", "n")}, **axes})
-    return pd.DataFrame(rows, columns=None if rows else COLUMNS)
 
 
 def write_results(grid_dir: str | Path) -> Path:
@@ -65,9 +50,7 @@ def format_results(grid_dir: str | Path, cell_ids: list[str], note: str = "") ->
     """The printed summary of the planned cells (results.parquet keeps every cell of the folder):
     the arm table, what the profile is, and where to look next."""
     grid_dir = Path(grid_dir)
-    results = collect(grid_dir)
-    if not results.empty:
-        results = results[results["cell_id"].isin(cell_ids)]
+    results = collect(grid_dir, cell_ids)
     lines = [f"results of grid '{grid_dir.name}'" + (f" ({note})" if note else "")]
     if results.empty:
         lines.append("no cell has metrics yet")

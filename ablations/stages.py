@@ -20,14 +20,11 @@ import yaml
 
 from ablations import manifest
 from ablations.grid import Cell, metric_prompt_set, registry
+from ablations.runfolder import CELL, CHECKPOINT, CONFIG, METRICS, STAGES, TRAIN_LOG, stage_states
 from gentron.io import atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
-STAGES = ("train", "sample", "evaluate", "record")
-CONFIG, CELL, METRICS = "config.yaml", "cell.json", "metrics.json"
-CHECKPOINT = Path("checkpoints") / "last.pt"
-TRAIN_LOG = "train_log.jsonl"
 
 
 # --- cell folders -------------------------------------------------------------------------------
@@ -61,15 +58,8 @@ def load(cell_dir: str | Path) -> tuple[Path, dict, dict]:
 
 
 def states(cell_dir: str | Path) -> dict[str, str]:
-    """{stage: pending|running|done|failed}, taking changed evaluation settings into account."""
-    cell_dir = Path(cell_dir)
-    found = manifest.read(cell_dir)
-    out = {s: manifest.stage_state(found, s) for s in STAGES}
-    if out["evaluate"] == "done" and (cell_dir / CONFIG).exists():
-        _, config, _ = load(cell_dir)
-        if found["stages"]["evaluate"].get("metrics") != config["eval"]["metrics"]:
-            out["evaluate"] = out["record"] = "pending"
-    return out
+    """{stage: pending|running|done|failed} (ablations.runfolder.stage_states)."""
+    return stage_states(cell_dir)
 
 
 def is_complete(cell_dir: str | Path) -> bool:

@@ -5,7 +5,7 @@ random numbers for the whole batch (same seed, same generator) and keeps its own
 so N ranks reproduce the single-process run up to floating-point reduction order.
 
 Launch with torchrun (RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR in the environment) or under
-SLURM (srun; slurm.launcher.init_distributed_from_slurm reads SLURM_PROCID and friends).
+SLURM (srun; init_distributed_from_slurm reads SLURM_PROCID and friends).
 """
 from __future__ import annotations
 
@@ -39,13 +39,26 @@ class DistInfo:
         return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
+def init_distributed_from_slurm() -> tuple[int, int, int]:
+    """Export MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE/LOCAL_RANK for torch.distributed's env://
+    init from SLURM's task variables; returns (rank, world_size, local_rank), (0, 1, 0) outside a
+    SLURM task. CUDA_VISIBLE_DEVICES is left as SLURM set it: select the GPU with local_rank."""
+    if "SLURM_JOB_ID" not in os.environ or "SLURM_PROCID" not in os.environ:
+        return 0, 1, 0
+    import submitit  # only under SLURM
+
+    env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
+                                                                  overwrite=True)
+    log.info("distributed: rank %d/%d (local %d), master %s:%d", env.rank, env.world_size,
+             env.local_rank, env.master_addr, env.master_port)
+    return env.rank, env.world_size, env.local_rank
+
+
 def init_distributed() -> DistInfo:
     """Join the process group described by the environment; a lone process gets DistInfo()."""
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_NTASKS", 1)) > 1:
-        from slurm.launcher import init_distributed_from_slurm
-
         init_distributed_from_slurm()  # exports RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* from SLURM's
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
         return DistInfo()

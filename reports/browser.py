@@ -374,8 +374,9 @@ def view_run(long: pd.DataFrame, cells: pd.DataFrame) -> None:
     cell = cells.iloc[labels.index(picked)]
     detail = results.cell_detail(cell["path"])
     st.subheader(f"{cell['grid']}/{cell['cell_id']} · status: {cell['status']}")
-    st.write(" ".join(("✅ " if done else "❌ ") + stage for stage, done in detail["stages"].items()))
-    missing = [s for s, done in detail["stages"].items() if not done]
+    marks = {"done": "✅", "running": "⏳", "failed": "❌", "pending": "·"}
+    st.write(" ".join(f"{marks.get(state, '·')} {stage} ({state})" for stage, state in detail["stages"].items()))
+    missing = [s for s, state in detail["stages"].items() if state != "done"]
     if missing:
         st.warning(f"Missing: {', '.join(missing)}. Rerun `python ablations/run.py grid={cell['grid']}` to resume this cell.")
     st.json(detail["cell"].get("axes", {}))

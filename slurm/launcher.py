@@ -354,15 +354,3 @@ def cancel(folder: Path) -> list[str]:
 
 
 # ---- inside a job ------------------------------------------------------------------------------
-
-def init_distributed_from_slurm() -> tuple[int, int, int]:
-    """Export MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE/LOCAL_RANK for torch.distributed's env://
-    init from SLURM's task variables; returns (rank, world_size, local_rank), (0, 1, 0) outside a
-    SLURM task. CUDA_VISIBLE_DEVICES is left as SLURM set it: select the GPU with local_rank."""
-    if "SLURM_JOB_ID" not in os.environ or "SLURM_PROCID" not in os.environ:
-        return 0, 1, 0
-    env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
-                                                                  overwrite=True)
-    log.info("distributed: rank %d/%d (local %d), master %s:%d", env.rank, env.world_size,
-             env.local_rank, env.master_addr, env.master_port)
-    return env.rank, env.world_size, env.local_rank

@@ -50,6 +50,8 @@ AXIS_KEYS = {"conditioning": ("model", "conditioning"), "size": ("model", "size"
              "mfg_scale": ("sample", "mfg_scale"), "cfg_scale": ("sample", "cfg_scale"),
              "lr": ("train", "lr"), "text_encoder": ("text_encoders",)}
 STAGES = ("config", "train", "samples", "eval", "metrics")
+# the grid runner's stage each fixture step stands for (ablations.runfolder.STAGES)
+RUN_STAGES = {"train": "train", "samples": "sample", "eval": "evaluate", "metrics": "record"}
 
 
 def prompts(n: int) -> list[dict]:
@@ -164,7 +166,8 @@ def build_cell(grid_dir: Path, grid: str, axes: dict, *, n_prompts: int = 12, im
         metrics = {f"{METRIC}/{k}": v for k, v in evaluation["aggregate"].items()}
     if "metrics" in reached:
         atomic_write_json(cell_dir / "metrics.json", metrics)
-    _write_manifest(cell_dir, seed, "done" if stop_after == "metrics" else "running")
+    _write_manifest(cell_dir, seed, "done" if stop_after == "metrics" else "running",
+                    done=[RUN_STAGES[s] for s in reached if s in RUN_STAGES])
     return cell_id, metrics
 
 
@@ -185,12 +188,17 @@ def _evaluation(plist: list[dict], strength: float, seed: int, video: bool) -> d
     return result(METRIC, per_image, {"judge": "compshapes-oracle", "resolution": 32}, comparable_to_paper=False)
 
 
-def _write_manifest(cell_dir: Path, seed: int, status: str) -> None:
+def _write_manifest(cell_dir: Path, seed: int, status: str, done: list[str] = RUN_STAGES.values()) -> None:
+    """A manifest in the grid runner's format (ablations.manifest): stages listed in `done` are done."""
+    stages = {s: {"status": "done", "start": "2025-01-01T00:00:00Z", "end": "2025-01-01T00:05:00Z",
+                  "seconds": 300.0} for s in done}
+    if "evaluate" in stages:
+        stages["evaluate"]["metrics"] = [METRIC]
     atomic_write_json(cell_dir / "manifest.json", {
-        "git_commit": "0123456789abcdef0123456789abcdef01234567", "dirty": False,
-        "versions": {"python": "3.11", "torch": "2.14.1"}, "host": "testhost", "seeds": {"train": seed},
+        "git": {"commit": "0123456789abcdef0123456789abcdef01234567", "dirty": False},
+        "versions": {"torch": "2.14.1"}, "python": "3.11", "host": "testhost", "seeds": {"train": seed},
         "start": "2025-01-01T00:00:00Z", "end": "2025-01-01T00:10:00Z" if status == "done" else None,
-        "stage_timings": {"train": 420.0, "sample": 30.0, "eval": 12.0}, "status": status})
+        "status": status, "stages": stages})
 
 
 def build_grid(runs_dir: Path, grid: str = "conditioning", axes: dict | None = None, *, n_prompts: int = 12,

@@ -117,7 +117,23 @@ def test_half_finished_grid_names_what_is_missing(runs, monkeypatch):
     for name in ["Plots", "Paper table", "Samples", "Run detail"]:
         at = view(at, name)
         assert_clean(at)
-    assert any("Missing: samples, eval, metrics" in w.value for w in at.warning)
+    assert any("Missing: sample, evaluate, record" in w.value for w in at.warning)
+
+
+def test_a_periodic_checkpoint_is_not_a_trained_cell(tmp_path):
+    """Stage states come from the manifest: checkpoints/last.pt exists from the first periodic save,
+    so a cell whose training is still running must not read as trained."""
+    grid_dir = build_grid(tmp_path, "half", stop_after="train")
+    cells = results.load_grid(grid_dir).cells
+    assert (Path(cells["path"].iloc[0]) / "checkpoints" / "last.pt").exists()
+    assert set(cells["stage.train"]) == {"done"}
+    manifest_path = Path(cells["path"].iloc[0]) / "manifest.json"
+    found = json.loads(manifest_path.read_text())
+    found["stages"]["train"]["status"] = "running"
+    manifest_path.write_text(json.dumps(found))
+    grid = results.load_grid(grid_dir)
+    assert grid.cells.set_index("cell_id").loc[cells["cell_id"].iloc[0], "stage.train"] == "running"
+    assert any("lack a finished training stage" in p for p in grid.problems)
 
 
 def test_paper_table_has_paper_rows_and_exports(runs, monkeypatch):

@@ -18,7 +18,8 @@ import pytest
 
 import slurm
 from gentron.io import atomic_write_json, read_json
-from slurm.launcher import (cancel, grid_status, init_distributed_from_slurm, load_profile,
+from gentron.distributed import init_distributed_from_slurm
+from slurm.launcher import (cancel, grid_status, load_profile,
                             read_jobs, submit_stage, validate_profile)
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
