@@ -33,6 +33,25 @@ def environment() -> dict:
             "host": socket.gethostname(), "platform": platform.platform()}
 
 
+@lru_cache(maxsize=1)
+def hardware() -> dict:
+    """What ran the numbers: float kernels differ between CPUs (AVX2 vs AVX-512) and GPUs, so a table
+    reproduces exactly only on the same kind of machine and thread counts."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "gpus": gpus, "cuda": torch.version.cuda if gpus else None}
+
+
 def _git() -> dict:
     def git(*args: str) -> str | None:
         try:
@@ -95,9 +114,10 @@ def begin(cell_dir: Path, stage: str) -> float:
     manifest = read(cell_dir)
     entry = manifest.setdefault("stages", {}).setdefault(stage, {})
     entry.update(status="running", start=now(), end=None, host=socket.gethostname(),
-                 job_id=_job_id(), attempts=entry.get("attempts", 0) + 1, threads=torch.get_num_threads())
+                 job_id=_job_id(), attempts=entry.get("attempts", 0) + 1, threads=torch.get_num_threads(),
+                 interop_threads=torch.get_num_interop_threads(), hardware=hardware())
     manifest["start"] = manifest.get("start") or entry["start"]
-    manifest.update(status="running", **environment())
+    manifest.update(status="running", **environment(), hardware=hardware())
     write(cell_dir, manifest)
     return time.perf_counter()
 

@@ -44,6 +44,9 @@ def test_layout_metrics_results_and_table(tiny_run):
         assert info["axes"] == cell.axes and info["cell_id"] == cell.cell_id
         manifest = json.loads((d / "manifest.json").read_text())
         assert manifest["status"] == "done" and manifest["git"]["commit"] and "torch" in manifest["versions"]
+        import torch  # the manifest names the float kernels that produced the numbers
+        assert manifest["hardware"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert manifest["hardware"]["cpu"] and manifest["stages"]["train"]["interop_threads"] >= 1
         assert all(manifest["stages"][s]["status"] == "done" for s in ("train", "sample", "evaluate", "record"))
         assert "compshapes_judge/color" in json.loads((d / "metrics.json").read_text())
     table = pd.read_parquet(grid_dir / "results.parquet")
