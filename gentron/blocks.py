@@ -29,7 +29,7 @@ class GenTronBlock(nn.Module):
     Self-attention and MLP are pre-normed with adaLN-Zero driven by c (time + pooled text): a linear
     layer initialised to zero gives shift/scale/gate, so both branches start closed. Cross- and
     temporal attention are pre-normed with a plain LayerNorm: c already reaches the block through
-    adaLN, and text tokens come in through the keys/values (GENTRON.md, section 1).
+    adaLN, and text tokens come in through the keys/values (docs/method.md).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_hidden_size: int,

@@ -10,7 +10,7 @@ from it.
 
 Sampling: DDPM, DDIM or DPM-Solver++ from diffusers, configured with the very same betas. Guidance
 runs every branch in one batched forward per step: 2B rows for classifier-free guidance, 3B for
-motion-free guidance (GENTRON.md section 2). With `learn_sigma` guidance applies to the epsilon
+motion-free guidance (docs/method.md). With `learn_sigma` guidance applies to the epsilon
 half; DDPM then samples with the learned variance (diffusers' "learned_range", taken from the
 fully conditioned branch as DiT does), while DDIM and DPM-Solver++ are fixed-variance samplers and
 use the guided epsilon only.

@@ -52,7 +52,7 @@ SIZES: dict[str, tuple[Size, int]] = {
     f"{name}/{p}": (size, p) for name, size in BASES.items() for p in PATCH_SIZES
 }
 
-# Parameter counts the paper reports (with cross-attention; GENTRON.md, section 1).
+# Parameter counts the paper reports (with cross-attention; docs/method.md).
 PAPER_PARAMS = {"XL/2": 930.0e6, "G/2": 3083.8e6}
 
 # (token widths, pooled widths) per text-encoder choice; T5-XXL's pooled vector is its token mean.

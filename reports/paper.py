@@ -1,5 +1,5 @@
 """The 'paper table': our variants in the shape of GenTron's Table 2 (T2I-CompBench categories),
-next to the paper's own numbers (GENTRON.md section 4), exportable as CSV and LaTeX."""
+next to the paper's own numbers (docs/method.md), exportable as CSV and LaTeX."""
 from __future__ import annotations
 
 import re

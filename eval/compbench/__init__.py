@@ -1,4 +1,4 @@
-"""T2I-CompBench (Huang et al., NeurIPS 2023) as its reference code scores it (GENTRON.md section 4b):
+"""T2I-CompBench (Huang et al., NeurIPS 2023) as its reference code scores it (docs/method.md):
 BLIP-VQA for attribute binding (color, shape, texture), a zero-shot detector for 2D spatial relations,
 CLIP cosine for non-spatial relations, and their mean for complex prompts ("3-in-1").
 
