@@ -67,6 +67,14 @@ class DataConfig:
     path: Optional[str] = None  # real data: folder, manifest file, or shard pattern
     cache_dir: Optional[str] = None  # encoded latents; default <run_dir>/cache
     on_error: Literal["skip", "raise"] = "skip"  # corrupt real samples: warn and count, or stop
+    # Where the frozen encoders run (docs/training_at_scale.md): `memory` encodes the whole data set
+    # once and gathers batches from memory (small data: the embedded default); `per_batch` streams
+    # samples through loader workers and runs the VAE and text encoders on each batch on the device;
+    # `shards` streams VAE latents that `python -m gentron.data.encode` wrote to features_dir.
+    encode: Literal["memory", "per_batch", "shards"] = "memory"
+    num_workers: int = 2  # loader worker processes per rank when streaming
+    shuffle_buffer: int = 1000  # entries in each worker's shuffle buffer when streaming
+    features_dir: Optional[str] = None  # encode=shards: the folder of feature shards
 
 
 @dataclass
@@ -237,6 +245,11 @@ def _check_values(cfg: CellConfig) -> None:
         raise ConfigError("vae.kind=autoencoder_kl needs vae.path (e.g. stabilityai/sd-vae-ft-ema or a local folder)")
     if cfg.data.kind != "compshapes" and not cfg.data.path:
         raise ConfigError(f"data.kind={cfg.data.kind} needs data.path (a folder, manifest or shard pattern)")
+    if cfg.data.encode == "shards" and not cfg.data.features_dir:
+        raise ConfigError("data.encode=shards needs data.features_dir (written by python -m gentron.data.encode)")
+    if cfg.data.num_workers < 0 or cfg.data.shuffle_buffer < 1:
+        raise ConfigError(f"data.num_workers={cfg.data.num_workers} must be >= 0 and data.shuffle_buffer="
+                          f"{cfg.data.shuffle_buffer} >= 1")
     if cfg.data.kind == "video_folder" and not cfg.data.video:
         raise ConfigError("data.kind=video_folder needs data.video=true")
     if cfg.data.video and cfg.data.kind not in ("compshapes", "video_folder"):

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 LOG_FILE = "train_log.jsonl"
 CACHE_VERSION = 1  # bump when the cached-data layout changes (what CompShapes draws: its VERSION)
+# Data settings that do not change what an encoded data set holds.
+NOT_IN_DATA_KEY = ("cache_dir", "on_error", "encode", "num_workers", "shuffle_buffer", "features_dir")
 
 
 class TrainingDiverged(RuntimeError):
@@ -138,7 +140,7 @@ def _encode_items(items, total, vae, key: str, device, batch_size: int = 256):
 
 def load_training_set(cfg: CellConfig, vae, cache_dir: Path, info: D.DistInfo, device) -> TrainingSet:
     """Rank 0 encodes the data once into `cache_dir/data-<hash>.pt`; everyone loads that file."""
-    key = json.dumps({"data": {k: v for k, v in to_dict(cfg)["data"].items() if k not in ("cache_dir", "on_error")},
+    key = json.dumps({"data": {k: v for k, v in to_dict(cfg)["data"].items() if k not in NOT_IN_DATA_KEY},
                       "vae": to_dict(cfg)["vae"], "version": CACHE_VERSION,
                       "compshapes": compshapes.VERSION if cfg.data.kind == "compshapes" else None}, sort_keys=True)
     path = cache_dir / f"data-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
@@ -331,24 +333,25 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
     cache_dir = default_cache_dir(cfg, run_dir)
     encoders = build_encoders(cfg, device)
     vae = build_vae(to_dict(cfg)["vae"]).to(device)
-    data = load_training_set(cfg, vae, cache_dir, info, device)
-    table = PromptTable(PromptCache(encoders, cache_dir / "prompts"), data.prompts, device)
-    del encoders  # never run per step
+    state = load_checkpoint(last_path) if last_path.exists() else None
+    dtype = torch.float32  # the model's parameters, and so its compute dtype (autocast lowers it on GPU)
+    data = build_training_data(cfg, info, device, dtype, vae, encoders, cache_dir, state and state["data"])
+    del encoders, vae  # the data keeps what it runs per batch
 
     torch.manual_seed(t.seed)
-    model = GenTron(build_model_config(cfg, [_Width(e) for e in table.embeddings], vae)).to(device)
+    model = GenTron(build_model_config(cfg, [_Width(*w) for w in data.widths], _Latent(cfg, data))).to(device)
     ema = {k: v.detach().clone() for k, v in model.named_parameters()}
     generator = torch.Generator().manual_seed(t.seed)
-    step, consumed, optimizer_state = 0, {"images": 0, "clips": 0}, None
-    if last_path.exists():
-        state = load_checkpoint(last_path)
+    step, optimizer_state = 0, None
+    if state is not None:
         model.load_state_dict(state["model"])
         ema = {k: state["ema"][k].to(device) for k in ema}
-        step, consumed, optimizer_state = state["step"], state["data"], state["optimizer"]
+        step, optimizer_state = state["step"], state["optimizer"]
         restore_rng(state["rng"], generator)
         log.info("resuming %s at step %d", run_dir, step)
     elif t.init_from:
         optimizer_state = _init_from(t.init_from, model, ema)
+    del state
     if info.is_main:
         log.info("model: %.2fM parameters, %s", model.num_params() / 1e6, model.config)
 
@@ -373,7 +376,7 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
             model=D.full_model_state(model),
             ema={k: _full(v) for k, v in ema.items()},
             optimizer=D.full_optimizer_state(model, optimizer),
-            step=step, data=dict(consumed), rng=capture_rng(generator),
+            step=step, data=data.state_dict(), rng=capture_rng(generator),
             config=to_dict(cfg), model_config=D.unwrap(model).config.to_dict(),
         )
         if info.is_main:
@@ -391,18 +394,13 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x0, ids, motion_free = _batch(cfg, data, consumed, generator)
-            keep = torch.rand(len(ids), generator=generator) >= t.caption_dropout
-            ids = torch.where(keep, ids, torch.full_like(ids, table.null_id))
+            x0, text, motion_free = data.next_batch(generator)
             # Timesteps and noise for the whole global batch, so every rank count gives the same run.
-            timesteps = diffusion.sample_timesteps(len(ids), generator)
-            noise = torch.randn(x0.shape, generator=generator)
-            text = [e[local] for e in table.lookup(ids.to(device))]
+            timesteps = diffusion.sample_timesteps(t.batch_size, generator)
+            noise = torch.randn((t.batch_size, *x0.shape[1:]), generator=generator)
             with _autocast(cfg, device):
-                losses = diffusion.training_loss(
-                    forward, x0[local].to(device), text,
-                    motion_free=None if motion_free is None else motion_free[local].to(device),
-                    t=timesteps[local].to(device), noise=noise[local].to(device))
+                losses = diffusion.training_loss(forward, x0, text, motion_free=motion_free,
+                                                 t=timesteps[local].to(device), noise=noise[local].to(device))
             loss = losses["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -428,6 +426,8 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
                 steps_per_s = window_steps / max(elapsed, 1e-9)
                 row = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "steps_per_s": steps_per_s,
                        "images_per_s": steps_per_s * t.batch_size}
+                if data.skipped:
+                    row["skipped"] = data.skipped  # bad samples this rank's loader workers skipped so far
                 for k in ("loss", "mse", "vb"):
                     v = losses.get(k)
                     row[k] = None if v is None else float(D.all_reduce_mean(v.detach().float(), info))
@@ -440,17 +440,26 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
         write_checkpoint()
     bar.close()
     metrics.close()
+    data.close()
     if stop.requested:
         log.warning("stopped at step %d of %d; run again to resume", step, t.steps)
     D.shutdown(info)
     return last_path
 
 
+@dataclass
 class _Width:
-    """An encoder's widths, read from its cached embeddings (the encoder itself is gone by then)."""
+    """An encoder's (token, pooled) widths, as the training data reports them."""
+    width: int
+    pooled_width: int
 
-    def __init__(self, emb: TextEmbedding):
-        self.width, self.pooled_width = emb.tokens.shape[-1], emb.pooled.shape[-1]
+
+class _Latent:
+    """The latent space the model works in: the VAE's, or the stored latents' (feature shards)."""
+
+    def __init__(self, cfg: CellConfig, data: TrainingData):
+        vae = getattr(data, "vae", None) or build_vae(to_dict(cfg)["vae"])
+        self.channels, self.downsample = vae.channels, vae.downsample
 
 
 def _like(param, full: torch.Tensor):
@@ -480,6 +489,161 @@ def _batch(cfg: CellConfig, data: TrainingSet, consumed: dict, generator: torch.
     idx = take(len(data.clips), n, consumed["clips"], t.seed, stream=1)
     consumed["clips"] += n
     return data.clips[idx], data.clip_prompts[idx], torch.zeros(n, dtype=torch.bool)
+
+
+class TrainingData:
+    """What the trainer draws each step, however the data is stored: `next_batch(generator)` ->
+    (x0, text, motion_free) for this rank, on the device, in the model's dtype. It makes the step's
+    first random draws from `generator`, in this order: the motion-free coin (video), then caption
+    dropout for the whole global batch. `widths` are the encoders' (token, pooled) widths."""
+
+    def __init__(self, cfg: CellConfig, info: D.DistInfo, device, dtype: torch.dtype):
+        self.cfg, self.info, self.device, self.dtype = cfg, info, device, dtype
+        self.local = D.local_slice(cfg.train.batch_size, info)
+        self.consumed = {"images": 0, "clips": 0}
+        self.widths: list = []
+
+    def motion_free_step(self, generator: torch.Generator) -> bool:
+        return bool(torch.rand((), generator=generator) < self.cfg.train.p_motion_free)
+
+    def keep_captions(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.rand(self.cfg.train.batch_size, generator=generator) >= self.cfg.train.caption_dropout
+
+    @property
+    def skipped(self) -> int:
+        return 0
+
+    def state_dict(self) -> dict:
+        return dict(self.consumed)
+
+    def close(self) -> None:
+        pass
+
+
+class InMemoryData(TrainingData):
+    """Small data (the embedded default): latents and every caption's text features encoded once
+    (load_training_set, PromptTable), a batch is a gather at positions of a shuffled epoch order."""
+
+    def __init__(self, cfg, info, device, dtype, vae, encoders, cache_dir: Path, state: dict | None):
+        super().__init__(cfg, info, device, dtype)
+        self.vae = vae
+        self.data = load_training_set(cfg, vae, cache_dir, info, device)
+        self.table = PromptTable(PromptCache(encoders, cache_dir / "prompts"), self.data.prompts, device, dtype)
+        self.widths = [(e.tokens.shape[-1], e.pooled.shape[-1]) for e in self.table.embeddings]
+        if state:
+            self.consumed = {"images": state["images"], "clips": state["clips"]}
+
+    def next_batch(self, generator):
+        x0, ids, motion_free = _batch(self.cfg, self.data, self.consumed, generator)
+        keep = self.keep_captions(generator)
+        ids = torch.where(keep, ids, torch.full_like(ids, self.table.null_id))
+        text = [e[self.local] for e in self.table.lookup(ids.to(self.device))]
+        return (x0[self.local].to(self.device), text,
+                None if motion_free is None else motion_free[self.local].to(self.device))
+
+
+class StreamingData(TrainingData):
+    """Large data: local batches streamed by loader workers (gentron.data.stream); the VAE (unless
+    the stream holds latents) and the text encoders run on each batch, on the device, under no_grad,
+    in their own dtype, and their outputs meet the model's dtype in `to_model_dtype`."""
+
+    def __init__(self, cfg, info, device, dtype, vae, encoders, state: dict | None):
+        from gentron.data.stream import Readers, ResumableLoader
+
+        super().__init__(cfg, info, device, dtype)
+        self.vae, self.encoders = vae, encoders
+        self.widths = [(e.width, e.pooled_width) for e in encoders]
+        readers = Readers(info.rank, info.world_size, cfg.data.num_workers)
+        state = state or {}
+        self.consumed = {"images": state.get("images", 0), "clips": state.get("clips", 0)}
+        saved = state.get("streams", {})
+        per_rank = self.local.stop - self.local.start
+        self.streams = {}
+        for name, source in streaming_sources(cfg).items():
+            own = saved.get(name)
+            self.streams[name] = ResumableLoader(
+                source, per_rank, cfg.train.seed + (1 if name == "clips" else 0), readers,
+                cfg.data.shuffle_buffer, own[info.rank] if own else None)
+
+    @property
+    def skipped(self) -> int:
+        return sum(s.skipped for s in self.streams.values())
+
+    def next_batch(self, generator):
+        n = self.cfg.train.batch_size
+        motion_free = None
+        name = "images"
+        if self.cfg.data.video:
+            image_step = self.motion_free_step(generator)
+            name = "images" if image_step and "images" in self.streams else "clips"
+            motion_free = torch.full((self.local.stop - self.local.start,), image_step, dtype=torch.bool,
+                                     device=self.device)
+        batch = self.streams[name].next()
+        self.consumed["clips" if motion_free is not None and not bool(motion_free[0]) else "images"] += n
+        keep = self.keep_captions(generator)[self.local]
+        captions = [c if k else "" for c, k in zip(batch["caption"], keep.tolist())]
+        x0 = self._latents(batch)
+        if motion_free is not None:
+            if x0.ndim == 4:  # images as static pseudo-videos
+                x0 = x0.unsqueeze(1).expand(-1, self.cfg.data.num_frames, -1, -1, -1)
+            elif bool(motion_free[0]):  # a video folder has no images: middle frames stand in
+                x0 = x0[:, x0.shape[1] // 2].unsqueeze(1).expand(-1, x0.shape[1], -1, -1, -1)
+        with torch.no_grad():
+            text = [encoder.encode(captions) for encoder in self.encoders]
+        return x0, to_model_dtype(text, self.dtype, self.device), motion_free
+
+    @torch.no_grad()
+    def _latents(self, batch: dict) -> torch.Tensor:
+        if "latent" in batch:
+            z = batch["latent"].to(self.device)
+        elif "video" in batch:
+            x = batch["video"].to(self.device)
+            z = self.vae.encode(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+        else:
+            z = self.vae.encode(batch["image"].to(self.device))
+        return z.to(self.dtype)
+
+    def state_dict(self) -> dict:
+        streams = {name: s.state_dict() for name, s in self.streams.items()}
+        if self.info.enabled:  # every rank's loader position: rank 0 writes them all
+            import torch.distributed as dist
+
+            gathered = [None] * self.info.world_size
+            dist.all_gather_object(gathered, streams)
+            streams = {name: [g[name] for g in gathered] for name in streams}
+        else:
+            streams = {name: [s] for name, s in streams.items()}
+        return {**self.consumed, "streams": streams}
+
+    def close(self) -> None:
+        for s in self.streams.values():
+            s.close()
+
+
+def streaming_sources(cfg: CellConfig) -> dict:
+    """{"images": source, "clips": source} a streamed cell reads (either may be absent)."""
+    from gentron.data.stream import IndexedSource
+
+    data = cfg.data
+    if data.encode == "shards":
+        from gentron.data.encode import FeatureShards
+
+        return {"clips" if data.video else "images": FeatureShards(data.features_dir)}
+    if data.kind == "compshapes":
+        sources = {"images": IndexedSource(compshapes.from_config({**to_dict(cfg)["data"], "video": False}))}
+        if data.video:
+            sources["clips"] = IndexedSource(compshapes.from_config({**to_dict(cfg)["data"], "video": True}))
+        return sources
+    from gentron.data.real import build_real_dataset
+
+    return {"clips" if data.kind == "video_folder" else "images": build_real_dataset(data)}
+
+
+def build_training_data(cfg: CellConfig, info: D.DistInfo, device, dtype, vae, encoders, cache_dir: Path,
+                        state: dict | None) -> TrainingData:
+    if cfg.data.encode == "memory":
+        return InMemoryData(cfg, info, device, dtype, vae, encoders, cache_dir, state)
+    return StreamingData(cfg, info, device, dtype, vae, encoders, state)
 
 
 def main(argv: list[str] | None = None) -> None:

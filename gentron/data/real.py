@@ -68,11 +68,26 @@ class _Streaming(torch.utils.data.IterableDataset):
         if not self.path.exists():
             raise FileNotFoundError(f"data.path {self.path} does not exist")
 
-    def _entries(self) -> Iterator:
+    def units(self, min_units: int = 1) -> list:
+        """The data set cut into units (at least `min_units` where the data allows) (shards, chunks of files, byte ranges of a manifest) that
+        gentron.data.stream shuffles per epoch and splits over ranks and loader workers."""
         raise NotImplementedError
+
+    def entries(self, unit) -> Iterator:
+        """The undecoded entries of one unit, in a fixed order (a path, a manifest row, a tar
+        sample's raw bytes): cheap to hold in a shuffle buffer, decoded by `_load`."""
+        raise NotImplementedError
+
+    def _entries(self) -> Iterator:
+        for unit in self.units():
+            yield from self.entries(unit)
 
     def _load(self, entry) -> dict:
         raise NotImplementedError
+
+    def decode(self, entry) -> dict:
+        """One entry as a sample dict; raises BadSample for a sample that cannot be used."""
+        return self._load(entry)
 
     def __iter__(self) -> Iterator[dict]:
         worker = torch.utils.data.get_worker_info()
@@ -106,28 +121,71 @@ def _open_image(path: Path, resolution: int) -> torch.Tensor:
         raise BadSample(f"{path}: unreadable image ({e})") from e
 
 
-class ImageTextFolder(_Streaming):
-    def _entries(self):
+FILES_PER_UNIT = 256  # a folder's sorted files are split into units of this many
+MANIFEST_BYTES_PER_UNIT = 1 << 20  # a manifest is split into byte ranges of this size (no scan needed)
+
+
+class _Files(_Streaming):
+    """A folder tree listed once (sorted), cut into units of FILES_PER_UNIT files."""
+
+    kind, suffixes = "", ()
+
+    def units(self, min_units: int = 1) -> list[list[str]]:
         if not self.path.is_dir():
-            raise ValueError(f"data.kind=image_folder needs a folder, got the file {self.path}")
-        return (p for p in sorted(self.path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES)
+            raise ValueError(f"data.kind={self.kind} needs a folder, got the file {self.path}")
+        files = [str(p) for p in sorted(self.path.rglob("*")) if p.suffix.lower() in self.suffixes]
+        size = max(1, min(FILES_PER_UNIT, len(files) // max(1, min_units)))
+        return [files[i:i + size] for i in range(0, len(files), size)]
+
+    def entries(self, unit):
+        return (Path(p) for p in unit)
+
+
+class ImageTextFolder(_Files):
+    kind, suffixes = "image_folder", IMAGE_SUFFIXES
 
     def _load(self, path: Path) -> dict:
         return {"image": _open_image(path, self.resolution), "caption": _caption(path.with_suffix(".txt"))}
 
 
 class Manifest(_Streaming):
-    def _entries(self):
-        with open(self.path, newline="", encoding="utf-8") as f:
-            if self.path.suffix == ".jsonl":
-                rows = (json.loads(line) for line in f if line.strip())
-            elif self.path.suffix == ".csv":
-                rows = csv.DictReader(f)
-            else:
-                raise ValueError(f"manifest {self.path} must be .csv (path,caption) or .jsonl")
-            for lineno, row in enumerate(rows, 2 if self.path.suffix == ".csv" else 1):
+    """One record per line. Units are byte ranges of the file, so nothing is scanned before the
+    first step: a unit holds the lines that start inside its range."""
+
+    def _header(self) -> tuple[list[str] | None, int]:
+        if self.path.suffix == ".jsonl":
+            return None, 0
+        if self.path.suffix != ".csv":
+            raise ValueError(f"manifest {self.path} must be .csv (path,caption) or .jsonl")
+        with open(self.path, "rb") as f:
+            line = f.readline()
+        return next(csv.reader([line.decode("utf-8")])), len(line)
+
+    def units(self, min_units: int = 1) -> list[tuple[int, int]]:
+        _, start = self._header()
+        size = self.path.stat().st_size
+        step = max(1, min(MANIFEST_BYTES_PER_UNIT, (size - start) // max(1, min_units)))
+        return [(b, min(b + step, size)) for b in range(start, size, step)]
+
+    def entries(self, unit: tuple[int, int]):
+        fields, data_start = self._header()
+        begin, end = unit
+        with open(self.path, "rb") as f:
+            f.seek(begin)
+            if begin > data_start:
+                f.seek(begin - 1)
+                if f.read(1) != b"\n":
+                    f.readline()  # the line that straddles the boundary belongs to the previous unit
+            while f.tell() < end:
+                offset, line = f.tell(), f.readline()
+                if not line:
+                    break
+                text = line.decode("utf-8")
+                if not text.strip():
+                    continue
+                row = json.loads(text) if fields is None else dict(zip(fields, next(csv.reader([text]))))
                 if "path" not in row or "caption" not in row:
-                    raise ValueError(f"{self.path}:{lineno} needs the fields path and caption, got {sorted(row)}")
+                    raise ValueError(f"{self.path} (byte {offset}) needs the fields path and caption, got {sorted(row)}")
                 yield row
 
     def _load(self, row: dict) -> dict:
@@ -151,11 +209,35 @@ class WebDatasetShards(_Streaming):
         super().__init__(self.urls[0], resolution, on_error)
         self.pattern = pattern
 
-    def _entries(self):
-        import webdataset as wds
+    def units(self, min_units: int = 1) -> list[str]:
+        return list(self.urls)
 
-        # No shuffling and no node splitting here: the trainer encodes the data once and splits batches.
-        return iter(wds.WebDataset(self.urls, shardshuffle=False, nodesplitter=None, empty_check=False))
+    def entries(self, url: str):
+        """The samples of one shard: consecutive tar members grouped by key (WebDataset's rule:
+        the name up to the first dot of its base name)."""
+        import tarfile
+
+        from webdataset import gopen
+
+        stream = open(url, "rb") if "://" not in url and not url.startswith("pipe:") else gopen(url, "rb")
+        with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            sample: dict = {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                directory, _, base = member.name.rpartition("/")
+                stem, dot, suffix = base.partition(".")
+                key = f"{directory}/{stem}" if directory else stem
+                if not dot:
+                    continue
+                if sample and sample["__key__"] != key:
+                    yield sample
+                    sample = {}
+                sample.setdefault("__key__", key)
+                sample["__url__"] = url
+                sample[suffix.lower()] = tar.extractfile(member).read()
+            if sample:
+                yield sample
 
     def _load(self, sample: dict) -> dict:
         key = sample.get("__key__", "?")
@@ -173,15 +255,12 @@ class WebDatasetShards(_Streaming):
         return {"image": tensor, "caption": sample["txt"].decode("utf-8").strip()}
 
 
-class VideoFolder(_Streaming):
+class VideoFolder(_Files):
+    kind, suffixes = "video_folder", VIDEO_SUFFIXES
+
     def __init__(self, path, resolution: int, num_frames: int, fps: float, on_error: str = "skip"):
         super().__init__(path, resolution, on_error)
         self.num_frames, self.fps = num_frames, fps
-
-    def _entries(self):
-        if not self.path.is_dir():
-            raise ValueError(f"data.kind=video_folder needs a folder, got the file {self.path}")
-        return (p for p in sorted(self.path.rglob("*")) if p.suffix.lower() in VIDEO_SUFFIXES)
 
     def _load(self, path: Path) -> dict:
         caption = _caption(path.with_suffix(".txt"))
