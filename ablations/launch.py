@@ -115,17 +115,16 @@ def check_resources(p: Plan) -> None:
 
 
 def estimate_params(config: dict) -> float:
-    """Transformer parameters, from depth and widths: self-attention 4w^2, MLP 2w*m, adaLN 6w^2 and,
-    with cross-attention, 4w^2 per block (embedders and text projections are small beside them)."""
-    from gentron.sizes import SIZES
+    """Transformer parameters, counted exactly by gentron.sizes on the meta device, with each text
+    encoder taken as 768 wide (CLIP-L's): what decides where a model can train is its own size."""
+    from gentron import sizes
 
     model = config["model"]
-    size, _ = SIZES[model["size"]]
-    depth = model["depth"] or size.depth
-    width = model["hidden_size"] or size.hidden_size
-    mlp = model["mlp_hidden_size"] or size.mlp_hidden_size
-    cross = 4 * width * width if model["conditioning"] == "cross_attn" else 0
-    return depth * (4 * width * width + 2 * width * mlp + 6 * width * width + cross)
+    overrides = {k: model[k] for k in ("depth", "hidden_size", "mlp_hidden_size", "num_heads") if model.get(k)}
+    widths = (768,) * len(config["text_encoders"])
+    counted = sizes.count_params(sizes.paper_config(model["size"], model["conditioning"], "CLIP-L", text_widths=widths,
+                                                    pooled_widths=widths, **overrides))
+    return float(counted["total"])
 
 
 # --- local --------------------------------------------------------------------------------------

@@ -20,7 +20,10 @@ import json
 import random
 from pathlib import Path
 
+import torch
 from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+from torchvision.utils import make_grid
 
 from eval.common import aggregate, per_prompt_means
 from eval.judge import evaluate, held_out_pairs
@@ -44,14 +47,11 @@ def colour_score(per_image: list[dict]) -> dict:
 
 
 def write_grid(folder: Path, files: list[str], out: Path, columns: int = 8, scale: int = 4, gap: int = 4) -> None:
-    """The images enlarged `scale` times (nearest: the pixels the model drew), `gap` px of white between."""
-    images = [Image.open(folder / f).convert("RGB") for f in files]
-    side = images[0].width * scale
-    pitch = side + gap
-    grid = Image.new("RGB", (columns * pitch - gap, -(-len(images) // columns) * pitch - gap), "white")
-    for i, image in enumerate(images):
-        grid.paste(image.resize((side, side), Image.NEAREST), ((i % columns) * pitch, (i // columns) * pitch))
-    atomic_save_image(out, grid)
+    """The images enlarged `scale` times (nearest: the pixels the model drew), `gap` px of white around each."""
+    images = torch.stack([pil_to_tensor(Image.open(folder / f).convert("RGB")) for f in files])
+    images = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    grid = make_grid(images, nrow=columns, padding=gap, pad_value=255)
+    atomic_save_image(out, to_pil_image(grid))
 
 
 def measure(cell_dir: Path, n: int, png: Path | None) -> None:

@@ -103,3 +103,12 @@ def test_paper_sizes_are_refused_on_a_cpu(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "refusing to train" in err and "launcher=slurm" in err and "GB" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_the_refusal_counts_parameters_exactly():
+    """The CPU refusal uses gentron.sizes' exact count (XL/2 adaLN with CLIP-L: DiT-XL/2's blocks)."""
+    from ablations.launch import estimate_params
+
+    model = {"size": "XL/2", "conditioning": "adaln", "depth": None, "hidden_size": None, "mlp_hidden_size": None,
+             "num_heads": None}
+    assert estimate_params({"model": model, "text_encoders": [{"kind": "clip"}]}) == 674_567_456
