@@ -1,6 +1,10 @@
 """Statistics of pairwise votes: win/draw/loss rates with Wilson CIs (with and without ties),
 rater agreement with the consensus, attention checks, and Bradley-Terry strengths (maximum likelihood,
-a tie counts half a win for each side) with bootstrap CIs. Inputs are `votes.votes_frame` tables."""
+a tie counts half a win for each side) with bootstrap CIs. Inputs are `votes.votes_frame` tables.
+
+Attention checks pair an image with one made from another text; on the question about the text, the
+image of the shown text (`a`) is the right answer. `excluded_raters` applies EXCLUSION_RULE, and the
+results page shows every table with and without the raters it names."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +12,26 @@ import pandas as pd
 from scipy import stats
 
 Z95 = float(stats.norm.ppf(0.975))
+EXCLUSION_RULE = ("A rater is excluded when they fail any attention check: on a check pair, one image made from "
+                  "the shown text and one from another text, they answer \"Which image better matches the text?\" "
+                  "with the other text's image or a draw.")
+
+
+def attention_checks(votes: pd.DataFrame) -> pd.DataFrame:
+    """Per rater who answered at least one question: attention checks answered and passed."""
+    checks = votes[(votes["kind"] == "check") & (votes["question"] == "text")]
+    table = pd.DataFrame({"rater": sorted(votes["rater"].unique())}).set_index("rater")
+    table["checks"] = checks.groupby("rater").size()
+    table["checks_passed"] = checks[checks["choice"] == "a"].groupby("rater").size()
+    return table.fillna(0).astype(int)
+
+
+def excluded_raters(votes: pd.DataFrame) -> dict[str, str]:
+    """{rater: reason} for the raters EXCLUSION_RULE removes."""
+    table = attention_checks(votes)
+    failed = table[table["checks_passed"] < table["checks"]]
+    return {rater: f"failed {row.checks - row.checks_passed} of {row.checks} attention checks"
+            for rater, row in failed.iterrows()}
 
 
 def wilson(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
@@ -58,6 +82,7 @@ def rater_agreement(votes: pd.DataFrame, min_votes: int = 5) -> pd.DataFrame:
     pair and question, attention checks passed, and an outlier flag with the reason."""
     compare = votes[votes["kind"] == "compare"]
     counts = compare.groupby(["pair_id", "question", "choice"]).size().unstack(fill_value=0)
+    checks = attention_checks(votes)
     rows = []
     for rater, mine in votes.groupby("rater"):
         agree = total = 0
@@ -68,10 +93,9 @@ def rater_agreement(votes: pd.DataFrame, min_votes: int = 5) -> pd.DataFrame:
             if others.max() > 0 and len(top) == 1:
                 total += 1
                 agree += int(top.index[0] == vote.choice)
-        checks = mine[(mine["kind"] == "check") & (mine["question"] == "text")]
         rows.append({"rater": rater, "votes": len(mine), "compared": total,
                      "agreement": agree / total if total else np.nan,
-                     "checks": len(checks), "checks_passed": int((checks["choice"] == "a").sum())})
+                     "checks": checks.loc[rater, "checks"], "checks_passed": checks.loc[rater, "checks_passed"]})
     table = pd.DataFrame(rows)
     return _flag_outliers(table, min_votes) if not table.empty else table
 

@@ -8,13 +8,20 @@ under content-hash URLs it controls and re-runs the whole script per click, whic
 those guarantees indirect. A ~300-line Starlette app makes them explicit.
 
     python reports/vote.py [--config vote.yaml] [--db studies/votes.sqlite] [--host 127.0.0.1] [--port 8502]
+
+The rater page is built for phones as much as desktops: both images side by side in portrait, answers as
+large tap targets, the instructions open on the first screen and one tap away after.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import html
+import ipaddress
 import logging
 import os
+import socket
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,15 +39,77 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DB = "studies/votes.sqlite"
 STYLE = """
-body{font-family:system-ui,sans-serif;max-width:980px;margin:24px auto;padding:0 16px;color:#222}
-.prompt{font-size:1.35em;margin:12px 0 18px;padding:12px;background:#f4f4f8;border-radius:8px}
-.pair{display:flex;gap:24px;justify-content:center}.pair figure{margin:0;text-align:center}
-.pair img{width:360px;height:360px;object-fit:contain;image-rendering:pixelated;border:1px solid #ccc;border-radius:6px}
-fieldset{border:1px solid #ddd;border-radius:8px;margin:16px 0;padding:10px 16px}
-label{margin-right:28px;font-size:1.1em;cursor:pointer} button{font-size:1.1em;padding:8px 28px}
-table{border-collapse:collapse;margin:8px 0 20px;font-size:.9em}td,th{border:1px solid #ddd;padding:4px 8px}
-.muted{color:#777}.error{color:#a00}
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1000px;margin:0 auto;padding:12px 12px 32px;
+  color:#1d1d22;font-size:17px;line-height:1.45;-webkit-text-size-adjust:100%}
+h2{font-size:1.3em;margin:.6em 0}
+.progress{color:#666;font-size:.9em;margin:4px 0}
+.prompt{font-size:1.2em;font-weight:600;margin:8px 0 12px;padding:10px 14px;background:#f1f2f8;border-radius:10px}
+.pair{display:flex;gap:10px;justify-content:center}
+.pair figure{flex:1 1 0;min-width:0;max-width:440px;margin:0;text-align:center}
+.pair img{display:block;width:100%;aspect-ratio:1/1;object-fit:contain;image-rendering:pixelated;background:#fafafa;
+  border:1px solid #ccc;border-radius:8px}
+.pair figcaption{font-weight:600;margin-top:4px}
+.question{border:0;margin:14px 0 0;padding:0}
+.question legend{font-weight:600;padding:0;margin-bottom:6px}
+.choices{display:flex;gap:8px}
+.choices label{flex:1 1 0;display:flex;align-items:center;justify-content:center;gap:8px;min-height:52px;
+  padding:6px 8px;border:2px solid #c9cbd6;border-radius:12px;background:#fff;cursor:pointer;font-size:1.05em;
+  -webkit-tap-highlight-color:transparent;user-select:none}
+.choices input{width:22px;height:22px;margin:0;accent-color:#2d5bd7}
+.choices label:has(input:checked){border-color:#2d5bd7;background:#e8eefc}
+button{font:inherit;font-size:1.1em;font-weight:600;cursor:pointer}
+.submit{display:block;width:100%;max-width:440px;min-height:54px;margin:18px auto 0;border:0;border-radius:12px;
+  background:#2d5bd7;color:#fff}
+.help{background:#fff8e6;border:1px solid #f0d48a;border-radius:10px;padding:8px 14px;margin:8px 0}
+.help summary{font-weight:600;cursor:pointer;min-height:32px;line-height:32px}
+.help ul{margin:6px 0;padding-left:20px}.help li{margin:4px 0}
+.scroll{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;margin:8px 0 20px;font-size:.88em}td,th{border:1px solid #ddd;padding:4px 8px;white-space:nowrap}
+th{background:#f4f4f8}.rule{background:#f1f2f8;border-left:4px solid #2d5bd7;padding:8px 12px;border-radius:4px}
+.muted{color:#666}.error{color:#a00}
+@media (min-width:700px){.pair{gap:24px}.prompt{font-size:1.35em}}
 """
+INSTRUCTIONS = """
+<ul>
+<li><b>Visual quality</b>: which picture looks better as a picture: clean, sharp, well-formed shapes, no noise,
+smears or broken parts. Ignore the text for this question.</li>
+<li><b>Matches the text</b>: which picture shows what the text says: the right objects, colours, shapes, counts
+and positions. Ignore how pretty it is.</li>
+<li><b>Draw is fine</b> whenever you cannot tell them apart, or both are equally good or bad. Go with your first
+impression; a few pairs are easy checks.</li>
+</ul>
+"""
+CONFIG_KEYS = ("db", "host", "port")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (problem and fix) instead of usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def whole_number(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number in [minimum, maximum]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small; give a whole number of at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; give a whole number in {minimum}-{maximum}")
+        return value
+    return parse
+
+
+def port_number(text: str) -> int:
+    try:
+        return whole_number(1, 65535)(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port; give a whole number in 1-65535") from e
 
 
 @dataclass
@@ -51,20 +120,45 @@ class VoteSettings:
 
     @classmethod
     def load(cls, config: str | None = None, **overrides) -> "VoteSettings":
-        """Defaults, then a YAML config file (keys db, host, port), then $GENTRON_VOTE_DB, then flags."""
-        values = {}
-        if config:
-            loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
-            unknown = set(loaded) - {"db", "host", "port"}
-            if unknown:
-                raise ValueError(f"{config}: unknown keys {sorted(unknown)}; allowed: db, host, port")
-            values.update(loaded)
+        """Defaults, then a YAML config file (keys db, host, port), then $GENTRON_VOTE_DB, then flags.
+        Every problem raises ValueError naming the file, the key and the fix."""
+        values = dict(_read_config(config)) if config else {}
         if os.environ.get("GENTRON_VOTE_DB"):
             values["db"] = os.environ["GENTRON_VOTE_DB"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         settings.db = Path(settings.db)
         return settings
+
+
+def _read_config(config: str) -> dict:
+    path = Path(config)
+    if not path.is_file():
+        raise ValueError(f"--config {config}: file not found; give a YAML file with keys {', '.join(CONFIG_KEYS)}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise ValueError(f"--config {config} is not valid YAML{line}; fix it or give another file") from e
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, dict):
+        raise ValueError(f"--config {config}: expected a mapping of keys {', '.join(CONFIG_KEYS)}, "
+                         f"got a {type(loaded).__name__}")
+    unknown = sorted(set(loaded) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"--config {config}: unknown key {', '.join(map(repr, unknown))}; allowed: "
+                         f"{', '.join(CONFIG_KEYS)}")
+    if "port" in loaded:
+        try:
+            loaded["port"] = port_number(str(loaded["port"]))
+        except argparse.ArgumentTypeError:
+            raise ValueError(f"--config {config}: port {loaded['port']!r} is not a TCP port; give a whole number in "
+                             f"1-65535") from None
+    for key in ("db", "host"):
+        if key in loaded and not isinstance(loaded[key], str):
+            raise ValueError(f"--config {config}: {key} must be a string, got {loaded[key]!r}")
+    return loaded
 
 
 def create_app(db: str | Path) -> Starlette:
@@ -102,9 +196,12 @@ def create_app(db: str | Path) -> Starlette:
 
     def image(request: Request) -> Response:
         with store() as conn:
-            path = votes.image_path(conn, request.path_params["image_id"])
-        data, media_type = votes.clean_image(path)
+            data, media_type = votes.rater_image(conn, request.path_params["token"], request.path_params["image_id"])
         return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+
+    def bare_image(request: Request) -> Response:
+        return page("Not shown", "<p class='error'>Images are shown only on a rater's own page; open the personal "
+                    "link the study owner sent you.</p>", status=403)
 
     def results_page(request: Request) -> Response:
         study_id = request.path_params["study_id"]
@@ -136,7 +233,8 @@ def create_app(db: str | Path) -> Starlette:
                         headers={"Content-Disposition": f'attachment; filename="votes_{study_id}.csv"'})
 
     routes = [Route("/", home), Route("/r/{token}", rater_screen), Route("/r/{token}/vote", submit, methods=["POST"]),
-              Route("/i/{image_id}", image), Route("/s/{study_id}/results", results_page),
+              Route("/r/{token}/i/{image_id}", image), Route("/i/{image_id}", bare_image),
+              Route("/s/{study_id}/results", results_page),
               Route("/s/{study_id}/login", login, methods=["POST"]), Route("/s/{study_id}/votes.csv", csv_export)]
     return Starlette(routes=routes, exception_handlers={votes.VoteRejected: rejected})
 
@@ -155,26 +253,32 @@ def is_owner(conn, request: Request, study_id: str) -> bool:
 
 
 def page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    return HTMLResponse(f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+                        f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+                        f"<title>{html.escape(title)}</title>"
                         f"<meta name='referrer' content='no-referrer'><style>{STYLE}</style></head>"
                         f"<body>{body}</body></html>", status_code=status,
                         headers={"Cache-Control": "no-store", "X-Robots-Tag": "noindex"})
 
 
 def screen_html(token: str, screen: votes.Screen) -> str:
+    """One pair: progress, instructions (open on the first screen), the text, both images, two questions."""
+    token = html.escape(token)
     questions = "".join(
-        f"<fieldset><legend>{html.escape(text)}</legend>"
-        + "".join(f"<label><input type='radio' name='{q}' value='{c}' required> {c.capitalize()}</label>"
+        f"<fieldset class='question'><legend>{html.escape(text)}</legend><div class='choices'>"
+        + "".join(f"<label><input type='radio' name='{q}' value='{c}' required>{c.capitalize()}</label>"
                   for c in votes.CHOICES)
-        + "</fieldset>" for q, text in votes.QUESTIONS.items())
-    return (f"<p class='muted'>Pair {screen.done + 1} of {screen.total}. You can stop any time and come back "
-            f"with the same link.</p><div class='prompt'>“{html.escape(screen.prompt)}”</div>"
-            f"<div class='pair'><figure><img src='/i/{screen.left_image}' alt='left image'><figcaption>Left"
-            f"</figcaption></figure><figure><img src='/i/{screen.right_image}' alt='right image'><figcaption>Right"
-            f"</figcaption></figure></div><form method='post' action='/r/{html.escape(token)}/vote'>"
+        + "</div></fieldset>" for q, text in votes.QUESTIONS.items())
+    opened = " open" if screen.done == 0 else ""
+    return (f"<p class='progress'>Pair {screen.done + 1} of {screen.total}. You can stop any time and come back "
+            f"with the same link.</p><details class='help'{opened}><summary>How to judge</summary>{INSTRUCTIONS}"
+            f"</details><div class='prompt'>“{html.escape(screen.prompt)}”</div>"
+            f"<div class='pair'><figure><img src='/r/{token}/i/{screen.left_image}' alt='left image'><figcaption>Left"
+            f"</figcaption></figure><figure><img src='/r/{token}/i/{screen.right_image}' alt='right image'>"
+            f"<figcaption>Right</figcaption></figure></div><form method='post' action='/r/{token}/vote'>"
             f"<input type='hidden' name='nonce' value='{screen.nonce}'>"
             f"<input type='hidden' name='signature' value='{screen.signature}'>{questions}"
-            f"<button type='submit'>Submit and next</button></form>")
+            f"<button type='submit' class='submit'>Submit and next</button></form>")
 
 
 def login_page(study_id: str, message: str = "", status: int = 401) -> HTMLResponse:
@@ -185,20 +289,41 @@ def login_page(study_id: str, message: str = "", status: int = 401) -> HTMLRespo
 
 
 def results_html(study, summary: dict, frame: pd.DataFrame) -> str:
+    """Counts and balance, the exclusion rule and who it removes, then per question the win rates of all
+    raters and of those who passed the checks, Bradley-Terry strengths for three or more systems, and
+    each rater's agreement with the others."""
+    per_rater = (f"each rater judges {summary['pairs_per_rater']} of them" if summary["pairs_per_rater"]
+                 else "each rater judges all of them")
+    low, high = summary["raters_per_pair"]
     parts = [f"<h2>{html.escape(study['name'])}</h2>",
-             f"<p>Systems: {html.escape(', '.join(summary['systems']))} · {summary['pairs']} pairs, "
+             f"<p>Systems: {html.escape(', '.join(summary['systems']))} · {summary['pairs']} pairs ({per_rater}) and "
              f"{summary['checks']} attention checks · {summary['raters']} raters · {summary['votes']} answers recorded. "
-             f"<a href='/s/{study['id']}/votes.csv'>Download raw votes (CSV)</a></p>"]
+             f"<a href='/s/{study['id']}/votes.csv'>Download raw votes (CSV)</a></p>",
+             f"<p class='muted'>Answered by {low}–{high} raters per pair; {summary['pairs_both_orders']} of the "
+             f"{summary['pairs_repeated']} pairs answered more than once were seen in both left/right orders.</p>"]
     if frame.empty:
         return "".join(parts) + "<p>No votes yet.</p>"
-    rates = vote_stats.win_rates(frame)
+    excluded = vote_stats.excluded_raters(frame)
+    voted = frame["rater"].nunique()
+    kept = frame[~frame["rater"].isin(excluded)]
+    parts.append(f"<p class='rule'><b>Exclusion rule.</b> {html.escape(vote_stats.EXCLUSION_RULE)} ")
+    if excluded:
+        parts.append("Excluded: " + "; ".join(f"{html.escape(r)} ({html.escape(why)})" for r, why in excluded.items())
+                     + ".</p>")
+    else:
+        parts.append("No rater is excluded.</p>")
+    groups = [(f"all {voted} raters", frame), (f"{voted - len(excluded)} raters who passed the checks", kept)]
     for question, text in votes.QUESTIONS.items():
         parts.append(f"<h3>{html.escape(text)} ({question})</h3>")
-        parts.append(_table(_rate_rows(rates[rates["question"] == question]) if not rates.empty else rates))
+        tables = [_rate_rows(rates[rates["question"] == question]).assign(raters=label)
+                  for label, group in groups if not (rates := vote_stats.win_rates(group)).empty]
+        if tables:
+            combined = pd.concat(tables, ignore_index=True)
+            parts.append(_table(combined[["raters", *combined.columns.drop("raters")]]))
         if len(summary["systems"]) > 2:
-            bt = vote_stats.bt_scores(frame, question)
-            parts.append("<p>Bradley-Terry log-strength (ties = half a win each), 95% bootstrap CI:</p>")
-            parts.append(_table(bt.round(3)))
+            for label, group in groups:
+                parts.append(f"<p>Bradley-Terry log-strength, {label} (ties = half a win each), 95% bootstrap CI:</p>")
+                parts.append(_table(vote_stats.bt_scores(group, question).round(3)))
     parts.append("<h3>Raters: agreement with the consensus of the others</h3>")
     parts.append(_table(vote_stats.rater_agreement(frame).round(3)))
     return "".join(parts)
@@ -216,19 +341,53 @@ def _rate_rows(rates: pd.DataFrame) -> pd.DataFrame:
 
 
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, escape=True, border=0, na_rep="–")
+    return f"<div class='scroll'>{frame.to_html(index=False, escape=True, border=0, na_rep='–')}</div>"
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Serve until stopped; a bad argument, config or database file prints one line and returns 2."""
+    parser = OneLineParser(prog="reports/vote.py", description="Blind pairwise voting server for GenTron studies "
+                           "(create a study first: python -m reports.study create --help)")
+    parser.add_argument("--config", help="YAML with keys db, host, port")
+    parser.add_argument("--db", help=f"SQLite votes file (default {DEFAULT_DB}, or $GENTRON_VOTE_DB)")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=port_number, help="TCP port (default 8502)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = VoteSettings.load(args.config, db=args.db, host=args.host, port=args.port)
+        listener = bind(settings.host, settings.port)
+        app = create_app(settings.db)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(description="Blind pairwise voting server for GenTron studies")
-    parser.add_argument("--config", help="YAML with db, host, port")
-    parser.add_argument("--db")
-    parser.add_argument("--host")
-    parser.add_argument("--port", type=int)
-    args = parser.parse_args(argv)
-    settings = VoteSettings.load(args.config, db=args.db, host=args.host, port=args.port)
     log.info("votes in %s; serving on http://%s:%d", settings.db, settings.host, settings.port)
-    uvicorn.run(create_app(settings.db), host=settings.host, port=settings.port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[listener])
+    return 0
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or ValueError saying why not (bad address, port in use)."""
+    try:
+        family = socket.AF_INET6 if isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address) else socket.AF_INET
+    except ValueError:
+        family = socket.AF_INET  # a host name: resolved by bind
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(2048)
+    except (socket.gaierror, UnicodeError) as e:
+        listener.close()
+        raise ValueError(f"--host {host} is not an address of this machine ({e}); use 127.0.0.1 or 0.0.0.0") from e
+    except OSError as e:
+        listener.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ValueError(f"port {port} is in use on {host}; stop the other server or pick another --port") from e
+        raise ValueError(f"cannot listen on --host {host} --port {port} ({e.strerror or e}); give an address of "
+                         f"this machine such as 127.0.0.1 or 0.0.0.0") from e
+    listener.set_inheritable(True)
+    return listener

@@ -39,7 +39,7 @@ def made(tmp_path):
 def parse_screen(text: str) -> dict:
     nonce = re.search(r"name='nonce' value='([^']+)'", text).group(1)
     signature = re.search(r"name='signature' value='([^']+)'", text).group(1)
-    images = re.findall(r"src='/i/([0-9a-f]+)'", text)
+    images = re.findall(r"src='/r/[^/']+/i/([0-9a-f]+)'", text)
     return {"nonce": nonce, "signature": signature, "images": images}
 
 
@@ -86,12 +86,14 @@ def test_page_html_and_images_reveal_no_identity(made):
     for secret in [*SYSTEMS, str(made["folders"]["xattn_ours"]), "samples_", ".png", "color/"]:
         assert secret not in page.text
         assert secret not in str(page.headers)
-    for image_id in parse_screen(page.text)["images"]:
-        response = client.get(f"/i/{image_id}")
+    image_ids = parse_screen(page.text)["images"]
+    assert len(image_ids) == 2
+    for image_id in image_ids:
+        response = client.get(f"/r/{made['raters'][0]}/i/{image_id}")
         assert response.headers["content-type"] == "image/png"
         assert not any(name.encode() in response.content for name in SYSTEMS)
         assert "system" not in Image.open(io.BytesIO(response.content)).info
-    assert client.get("/i/" + "0" * 32).status_code == 404
+    assert client.get(f"/r/{made['raters'][0]}/i/" + "0" * 32).status_code == 404
     assert client.get("/r/not-a-token").status_code == 404
 
 
