@@ -76,9 +76,7 @@ def test_rerun_skips_everything(tiny_run, capsys):
     runs, _ = tiny_run
     grid_dir = runs / "conditioning"
     before = {p: p.stat().st_mtime_ns for p in grid_dir.glob("*/checkpoints/last.pt")}
-    start = time.perf_counter()
     assert main([*TINY, f"runs_dir={runs}"]) == 0
-    assert time.perf_counter() - start < 10
     assert {p: p.stat().st_mtime_ns for p in grid_dir.glob("*/checkpoints/last.pt")} == before
     assert "compshapes_judge/color" in capsys.readouterr().out
     assert main([*TINY, f"runs_dir={runs}", "dry_run=true"]) == 0

@@ -1,6 +1,5 @@
 """Text encoders (tiny and real loaders on tiny saved models) and the prompt cache."""
 import json
-import time
 
 import pytest
 import torch
@@ -263,7 +262,9 @@ def test_prompt_cache_persists_and_shares_a_folder(tiny_clip, tmp_path):
     assert PromptCache([other], tmp_path).dirs[0] != first.dirs[0]
 
 
-def test_prompt_cache_precompute_and_gather_speed(tiny_clip):
+def test_prompt_cache_precompute_then_gather_without_the_encoder(tiny_clip):
+    """After precompute, batches are gathered from the cache: the encoder never runs again (its cost
+    per batch is benchmarks' business, not a test's)."""
     prompts = [f"shape {i} in color {i % 7}" + " big" * (i % 5) for i in range(600)]
     encoder = CountingEncoder(tiny_clip)
     cache = PromptCache([encoder])
@@ -271,10 +272,7 @@ def test_prompt_cache_precompute_and_gather_speed(tiny_clip):
     assert len(encoder.seen) == len(prompts) and len(cache.tables[0]) == len(prompts)
     generator = torch.Generator().manual_seed(0)
     batches = [[prompts[i] for i in torch.randint(len(prompts), (64,), generator=generator)] for _ in range(50)]
-    start = time.perf_counter()
     for batch in batches:
         emb = cache.encode(batch)[0]
-    per_batch = (time.perf_counter() - start) / len(batches)
     assert len(encoder.seen) == len(prompts)
     assert emb.tokens.shape[0] == 64
-    assert per_batch < 0.01, f"gathering 64 cached prompts took {per_batch * 1e3:.2f} ms"
