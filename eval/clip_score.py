@@ -1,10 +1,12 @@
-"""CLIP score: 100 * max(cos(image, prompt), 0) per image (torchmetrics' CLIPScore definition), and the
-raw cosine (the scale of GenTron's Table 4, e.g. 0.326, and T2I-CompBench's non-spatial score).
+"""CLIP score as torchmetrics' CLIPScore defines it: 100 * cos(image, prompt) per image and
+max(100 * mean cos, 0) for the set (the clamp acts on the mean, not per image), plus the raw cosine (the
+scale of GenTron's Table 4, e.g. 0.326, and T2I-CompBench's non-spatial score).
 
-The model is either an open_clip model (`--model ViT-B-32 --pretrained openai`, or a local checkpoint
-file as `--pretrained`) or a transformers CLIP (`--model` = a saved folder or a cached hub name such
-as openai/clip-vit-large-patch14). `--crosscheck` recomputes the mean with torchmetrics' CLIPScore on
-the same transformers model, passed to it as a callable.
+The model is either an open_clip model with named weights (`--model ViT-B-32 --pretrained openai`, or a
+local checkpoint file as `--pretrained`) or a transformers CLIP (`--model` = a saved folder or a cached hub
+name such as openai/clip-vit-large-patch14). An open_clip name without weights is refused: it would build
+a randomly initialised CLIP (`allow_random=True` exists for tests only). `--crosscheck` recomputes the
+mean with torchmetrics' CLIPScore on the same transformers model, passed to it as a callable.
 """
 from __future__ import annotations
 
@@ -27,10 +29,14 @@ PAPER_MODELS = {("ViT-B-32", "openai"), ("ViT-L-14", "openai"), ("openai/clip-vi
 class ClipEmbedder:
     """Unit-norm image and text embeddings from open_clip or transformers CLIP."""
 
-    def __init__(self, model: str, pretrained: str | None = None, device: str = "cpu"):
+    def __init__(self, model: str, pretrained: str | None = None, device: str = "cpu", allow_random: bool = False):
         self.model_name, self.pretrained, self.device = model, pretrained, device
         log.info("loading CLIP %s (pretrained=%s)", model, pretrained)
         if pretrained is not None or _is_open_clip_name(model):
+            if pretrained is None and not allow_random:
+                raise ValueError(f"CLIP '{model}' names no weights and would be randomly initialised: pass "
+                                 f"--pretrained openai (or a checkpoint file), or a transformers model such as "
+                                 f"{weights.CLIP_B32}")
             self._load_open_clip(model, pretrained)
         else:
             self._load_transformers(model)
@@ -127,17 +133,22 @@ def torchmetrics_clip_score(images, texts, hf_model: str) -> float:
     return float(metric.compute())
 
 
+def clamp_like_torchmetrics(stats: dict) -> dict:
+    """torchmetrics' CLIPScore returns max(mean, 0): the clamp applies to the mean (and here its CI)."""
+    return {**stats, **{k: max(stats[k], 0.0) for k in ("mean", "ci_low", "ci_high") if stats.get(k) is not None}}
+
+
 def evaluate(samples_dir, model: str = weights.CLIP_B32, pretrained: str | None = None, batch_size: int = 32,
-             device: str | None = None, crosscheck: bool = False) -> dict:
+             device: str | None = None, crosscheck: bool = False, allow_random: bool = False) -> dict:
     """CLIP score of every image against its prompt."""
-    embedder = ClipEmbedder(model, pretrained, resolve_device(device))
+    embedder = ClipEmbedder(model, pretrained, resolve_device(device), allow_random)
     samples = load_samples(samples_dir)
     if not any(s.prompt for s in samples):
         raise ValueError(f"{samples_dir}: no prompts (no samples.jsonl and no {{prompt}}_{{index:06}}.png names)")
     cosines = score_samples(embedder, samples_dir, samples, batch_size, "clip score")
-    per_image = [image_row(s, {"clip_score": 100 * max(c, 0.0), "cosine": c}) for s, c in zip(samples, cosines)]
-    protocol = {**embedder.protocol(), "definition": "clip_score = 100 * max(cos, 0) per image (torchmetrics); "
-                                                     "cosine = raw cos (GenTron Table 4 scale)"}
+    per_image = [image_row(s, {"clip_score": 100 * c, "cosine": c}) for s, c in zip(samples, cosines)]
+    protocol = {**embedder.protocol(), "definition": "clip_score = max(100 * mean cos, 0) over the set, 100 * cos "
+                                                     "per image (torchmetrics); cosine = raw cos (GenTron Table 4)"}
     extra = {}
     if crosscheck:
         if embedder.backend != "transformers":
@@ -145,13 +156,16 @@ def evaluate(samples_dir, model: str = weights.CLIP_B32, pretrained: str | None 
         extra["crosscheck"] = {"torchmetrics_clip_score": torchmetrics_clip_score(
             [load_image(samples_dir, s) for s in samples], [s.prompt for s in samples], model),
             "ours_max0_of_mean": max(100 * sum(cosines) / len(cosines), 0.0)}
-    return result("clip_score", per_image, protocol, embedder.comparable_to_paper, extra)
+    out = result("clip_score", per_image, protocol, embedder.comparable_to_paper, extra)
+    for aggregate in (out["aggregate"], *out["aggregate_by_seed"].values()):
+        aggregate["clip_score"] = clamp_like_torchmetrics(aggregate["clip_score"])
+    return out
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=weights.CLIP_B32,
                         help="open_clip model name (with --pretrained) or transformers CLIP folder / cached hub name")
-    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
+    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai) or checkpoint file")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default=None)
     parser.add_argument("--crosscheck", action="store_true", help="also compute torchmetrics' CLIPScore")

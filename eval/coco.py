@@ -15,10 +15,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from gentron.io import atomic_save_image, atomic_write_text, read_json
+from gentron.io import atomic_save_image, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -26,21 +26,29 @@ DEFAULT_N, DEFAULT_SEED, DEFAULT_RESOLUTION, SAMPLE_SEED = 30_000, 0, 256, 42
 
 
 def read_captions(captions_json: str | Path) -> tuple[dict[int, str], dict[int, list[str]]]:
-    """({image_id: file_name}, {image_id: [captions in file order]}) from a COCO captions file."""
-    data = read_json(captions_json)
-    if not isinstance(data, dict) or "annotations" not in data or "images" not in data:
-        raise ValueError(f"{captions_json} is not a COCO captions file (needs 'images' and 'annotations'); "
-                         f"use annotations/captions_val2014.json from annotations_trainval2014.zip")
-    files = {img["id"]: img["file_name"] for img in data["images"]}
-    captions: dict[int, list[str]] = {}
-    for ann in data["annotations"]:
-        captions.setdefault(ann["image_id"], []).append(ann["caption"].strip())
+    """({image_id: file_name}, {image_id: [captions by annotation id]}) from a COCO captions file; a
+    caption's whitespace runs (inner newlines included) become single spaces."""
+    path = Path(captions_json)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: pass annotations/captions_val2014.json from "
+                                f"annotations_trainval2014.zip")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        files = {img["id"]: img["file_name"] for img in data["images"]}
+        annotations = sorted(data["annotations"], key=lambda ann: ann["id"])
+        captions: dict[int, list[str]] = {}
+        for ann in annotations:
+            captions.setdefault(ann["image_id"], []).append(" ".join(ann["caption"].split()))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"{path} is not a COCO captions file ({type(e).__name__}: {e}); use "
+                         f"annotations/captions_val2014.json from annotations_trainval2014.zip") from e
     return files, captions
 
 
 def sample_captions(captions_json: str | Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEED,
                     sample_seed: int = SAMPLE_SEED) -> list[dict]:
-    """n distinct images (sorted ids, permuted with `seed`), one random caption each."""
+    """n distinct images (sorted ids, permuted with `seed`), one random caption each (of the image's
+    captions in annotation-id order, so the choice does not depend on the order of the file)."""
     files, captions = read_captions(captions_json)
     image_ids = sorted(captions)
     if n > len(image_ids):
@@ -67,7 +75,7 @@ def shard(rows: list, index: int, num_shards: int) -> list:
 def write_plan(rows: list[dict], out: str | Path, protocol: dict) -> Path:
     out = Path(out)
     atomic_write_text(out / "prompts.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    atomic_write_text(out / "prompts.txt", "".join(r["prompt"].replace("\n", " ") + "\n" for r in rows))
+    atomic_write_text(out / "prompts.txt", "".join(r["prompt"] + "\n" for r in rows))
     atomic_write_text(out / "plan.json", json.dumps(protocol, indent=2, sort_keys=True) + "\n")
     return out / "prompts.jsonl"
 
@@ -76,7 +84,15 @@ def read_plan(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; write it with `python -m eval.coco plan`")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno} is not valid JSON ({e}); rewrite the plan with "
+                                 f"`python -m eval.coco plan`") from e
+    return rows
 
 
 def center_crop_resize(image: Image.Image, resolution: int = DEFAULT_RESOLUTION) -> Image.Image:
@@ -100,8 +116,13 @@ def prepare_references(rows: list[dict], coco_dir: str | Path, out_dir: str | Pa
         source = coco_dir / row["coco_file"]
         if not source.exists():
             raise FileNotFoundError(f"{source} not found: --coco-dir must be the val2014 image folder")
-        with Image.open(source) as image:
-            atomic_save_image(target, center_crop_resize(image, resolution))
+        try:
+            with Image.open(source) as image:
+                resized = center_crop_resize(image, resolution)
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"{source} is not a readable image ({e}); download val2014 again or replace "
+                             f"that file") from e
+        atomic_save_image(target, resized)
         written += 1
     return written
 
@@ -130,10 +151,18 @@ def main(argv: list[str] | None = None) -> None:
     refs.add_argument("--num-shards", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO")
+    try:
+        _run(args)
+    except (FileNotFoundError, ValueError) as e:  # problems the user can fix: the message says how
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.command == "plan":
         rows = sample_captions(args.captions, args.n, args.seed, args.sample_seed)
         protocol = {"captions": str(args.captions), "n": args.n, "seed": args.seed,
-                    "rule": "distinct images: permutation of sorted image ids; one uniformly random caption each"}
+                    "rule": "distinct images: permutation of sorted image ids; one uniformly random caption each, of the "
+                            "image's captions in annotation-id order, whitespace runs collapsed"}
         print(write_plan(rows, args.out, protocol))
     elif args.command == "shard":
         rows = shard(read_plan(args.plan), args.index, args.num_shards)

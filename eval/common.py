@@ -20,9 +20,10 @@ log = logging.getLogger(__name__)
 MANIFEST = "samples.jsonl"
 _REQUIRED = ("file", "prompt", "seed")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-# T2I-CompBench's official layout: `{prompt}_{index:06}.png`, index 0..9 for seeds 42..51.
+# T2I-CompBench's official layout: `{prompt}_{counter:06}.png`, counter = 10 * line + index, seeds 42..51.
 OFFICIAL_NAME = re.compile(r"^(?P<prompt>.*)_(?P<index>\d{6})$")
 OFFICIAL_BASE_SEED = 42
+OFFICIAL_IMAGES_PER_PROMPT = 10
 
 
 @dataclass
@@ -147,21 +148,39 @@ def image_files(folder: str | Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-def samples_from_images(folder: str | Path, base_seed: int = OFFICIAL_BASE_SEED) -> list[Sample]:
-    """Samples for a folder without a manifest. Files named `{prompt}_{index:06}.png` (the
-    T2I-CompBench layout) give their prompt and seed = base_seed + index; any other file gets an
-    empty prompt. Prompt ids number the distinct prompts in order of first appearance."""
+def samples_from_images(folder: str | Path, base_seed: int = OFFICIAL_BASE_SEED,
+                        images_per_prompt: int = OFFICIAL_IMAGES_PER_PROMPT) -> list[Sample]:
+    """Samples for a folder without a manifest. Files named `{prompt}_{counter:06}.png` (the
+    T2I-CompBench layout) give their prompt; the official generator's counter runs across the prompt
+    file, so counter = images_per_prompt * line + index gives prompt_id = line and seed = base_seed + index.
+    A folder whose numbers restart at 0 for each prompt (0..images_per_prompt-1 under every prompt) is read
+    as index = number, prompt ids in order of first appearance. Any other file gets an empty prompt."""
     folder = Path(folder)
     files = image_files(folder)
     if not files:
         raise FileNotFoundError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}) and no {MANIFEST}")
-    ids: dict[str, int] = {}
-    samples = []
+    parsed = []
     for path in files:
         match = OFFICIAL_NAME.match(path.stem)
-        prompt, index = (match["prompt"], int(match["index"])) if match else ("", 0)
-        key = prompt if match else path.stem
-        prompt_id = ids.setdefault(key, len(ids))
+        parsed.append((path, match["prompt"], int(match["index"])) if match else (path, None, 0))
+    numbers = [n for _, prompt, n in parsed if prompt is not None]
+    running = bool(numbers) and max(numbers) >= images_per_prompt
+    if running:
+        line_of: dict[str, int] = {}
+        for path, prompt, n in parsed:
+            if prompt is not None and line_of.setdefault(prompt, n // images_per_prompt) != n // images_per_prompt:
+                raise ValueError(f"{path.name}: numbers of '{prompt}' span several blocks of {images_per_prompt}; "
+                                 f"official names count 10 * line + index across the prompt file (or restart at 0 "
+                                 f"for each prompt); write a {MANIFEST} for any other layout")
+    ids: dict[str, int] = {}
+    samples = []
+    for path, prompt, n in parsed:
+        if prompt is None:
+            prompt_id, index, prompt = ids.setdefault(path.stem, len(ids)), 0, ""
+        elif running:
+            prompt_id, index = n // images_per_prompt, n % images_per_prompt
+        else:
+            prompt_id, index = ids.setdefault(prompt, len(ids)), n
         samples.append(Sample(file=path.relative_to(folder).as_posix(), prompt=prompt, seed=base_seed + index,
                               index=index, prompt_id=prompt_id))
     return samples

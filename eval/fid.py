@@ -106,33 +106,28 @@ def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2), in float64 through symmetric
-    eigendecompositions (stable for the singular covariances of small sets)."""
+    """clean-fid's Fréchet distance (scipy sqrtm), with a clear error for feature sets of different sizes."""
+    from cleanfid.fid import frechet_distance as cleanfid_frechet
+
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"feature sizes differ: {mu1.shape} vs {mu2.shape}; were both sets made by the same extractor?")
-    vals, vecs = np.linalg.eigh(sigma1)
-    root1 = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
-    inner = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(np.clip(inner, 0, None)).sum())
+    return float(cleanfid_frechet(mu1, sigma1, mu2, sigma2))
 
 
 def kernel_distance(feats1, feats2, num_subsets: int = 100, max_subset_size: int = 1000, seed: int = 0) -> float:
-    """KID as clean-fid computes it (cubic polynomial kernel, unbiased MMD over random subsets), seeded."""
-    feats1, feats2 = np.asarray(feats1, np.float64), np.asarray(feats2, np.float64)
-    d = feats1.shape[1]
-    m = min(len(feats1), len(feats2), max_subset_size)
-    rng = np.random.default_rng(seed)
-    total = 0.0
-    for _ in range(num_subsets):
-        x = feats2[rng.choice(len(feats2), m, replace=False)]
-        y = feats1[rng.choice(len(feats1), m, replace=False)]
-        a = (x @ x.T / d + 1) ** 3 + (y @ y.T / d + 1) ** 3
-        b = (x @ y.T / d + 1) ** 3
-        total += (a.sum() - np.diag(a).sum()) / (m - 1) - b.sum() * 2 / m
-    return float(total / num_subsets / m)
+    """clean-fid's KID (cubic polynomial kernel, unbiased MMD over random subsets). clean-fid draws the
+    subsets from numpy's global generator: it is seeded here and restored afterwards."""
+    from cleanfid.fid import kernel_distance as cleanfid_kid
+
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return float(cleanfid_kid(np.asarray(feats1, np.float64), np.asarray(feats2, np.float64),
+                                  num_subsets=num_subsets, max_subset_size=max_subset_size))
+    finally:
+        np.random.set_state(state)
 
 
 # ---------------------------------------------------------------- sharded features
@@ -189,19 +184,30 @@ def sharded_features(files: list[Path], cache_dir: str | Path | None, extractor:
 
 def reference_features(ref: str | Path, extractor: Extractor, mode: str, cache_dir, shard_size: int,
                        **kwargs) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, dict]:
-    """(feats or None, mu, sigma, info) of a reference folder or a statistics .npz (ours from
-    `make-stats`, or clean-fid's: mu/sigma, and feats in its `_kid.npz`)."""
+    """(feats or None, mu, sigma, info) of a reference folder or a statistics .npz: ours from `make-stats`
+    (mu, sigma, feats, protocol), clean-fid's statistics (mu, sigma) or clean-fid's `_kid.npz` (feats)."""
     ref = Path(ref)
     if ref.suffix == ".npz":
         if not ref.exists():
             raise FileNotFoundError(f"reference statistics {ref} not found; make them with `python -m eval.fid make-stats`")
-        data = np.load(ref)
+        try:
+            data = dict(np.load(ref))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{ref} is not a readable .npz ({e}); remake it with `python -m eval.fid make-stats`") from e
         info = json.loads(str(data["protocol"])) if "protocol" in data else {}
         if info and (info.get("feature_extractor"), info.get("mode")) != (extractor.name, mode):
             raise ValueError(f"{ref} was made with {info.get('feature_extractor')}/{info.get('mode')}, "
                              f"not {extractor.name}/{mode}; remake it or change --extractor/--mode")
-        feats = data["feats"] if "feats" in data else None
-        return feats, data["mu"], data["sigma"], {"reference": str(ref), "reference_n": info.get("n")}
+        feats = data.get("feats")
+        if "mu" in data and "sigma" in data:
+            mu, sigma = data["mu"], data["sigma"]
+        elif feats is not None:
+            mu, sigma = feature_stats(feats)
+        else:
+            raise ValueError(f"{ref} holds neither mu/sigma nor feats (keys: {sorted(data)}); pass statistics made "
+                             f"by `python -m eval.fid make-stats` or clean-fid's .npz / _kid.npz")
+        n = info.get("n") or (len(feats) if feats is not None else None)
+        return feats, mu, sigma, {"reference": str(ref), "reference_n": n}
     files = image_files(ref)
     feats = sharded_features(files, cache_dir, extractor, mode, shard_size, desc="reference features", **kwargs)
     mu, sigma = feature_stats(feats)
@@ -257,7 +263,7 @@ def _fid_and_kid(gen: np.ndarray, ref_feats, mu_r, sigma_r, kid: bool, n_boot: i
         return frechet_distance(*feature_stats(gen[idx]), mu_r, sigma_r)
 
     out = {"fid": bootstrap_statistic(fid_of, len(gen), n_boot=n_boot, seed=seed)}
-    if kid and ref_feats is not None:
+    if kid:
         out["kid"] = bootstrap_statistic(lambda idx: kernel_distance(gen[idx], ref_feats, seed=seed),
                                          len(gen), n_boot=n_boot, seed=seed)
     return out
@@ -284,6 +290,9 @@ def evaluate(samples_dir, ref: str, mode: str = "clean", extractor: str = "rando
     opts = {"batch_size": batch_size, "device": device}
     gen = sharded_features(files, cache_dir, ext, mode, shard_size, desc="sample features", **opts)
     ref_feats, mu_r, sigma_r, ref_info = reference_features(ref, ext, mode, cache_dir, shard_size, **opts)
+    if kid and ref_feats is None:
+        raise ValueError(f"KID needs the reference features, and {ref} holds only mu/sigma: pass the features "
+                         f"(`python -m eval.fid make-stats`, or clean-fid's _kid.npz), or --no-kid for FID alone")
     aggregate = _fid_and_kid(gen, ref_feats, mu_r, sigma_r, kid, n_boot, seed)
     by_seed = {str(sd): _fid_and_kid(gen[idx], ref_feats, mu_r, sigma_r, kid, n_boot, seed)
                for sd, idx in _seed_groups(samples).items()}

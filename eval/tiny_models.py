@@ -42,7 +42,7 @@ def save_tiny_blip_vqa(path: str | Path, seed: int = 0) -> Path:
                               BlipProcessor)
 
     torch.manual_seed(seed)
-    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + _WORDS)}
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"] + _WORDS)}
     text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                 num_attention_heads=2, encoder_hidden_size=32, bos_token_id=vocab["[DEC]"], pad_token_id=0,
                 sep_token_id=vocab["[SEP]"], eos_token_id=vocab["[SEP]"])

@@ -1,5 +1,6 @@
 """eval.clip_score with tiny random CLIPs loaded by path (transformers) or config (open_clip)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def test_transformers_clip_score_agrees_with_torchmetrics(samples_dir, tmp_path)
     cosines = [row["scores"]["cosine"] for row in out["per_image"]]
     assert len(cosines) == 4 and all(c > 0 for c in cosines)
     for row in out["per_image"]:
-        assert row["scores"]["clip_score"] == pytest.approx(100 * max(row["scores"]["cosine"], 0))
+        assert row["scores"]["clip_score"] == pytest.approx(100 * row["scores"]["cosine"])
     assert out["crosscheck"]["torchmetrics_clip_score"] == pytest.approx(100 * np.mean(cosines), rel=1e-4)
     assert out["aggregate"]["clip_score"]["n"] == 2 and set(out["aggregate_by_seed"]) == {"42", "43"}
     json.dumps(out)
@@ -47,9 +48,12 @@ def test_open_clip_model_from_a_config(samples_dir, tmp_path):
               "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
     (tmp_path / "tiny-clip-test.json").write_text(json.dumps(config))
     open_clip.add_model_config(tmp_path)
-    out = clip_score.evaluate(samples_dir, model="tiny-clip-test")
+    with pytest.raises(ValueError, match="names no weights and would be randomly initialised"):
+        clip_score.evaluate(samples_dir, model="tiny-clip-test")
+    out = clip_score.evaluate(samples_dir, model="tiny-clip-test", allow_random=True)  # tests only
     assert out["protocol"]["backend"] == "open_clip"
-    assert all(0 <= row["scores"]["clip_score"] <= 100 for row in out["per_image"])
+    assert all(-100 <= row["scores"]["clip_score"] <= 100 for row in out["per_image"])
+    assert 0 <= out["aggregate"]["clip_score"]["mean"] <= 100
 
 
 def test_missing_weights_say_what_to_download(monkeypatch, tmp_path):
@@ -59,3 +63,30 @@ def test_missing_weights_say_what_to_download(monkeypatch, tmp_path):
         clip_score.ClipEmbedder("openai/clip-vit-base-patch32")
     with pytest.raises(FileNotFoundError, match="ViT-B-32/openai are not cached"):
         clip_score.ClipEmbedder("ViT-B-32", pretrained="openai")
+
+
+@pytest.mark.parametrize("seed", [11, 8])  # 11: cosines of both signs, positive mean; 8: negative mean
+def test_the_clamp_applies_to_the_mean_as_in_torchmetrics(samples_dir, tmp_path, seed):
+    model = save_tiny_clip(tmp_path / "clip", seed=seed)
+    out = clip_score.evaluate(samples_dir, model=str(model), crosscheck=True)
+    cosines = [row["scores"]["cosine"] for row in out["per_image"]]
+    assert min(cosines) < 0
+    assert out["aggregate"]["clip_score"]["mean"] == pytest.approx(out["crosscheck"]["torchmetrics_clip_score"],
+                                                                   abs=1e-4)
+    assert out["aggregate"]["clip_score"]["mean"] == pytest.approx(max(100 * np.mean(cosines), 0.0), abs=1e-9)
+    assert all(v["clip_score"]["mean"] >= 0 for v in out["aggregate_by_seed"].values())
+
+
+def test_no_metric_of_the_grid_runs_on_random_clip_weights():
+    from ablations.grid import registry
+
+    metrics = registry("metrics")
+    for name, model, pretrained in (("t2i_compbench", metrics["t2i_compbench"]["options"].get("clip"),
+                                     metrics["t2i_compbench"]["options"].get("clip_pretrained")),
+                                    ("clip_score", metrics["clip_score"]["options"].get("model", clip_score.weights.CLIP_B32),
+                                     metrics["clip_score"]["options"].get("pretrained"))):
+        assert (model, pretrained) in clip_score.PAPER_MODELS, (name, model, pretrained)
+    with pytest.raises(ValueError, match="--pretrained openai"):
+        clip_score.ClipEmbedder("ViT-B-32")
+    with pytest.raises(SystemExit):
+        clip_score.main([str(Path(__file__).parent), "--model", "ViT-B-32"])

@@ -19,7 +19,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", default=weights.OWLVIT, help="OWL-ViT/OWLv2 folder or cached hub name")
     parser.add_argument("--clip", default=weights.CLIP_B32, help="CLIP: transformers folder/hub name or open_clip name")
     parser.add_argument("--clip-pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
-    parser.add_argument("--checkout", default=None, help="T2I-CompBench checkout: prompt ids = prompt-file lines")
+    parser.add_argument("--checkout", default=None, help="T2I-CompBench checkout (or its examples/dataset): prompt ids "
+                        "= prompt-file lines; the complex sub-split files (needed for complex)")
     parser.add_argument("--official-dir", default=None, help="default SAMPLES_DIR/eval/compbench_official")
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=int, default=8)

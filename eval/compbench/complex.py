@@ -1,16 +1,15 @@
 """Complex compositions ("3-in-1"): per image the mean of the attribute (BLIP-VQA), spatial (detector,
-objects around the relation) and non-spatial (CLIP, adjectives stripped) scores. The spatial term counts
-only for prompts that contain a spatial relation (the spatial sub-split); others average BLIP-VQA and CLIP.
-(Deviation: the reference code picks the sub-split by the prompt's line range in complex_val.txt.)"""
+objects by the complex preposition rule) and non-spatial (CLIP, adjectives stripped) scores, restricted as
+the official 3_in_1.py restricts it by the sub-split file that lists the prompt: attribute + spatial for
+complex_val_spatial.txt, attribute + CLIP for complex_val_action.txt, all three otherwise
+(eval.compbench.prompts.complex_parts)."""
 from __future__ import annotations
 
-from eval.compbench.questions import spatial_relation
 
-
-def combine(vqa: float, spatial: float | None, clip: float) -> float:
-    parts = [vqa, clip] if spatial is None else [vqa, spatial, clip]
-    return sum(parts) / len(parts)
-
-
-def uses_spatial(prompt: str) -> bool:
-    return spatial_relation(prompt) is not None
+def combine(parts: tuple[str, ...], vqa: float, spatial: float, clip: float) -> float:
+    """The official formula, in its order of operations (so that the two agree to the last bit)."""
+    if parts == ("vqa", "spatial"):
+        return (spatial + vqa) * 0.5
+    if parts == ("vqa", "clip"):
+        return (clip + vqa) * 0.5
+    return (vqa + spatial + clip) / 3

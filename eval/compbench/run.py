@@ -1,7 +1,9 @@
 """Score a sample folder on T2I-CompBench and write both our evaluator output and the official layout:
 per category `annotation_blip/`, `labels/annotation_obj_detection_2d/`, `annotation_clip/`,
 `annotation_3_in_1/` each with `vqa_result.json` = [{"question_id", "answer"}] and a score file,
-plus `averages.json` ({category: mean over images})."""
+plus `averages.json` ({category: mean over images}). Images are ordered by (prompt id, index), so with
+prompt ids = prompt-file lines a question_id is the official file counter 10 * line + index, and the
+official 3_in_1.py reads the complex folder as it reads its own."""
 from __future__ import annotations
 
 import logging
@@ -14,7 +16,7 @@ from eval.clip_score import ClipEmbedder
 from eval.common import batched, image_row, load_image, resolve_device, result
 from eval.compbench import complex as complex_
 from eval.compbench import nonspatial, questions
-from eval.compbench.prompts import ATTRIBUTE, compbench_samples
+from eval.compbench.prompts import ATTRIBUTE, complex_parts, compbench_samples
 from eval.compbench.spatial import CONFIDENCE, Detector
 from eval.compbench.vqa import IMAGE_SIZE, BlipVqa
 from gentron.io import atomic_write_json, atomic_write_text
@@ -29,10 +31,10 @@ class Models:
     """The three scorers, each loaded on first use (a colour-only run never loads the detector)."""
 
     def __init__(self, blip: str, detector: str, clip: str, clip_pretrained: str | None, device: str,
-                 detector_confidence: float, vqa_image_size: int):
+                 detector_confidence: float, vqa_image_size: int, allow_random_clip: bool = False):
         self._specs = {"vqa": lambda: BlipVqa(blip, device, vqa_image_size),
                        "spatial": lambda: Detector(detector, device, detector_confidence),
-                       "clip": lambda: ClipEmbedder(clip, clip_pretrained, device)}
+                       "clip": lambda: ClipEmbedder(clip, clip_pretrained, device, allow_random_clip)}
         self._loaded: dict = {}
 
     def __getitem__(self, name: str):
@@ -47,21 +49,27 @@ class Models:
         return out
 
 
-def _score_batch(category: str, models: Models, images, prompts) -> list[dict[str, float]]:
+def official_vqa(value: float) -> float:
+    """BLIP-VQA scores as the official result file stores them ('%.4f'), which its averages and 3-in-1 read."""
+    return float(f"{value:.4f}")
+
+
+def _score_batch(category: str, models: Models, images, prompts, parts=None) -> list[dict[str, float]]:
     """Scores of a batch of one category's images: {category: value} plus complex's components."""
     if category in ATTRIBUTE:
-        return [{category: s} for s in models["vqa"].score(images, prompts)]
+        return [{category: official_vqa(s)} for s in models["vqa"].score(images, prompts)]
     if category == "spatial":
         return [{category: models["spatial"].score(im, p)} for im, p in zip(images, prompts)]
     if category == "non_spatial":
         return [{category: s} for s in nonspatial.score(models["clip"], images, prompts)]
-    vqa = models["vqa"].score(images, prompts)
+    vqa = [official_vqa(s) for s in models["vqa"].score(images, prompts)]
     clip = nonspatial.score(models["clip"], images, prompts, complex_=True)
     rows = []
     for im, p, v, c in zip(images, prompts, vqa, clip):
-        spatial = models["spatial"].score(im, p, around_relation=True) if complex_.uses_spatial(p) else None
-        row = {"complex": complex_.combine(v, spatial, c), "complex_vqa": v, "complex_clip": c}
-        rows.append(row if spatial is None else {**row, "complex_spatial": spatial})
+        # The official detector pass scores every complex image (0 where the rule finds no two objects).
+        spatial = models["spatial"].score(im, p, around_relation=True)
+        rows.append({"complex": complex_.combine(parts(p), v, spatial, c), "complex_vqa": v, "complex_clip": c,
+                     "complex_spatial": spatial})
     return rows
 
 
@@ -83,18 +91,28 @@ def _write_official(out_dir: Path, category: str, rows: list[dict]) -> None:
 def evaluate(samples_dir, category: str | None = None, blip: str = weights.BLIP_VQA, detector: str = weights.OWLVIT,
              clip: str = weights.CLIP_B32, clip_pretrained: str | None = None, checkout: str | None = None,
              official_dir: str | None = None, device: str | None = None, batch_size: int = 8,
-             detector_confidence: float = CONFIDENCE, vqa_image_size: int = IMAGE_SIZE) -> dict:
+             detector_confidence: float = CONFIDENCE, vqa_image_size: int = IMAGE_SIZE,
+             allow_random_clip: bool = False) -> dict:
     """T2I-CompBench scores of a sample folder (every category present, or --category)."""
-    samples = compbench_samples(samples_dir, category, checkout)
-    models = Models(blip, detector, clip, clip_pretrained, resolve_device(device), detector_confidence, vqa_image_size)
+    samples, excluded = compbench_samples(samples_dir, category, checkout)
+    categories = sorted({s.category for s in samples})
+    parts = None
+    if "complex" in categories:
+        if checkout is None:
+            raise ValueError("the complex category needs the T2I-CompBench checkout for its sub-split files "
+                             "(complex_val_spatial.txt, complex_val_action.txt): pass --checkout")
+        parts = complex_parts(checkout)
+    language_model = questions.language_model()  # fails early, with the install command, without a model
+    models = Models(blip, detector, clip, clip_pretrained, resolve_device(device), detector_confidence,
+                    vqa_image_size, allow_random_clip)
     official = Path(official_dir) if official_dir else Path(samples_dir) / "eval" / "compbench_official"
     per_image, averages = [], {}
-    for cat in sorted({s.category for s in samples}):
-        ordered = sorted((s for s in samples if s.category == cat), key=lambda s: (s.index, s.prompt_id, s.file))
+    for cat in categories:
+        ordered = sorted((s for s in samples if s.category == cat), key=lambda s: (s.prompt_id, s.index, s.file))
         rows = []
         for batch in tqdm(list(batched(ordered, batch_size)), desc=f"compbench {cat}", unit="batch"):
             images = [load_image(samples_dir, s) for s in batch]
-            for s, scores in zip(batch, _score_batch(cat, models, images, [s.prompt for s in batch])):
+            for s, scores in zip(batch, _score_batch(cat, models, images, [s.prompt for s in batch], parts)):
                 rows.append({**image_row(s, scores), "question_id": len(rows)})
         _write_official(official, cat, rows)
         averages[cat] = sum(r["scores"][cat] for r in rows) / len(rows)
@@ -103,17 +121,17 @@ def evaluate(samples_dir, category: str | None = None, blip: str = weights.BLIP_
     atomic_write_json(official / "averages.json", averages)
     comparable = _comparable(set(averages), blip, clip, clip_pretrained)
     protocol = {**models.protocol(), "images_per_prompt": "as generated (official: 10, seeds 42..51)",
-                "noun_chunker": "spaCy en_core_web_sm" if questions.spacy_available() else "fallback lexicon (questions.py)",
-                "official_dir": str(official), "comparable_by_category": comparable}
+                "language_model": language_model, "checkout": None if checkout is None else str(checkout),
+                "complex_subsplits": "official sub-split files" if parts else None,
+                "excluded_categories": excluded, "official_dir": str(official), "comparable_by_category": comparable}
     return result("t2i_compbench", per_image, protocol, all(comparable.values()),
                   {"official_averages": averages})
 
 
 def _comparable(categories: set[str], blip: str, clip: str, clip_pretrained: str | None) -> dict[str, bool]:
-    """Whether each category's number can sit next to the paper's: official models and spaCy; the
-    detector is never UniDet here, so spatial and complex never are."""
-    spacy = questions.spacy_available()
+    """Whether each category's number can sit next to the paper's: the official models; the detector is
+    never UniDet here, so spatial and complex never are."""
     official_clip = (clip, clip_pretrained) in (("ViT-B-32", "openai"), (weights.CLIP_B32, None))
     rules = {"spatial": False, "complex": False, "non_spatial": official_clip,
-             **{c: spacy and blip == weights.BLIP_VQA for c in ATTRIBUTE}}
+             **{c: blip == weights.BLIP_VQA for c in ATTRIBUTE}}
     return {c: rules[c] for c in sorted(categories)}

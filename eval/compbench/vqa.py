@@ -1,6 +1,10 @@
 """Attribute binding by BLIP-VQA: per question p = P(yes) / (P(yes) + P(no)) from the first answer token,
 image score = product over the prompt's questions (1 when it has none), images resized to 480x480 bicubic
-(BLIP's VQA resolution; position embeddings interpolated when the checkpoint's config says 384)."""
+(BLIP's VQA resolution; position embeddings interpolated when the checkpoint's config says 384).
+
+The question goes to the text encoder as official BLIP gives it: tokenized to at most 35 tokens, its
+first token [CLS] replaced by [ENC]. The transformers port keeps [CLS]; its checkpoints carry the [ENC]
+embedding at the id after [DEC] (BLIP's tokenizer adds [DEC], then [ENC], to bert-base-uncased)."""
 from __future__ import annotations
 
 import logging
@@ -15,6 +19,14 @@ from eval.compbench.questions import vqa_questions
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 480
+QUESTION_MAX_LENGTH = 35
+
+
+def encoder_token_id(tokenizer, bos_token_id: int) -> int:
+    """[ENC]'s id: the tokenizer's when it lists the token, else the id after [DEC]."""
+    if "[ENC]" in tokenizer.get_vocab():
+        return tokenizer.convert_tokens_to_ids("[ENC]")
+    return bos_token_id + 1
 
 
 class BlipVqa:
@@ -29,6 +41,10 @@ class BlipVqa:
         tokenizer = self.processor.tokenizer
         self.yes, self.no = (tokenizer(word, add_special_tokens=False).input_ids[0] for word in ("yes", "no"))
         self.bos = self.model.config.text_config.bos_token_id
+        self.enc = encoder_token_id(tokenizer, self.bos)
+        if self.enc >= self.model.config.text_config.vocab_size:
+            raise ValueError(f"{path}: its text model has no [ENC] embedding (id {self.enc} >= vocabulary "
+                             f"{self.model.config.text_config.vocab_size}); use a BLIP-VQA checkpoint")
         processor = self.processor.image_processor
         self.mean = torch.tensor(processor.image_mean).view(3, 1, 1)
         self.std = torch.tensor(processor.image_std).view(3, 1, 1)
@@ -48,8 +64,11 @@ class BlipVqa:
         vision = self.model.vision_model(pixel_values=self.pixels(images).to(self.device),
                                          interpolate_pos_encoding=interpolate).last_hidden_state
         vision = vision[torch.tensor([i for i, _ in pairs], device=self.device)]
-        text = self.processor.tokenizer([q for _, q in pairs], padding=True, return_tensors="pt").to(self.device)
-        encoded = self.model.text_encoder(input_ids=text.input_ids, attention_mask=text.attention_mask,
+        text = self.processor.tokenizer([q for _, q in pairs], padding="longest", truncation=True,
+                                        max_length=QUESTION_MAX_LENGTH, return_tensors="pt").to(self.device)
+        input_ids = text.input_ids.clone()
+        input_ids[:, 0] = self.enc
+        encoded = self.model.text_encoder(input_ids=input_ids, attention_mask=text.attention_mask,
                                           encoder_hidden_states=vision,
                                           encoder_attention_mask=torch.ones(vision.shape[:2], dtype=torch.long,
                                                                             device=self.device))[0]
@@ -69,4 +88,5 @@ class BlipVqa:
 
     def protocol(self) -> dict:
         return {"vqa_model": self.path, "vqa_image_size": self.image_size, "vqa_resize": "PIL bicubic, square",
-                "vqa_score": "prod over noun-chunk questions of P(yes)/(P(yes)+P(no)), first answer token"}
+                "vqa_score": "prod over noun-chunk questions of P(yes)/(P(yes)+P(no)), first answer token",
+                "vqa_question_tokens": f"[ENC] first (id {self.enc}), at most {QUESTION_MAX_LENGTH} tokens"}
