@@ -137,3 +137,41 @@ def test_coco_references_are_center_cropped_and_lanczos_resized(tmp_path):
     out = np.asarray(Image.open(tmp_path / "refs" / "x.png"))
     assert out.shape == (16, 16, 3) and out.min() > 240
     assert coco.prepare_references(rows, tmp_path, tmp_path / "refs", resolution=16) == 0
+
+
+def test_fid_and_kid_are_clean_fids_own_functions():
+    from cleanfid.fid import frechet_distance as cleanfid_fd
+    from cleanfid.fid import kernel_distance as cleanfid_kid
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(300, 16)), rng.normal(size=(200, 16)) * 1.5 + 0.2
+    stats_x, stats_y = fid.feature_stats(x), fid.feature_stats(y)
+    assert fid.frechet_distance(*stats_x, *stats_y) == cleanfid_fd(*stats_x, *stats_y)
+    state = np.random.get_state()
+    np.random.seed(7)
+    expected = cleanfid_kid(x, y, num_subsets=5, max_subset_size=50)
+    np.random.set_state(state)
+    before = np.random.get_state()[1].copy()
+    assert fid.kernel_distance(x, y, num_subsets=5, max_subset_size=50, seed=7) == expected
+    np.testing.assert_array_equal(np.random.get_state()[1], before)  # numpy's global generator is left as it was
+    with pytest.raises(ValueError, match="feature sizes differ"):
+        fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def test_kid_from_statistics_files_or_a_clear_refusal(tmp_path):
+    gen = _folder(tmp_path / "gen", 16, 0)
+    ref = _folder(tmp_path / "ref", 16, 1, shift=40)
+    folder = fid.evaluate(gen, ref=str(ref), n_boot=0, cache_dir=tmp_path / "cache")
+    ours = fid.make_reference_stats(ref, tmp_path / "ours.npz")
+    from_ours = fid.evaluate(gen, ref=str(ours), n_boot=0, cache_dir=tmp_path / "cache")
+    assert from_ours["aggregate"]["kid"]["mean"] == pytest.approx(folder["aggregate"]["kid"]["mean"], rel=1e-9)
+    data = np.load(ours)
+    np.savez(tmp_path / "cleanfid_kid.npz", feats=data["feats"])  # clean-fid's _kid.npz holds only the features
+    from_kid = fid.evaluate(gen, ref=str(tmp_path / "cleanfid_kid.npz"), n_boot=0, cache_dir=tmp_path / "cache")
+    assert from_kid["aggregate"]["fid"]["mean"] == pytest.approx(folder["aggregate"]["fid"]["mean"], rel=1e-9)
+    assert from_kid["aggregate"]["kid"]["mean"] == pytest.approx(folder["aggregate"]["kid"]["mean"], rel=1e-9)
+    np.savez(tmp_path / "cleanfid.npz", mu=data["mu"], sigma=data["sigma"])  # clean-fid's statistics: no features
+    with pytest.raises(ValueError, match="KID needs the reference features.*--no-kid"):
+        fid.evaluate(gen, ref=str(tmp_path / "cleanfid.npz"), n_boot=0, cache_dir=tmp_path / "cache")
+    only_fid = fid.evaluate(gen, ref=str(tmp_path / "cleanfid.npz"), kid=False, n_boot=0, cache_dir=tmp_path / "cache")
+    assert only_fid["aggregate"]["fid"]["mean"] == pytest.approx(folder["aggregate"]["fid"]["mean"], rel=1e-9)

@@ -7,7 +7,7 @@ from PIL import Image
 
 from eval.common import (aggregate_by_seed, load_samples, read_samples, result, samples_from_images,
                          _make_manifest)
-from eval.stats import bootstrap_ci, bootstrap_statistic, paired_bootstrap
+from eval.stats import bootstrap_ci, bootstrap_statistic, paired_bootstrap, wilson
 
 
 def test_bootstrap_ci_brackets_the_mean_and_is_deterministic():
@@ -61,3 +61,42 @@ def test_official_file_names_become_samples_and_a_manifest(tmp_path):
     assert [s.file for s in read_samples(tmp_path)] == [s.file for s in samples]
     assert json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])["seed"] == 42
     assert len(load_samples(tmp_path)) == 6
+
+
+def _percentile_bootstrap(x, n_boot=2000, alpha=0.05, seed=0):
+    """The textbook percentile bootstrap, written out: resample with replacement, take quantiles of the means."""
+    means = x[np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    return np.quantile(means, [alpha / 2, 1 - alpha / 2]), means
+
+
+def test_scipy_bootstrap_gives_the_written_out_percentile_bootstrap():
+    x = np.random.default_rng(1).normal(0.3, 0.2, 150)
+    (low, high), _ = _percentile_bootstrap(x)
+    ci = bootstrap_ci(x)
+    assert (ci["ci_low"], ci["ci_high"]) == pytest.approx((low, high), rel=1e-12)
+    a = {f"{i:03d}": v for i, v in enumerate(x)}
+    b = {f"{i:03d}": v * 0.5 for i, v in enumerate(x)}
+    (low, high), means = _percentile_bootstrap(x - x * 0.5)
+    out = paired_bootstrap(a, b)
+    assert (out["ci_low"], out["ci_high"]) == pytest.approx((low, high), rel=1e-12)
+    assert out["p_value"] == pytest.approx(min(2 * min((means <= 0).mean(), (means >= 0).mean()), 1.0))
+
+
+def test_one_prompt_keeps_its_point_interval():
+    # scipy.stats.bootstrap refuses a single observation; one prompt is a point with a zero-width interval
+    from scipy import stats
+
+    with pytest.raises(ValueError):
+        stats.bootstrap((np.array([0.5]),), np.mean, method="percentile")
+    assert bootstrap_ci([0.5]) == {"mean": 0.5, "ci_low": 0.5, "ci_high": 0.5, "n": 1}
+    assert paired_bootstrap({0: 1.0}, {0: 0.25})["diff"] == 0.75
+
+
+@pytest.mark.parametrize("k, n", [(50, 100), (0, 10), (10, 10), (3, 7), (1, 2000)])
+def test_wilson_interval_is_scipys_and_the_textbook_formula(k, n):
+    z = 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert wilson(k, n) == pytest.approx((max(0.0, centre - half), min(1.0, centre + half)), abs=1e-12)
+    assert wilson(0, 0) == (0.0, 0.0)
