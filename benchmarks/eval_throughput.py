@@ -1,6 +1,6 @@
 """Throughput of the evaluators with the embedded/tiny models: images per second for FID feature
 extraction (random extractor, through clean-fid's loader), CLIP score, BLIP-VQA attribute binding,
-spatial detection and non-spatial CLIP, on this machine's cores (model loading is not timed).
+spatial detection, non-spatial CLIP and spaCy's prompt parsing, on this machine's cores (model loading is not timed).
 
     python benchmarks/eval_throughput.py [--n 64] [--resolution 256] [--threads 2]
 
@@ -18,7 +18,7 @@ from PIL import Image
 
 from eval import fid
 from eval.clip_score import ClipEmbedder
-from eval.compbench import nonspatial
+from eval.compbench import nonspatial, questions
 from eval.compbench.spatial import Detector
 from eval.compbench.vqa import BlipVqa
 from eval.tiny_models import save_all
@@ -56,6 +56,7 @@ def benchmarks(files: list[Path], models: dict, batch_size: int = 16) -> dict:
         "compbench attribute (tiny BLIP-VQA, 480px)": lambda: [vqa.score(ims, ps) for ims, ps in batches],
         "compbench spatial (tiny OWL-ViT)": lambda: [detector.score(im, p) for im, p in zip(images, prompts)],
         "compbench non-spatial (tiny CLIP)": lambda: [nonspatial.score(clip, ims, ps) for ims, ps in batches],
+        "compbench prompt parsing (spaCy, uncached)": lambda: [questions.parse.__wrapped__(p) for p in prompts],
     }
 
 
