@@ -426,6 +426,9 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
                 steps_per_s = window_steps / max(elapsed, 1e-9)
                 row = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "steps_per_s": steps_per_s,
                        "images_per_s": steps_per_s * t.batch_size}
+                # Per step, over the window: waiting for the batch, and the encoders run on it.
+                row["data_wait_s"], row["encode_s"] = data.wait_s / window_steps, data.encode_s / window_steps
+                data.wait_s = data.encode_s = 0.0
                 if data.skipped:
                     row["skipped"] = data.skipped  # bad samples this rank's loader workers skipped so far
                 for k in ("loss", "mse", "vb"):
@@ -502,6 +505,8 @@ class TrainingData:
         self.local = D.local_slice(cfg.train.batch_size, info)
         self.consumed = {"images": 0, "clips": 0}
         self.widths: list = []
+        self.wait_s = 0.0  # seconds blocked waiting for batches (the loader), since the last log row
+        self.encode_s = 0.0  # seconds in the frozen encoders per batch, since the last log row
 
     def motion_free_step(self, generator: torch.Generator) -> bool:
         return bool(torch.rand((), generator=generator) < self.cfg.train.p_motion_free)
@@ -534,10 +539,12 @@ class InMemoryData(TrainingData):
             self.consumed = {"images": state["images"], "clips": state["clips"]}
 
     def next_batch(self, generator):
+        started = time.perf_counter()
         x0, ids, motion_free = _batch(self.cfg, self.data, self.consumed, generator)
         keep = self.keep_captions(generator)
         ids = torch.where(keep, ids, torch.full_like(ids, self.table.null_id))
         text = [e[self.local] for e in self.table.lookup(ids.to(self.device))]
+        self.wait_s += time.perf_counter() - started
         return (x0[self.local].to(self.device), text,
                 None if motion_free is None else motion_free[self.local].to(self.device))
 
@@ -578,7 +585,10 @@ class StreamingData(TrainingData):
             name = "images" if image_step and "images" in self.streams else "clips"
             motion_free = torch.full((self.local.stop - self.local.start,), image_step, dtype=torch.bool,
                                      device=self.device)
+        started = time.perf_counter()
         batch = self.streams[name].next()
+        self.wait_s += time.perf_counter() - started
+        started = time.perf_counter()
         self.consumed["clips" if motion_free is not None and not bool(motion_free[0]) else "images"] += n
         keep = self.keep_captions(generator)[self.local]
         captions = [c if k else "" for c, k in zip(batch["caption"], keep.tolist())]
@@ -590,7 +600,9 @@ class StreamingData(TrainingData):
                 x0 = x0[:, x0.shape[1] // 2].unsqueeze(1).expand(-1, x0.shape[1], -1, -1, -1)
         with torch.no_grad():
             text = [encoder.encode(captions) for encoder in self.encoders]
-        return x0, to_model_dtype(text, self.dtype, self.device), motion_free
+        text = to_model_dtype(text, self.dtype, self.device)
+        self.encode_s += time.perf_counter() - started
+        return x0, text, motion_free
 
     @torch.no_grad()
     def _latents(self, batch: dict) -> torch.Tensor:
