@@ -209,6 +209,10 @@ class PromptTable:
 # --- optimisation -------------------------------------------------------------------------------
 
 def lr_at(step: int, cfg: CellConfig) -> float:
+    """Warmup to step (step + 1) / warmup_steps, then cosine or constant. Closed form, a pure
+    function of the step, so a resume needs no scheduler state."""
+    # Kept by hand: diffusers' cosine schedule equals it after warmup but starts warmup at lr 0, and
+    # torch's chained LinearLR + CosineAnnealingLR drifts by ~1e-13 (test_lr_schedule_against_libraries).
     t = cfg.train
     if t.warmup_steps and step < t.warmup_steps:
         return t.lr * (step + 1) / t.warmup_steps

@@ -253,3 +253,29 @@ def test_model_size_alone_sets_depth_and_width():
     wider = build_model_config(load_config({"model": {"size": "B/2", "hidden_size": 64, "num_heads": 4}}),
                                [Encoder()], vae)
     assert (wider.depth, wider.hidden_size, wider.num_heads) == (12, 64, 4)  # explicit overrides still apply
+
+
+def test_lr_schedule_against_libraries():
+    """Why the schedule is ours: diffusers' cosine-with-warmup gives the same learning rates after
+    warmup but one step lower during it (lr 0 at the first step), and torch's chained schedulers
+    are not bit-equal; either would change the embedded default's result."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    from gentron.train import lr_at
+
+    cfg = load_config({"train": {"steps": 300, "warmup_steps": 10}})
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.train.lr)
+    diffusers_lr = get_cosine_schedule_with_warmup(optimizer, cfg.train.warmup_steps, cfg.train.steps)
+    chained = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.train.lr)
+    torch_lr = torch.optim.lr_scheduler.SequentialLR(chained, [
+        torch.optim.lr_scheduler.LinearLR(chained, 1 / 10, 1.0, 9),
+        torch.optim.lr_scheduler.CosineAnnealingLR(chained, cfg.train.steps - 10)], milestones=[10])
+    ours, theirs, torchs = [], [], []
+    for step in range(cfg.train.steps):
+        ours.append(lr_at(step, cfg))
+        theirs.append(optimizer.param_groups[0]["lr"])
+        torchs.append(chained.param_groups[0]["lr"])
+        optimizer.step(), diffusers_lr.step(), chained.step(), torch_lr.step()
+    assert ours[10:] == theirs[10:]  # the cosine part: bit-equal
+    assert ours[:10] == [cfg.train.lr * (s + 1) / 10 for s in range(10)] and theirs[0] == 0.0
+    assert ours == pytest.approx(torchs, rel=1e-9) and ours != torchs
