@@ -34,6 +34,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from ablations import runfolder
 from gentron.config import CellConfig, load_config, to_dict
 from gentron.errors import ConfigError
 
@@ -220,6 +221,10 @@ def plan(argv: list[str]) -> Plan:
     if run.seeds is not None:
         grid.seeds = run.seeds
     cells = expand(grid, overrides)
+    # grid.yaml records what chose these cells, so a reader can tell them from left-over cells and
+    # print the command that reproduces them (ablations.runfolder.grid_record)
+    grid[runfolder.PLAN_ARGS] = runfolder.plan_arguments(run.grid, run.profile, list(argv), CELL_SECTIONS)
+    grid[runfolder.CELL_IDS] = [cell.cell_id for cell in cells]
     log.debug("grid %s (%s): %d cells", run.grid, run.profile, len(cells))
     return Plan(run=run, grid=grid, cells=cells)
 

@@ -113,7 +113,7 @@ def begin(cell_dir: Path, stage: str) -> float:
 
     manifest = read(cell_dir)
     entry = manifest.setdefault("stages", {}).setdefault(stage, {})
-    entry.update(status="running", start=now(), end=None, host=socket.gethostname(),
+    entry.update(status="running", start=now(), end=None, host=socket.gethostname(), pid=os.getpid(),
                  job_id=_job_id(), attempts=entry.get("attempts", 0) + 1, threads=torch.get_num_threads(),
                  interop_threads=torch.get_num_interop_threads(), hardware=hardware())
     manifest["start"] = manifest.get("start") or entry["start"]

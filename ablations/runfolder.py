@@ -5,7 +5,8 @@ is one list of stages and one answer to "is this cell trained?" (its manifest's 
 turn `done` only after a stage's outputs are written).
 
     runs/<grid>/
-        grid.yaml              the grid as planned
+        grid.yaml              the grid as last planned, with `plan_args` (the arguments that chose its
+                               cells) and `cell_ids` (those cells); other cell folders are stale
         results.parquet        one row per (cell, metric), rebuilt from the cells' metrics.json
         jobs.json              SLURM job ids (launcher=slurm)
         cache/                 data and prompt caches shared by the cells
@@ -19,6 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shlex
+import socket
+import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +44,16 @@ SAMPLES, EVAL = "samples", "eval"
 RESULT_COLUMNS = ["grid", "cell_id", "metric", "mean", "ci_low", "ci_high", "n"]
 AXIS_PREFIX = "axis."
 CONFIG_PREFIX = "config."
+# grid.yaml: the command-line arguments that chose the cells (grid, profile, seeds, cell-config
+# overrides), and the ids of those cells.
+PLAN_ARGS, CELL_IDS = "plan_args", "cell_ids"
+RUN_COMMAND = "python ablations/run.py"
+DEFAULT_RUNS_DIR = "runs"
+# A running stage whose process cannot be checked (another host, or no pid recorded) counts as stopped
+# once no file of its cell changed for this long: training logs every few seconds, and sampling and
+# evaluation write their outputs as they go.
+STALL_SECONDS = 3600
+CELL_STATES = ("running", "stopped", "done", "failed", "pending", "stale")
 
 
 # --- layout -------------------------------------------------------------------------------------
@@ -79,14 +95,15 @@ def _mtime(path: Path) -> float:
 
 # --- stage states -------------------------------------------------------------------------------
 
-def stage_states(cell_dir: str | Path) -> dict[str, str]:
+def stage_states(cell_dir: str | Path, found: dict | None = None, config: dict | None = None) -> dict[str, str]:
     """{stage: pending|running|done|failed} from the manifest; an evaluation done with other metrics
-    than the config now names counts as pending (and so does the record stage after it)."""
+    than the config now names counts as pending (and so does the record stage after it).
+    `found` and `config` are the cell's manifest and config when the caller has read them already."""
     cell_dir = Path(cell_dir)
-    found = manifest.read_or_empty(cell_dir)
+    found = manifest.read_or_empty(cell_dir) if found is None else found
     out = {s: manifest.stage_state(found, s) for s in STAGES}
     if out["evaluate"] == "done":
-        config = read_yaml_or_empty(cell_dir / CONFIG)
+        config = read_yaml_or_empty(cell_dir / CONFIG) if config is None else config
         wanted = config.get("eval", {}).get("metrics")
         if wanted is not None and found["stages"]["evaluate"].get("metrics") != wanted:
             out["evaluate"] = out["record"] = "pending"
@@ -112,24 +129,160 @@ def read_yaml_or_empty(path: Path) -> dict:
     return loaded if isinstance(loaded, dict) else {}
 
 
-def flatten(config: dict) -> dict:
+def flatten(config: dict, prefix: str = "") -> dict:
     """{'a': {'b': 1}} -> {'a.b': 1}; lists become their JSON text so they can be grouped on."""
-    if not config:
-        return {}
-    flat = pd.json_normalize(config, sep=".").iloc[0].to_dict()
-    return {k: json.dumps(v, sort_keys=True, default=str) if isinstance(v, list) else v for k, v in flat.items()}
+    flat = {}
+    for key, value in (config or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = json.dumps(value, sort_keys=True, default=str) if isinstance(value, list) else value
+    return flat
 
 
-def read_cell(cell_dir: Path, grid: str) -> dict:
-    """One row describing a cell: ids, axes, flattened config, manifest status and each stage's state."""
+def read_cell(cell_dir: Path, grid: str, current: set[str] | None = None) -> dict:
+    """One row describing a cell: ids, axes, flattened config, each stage's state and the cell's
+    status (cell_status; `stale` when `current`, the ids of the grid's planned cells, lacks it)."""
     info = read_json_or_empty(cell_dir / CELL)
     found = manifest.read_or_empty(cell_dir)
-    row = {"grid": grid, "cell_id": info.get("cell_id", cell_dir.name), "path": str(cell_dir),
-           "status": found.get("status", "unknown")}
+    config = read_yaml_or_empty(cell_dir / CONFIG)
+    states = stage_states(cell_dir, found, config)
+    cell_id = info.get("cell_id", cell_dir.name)
+    status, reason = cell_status(cell_dir, found, states)
+    is_current = None if current is None else cell_id in current
+    row = {"grid": grid, "cell_id": cell_id, "path": str(cell_dir),
+           "status": "stale" if is_current is False else status, "run_status": status, "status_reason": reason,
+           "current": is_current}
     row.update({AXIS_PREFIX + k: v for k, v in info.get("axes", {}).items()})
-    row.update({CONFIG_PREFIX + k: v for k, v in flatten(read_yaml_or_empty(cell_dir / CONFIG)).items()})
-    row.update({"stage." + k: v for k, v in stage_states(cell_dir).items()})
+    row.update({CONFIG_PREFIX + k: v for k, v in flatten(config).items()})
+    row.update({"stage." + k: v for k, v in states.items()})
     return row
+
+
+# --- a cell's status ----------------------------------------------------------------------------
+
+def cell_status(cell_dir: str | Path, found: dict | None = None, states: dict | None = None,
+                now: float | None = None) -> tuple[str, str]:
+    """(status, reason): `done` (every stage done), `failed` (a stage failed), `running` (a stage is
+    running and its process is alive), `stopped` (a stage says running but its process is gone: the
+    manifest's host is this machine and its pid is dead or now another process; or, where the process
+    cannot be checked, no file of the cell changed for STALL_SECONDS), or `pending` (nothing running,
+    stages left: not started, or waiting for the next stage or a rerun)."""
+    cell_dir = Path(cell_dir)
+    found = manifest.read_or_empty(cell_dir) if found is None else found
+    states = stage_states(cell_dir, found) if states is None else states
+    if "failed" in states.values() or found.get("status") == "failed":
+        failed = [s for s, state in states.items() if state == "failed"]
+        return "failed", f"stage {', '.join(failed) or '?'} failed"
+    if all(state == "done" for state in states.values()):
+        return "done", "every stage done"
+    running = [s for s, state in states.items() if state == "running"]
+    if not running:
+        return "pending", "stages left: " + ", ".join(s for s, state in states.items() if state != "done")
+    stage = running[0]
+    entry = found.get("stages", {}).get(stage, {})
+    host, pid = entry.get("host"), entry.get("pid")
+    if host == socket.gethostname() and isinstance(pid, int):
+        if process_alive(pid, _epoch(entry.get("start"))):
+            return "running", f"{stage}: process {pid} on {host} is alive"
+        return "stopped", f"{stage} says running, but its process {pid} on {host} is gone"
+    idle = (time.time() if now is None else now) - last_activity(cell_dir)
+    where = f"on {host}" if host else "on an unrecorded host"
+    if idle > STALL_SECONDS:
+        return "stopped", f"{stage} says running {where}, but no file of the cell changed for {idle / 3600:.1f} h"
+    return "running", f"{stage} running {where}; last file change {idle / 60:.0f} min ago"
+
+
+def process_alive(pid: int, since: float | None = None) -> bool:
+    """Whether process `pid` of this machine is alive and not a newer process that reused the pid
+    (one started after `since`, the stage's start in epoch seconds)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, owned by another user
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return True  # no /proc: os.kill's answer is all there is
+    if fields[0] in ("Z", "X"):
+        return False  # a zombie: finished, not yet reaped
+    if since is None:
+        return True
+    try:
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError, IndexError):
+        return True
+    return started <= since + 5  # the clock-tick rounding of /proc
+
+
+def _epoch(stamp) -> float | None:
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def last_activity(cell_dir: str | Path) -> float:
+    """The newest modification time among the files a running stage writes."""
+    cell_dir = Path(cell_dir)
+    paths = [cell_dir / manifest.MANIFEST, cell_dir / TRAIN_LOG, cell_dir / CHECKPOINT, cell_dir / EVAL,
+             cell_dir / METRICS, *cell_dir.glob(f"{SAMPLES}/*"), *cell_dir.glob(f"{SAMPLES}/*/*")]
+    return max((_mtime(p) for p in paths), default=0.0)
+
+
+# --- the grid's plan ----------------------------------------------------------------------------
+
+def plan_arguments(name: str, profile: str, argv: list[str], cell_sections: tuple[str, ...]) -> list[str]:
+    """The arguments that decide a grid's cells: grid, profile, seeds and the cell-config overrides
+    of `argv` (not the launcher, the runs folder or the action)."""
+    def key(arg: str) -> str:
+        return arg.split("=", 1)[0].lstrip("+~")
+    kept = [a for a in argv if key(a) == "seeds" or key(a).split(".")[0] in cell_sections]
+    return [f"grid={name}", f"profile={profile}", *kept]
+
+
+def grid_record(grid_dir: str | Path) -> dict:
+    """What grid.yaml says about how its cells were chosen: name, profile, plan_args (None when the
+    folder predates them and no profile is recorded) and cell_ids (None when not recorded)."""
+    grid_dir = Path(grid_dir)
+    raw = read_yaml_or_empty(grid_dir / GRID)
+    name = raw.get("name", grid_dir.name)
+    args = raw.get(PLAN_ARGS)
+    if not isinstance(args, list):
+        args = [f"grid={name}", f"profile={raw['profile']}"] if raw.get("profile") else None
+    ids = raw.get(CELL_IDS)
+    return {"name": name, "profile": raw.get("profile"), PLAN_ARGS: args,
+            CELL_IDS: [str(i) for i in ids] if isinstance(ids, list) else None}
+
+
+def current_cell_ids(grid_dir: str | Path, record: dict | None = None) -> set[str] | None:
+    """The ids of the grid's planned cells: grid.yaml's cell_ids, else ablations.grid.plan of its
+    plan_args (older folders; slower, it loads the model code), else None (cannot tell)."""
+    record = grid_record(grid_dir) if record is None else record
+    if record[CELL_IDS] is not None:
+        return set(record[CELL_IDS])
+    if record[PLAN_ARGS] is None:
+        return None
+    from ablations.grid import plan  # deferred: planning imports the model code
+    try:
+        return {cell.cell_id for cell in plan(record[PLAN_ARGS]).cells}
+    except Exception as e:  # a grid file renamed or broken since the run: cannot tell what is current
+        log.warning("cannot plan %s again (%s): %s", grid_dir, " ".join(record[PLAN_ARGS]), e)
+        return None
+
+
+def rerun_command(record: dict, runs_dir: str | Path | None = None) -> str:
+    """The command that plans the grid's recorded cells again and resumes the unfinished ones."""
+    args = record[PLAN_ARGS] or [f"grid={record['name']}"]
+    if runs_dir is not None and Path(runs_dir) != Path(DEFAULT_RUNS_DIR):
+        args = [*args, f"runs_dir={runs_dir}"]
+    return " ".join([RUN_COMMAND, *map(shlex.quote, args)])
 
 
 def collect(grid_dir: str | Path, cell_ids: list[str] | None = None) -> pd.DataFrame:
