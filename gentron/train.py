@@ -2,14 +2,20 @@
 
     python -m gentron.train CONFIG.yaml --run-dir DIR [train.steps=300 model.conditioning=adaln ...]
 
-What makes it fast on a CPU and exact on resume:
-- the data set is encoded once (VAE latents, or pixels for `vae.kind: identity`) into a cache file
-  shared by every cell with the same data and VAE, and every training prompt is encoded once by the
-  frozen text encoders (PromptCache): a step is index -> gather -> one forward/backward;
-- every random draw of a step (batch order, caption dropout, motion-free steps, timesteps, noise)
-  comes from one torch.Generator whose state is checkpointed, and the batch order is a pure function
-  of (seed, epoch, position), so a resumed run ends bit-identical to an uninterrupted one;
-- all ranks draw the same numbers for the *global* batch and keep their slice (gentron.distributed).
+The data reaches the step through one interface, TrainingData.next_batch (`data.encode`):
+- `memory` (small data, the embedded default): the data set is encoded once (VAE latents, or pixels
+  for `vae.kind: identity`) into a cache file shared by every cell with the same data and VAE, and
+  every training prompt once by the frozen text encoders (PromptCache): a step is a gather;
+- `per_batch` (paper scale): loader workers stream samples (gentron.data.stream: split by rank and
+  worker, shuffled per epoch through a bounded buffer, resumable) and the VAE and text encoders run
+  on each batch on the device; `shards` streams latents written by gentron.data.encode instead.
+Either way features meet the model's dtype in gentron.data.features.to_model_dtype.
+
+Exact resume: every random draw of a step (caption dropout, motion-free steps, timesteps, noise)
+comes from one torch.Generator whose state is checkpointed; the batch order is a pure function of
+(seed, epoch, position) in memory, and each loader worker's position is checkpointed when streaming,
+so a resumed run ends bit-identical to an uninterrupted one. All ranks draw the same numbers for the
+*global* batch and keep their slice (gentron.distributed).
 
 Stages: `train.init_from` starts from another run's checkpoint. Same model family (e.g. stage 2 at a
 higher resolution): weights, EMA and optimizer state are kept, position embeddings are recomputed

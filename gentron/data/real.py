@@ -10,6 +10,11 @@ Sources (cell config `data.kind`, with `data.path`):
 - `video_folder`: videos (mp4, webm, mkv, mov, avi) with same-stem caption files, decoded with PyAV;
   a clip is `num_frames` frames sampled at `fps` from the start (paper: 8 frames at 4 FPS).
 
+Each reader cuts its data into units (a shard; a chunk of files; a byte range of a manifest, one
+record per line) and lists a unit's undecoded entries; gentron.data.stream shuffles and splits the
+units over ranks and loader workers. A folder is listed once when training starts (use shards or a
+manifest for millions of files); shards and manifests are not scanned at all.
+
 Every image / frame is resized on its short side to `resolution` (bicubic) and centre-cropped square.
 Items are dicts like CompShapes': {"image": (3, H, W) in [-1, 1], "caption"} or {"video":
 (T, 3, H, W), "caption"}.
