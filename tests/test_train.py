@@ -279,3 +279,11 @@ def test_lr_schedule_against_libraries():
     assert ours[10:] == theirs[10:]  # the cosine part: bit-equal
     assert ours[:10] == [cfg.train.lr * (s + 1) / 10 for s in range(10)] and theirs[0] == 0.0
     assert ours == pytest.approx(torchs, rel=1e-9) and ours != torchs
+
+
+def test_streamed_joint_image_video_training_draws_from_both_streams(tmp_path):
+    cfg = tiny_config(tmp_path, data={"video": True, "num_train": 16, "encode": "per_batch", "num_workers": 1},
+                      train={"steps": 4, "p_motion_free": 0.5})
+    data = load_checkpoint(train(cfg, tmp_path / "run"))["data"]
+    assert data["images"] > 0 and data["clips"] > 0 and data["images"] + data["clips"] == 4 * 8
+    assert set(data["streams"]) == {"images", "clips"}
