@@ -1,7 +1,13 @@
-"""The results browser (Streamlit): grids -> table of cells with CIs, grouping over seeds, plots,
-training curves, numeric-axis (MFG) sweeps, side-by-side samples, the paper table and run details.
+"""The results browser (Streamlit): grids -> a table of metrics with CIs per arm or cell, the cells
+with their status, plots, training curves, numeric-axis (MFG) sweeps, side-by-side samples, the paper
+table and run details.
 
 `streamlit run reports/app.py -- --runs runs/` calls `main()`. Loading is cached on file mtimes.
+
+A cell's status (ablations.runfolder.cell_status): done, failed, running (its process is alive),
+stopped (its manifest says running but the process is gone, or, for another host, none of its
+files changed for an hour), pending, or stale (the grid's plan in grid.yaml no longer names it;
+hidden unless "Show stale cells" is on).
 """
 from __future__ import annotations
 
@@ -26,6 +32,9 @@ EXAMPLE_COMMAND = "python ablations/run.py grid=conditioning"
 MAX_CURVES = 8
 PROMPTS_PER_PAGE = 4
 SAMPLE_WIDTH = 256
+MAX_COLUMNS = 10  # more arms or cells than this: metrics become the columns
+SMOOTHING = 0.6  # TensorBoard's default
+STATUS_MARKS = {"done": "✅", "running": "⏳", "stopped": "⛔", "failed": "❌", "pending": "·", "stale": "🕸"}
 
 
 def default_runs_dir(argv: list[str] | None = None) -> str:
@@ -34,6 +43,15 @@ def default_runs_dir(argv: list[str] | None = None) -> str:
     parser.add_argument("--runs", default=os.environ.get("GENTRON_RUNS", DEFAULT_RUNS))
     args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     return args.runs
+
+
+# ---------------------------------------------------------------- colours
+
+
+def color(field: str, n: int, title: str | None = None) -> alt.Color:
+    """A categorical colour with a legend: Tableau's 10 (or 20) distinct hues, never shades of one."""
+    return alt.Color(field, title=title, scale=alt.Scale(scheme="tableau10" if n <= 10 else "tableau20"),
+                     legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=480, symbolLimit=40))
 
 
 # ---------------------------------------------------------------- cached loading
@@ -73,6 +91,8 @@ def load_samples(cell_dir: str, prompt_set: str) -> pd.DataFrame:
 
 
 def main() -> None:
+    # also in .streamlit/config.toml; set here too so the page has no developer menu from any folder
+    st.set_option("client.toolbarMode", "viewer")
     st.set_page_config(page_title="GenTron results", layout="wide")
     st.title("GenTron results")
     try:
@@ -94,15 +114,23 @@ def show_page() -> None:
         st.info("Pick one or more grids in the sidebar.")
         return
     data = [cached_grid(str(runs_dir / g), results.grid_stamp(runs_dir / g)) for g in chosen]
-    show_problems(data)
-    cells = pd.concat([d.cells for d in data], ignore_index=True)
-    long = pd.concat([d.results for d in data if not d.results.empty] or [data[0].results], ignore_index=True)
-    cells = filter_cells(cells)
-    long = long.merge(cells[["grid", "cell_id"]], on=["grid", "cell_id"]) if not long.empty else long
-    long = filter_metrics(long)
     view = st.sidebar.radio("View", VIEWS, index=VIEWS.index(st.query_params.get("view", "Table"))
                             if st.query_params.get("view") in VIEWS else 0)
-    guarded(VIEW_FUNCTIONS[view], long, cells)
+    show_stale = st.sidebar.toggle("Show stale cells", value=False, key="show_stale",
+                                   help="Cells whose config the grid's current plan (grid.yaml) no longer names: "
+                                        "left over from earlier settings or code versions.")
+    show_problems(data)
+    cells = pd.concat([d.cells for d in data], ignore_index=True)
+    stale = int((cells["status"] == "stale").sum())
+    if not show_stale:
+        cells = cells[cells["status"] != "stale"]
+    if stale:
+        st.caption(f"🕸 {stale} stale cell{'s' if stale > 1 else ''} "
+                   f"{'shown' if show_stale else 'hidden (turn on “Show stale cells”)'}: the grid's current plan no "
+                   "longer names their configs.")
+    cells = filter_cells(cells)
+    long = filter_metrics(data, cells)
+    guarded(VIEW_FUNCTIONS[view], long, cells, data)
 
 
 def _default_grids(grids: list[str]) -> list[str]:
@@ -110,10 +138,10 @@ def _default_grids(grids: list[str]) -> list[str]:
     return [wanted] if wanted in grids else grids[:1]
 
 
-def guarded(view, long: pd.DataFrame, cells: pd.DataFrame) -> None:
+def guarded(view, long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridData]) -> None:
     """Draw a view; an unexpected error becomes a message on the page, never a traceback."""
     try:
-        view(long, cells)
+        view(long, cells, data)
     except Exception as e:  # the page must survive any half-written run folder
         log.exception("view %s failed", view.__name__)
         st.error(f"This view could not be drawn: {type(e).__name__}: {e}. The run folders may be half-written; "
@@ -148,12 +176,20 @@ def filter_cells(cells: pd.DataFrame) -> pd.DataFrame:
     return cells
 
 
-def filter_metrics(long: pd.DataFrame) -> pd.DataFrame:
-    if long.empty:
-        return long
-    metrics = sorted(long["metric"].unique())
-    keep = st.sidebar.multiselect("Metrics", metrics, default=metrics)
-    return long[long["metric"].isin(keep)]
+def filter_metrics(data: list[results.GridData], cells: pd.DataFrame) -> pd.DataFrame:
+    """The results of the shown cells, with a metric choice per grid (a newly added grid shows all of its own)."""
+    parts = []
+    for grid in data:
+        if grid.results.empty:
+            continue
+        metrics = sorted(grid.results["metric"].unique())
+        label = "Metrics" if len(data) == 1 else f"Metrics of {grid.name}"
+        keep = st.sidebar.multiselect(label, metrics, default=metrics, key=f"metrics:{grid.name}")
+        parts.append(grid.results[grid.results["metric"].isin(keep)])
+    if not parts:
+        return pd.DataFrame(columns=results.RESULT_COLUMNS)
+    long = pd.concat(parts, ignore_index=True)
+    return long.merge(cells[["grid", "cell_id"]], on=["grid", "cell_id"])
 
 
 def _no_metrics(long: pd.DataFrame) -> bool:
@@ -173,108 +209,188 @@ def _arm_frame(long: pd.DataFrame, cells: pd.DataFrame, extra: list[str] = ()) -
     return grouped.assign(arm=results.arm_labels(grouped, label_cols)), arms
 
 
+def show_rerun(cells: pd.DataFrame, data: list[results.GridData]) -> None:
+    """The command per grid that plans exactly its current cells again (recorded grid, profile, seeds
+    and overrides) and resumes whatever is unfinished."""
+    for grid in data:
+        shown = cells[cells["grid"] == grid.name]
+        if shown.empty:
+            continue
+        current = shown[shown["status"] != "stale"]
+        planned = int((grid.cells["status"] != "stale").sum())
+        st.code(grid.rerun, language="bash")
+        notes = [f"Plans the {planned} current cells of '{grid.name}' (the {len(current)} shown are among them); "
+                 "done cells are skipped, unfinished ones resume."]
+        if len(current) < len(shown):
+            notes.append(f"{len(shown) - len(current)} stale cells are not in this plan: each one's config.yaml "
+                         "holds the settings it ran with.")
+        st.caption(" ".join(notes))
+
+
 # ---------------------------------------------------------------- views
 
 
-def view_table(long: pd.DataFrame, cells: pd.DataFrame) -> None:
+def view_table(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridData]) -> None:
     st.subheader(f"{len(cells)} cells")
-    options = results.varying_columns(cells, AXIS_PREFIX) + results.varying_columns(cells, CONFIG_PREFIX)
-    by = st.multiselect("Group by (averages over the remaining cells, e.g. seeds; 95% CI over them)",
-                        list(dict.fromkeys(options)), default=[])
-    if by and not long.empty:
-        grouped = results.group_over_seeds(long, cells, by)
-        table = _pivot_grouped(grouped, by)
+    seeds = AXIS_PREFIX + "seed"
+    several_seeds = seeds in cells and results.as_text(cells[seeds]).nunique() > 1
+    if not long.empty:
+        left, middle, right = st.columns([1, 2, 1])
+        columns = left.radio("Columns", ["arms", "cells"], index=0 if several_seeds else 1, horizontal=True,
+                             key="table:columns", help="arms: each arm's cells (e.g. its seeds) averaged, with a "
+                                                       "t-interval over them; cells: each cell with its CI over prompts")
+        options = results.varying_columns(cells, AXIS_PREFIX) + results.varying_columns(cells, CONFIG_PREFIX)
+        options = [c for c in dict.fromkeys(options) if c != seeds] + ([seeds] if seeds in options else [])
+        by = None
+        if columns == "arms":
+            arms = (["grid"] if cells["grid"].nunique() > 1 else []) + results.arm_columns(cells)
+            picked = middle.multiselect("Group by (averages over the remaining cells, e.g. seeds)", options,
+                                        default=[], format_func=lambda c: c.removeprefix(AXIS_PREFIX))
+            by = picked or arms or ["grid"]
+        n_columns = len(cells) if by is None else len(cells[by].apply(results.as_text).drop_duplicates())
+        rows = right.toggle("Metrics as rows", value=n_columns <= MAX_COLUMNS, key="table:metric_rows")
+        table = results.metric_table(long, cells, by, metrics_as_rows=rows)
+        st.dataframe(table, hide_index=True, column_config={
+            table.columns[0]: st.column_config.TextColumn(pinned=True)})
+        st.caption("Each entry is `mean [lo, hi]`, a 95% CI: over prompts for one cell; a t-interval over the "
+                   "cells of an arm (its seeds). Filter cells and metrics in the sidebar.")
+        numbers = long.merge(cells[["grid", "cell_id", *results.axis_columns(cells)]], on=["grid", "cell_id"],
+                             suffixes=("", "_cell"))
+        st.download_button("Download metrics (CSV, one row per cell and metric)", numbers.to_csv(index=False).encode(),
+                           "metrics.csv", "text/csv")
     else:
-        table = results.wide_table(long, cells)
-        table.insert(2, "run", "?view=Run+detail&cell=" + table["grid"] + "/" + table["cell_id"])
-    metric_cols = [c for c in table.columns if c not in options and table[c].dtype.kind == "f"]
-    config = {c: st.column_config.NumberColumn(c, format="%.4f") for c in metric_cols}
-    config["run"] = st.column_config.LinkColumn("run", display_text="details")
-    st.dataframe(table, column_config=config, hide_index=True)
-    st.caption("Each metric shows its mean and 95% CI bounds (lo, hi): over prompts for a cell, "
-               "t-interval over cells when grouped. Click a column header to sort; filter in the sidebar.")
-    st.download_button("Download table (CSV)", table.to_csv(index=False).encode(), "cells.csv", "text/csv")
+        _no_metrics(long)
+    st.subheader("Cells")
+    table = results.cells_table(cells)
+    table["status"] = table["status"].map(lambda s: f"{STATUS_MARKS.get(s, '')} {s}".strip())
+    st.dataframe(table, hide_index=True, column_config={
+        "run": st.column_config.LinkColumn("run", display_text="details"),
+        "why": st.column_config.TextColumn("why", width="large")})
+    st.caption("Status: done · running (its process is alive) · stopped (the manifest says running but the process "
+               "is gone, or no file changed for an hour on another host) · failed · pending · stale (no longer in "
+               "the grid's plan).")
+    st.markdown("**Reproduce these cells**")
+    show_rerun(cells, data)
 
 
-def _pivot_grouped(grouped: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    wide = grouped.pivot_table(index=by, columns="metric", values=["mean", "ci_low", "ci_high", "n_cells"],
-                               aggfunc="first")
-    table = pd.DataFrame(index=wide.index)
-    metrics = sorted(grouped["metric"].unique())
-    table["cells"] = wide[("n_cells", metrics[0])].astype(int)
-    for metric in metrics:
-        table[metric] = wide[("mean", metric)]
-        table[f"{metric} lo"] = wide[("ci_low", metric)]
-        table[f"{metric} hi"] = wide[("ci_high", metric)]
-    return table.reset_index()
+def _per_metric(frame: pd.DataFrame, draw, columns: int = 3) -> None:
+    """One chart per metric, `columns` side by side (they stack on a phone)."""
+    metrics = sorted(frame["metric"].unique())
+    for start in range(0, len(metrics), columns):
+        for slot, metric in zip(st.columns(columns), metrics[start:start + columns]):
+            with slot:
+                st.altair_chart(draw(frame[frame["metric"] == metric], metric), width="stretch")
 
 
-def view_plots(long: pd.DataFrame, cells: pd.DataFrame) -> None:
+def view_plots(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridData]) -> None:
     if _no_metrics(long):
         return
     frame, _ = _arm_frame(long, cells)
+    arms = list(dict.fromkeys(frame["arm"]))
     st.subheader("Metrics per arm (mean over seeds, 95% CI)")
-    base = alt.Chart().encode(x=alt.X("arm:N", title=None, axis=alt.Axis(labelAngle=-30, labelLimit=240)))
-    points = base.mark_point(filled=True, size=70).encode(
-        y=alt.Y("mean:Q", title="value", scale=alt.Scale(zero=False)), color=alt.Color("arm:N", legend=None),
-        tooltip=["arm", "metric", alt.Tooltip("mean:Q", format=".4f"), alt.Tooltip("ci_low:Q", format=".4f"),
-                 alt.Tooltip("ci_high:Q", format=".4f"), "n_cells"])
-    bars = base.mark_errorbar(ticks=True).encode(y="ci_low:Q", y2="ci_high:Q", color=alt.Color("arm:N", legend=None))
-    chart = alt.layer(bars, points, data=frame).properties(width=260, height=220).facet(
-        facet=alt.Facet("metric:N", title=None), columns=3).resolve_scale(y="independent")
-    st.altair_chart(chart)
+
+    def draw(part: pd.DataFrame, metric: str) -> alt.Chart:
+        base = alt.Chart(part, title=metric).encode(
+            y=alt.Y("arm:N", title=None, sort=arms, axis=alt.Axis(labelLimit=220)),
+            color=color("arm:N", len(arms), "arm"))
+        bars = base.mark_errorbar(ticks=True, thickness=2).encode(
+            x=alt.X("ci_low:Q", title="mean, 95% CI", scale=alt.Scale(zero=False)), x2="ci_high:Q")
+        points = base.mark_point(filled=True, size=90).encode(
+            x="mean:Q", tooltip=["arm", "metric", alt.Tooltip("mean:Q", format=".4f"),
+                                 alt.Tooltip("ci_low:Q", format=".4f"), alt.Tooltip("ci_high:Q", format=".4f"),
+                                 "n_cells"])
+        return alt.layer(bars, points).properties(height=max(80, 26 * len(arms)))
+
+    _per_metric(frame, draw)
 
 
 def _cell_labels(cells: pd.DataFrame) -> pd.Series:
     cols = results.axis_columns(cells)
-    return cells["grid"] + "/" + cells["cell_id"] + "  " + results.arm_labels(cells, cols)
+    grid = (cells["grid"] + ": ") if cells["grid"].nunique() > 1 else ""
+    return grid + results.arm_labels(cells, cols) + " · " + cells["cell_id"].str[:6]
 
 
-def view_curves(long: pd.DataFrame, cells: pd.DataFrame) -> None:
+def view_curves(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridData]) -> None:
     labels = dict(zip(_cell_labels(cells), cells["path"]))
     picked = st.multiselect(f"Cells (up to {MAX_CURVES})", list(labels), default=list(labels)[:min(4, len(labels))],
-                            max_selections=MAX_CURVES)
+                            max_selections=MAX_CURVES, key="curves:cells")
     logs = [load_train_log(labels[p]).assign(cell=p) for p in picked]
-    logs = [frame for frame in logs if {"step", "loss"} <= set(frame.columns)]
+    logs = [frame for frame in logs if "step" in frame.columns and len(frame)]
     if not logs:
-        st.info("No train_log.jsonl with step and loss in these cells yet: training writes it as it goes "
+        st.info("No train_log.jsonl in these cells yet: training writes it as it goes "
                 f"(`{EXAMPLE_COMMAND}`).")
         return
     frame = pd.concat(logs, ignore_index=True)
-    log_scale = st.checkbox("Log-scale loss", value=True)
-    chart = alt.Chart(frame).mark_line().encode(
-        x=alt.X("step:Q"), y=alt.Y("loss:Q", scale=alt.Scale(type="log" if log_scale else "linear")),
-        color=alt.Color("cell:N", legend=alt.Legend(orient="bottom", columns=1, labelLimit=600)),
-        tooltip=["cell", "step", "loss"])
-    st.altair_chart(chart.properties(height=380).interactive(), width="stretch")
+    available = results.logged_quantities(frame)
+    left, middle, right = st.columns([3, 2, 1])
+    quantities = left.multiselect("Quantities", available, default=available, key="curves:quantities")
+    smoothing = middle.slider("Smoothing (EMA weight on the past)", 0.0, 0.99, SMOOTHING, 0.01, key="curves:smoothing")
+    log_y = right.toggle("Log y", value=False, key="curves:log")
+    curves = results.curve_frame(frame, smoothing, quantities)
+    n = len(picked)
+    for start in range(0, len(quantities), 2):
+        for slot, quantity in zip(st.columns(2), quantities[start:start + 2]):
+            part = curves[curves["quantity"] == quantity]
+            positive = bool((part["value"] > 0).all())
+            scale = alt.Scale(type="log" if log_y and positive else "linear", zero=False)
+            base = alt.Chart(part).encode(x=alt.X("step:Q"), color=color("cell:N", n, "cell"))
+            raw = base.mark_line(opacity=0.25, strokeWidth=1).encode(y=alt.Y("value:Q", title=quantity, scale=scale))
+            smooth = base.mark_line(strokeWidth=2).encode(
+                y=alt.Y("smoothed:Q", scale=scale), tooltip=["cell", "step", alt.Tooltip("value:Q", format=".4g"),
+                                                             alt.Tooltip("smoothed:Q", format=".4g")])
+            chart = alt.layer(raw, smooth) if smoothing > 0 else smooth.encode(y=alt.Y("value:Q", title=quantity,
+                                                                                       scale=scale))
+            with slot:
+                st.altair_chart(chart.properties(height=260, title=quantity).interactive(bind_y=False),
+                                width="stretch")
+    st.caption("Faint: the logged values; solid: smoothed (TensorBoard's exponential moving average, debiased). "
+               "Drag to pan, scroll to zoom the steps.")
 
 
-def view_numeric_axis(long: pd.DataFrame, cells: pd.DataFrame) -> None:
+def view_numeric_axis(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridData]) -> None:
     if _no_metrics(long):
         return
     axes = results.numeric_axes(cells)
     if not axes:
-        st.info("No numeric axis with two or more values in these cells (e.g. `mfg_scale` of the MFG grid).")
+        st.info("No axis with two or more numeric values in these cells (e.g. `mfg` of the MFG grid).")
         return
     axis = st.selectbox("Numeric axis", axes, format_func=lambda c: c.removeprefix(AXIS_PREFIX))
     frame, _ = _arm_frame(long, cells, extra=[axis])
-    frame["x"] = pd.to_numeric(frame[axis], errors="coerce")
-    missing = frame.loc[frame["x"].isna(), "arm"].nunique()
-    frame = frame.dropna(subset=["x"])
+    frame = results.numeric_axis_frame(frame, axis)
     name = axis.removeprefix(AXIS_PREFIX)
+    series = frame["arm"].where(frame["arm"] != "all", "cells")
+    frame = frame.assign(series=series)
+    n = frame["series"].nunique()
+    named = sorted(frame["named"].dropna().unique())
     st.subheader(f"Metrics vs {name} (mean over seeds, 95% CI)")
-    base = alt.Chart().encode(x=alt.X("x:Q", title=name), color=alt.Color("arm:N", legend=alt.Legend(orient="bottom")))
-    line = base.mark_line(point=True).encode(y=alt.Y("mean:Q", title="value", scale=alt.Scale(zero=False)),
-                                             tooltip=["arm", "metric", "x", alt.Tooltip("mean:Q", format=".4f")])
-    band = base.mark_errorbar(ticks=True).encode(y="ci_low:Q", y2="ci_high:Q")
-    chart = alt.layer(band, line, data=frame).properties(width=300, height=220).facet(
-        facet=alt.Facet("metric:N", title=None), columns=3).resolve_scale(y="independent")
-    st.altair_chart(chart)
-    if missing:
-        st.caption(f"{missing} arm(s) with {name} = null (off) are not on the numeric axis; see the Plots view.")
+
+    def draw(part: pd.DataFrame, metric: str) -> alt.Chart:
+        y = alt.Y("mean:Q", title=metric, scale=alt.Scale(zero=False))
+        tooltip = ["series", "metric", alt.Tooltip(f"{axis}:N", title=name), alt.Tooltip("mean:Q", format=".4f"),
+                   alt.Tooltip("ci_low:Q", format=".4f"), alt.Tooltip("ci_high:Q", format=".4f"), "n_cells"]
+        numbers = alt.Chart(part[part["x"].notna()]).encode(x=alt.X("x:Q", title=name, scale=alt.Scale(zero=False)),
+                                                             color=color("series:N", n, "series"))
+        right = alt.layer(numbers.mark_errorbar(ticks=True).encode(y="ci_low:Q", y2="ci_high:Q"),
+                          numbers.mark_line(point=True).encode(y=y, tooltip=tooltip)).properties(width=240, height=220)
+        words = alt.Chart(part[part["x"].isna()]).encode(x=alt.X("named:N", title=None, sort=named,
+                                                                 axis=alt.Axis(labelAngle=0)),
+                                                         color=color("series:N", n, "series"))
+        left = alt.layer(words.mark_errorbar(ticks=True).encode(y="ci_low:Q", y2="ci_high:Q"),
+                         words.mark_point(filled=True, size=80).encode(y=y, tooltip=tooltip)).properties(
+            width=34 * max(1, len(named)), height=220)
+        return alt.hconcat(left, right, title=metric, spacing=6).resolve_scale(y="shared")
+
+    metrics = sorted(frame["metric"].unique())
+    for start in range(0, len(metrics), 3):
+        for slot, metric in zip(st.columns(3), metrics[start:start + 3]):
+            with slot:
+                st.altair_chart(draw(frame[frame["metric"] == metric], metric))
+    if named:
+        st.caption(f"Named arms ({', '.join(named)}) sit in the left panel beside the numeric {name} axis, "
+                   "on the same y scale.")
 
 
-def view_samples(long: pd.DataFrame, cells: pd.DataFrame) -> None:
+def view_samples(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridData]) -> None:
     sets = sorted({s for path in cells["path"] for s in results.prompt_sets(path)})
     if not sets:
         st.info(f"No samples in these cells yet: generation writes `samples/<prompt_set>/` (`{EXAMPLE_COMMAND}`).")
@@ -332,7 +448,7 @@ def _sample_row(key, frames: dict[str, pd.DataFrame]) -> None:
             st.caption(label + "\n\n" + ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()))
 
 
-def view_paper(long: pd.DataFrame, cells: pd.DataFrame) -> None:
+def view_paper(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridData]) -> None:
     families = paper.metric_families(long) if not long.empty else []
     st.subheader("Paper table (T2I-CompBench categories, x100)")
     if not families:
@@ -340,16 +456,21 @@ def view_paper(long: pd.DataFrame, cells: pd.DataFrame) -> None:
                 f"in these cells yet. The compshapes judge writes them (`{EXAMPLE_COMMAND}`).")
         st.dataframe(paper.PAPER_TABLE2, hide_index=True)
         return
-    family = st.selectbox("Metric", families)
-    variant_cols = st.multiselect("Variant = these axes", results.arm_columns(cells) + ["grid"],
-                                  default=results.arm_columns(cells))
+    family = st.selectbox("Metric", families, key="paper:family")
+    grids = sorted(long.loc[long["metric"].str.startswith(family + "/"), "grid"].unique())
+    shown = cells[cells["grid"].isin(grids)]
+    arms = [c for c in results.arm_columns(shown) if shown[c].notna().any()]
+    default = (["grid"] if len(grids) > 1 else []) + arms
+    variant_cols = st.multiselect("Variant = these axes", list(dict.fromkeys(["grid", *arms])), default=default,
+                                  format_func=lambda c: c.removeprefix(AXIS_PREFIX))
     include = st.checkbox("Show the paper's Table 2 side by side", value=True)
     ours = paper.paper_table(long, cells, variant_cols, family)
     table = paper.side_by_side(ours, include)
     st.dataframe(table.drop(columns=["cells"], errors="ignore"), hide_index=True,
                  column_config={c: st.column_config.NumberColumn(format="%.2f") for c in table.columns if c not in ("source", "variant", "cells")})
-    st.caption("Ours: mean over seeds, ± = half-width of the 95% CI. Paper numbers are from GenTron Table 2 "
-               "(T2I-CompBench, real models); ours come from the grid's own judge and are not comparable in level.")
+    st.caption(f"Ours ({', '.join(grids)}): mean over seeds, ± = half-width of the 95% CI. Paper numbers are from "
+               "GenTron Table 2 (T2I-CompBench, real models); ours come from the grid's own judge and are not "
+               "comparable in level.")
     left, right = st.columns(2)
     left.download_button("Download CSV", paper.to_csv(table), "paper_table.csv", "text/csv")
     right.download_button("Download LaTeX", paper.to_latex(table), "paper_table.tex", "text/x-tex")
@@ -363,7 +484,7 @@ def _variant_links(ours: pd.DataFrame) -> None:
         st.markdown(f"- {row.variant}: {links}")
 
 
-def view_run(long: pd.DataFrame, cells: pd.DataFrame) -> None:
+def view_run(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridData]) -> None:
     labels = list(_cell_labels(cells))
     keys = list(cells["grid"] + "/" + cells["cell_id"])
     wanted = st.query_params.get("cell")
@@ -374,11 +495,15 @@ def view_run(long: pd.DataFrame, cells: pd.DataFrame) -> None:
     cell = cells.iloc[labels.index(picked)]
     detail = results.cell_detail(cell["path"])
     st.subheader(f"{cell['grid']}/{cell['cell_id']} · status: {cell['status']}")
-    marks = {"done": "✅", "running": "⏳", "failed": "❌", "pending": "·"}
-    st.write(" ".join(f"{marks.get(state, '·')} {stage} ({state})" for stage, state in detail["stages"].items()))
+    st.caption(f"{STATUS_MARKS.get(cell['run_status'], '')} {cell['run_status']}: {cell['status_reason']}")
+    st.write(" ".join(f"{STATUS_MARKS.get(state, '·')} {stage} ({state})" for stage, state in detail["stages"].items()))
     missing = [s for s, state in detail["stages"].items() if state != "done"]
-    if missing:
-        st.warning(f"Missing: {', '.join(missing)}. Rerun `python ablations/run.py grid={cell['grid']}` to resume this cell.")
+    rerun = next(d.rerun for d in data if d.name == cell["grid"])
+    if cell["status"] == "stale":
+        st.warning("This cell is stale: the grid's current plan no longer names its config (config.yaml below "
+                   f"holds what it ran with). The grid's current cells: `{rerun}`.")
+    elif missing:
+        st.warning(f"Missing: {', '.join(missing)}. Rerun `{rerun}` to resume this cell.")
     st.json(detail["cell"].get("axes", {}))
     with st.expander("Resolved config (config.yaml)"):
         st.code(detail["config"] or "(no config.yaml)", language="yaml")

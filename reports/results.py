@@ -19,7 +19,6 @@ from ablations.runfolder import (AXIS_PREFIX, CONFIG_PREFIX, RESULT_COLUMNS, STA
 
 log = logging.getLogger(__name__)
 
-RUN_COMMAND = "python ablations/run.py grid={grid}"
 VIDEO_SUFFIXES = (".gif", ".mp4", ".webm")
 
 
@@ -32,30 +31,37 @@ class GridData:
     results: pd.DataFrame
     cells: pd.DataFrame
     problems: list[str] = field(default_factory=list)
+    rerun: str = ""  # the command that plans this grid's current cells again and resumes them
 
 
 def load_grid(grid_dir: str | Path) -> GridData:
-    """Cells and results of one grid; results.parquet is preferred, metrics.json files fill in."""
+    """Cells and results of one grid; results.parquet is preferred, metrics.json files fill in.
+    Each cell's `status` is runfolder.cell_status, or `stale` for a cell the grid's plan (grid.yaml)
+    no longer names."""
     grid_dir = Path(grid_dir)
     name = grid_dir.name
-    cells = pd.DataFrame([read_cell(d, name) for d in cell_dirs(grid_dir)])
-    problems = cell_problems(cells, name)
-    results = _read_results(grid_dir, cells, problems)
+    record = runfolder.grid_record(grid_dir)
+    current = runfolder.current_cell_ids(grid_dir, record)
+    rerun = runfolder.rerun_command(record, grid_dir.parent)
+    cells = pd.DataFrame([read_cell(d, name, current) for d in cell_dirs(grid_dir)])
+    problems = cell_problems(cells, name, rerun)
+    results = _read_results(grid_dir, cells, problems, rerun)
     log.info("loaded grid %s: %d cells, %d result rows", name, len(cells), len(results))
-    return GridData(name=name, path=str(grid_dir), results=results, cells=cells, problems=problems)
+    return GridData(name=name, path=str(grid_dir), results=results, cells=cells, problems=problems, rerun=rerun)
 
 
-def cell_problems(cells: pd.DataFrame, grid: str) -> list[str]:
-    """Sentences naming each stage some cells have not reached, and the command that produces it."""
+def cell_problems(cells: pd.DataFrame, grid: str, rerun: str) -> list[str]:
+    """Sentences naming each stage some current cells have not reached, and the command that produces it."""
     if cells.empty:
-        return [f"Grid '{grid}' has no cells yet. Produce them with `{RUN_COMMAND.format(grid=grid)}`."]
+        return [f"Grid '{grid}' has no cells yet. Produce them with `{rerun}`."]
     problems = []
+    cells = cells[cells["status"] != "stale"]
     for stage in STAGES:
         missing = cells.loc[cells["stage." + stage] != "done", "cell_id"].tolist()
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             problems.append(f"{len(missing)} of {len(cells)} cells in '{grid}' lack {_STAGE_TEXT[stage]} "
-                            f"({shown}). Rerun `{RUN_COMMAND.format(grid=grid)}` to resume them.")
+                            f"({shown}). Rerun `{rerun}` to resume them.")
     return problems
 
 
@@ -63,15 +69,14 @@ _STAGE_TEXT = {"train": "a finished training stage (checkpoints/last.pt)", "samp
                "evaluate": "evaluator output (eval/*.json)", "record": "metrics.json"}
 
 
-def _read_results(grid_dir: Path, cells: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
+def _read_results(grid_dir: Path, cells: pd.DataFrame, problems: list[str], rerun: str) -> pd.DataFrame:
     parquet = grid_dir / "results.parquet"
     from_metrics = runfolder.collect(grid_dir)
     if parquet.exists():
         try:
             table = pd.read_parquet(parquet)
         except Exception as e:  # a torn or foreign file must not take the page down
-            problems.append(f"{parquet} is unreadable ({e}); delete it and rerun "
-                            f"`{RUN_COMMAND.format(grid=grid_dir.name)}` to rebuild it.")
+            problems.append(f"{parquet} is unreadable ({e}); delete it and rerun `{rerun}` to rebuild it.")
         else:
             if len(from_metrics) > len(table):
                 problems.append(f"results.parquet of '{grid_dir.name}' is older than the cells' metrics.json; "
@@ -112,31 +117,91 @@ def arm_labels(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
     return label
 
 
-def wide_table(results: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell: grid, cell id, axis values, then each metric's mean and 95% CI bounds."""
-    keys = ["grid", "cell_id"]
-    base = cells[keys + axis_columns(cells) + ["status"]].set_index(keys)
-    if results.empty:
-        return base.reset_index()
-    values = results.pivot_table(index=keys, columns="metric", values=["mean", "ci_low", "ci_high"], aggfunc="first")
-    metrics = sorted(results["metric"].unique())
-    columns = {}
-    for metric in metrics:
-        columns[metric] = values[("mean", metric)]
-        columns[f"{metric} lo"] = values[("ci_low", metric)]
-        columns[f"{metric} hi"] = values[("ci_high", metric)]
-    return base.join(pd.DataFrame(columns), how="left").reset_index()
+def format_ci(mean, low, high) -> str:
+    """'0.812 [0.78, 0.84]': three significant digits, what a 95% CI over a few hundred prompts supports."""
+    if mean is None or pd.isna(mean):
+        return ""
+    if pd.isna(low) or pd.isna(high):
+        return f"{mean:.3g}"
+    return f"{mean:.3g} [{low:.3g}, {high:.3g}]"
+
+
+def metric_table(long: pd.DataFrame, cells: pd.DataFrame, by: list[str] | None,
+                 metrics_as_rows: bool = True) -> pd.DataFrame:
+    """Each metric's `mean [lo, hi]` per arm (cells grouped by `by`, averaged over the rest, e.g. seeds:
+    t-interval over them) or per cell (`by` None: the cell's CI over prompts). Metrics are the rows
+    and arms/cells the columns (labelled with their axis values and cell count), or transposed."""
+    if by is None:
+        keys = ["grid", "cell_id"]
+        frame = long.merge(cells[keys + [c for c in axis_columns(cells) if c not in long.columns]], on=keys)
+        frame = frame.assign(n_cells=1)
+        label_cols = (["grid"] if cells["grid"].nunique() > 1 else []) + axis_columns(cells)
+        frame["label"] = arm_labels(frame, label_cols) + " · " + frame["cell_id"].str[:6]
+    else:
+        frame = group_over_seeds(long, cells, by)
+        frame["label"] = arm_labels(frame, by) + frame["n_cells"].map(lambda n: f" ({n} cell{'s' if n != 1 else ''})")
+    frame = frame.assign(value=[format_ci(m, lo, hi) for m, lo, hi in zip(frame["mean"], frame["ci_low"], frame["ci_high"])])
+    order = list(dict.fromkeys(frame.sort_values([*(by or ["grid", "cell_id"])])["label"]))
+    table = frame.pivot_table(index="metric", columns="label", values="value", aggfunc="first")
+    table = table.reindex(columns=order).fillna("")
+    table.columns.name = None
+    if metrics_as_rows:
+        return table.reset_index()
+    table = table.T
+    table.index.name = "arm" if by is not None else "cell"
+    table.columns.name = None
+    return table.reset_index()
+
+
+def cells_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: its status (and why), axis values, stage states and a link to its details."""
+    axes = axis_columns(cells)
+    table = cells[["grid", "cell_id", "status", *axes, *[f"stage.{s}" for s in STAGES], "status_reason"]].copy()
+    table.insert(2, "run", "?view=Run+detail&cell=" + table["grid"] + "/" + table["cell_id"])
+    table = table.rename(columns={c: c.removeprefix(AXIS_PREFIX) for c in axes} | {f"stage.{s}": s for s in STAGES}
+                         | {"status_reason": "why"})
+    return table.reset_index(drop=True)
 
 
 def numeric_axes(cells: pd.DataFrame) -> list[str]:
-    """Non-seed axes whose values are numbers (None allowed, e.g. mfg_scale: null = off), >= 2 values."""
+    """Non-seed axes with two or more numeric values (named arms such as mfg's "off" may sit beside them)."""
     found = []
     for col in arm_columns(cells):
-        values = pd.to_numeric(cells[col], errors="coerce")
-        non_null = cells[col].notna()
-        if values[non_null].notna().all() and values.dropna().nunique() >= 2:
+        values = pd.to_numeric(as_text(cells[col]), errors="coerce")
+        if values.dropna().nunique() >= 2:
             found.append(col)
     return sorted(found, key=lambda c: ("mfg" not in c, c))
+
+
+def numeric_axis_frame(grouped: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """`grouped` with `x`, the axis value as a number (NaN for a named arm: "off", "none"), and `named`,
+    the label of a named arm (None on the numeric part)."""
+    x = pd.to_numeric(as_text(grouped[axis]), errors="coerce")
+    return grouped.assign(x=x, named=as_text(grouped[axis]).where(x.isna(), None))
+
+
+# ---------------------------------------------------------------- training curves
+
+
+def logged_quantities(log: pd.DataFrame) -> list[str]:
+    """The numeric columns of a train log that hold a value somewhere (loss, lr, grad_norm, steps_per_s ...)."""
+    skip = {"step", "cell"}
+    return [c for c in log.columns if c not in skip and pd.to_numeric(log[c], errors="coerce").notna().any()]
+
+
+def curve_frame(logs: pd.DataFrame, smoothing: float, quantities: list[str] | None = None) -> pd.DataFrame:
+    """Long curves (cell, step, quantity, value, smoothed) from train logs with a `cell` column.
+    `smoothed` is TensorBoard's smoothing: an exponential moving average with weight `smoothing` on
+    the past, debiased at the start (pandas' ewm, adjust=True), per cell and quantity."""
+    quantities = logged_quantities(logs) if quantities is None else quantities
+    long = logs.melt(id_vars=["cell", "step"], value_vars=quantities, var_name="quantity", value_name="value")
+    long["value"] = pd.to_numeric(long["value"], errors="coerce")
+    long = long.dropna(subset=["value"]).sort_values(["quantity", "cell", "step"], kind="stable")
+    if smoothing <= 0:
+        return long.assign(smoothed=long["value"]).reset_index(drop=True)
+    smoothed = long.groupby(["quantity", "cell"], sort=False)["value"].transform(
+        lambda v: v.ewm(alpha=1 - smoothing, adjust=True).mean())
+    return long.assign(smoothed=smoothed).reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- one cell

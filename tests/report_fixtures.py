@@ -143,14 +143,22 @@ def arm_strength(axes: dict) -> float:
 
 
 def build_cell(grid_dir: Path, grid: str, axes: dict, *, n_prompts: int = 12, images: bool = True, video: bool = False,
-               stop_after: str = "metrics", log_steps: int = 150) -> tuple[str, dict]:
+               stop_after: str = "metrics", log_steps: int = 150, metric: str = METRIC) -> tuple[str, dict]:
     """One cell folder up to and including stage `stop_after` (one of STAGES). Returns (cell_id, metrics)."""
     config = cell_config(axes)
     cell_id = cell_id_of(config)
-    cell_dir = grid_dir / cell_id
+    atomic_write_text(grid_dir / cell_id / "config.yaml", yaml.safe_dump(config, sort_keys=True))
+    atomic_write_json(grid_dir / cell_id / "cell.json", {"grid": grid, "cell_id": cell_id, "axes": axes})
+    return cell_id, fill_cell(grid_dir / cell_id, axes, n_prompts=n_prompts, images=images, video=video,
+                              stop_after=stop_after, log_steps=log_steps, metric=metric)
+
+
+def fill_cell(cell_dir: Path, axes: dict, *, n_prompts: int = 12, images: bool = True, video: bool = False,
+              stop_after: str = "metrics", log_steps: int = 150, metric: str = METRIC,
+              prompt_set: str = PROMPT_SET) -> dict:
+    """What the stages of a cell write, up to and including `stop_after`: train log, checkpoint,
+    samples, evaluator output, metrics.json, and the manifest's stage entries. Returns the metrics."""
     reached = STAGES[: STAGES.index(stop_after) + 1]
-    atomic_write_text(cell_dir / "config.yaml", yaml.safe_dump(config, sort_keys=True))
-    atomic_write_json(cell_dir / "cell.json", {"grid": grid, "cell_id": cell_id, "axes": axes})
     strength = arm_strength(axes)
     seed = int(axes.get("seed", 0))
     _write_train_log(cell_dir, strength, seed, log_steps, done="train" in reached)
@@ -158,42 +166,50 @@ def build_cell(grid_dir: Path, grid: str, axes: dict, *, n_prompts: int = 12, im
         atomic_write_bytes(cell_dir / "checkpoints" / "last.pt", b"placeholder checkpoint")
     plist = prompts(n_prompts)
     if "samples" in reached and images:
-        write_sample_folder(cell_dir / "samples" / PROMPT_SET, plist, quality=strength, video=video)
+        write_sample_folder(cell_dir / "samples" / prompt_set, plist, quality=strength, video=video)
     metrics = {}
     if "eval" in reached:
-        evaluation = _evaluation(plist, strength, seed, video)
-        atomic_write_json(cell_dir / "eval" / f"{METRIC}.json", evaluation)
-        metrics = {f"{METRIC}/{k}": v for k, v in evaluation["aggregate"].items()}
+        evaluation = _evaluation(plist, strength, seed, video, metric)
+        atomic_write_json(cell_dir / "eval" / f"{metric}.json", evaluation)
+        metrics = {f"{metric}/{k}": v for k, v in evaluation["aggregate"].items()}
     if "metrics" in reached:
         atomic_write_json(cell_dir / "metrics.json", metrics)
     _write_manifest(cell_dir, seed, "done" if stop_after == "metrics" else "running",
-                    done=[RUN_STAGES[s] for s in reached if s in RUN_STAGES])
-    return cell_id, metrics
+                    done=[RUN_STAGES[s] for s in reached if s in RUN_STAGES], metric=metric)
+    return metrics
 
 
 def _write_train_log(cell_dir: Path, strength: float, seed: int, steps: int, done: bool) -> None:
+    """What gentron.train logs every log step (loss, mse, lr with warm-up, grad_norm, throughput, waits)."""
     rng = random.Random(seed)
     last = steps if done else steps // 2
-    lines = [json.dumps({"step": s * 10, "loss": round(0.2 + (1.1 - strength) * math.exp(-s / 40) + rng.uniform(0, 0.03), 5),
-                         "lr": 1e-4, "steps_per_s": 12.5}) for s in range(last)]
+    lines = []
+    for s in range(last):
+        loss = round(0.2 + (1.1 - strength) * math.exp(-s / 40) + rng.uniform(0, 0.03), 5)
+        speed = 12.5 + rng.uniform(-1.5, 1.5)
+        lines.append(json.dumps({
+            "step": s * 10, "loss": loss, "mse": loss, "vb": None, "lr": 1e-4 * min(1.0, (s + 1) / 20),
+            "grad_norm": round(0.3 + 2.0 * math.exp(-s / 30) + rng.uniform(0, 0.2), 4), "steps_per_s": speed,
+            "images_per_s": speed * 64, "data_wait_s": 0.002 + rng.uniform(0, 0.001), "encode_s": 0.001}))
     atomic_write_text(cell_dir / "train_log.jsonl", "\n".join(lines) + "\n")
 
 
-def _evaluation(plist: list[dict], strength: float, seed: int, video: bool) -> dict:
+def _evaluation(plist: list[dict], strength: float, seed: int, video: bool, metric: str = METRIC) -> dict:
     rng = np.random.default_rng(seed * 7919 + int(strength * 1000))
     suffix = ".gif" if video else ".png"
     per_image = [{"file": f"{p['category']}/{p['prompt_id']:06d}_42{suffix}", "prompt_id": p["prompt_id"], "seed": 42,
                   "category": p["category"], "prompt": p["prompt"],
                   "scores": {p["category"]: float(np.clip(strength + rng.normal(0, 0.1), 0, 1))}} for p in plist]
-    return result(METRIC, per_image, {"judge": "compshapes-oracle", "resolution": 32}, comparable_to_paper=False)
+    return result(metric, per_image, {"judge": "compshapes-oracle", "resolution": 32}, comparable_to_paper=False)
 
 
-def _write_manifest(cell_dir: Path, seed: int, status: str, done: list[str] = RUN_STAGES.values()) -> None:
+def _write_manifest(cell_dir: Path, seed: int, status: str, done: list[str] = RUN_STAGES.values(),
+                    metric: str = METRIC) -> None:
     """A manifest in the grid runner's format (ablations.manifest): stages listed in `done` are done."""
     stages = {s: {"status": "done", "start": "2025-01-01T00:00:00Z", "end": "2025-01-01T00:05:00Z",
                   "seconds": 300.0} for s in done}
     if "evaluate" in stages:
-        stages["evaluate"]["metrics"] = [METRIC]
+        stages["evaluate"]["metrics"] = [metric]
     atomic_write_json(cell_dir / "manifest.json", {
         "git": {"commit": "0123456789abcdef0123456789abcdef01234567", "dirty": False},
         "versions": {"torch": "2.14.1"}, "python": "3.11", "host": "testhost", "seeds": {"train": seed},
@@ -202,7 +218,8 @@ def _write_manifest(cell_dir: Path, seed: int, status: str, done: list[str] = RU
 
 
 def build_grid(runs_dir: Path, grid: str = "conditioning", axes: dict | None = None, *, n_prompts: int = 12,
-               images: bool = True, video: bool = False, stop_after: str = "metrics", parquet: bool = True) -> Path:
+               images: bool = True, video: bool = False, stop_after: str = "metrics", parquet: bool = True,
+               metric: str = METRIC) -> Path:
     """A grid folder: grid.yaml, one cell per combination of axis values, results.parquet."""
     axes = axes or {"conditioning": ["adaln", "cross_attn"], "seed": [0, 1]}
     grid_dir = Path(runs_dir) / grid
@@ -211,7 +228,7 @@ def build_grid(runs_dir: Path, grid: str = "conditioning", axes: dict | None = N
     for combo in itertools.product(*axes.values()):
         cell_axes = dict(zip(axes, combo))
         cell_id, metrics = build_cell(grid_dir, grid, cell_axes, n_prompts=n_prompts, images=images, video=video,
-                                      stop_after=stop_after)
+                                      stop_after=stop_after, metric=metric)
         rows += [{"grid": grid, "cell_id": cell_id, "metric": m, **v, **{f"axis.{k}": x for k, x in cell_axes.items()}}
                  for m, v in metrics.items()]
     if parquet and rows:
@@ -219,6 +236,33 @@ def build_grid(runs_dir: Path, grid: str = "conditioning", axes: dict | None = N
         pd.DataFrame(rows).to_parquet(buffer, index=False)
         atomic_write_bytes(grid_dir / "results.parquet", buffer.getvalue())
     return grid_dir
+
+
+def build_planned_grid(runs_dir: Path, argv: list[str], *, n_prompts: int = 12, images: bool = True,
+                       log_steps: int = 150, stop_after: str = "metrics") -> Path:
+    """A grid folder as the grid runner lays it out for `python ablations/run.py <argv>`: its plan
+    (ablations.grid.plan), grid.yaml and cell folders written by the runner's own `prepare`, then
+    each cell's stage outputs (fill_cell) and results.parquet (ablations.results)."""
+    from ablations import results as grid_results
+    from ablations.grid import plan
+    from ablations.launch import prepare
+
+    planned = plan([*argv, f"runs_dir={runs_dir}"])
+    prepare(planned)
+    for cell in planned.cells:
+        axes = {**cell.axes, "mfg_scale": cell.config["sample"]["mfg_scale"],
+                "conditioning": cell.config["model"]["conditioning"]}  # what arm_strength reads
+        fill_cell(planned.grid_dir / cell.cell_id, axes, n_prompts=n_prompts, images=images,
+                  video=cell.config["data"]["video"], stop_after=stop_after, log_steps=log_steps,
+                  prompt_set=cell.config["sample"]["prompt_sets"][0], metric=cell.config["eval"]["metrics"][0])
+    grid_results.write_results(planned.grid_dir)
+    return planned.grid_dir
+
+
+def make_run_folder(runs_dir: Path) -> Path:
+    """What `make run` leaves: the conditioning grid (2 cells, one seed) at the embedded default's
+    size: 700 train-log lines (7,000 steps, log every 10) and 564 judged samples per cell."""
+    return build_planned_grid(runs_dir, ["grid=conditioning"], n_prompts=564, log_steps=700)
 
 
 def build_big_grid(runs_dir: Path, n_cells: int = 1000, grid: str = "big") -> Path:

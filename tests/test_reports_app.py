@@ -2,13 +2,24 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import streamlit
 from streamlit.testing.v1 import AppTest
 
-from report_fixtures import build_grid
+from report_fixtures import REPO, build_cell, build_grid, build_planned_grid
+from ablations import runfolder
 from reports import paper, results
 
 APP = str(Path(__file__).resolve().parents[1] / "reports" / "app.py")
@@ -40,6 +51,40 @@ def view(at: AppTest, name: str) -> AppTest:
     return at.sidebar.radio[0].set_value(name).run()
 
 
+def statuses(at: AppTest) -> list[str]:
+    """The cells table's status column without its marks ('✅ done' -> 'done')."""
+    return [s.split()[-1] for s in at.dataframe[1].value["status"]]
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
+
+
+def color_encodings(spec) -> list[dict]:
+    """Every `color` encoding anywhere in a Vega-Lite spec (layers, facets, concatenations)."""
+    found = []
+    if isinstance(spec, dict):
+        encoding = spec.get("encoding")
+        if isinstance(encoding, dict) and "color" in encoding:
+            found.append(encoding["color"])
+        for value in spec.values():
+            found += color_encodings(value)
+    elif isinstance(spec, list):
+        for value in spec:
+            found += color_encodings(value)
+    return found
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory) -> Path:
+    """The mfg grid as the runner lays it out for `grid=mfg seeds=[0,1] train.steps=20`, plus a cell
+    left over from an earlier configuration."""
+    root = tmp_path_factory.mktemp("planned")
+    grid_dir = build_planned_grid(root, ["grid=mfg", "seeds=[0,1]", "train.steps=20"], n_prompts=6)
+    build_cell(grid_dir, "mfg", {"mfg": "1.0", "seed": 0}, n_prompts=6, images=False)
+    return root
+
+
 def test_empty_runs_folder_says_how_to_produce_runs(tmp_path, monkeypatch):
     at = app(tmp_path / "nothing", monkeypatch)
     assert_clean(at)
@@ -47,31 +92,78 @@ def test_empty_runs_folder_says_how_to_produce_runs(tmp_path, monkeypatch):
     assert "python ablations/run.py grid=conditioning" in at.code[0].value
 
 
-def test_table_lists_every_cell_with_cis(runs, monkeypatch):
+CI_CELL = re.compile(r"^-?\d[\d.e+-]* \[-?\d[\d.e+-]*, -?\d[\d.e+-]*\]$")
+
+
+def test_table_has_metrics_as_rows_and_mean_with_ci_in_one_cell(runs, monkeypatch):
+    """One row per metric, one column per arm (seeds averaged), `mean [lo, hi]` in each cell: six
+    metrics over two arms fit a 1400 px page (each metric's mean, lo and hi as separate columns did not)."""
     at = app(runs, monkeypatch)
     assert_clean(at)
     table = at.dataframe[0].value
-    assert len(table) == 4
-    assert {"axis.conditioning", "axis.seed", "compshapes_judge/color", "compshapes_judge/color lo",
-            "compshapes_judge/color hi", "run"} <= set(table.columns)
-    assert (table["compshapes_judge/color lo"] <= table["compshapes_judge/color"]).all()
-    assert table["run"].str.startswith("?view=Run+detail&cell=conditioning/").all()
+    assert list(table["metric"]) == [f"compshapes_judge/{c}" for c in sorted(paper.CATEGORIES + ["non_spatial"])
+                                     if c != "non-spatial"]
+    assert list(table.columns) == ["metric", "conditioning=adaln (2 cells)", "conditioning=cross_attn (2 cells)"]
+    assert table.iloc[:, 1:].map(lambda v: bool(CI_CELL.match(v))).all().all()
+    grid = results.load_grid(runs / "conditioning")
+    grouped = results.group_over_seeds(grid.results, grid.cells, ["axis.conditioning"]).set_index(
+        ["axis.conditioning", "metric"])
+    mean, low, high = grouped.loc[("adaln", "compshapes_judge/color"), ["mean", "ci_low", "ci_high"]]
+    shown = table.set_index("metric").loc["compshapes_judge/color", "conditioning=adaln (2 cells)"]
+    assert shown == f"{mean:.3g} [{low:.3g}, {high:.3g}]"
+
+
+def test_table_per_cell_and_transposed(runs, monkeypatch):
+    at = app(runs, monkeypatch)
+    at = at.radio(key="table:columns").set_value("cells").run()
+    assert_clean(at)
+    table = at.dataframe[0].value
+    assert len(table.columns) == 1 + 4 and all("seed=" in c for c in table.columns[1:])
+    at = at.toggle(key="table:metric_rows").set_value(False).run()
+    table = at.dataframe[0].value
+    assert len(table) == 4 and "compshapes_judge/color" in table.columns
+
+
+def test_cells_table_links_every_cell_with_its_status(runs, monkeypatch):
+    at = app(runs, monkeypatch)
+    cells = at.dataframe[1].value
+    assert len(cells) == 4 and set(statuses(at)) == {"done"}
+    assert cells["run"].str.startswith("?view=Run+detail&cell=conditioning/").all()
 
 
 def test_group_by_averages_over_seeds(runs, monkeypatch):
     at = app(runs, monkeypatch)
     group = next(m for m in at.main.multiselect if m.label.startswith("Group by"))
-    at = group.set_value(["axis.conditioning"]).run()
+    at = group.set_value(["axis.seed"]).run()
     assert_clean(at)
-    table = at.dataframe[0].value.set_index("axis.conditioning")
-    assert list(table["cells"]) == [2, 2]
-    assert table.loc["cross_attn", "compshapes_judge/color"] > table.loc["adaln", "compshapes_judge/color"]
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["metric", "seed=0 (2 cells)", "seed=1 (2 cells)"]
+
+
+def test_metric_selection_is_per_grid(runs, monkeypatch, tmp_path):
+    """A second grid brings its own metrics (all selected), and the first grid's choice stays its own."""
+    for grid in ("conditioning",):
+        (tmp_path / grid).symlink_to(runs / grid)
+    build_grid(tmp_path, "other", {"conditioning": ["adaln"], "seed": [0]}, n_prompts=6, images=False, metric="judge_b")
+    at = app(tmp_path, monkeypatch)
+    at = at.sidebar.multiselect(key="metrics:conditioning").set_value(["compshapes_judge/color"]).run()
+    at = at.sidebar.multiselect[0].set_value(["conditioning", "other"]).run()
+    assert_clean(at)
+    shown = set(at.dataframe[0].value["metric"])
+    assert shown == {"compshapes_judge/color", *[f"judge_b/{c}" for c in
+                                                 ("color", "complex", "non_spatial", "shape", "spatial", "texture")]}
+    at = view(at, "Paper table")
+    assert_clean(at)
+    assert at.selectbox(key="paper:family").options == ["compshapes_judge", "judge_b"]
+    at = at.selectbox(key="paper:family").set_value("judge_b").run()
+    table = at.dataframe[0].value
+    assert (table["source"] == "ours").sum() == 1 and table.loc[table["source"] == "ours", "color"].notna().all()
 
 
 def test_filter_keeps_only_the_chosen_axis_values(runs, monkeypatch):
     at = app(runs, monkeypatch)
     at = at.sidebar.multiselect(key="filter:axis.conditioning").set_value(["adaln"]).run()
-    assert set(at.dataframe[0].value["axis.conditioning"]) == {"adaln"}
+    assert set(at.dataframe[1].value["conditioning"]) == {"adaln"}
 
 
 @pytest.mark.parametrize("grid", ["conditioning", "mfg"])
@@ -89,8 +181,141 @@ def test_numeric_axis_detects_mfg_scale(runs, monkeypatch):
     at = view(at.sidebar.multiselect[0].set_value(["mfg"]).run(), "Numeric axis")
     assert_clean(at)
     assert at.selectbox[0].value == "axis.mfg_scale"
-    assert "mfg_scale = null" in at.caption[-1].value
-    assert len(at.get("vega_lite_chart")) == 1
+    specs = charts(at)
+    assert len(specs) == 6 and all("hconcat" in spec for spec in specs)
+
+
+def test_numeric_axis_places_a_named_control_arm_beside_the_numbers(planned, monkeypatch):
+    """mfg's arms are "off", "1.0" ... "1.3": the numbers go on a numeric axis, "off" in a panel beside it."""
+    at = view(app(planned, monkeypatch), "Numeric axis")
+    assert_clean(at)
+    assert at.selectbox[0].value == "axis.mfg"
+    frame = results.numeric_axis_frame(results.group_over_seeds(
+        results.load_grid(planned / "mfg").results, results.load_grid(planned / "mfg").cells, ["axis.mfg"]), "axis.mfg")
+    assert sorted(frame.loc[frame["x"].notna(), "axis.mfg"].unique()) == ["1.0", "1.1", "1.2", "1.3"]
+    assert list(frame.loc[frame["x"].isna(), "axis.mfg"].unique()) == ["off"]
+    specs = charts(at)
+    assert len(specs) == 6
+    for spec in specs:
+        named, numeric = spec["hconcat"]
+        assert numeric["encoding"]["x"]["type"] == "quantitative" if "encoding" in numeric else \
+            numeric["layer"][0]["encoding"]["x"]["type"] == "quantitative"
+        assert (named.get("encoding") or named["layer"][0]["encoding"])["x"]["type"] == "nominal"
+
+
+def test_every_plot_has_a_legend_and_distinct_colours(planned, monkeypatch):
+    at = app(planned, monkeypatch)
+    seen = 0
+    for name in ["Plots", "Training curves", "Numeric axis"]:
+        at = view(at, name)
+        assert_clean(at)
+        for spec in charts(at):
+            encodings = color_encodings(spec)
+            assert encodings, f"{name}: a plot without colours"
+            for color in encodings:
+                assert color.get("legend", {}) is not None, f"{name}: a plot without legend"
+                assert color["scale"]["scheme"] in ("tableau10", "tableau20"), name
+            seen += 1
+    assert seen >= 6 + 4 + 6
+
+
+def test_training_curves_show_every_logged_quantity_smoothed(planned, monkeypatch):
+    at = view(app(planned, monkeypatch), "Training curves")
+    assert_clean(at)
+    titles = [spec.get("title") for spec in charts(at)]
+    for quantity in ("loss", "lr", "grad_norm", "steps_per_s", "images_per_s", "mse"):
+        assert quantity in titles
+    assert "vb" not in titles, "a quantity that is never logged (null) gets no plot"
+    picked = at.multiselect(key="curves:cells")
+    assert len(picked.value) == 4
+    assert at.slider(key="curves:smoothing").value == pytest.approx(0.6)
+    at = at.slider(key="curves:smoothing").set_value(0.9).run()
+    assert_clean(at)
+
+
+def test_curve_smoothing_is_a_debiased_ema_per_cell():
+    frame = pd.DataFrame({"cell": ["a"] * 3 + ["b"] * 2, "step": [0, 10, 20, 0, 10],
+                          "loss": [1.0, 0.0, 0.0, 5.0, 5.0], "lr": [0.1] * 5, "vb": [None] * 5})
+    long = results.curve_frame(frame, 0.5)
+    assert set(long["quantity"]) == {"loss", "lr"}
+    loss_a = long[(long["cell"] == "a") & (long["quantity"] == "loss")]["smoothed"].tolist()
+    assert loss_a == pytest.approx([1.0, 1 / 3, 1 / 7])  # TensorBoard's EMA, debiased: 0.5 / 1.5, 0.25 / 1.75
+    assert long[(long["cell"] == "b") & (long["quantity"] == "loss")]["smoothed"].tolist() == [5.0, 5.0]
+    assert long[long["quantity"] == "loss"]["smoothed"].tolist() != long[long["quantity"] == "loss"]["value"].tolist()
+    assert results.curve_frame(frame, 0.0)["smoothed"].tolist() == results.curve_frame(frame, 0.0)["value"].tolist()
+
+
+def _set_stage(cell_dir: Path, **entry) -> None:
+    found = json.loads((cell_dir / "manifest.json").read_text())
+    found["status"] = "running"
+    found["stages"]["record"] = {"status": "running", "start": "2025-01-01T00:00:00+00:00", **entry}
+    (cell_dir / "manifest.json").write_text(json.dumps(found))
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_status_from_manifest_and_process(tmp_path, monkeypatch):
+    """A stage killed by a timeout leaves `running` in the manifest: the browser checks the process
+    (this host: its pid) or, where it cannot, how long the cell's files have been still."""
+    grid_dir = build_grid(tmp_path, "g", {"conditioning": ["adaln", "cross_attn"], "seed": [0, 1]},
+                          n_prompts=6, images=False)
+    dead, alive, quiet, busy = sorted(p for p in grid_dir.iterdir() if p.is_dir())
+    here = socket.gethostname()
+    _set_stage(dead, host=here, pid=_dead_pid())
+    _set_stage(alive, host=here, pid=os.getpid(), start=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()))
+    _set_stage(quiet, host="another-node", pid=1)
+    old = time.time() - 2 * runfolder.STALL_SECONDS
+    for path in [quiet, *quiet.rglob("*")]:
+        os.utime(path, (old, old))
+    _set_stage(busy, host="another-node", pid=1)
+    status = results.load_grid(grid_dir).cells.set_index("path")["status"]
+    assert [status[str(d)] for d in (dead, alive, quiet, busy)] == ["stopped", "running", "stopped", "running"]
+    assert runfolder.cell_status(dead)[1].startswith("record says running, but its process")
+    at = app(tmp_path, monkeypatch)
+    assert_clean(at)
+    assert sorted(statuses(at)) == ["running", "running", "stopped", "stopped"]
+
+
+def test_a_reused_pid_is_not_the_stage_process(tmp_path):
+    grid_dir = build_grid(tmp_path, "g", {"conditioning": ["adaln"], "seed": [0]}, n_prompts=6, images=False)
+    cell = next(p for p in grid_dir.iterdir() if p.is_dir())
+    _set_stage(cell, host=socket.gethostname(), pid=os.getpid(), start="2000-01-01T00:00:00+00:00")
+    assert runfolder.cell_status(cell)[0] == "stopped", "this process started long after the stage did"
+
+
+def test_stale_cells_are_hidden_until_asked_for(planned, monkeypatch):
+    at = app(planned, monkeypatch)
+    assert_clean(at)
+    grid = results.load_grid(planned / "mfg")
+    assert (grid.cells["status"] == "stale").sum() == 1
+    assert len(at.dataframe[1].value) == 10 and "stale" not in statuses(at)
+    at = at.sidebar.toggle(key="show_stale").set_value(True).run()
+    assert_clean(at)
+    assert len(at.dataframe[1].value) == 11 and statuses(at).count("stale") == 1
+
+
+def test_rerun_hint_reproduces_exactly_the_cells_shown(planned, monkeypatch):
+    from ablations.grid import plan
+
+    at = app(planned, monkeypatch)
+    command = next(c.value for c in at.code if c.value.startswith("python ablations/run.py"))
+    assert command == (f"python ablations/run.py grid=mfg profile=embedded 'seeds=[0,1]' train.steps=20 "
+                       f"runs_dir={planned}")
+    args = shlex.split(command)[2:]
+    replanned = {cell.cell_id for cell in plan(args).cells}
+    shown = set(at.dataframe[1].value["cell_id"])
+    assert replanned == shown and len(shown) == 10
+
+
+def test_page_has_no_deploy_menu(runs, monkeypatch):
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["toolbarMode"] == "viewer"
+    app(runs, monkeypatch)
+    assert streamlit.get_option("client.toolbarMode") == "viewer"
 
 
 def test_samples_side_by_side_with_judge_scores(runs, monkeypatch):
@@ -173,7 +398,7 @@ def test_cache_follows_file_changes(tmp_path, monkeypatch):
     metrics["compshapes_judge/color"] = {"mean": 0.123456, "ci_low": 0.1, "ci_high": 0.2, "n": 6}
     (cell_dir / "metrics.json").write_text(json.dumps(metrics))
     at = at.run()
-    assert at.dataframe[0].value["compshapes_judge/color"].iloc[0] == pytest.approx(0.123456)
+    assert at.dataframe[0].value.set_index("metric").iloc[:, 0]["compshapes_judge/color"].startswith("0.123 [0.1, 0.2]")
 
 
 def test_group_over_seeds_uses_a_t_interval(runs):
