@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from eval.stats import wilson  # noqa: F401  (scipy's binomtest Wilson interval; vote counts are integers)
 
-Z95 = float(stats.norm.ppf(0.975))
 EXCLUSION_RULE = ("A rater is excluded when they fail any attention check: on a check pair, one image made from "
                   "the shown text and one from another text, they answer \"Which image better matches the text?\" "
                   "with the other text's image or a draw.")
@@ -32,16 +31,6 @@ def excluded_raters(votes: pd.DataFrame) -> dict[str, str]:
     failed = table[table["checks_passed"] < table["checks"]]
     return {rater: f"failed {row.checks - row.checks_passed} of {row.checks} attention checks"
             for rater, row in failed.iterrows()}
-
-
-def wilson(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (0, 0 for no trials)."""
-    if n <= 0:
-        return 0.0, 0.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
 def oriented(votes: pd.DataFrame) -> pd.DataFrame:
