@@ -20,8 +20,10 @@ OWLVIT = "google/owlvit-base-patch32"
 
 
 def hf_cache_dir() -> Path:
-    home = os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
-    return Path(os.environ.get("HF_HUB_CACHE", os.path.join(home, "hub")))
+    """The hub cache huggingface_hub searches (HF_HUB_CACHE / HF_HOME as it read them)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
 
 
 def hf_model_path(name_or_path: str | os.PathLike, what: str) -> Path:

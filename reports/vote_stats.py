@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from eval.stats import wilson  # noqa: F401  (scipy's binomtest Wilson interval; vote counts are integers)
 
 EXCLUSION_RULE = ("A rater is excluded when they fail any attention check: on a check pair, one image made from "
