@@ -34,7 +34,8 @@ PROMPTS_PER_PAGE = 4
 SAMPLE_WIDTH = 256
 MAX_COLUMNS = 10  # more arms or cells than this: metrics become the columns
 SMOOTHING = 0.6  # TensorBoard's default
-STATUS_MARKS = {"done": "✅", "running": "⏳", "stopped": "⛔", "failed": "❌", "pending": "·", "stale": "🕸"}
+STATUS_COLORS = {"done": "#2e7d32", "running": "#1565c0", "stopped": "#e65100", "failed": "#c62828",
+                 "pending": "#6d6d6d", "stale": "#8d6e63"}
 
 
 def default_runs_dir(argv: list[str] | None = None) -> str:
@@ -51,7 +52,8 @@ def default_runs_dir(argv: list[str] | None = None) -> str:
 def color(field: str, n: int, title: str | None = None) -> alt.Color:
     """A categorical colour with a legend: Tableau's 10 (or 20) distinct hues, never shades of one."""
     return alt.Color(field, title=title, scale=alt.Scale(scheme="tableau10" if n <= 10 else "tableau20"),
-                     legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=480, symbolLimit=40))
+                     legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=480, symbolLimit=40,
+                                       symbolOpacity=1, symbolStrokeWidth=3))
 
 
 # ---------------------------------------------------------------- cached loading
@@ -125,7 +127,7 @@ def show_page() -> None:
     if not show_stale:
         cells = cells[cells["status"] != "stale"]
     if stale:
-        st.caption(f"🕸 {stale} stale cell{'s' if stale > 1 else ''} "
+        st.caption(f"{stale} stale cell{'s' if stale > 1 else ''} "
                    f"{'shown' if show_stale else 'hidden (turn on “Show stale cells”)'}: the grid's current plan no "
                    "longer names their configs.")
     cells = filter_cells(cells)
@@ -134,8 +136,10 @@ def show_page() -> None:
 
 
 def _default_grids(grids: list[str]) -> list[str]:
-    wanted = st.query_params.get("cell", "").split("/")[0]
-    return [wanted] if wanted in grids else grids[:1]
+    """?grid=a&grid=b, else the grid of ?cell=grid/id, else the first grid."""
+    wanted = [g for g in st.query_params.get_all("grid") if g in grids]
+    cell_grid = st.query_params.get("cell", "").split("/")[0]
+    return wanted or ([cell_grid] if cell_grid in grids else grids[:1])
 
 
 def guarded(view, long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridData]) -> None:
@@ -179,12 +183,12 @@ def filter_cells(cells: pd.DataFrame) -> pd.DataFrame:
 def filter_metrics(data: list[results.GridData], cells: pd.DataFrame) -> pd.DataFrame:
     """The results of the shown cells, with a metric choice per grid (a newly added grid shows all of its own)."""
     parts = []
+    box = st.sidebar.expander("Metrics", expanded=False)
     for grid in data:
         if grid.results.empty:
             continue
         metrics = sorted(grid.results["metric"].unique())
-        label = "Metrics" if len(data) == 1 else f"Metrics of {grid.name}"
-        keep = st.sidebar.multiselect(label, metrics, default=metrics, key=f"metrics:{grid.name}")
+        keep = box.multiselect(f"of {grid.name}", metrics, default=metrics, key=f"metrics:{grid.name}")
         parts.append(grid.results[grid.results["metric"].isin(keep)])
     if not parts:
         return pd.DataFrame(columns=results.RESULT_COLUMNS)
@@ -262,8 +266,9 @@ def view_table(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridD
         _no_metrics(long)
     st.subheader("Cells")
     table = results.cells_table(cells)
-    table["status"] = table["status"].map(lambda s: f"{STATUS_MARKS.get(s, '')} {s}".strip())
-    st.dataframe(table, hide_index=True, column_config={
+    styled = table.style.map(lambda s: f"color: {STATUS_COLORS.get(s, 'inherit')}; font-weight: 600",
+                             subset=["status"])
+    st.dataframe(styled, hide_index=True, column_config={
         "run": st.column_config.LinkColumn("run", display_text="details"),
         "why": st.column_config.TextColumn("why", width="large")})
     st.caption("Status: done · running (its process is alive) · stopped (the manifest says running but the process "
@@ -290,16 +295,15 @@ def view_plots(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridD
     st.subheader("Metrics per arm (mean over seeds, 95% CI)")
 
     def draw(part: pd.DataFrame, metric: str) -> alt.Chart:
-        base = alt.Chart(part, title=metric).encode(
-            y=alt.Y("arm:N", title=None, sort=arms, axis=alt.Axis(labelLimit=220)),
-            color=color("arm:N", len(arms), "arm"))
-        bars = base.mark_errorbar(ticks=True, thickness=2).encode(
+        base = alt.Chart(part).encode(y=alt.Y("arm:N", title=None, sort=arms, axis=alt.Axis(labelLimit=220)),
+                                      color=color("arm:N", len(arms), "arm"))
+        bars = base.mark_rule(strokeWidth=2).encode(
             x=alt.X("ci_low:Q", title="mean, 95% CI", scale=alt.Scale(zero=False)), x2="ci_high:Q")
-        points = base.mark_point(filled=True, size=90).encode(
+        points = base.mark_point(filled=True, size=90, opacity=1).encode(
             x="mean:Q", tooltip=["arm", "metric", alt.Tooltip("mean:Q", format=".4f"),
                                  alt.Tooltip("ci_low:Q", format=".4f"), alt.Tooltip("ci_high:Q", format=".4f"),
                                  "n_cells"])
-        return alt.layer(bars, points).properties(height=max(80, 26 * len(arms)))
+        return alt.layer(bars, points).properties(title=metric, height=alt.Step(24))
 
     _per_metric(frame, draw)
 
@@ -358,31 +362,37 @@ def view_numeric_axis(long: pd.DataFrame, cells: pd.DataFrame, data: list[result
     frame, _ = _arm_frame(long, cells, extra=[axis])
     frame = results.numeric_axis_frame(frame, axis)
     name = axis.removeprefix(AXIS_PREFIX)
-    series = frame["arm"].where(frame["arm"] != "all", "cells")
+    series = frame["arm"].where(frame["arm"] != "all", ", ".join(sorted(cells["grid"].unique())))
     frame = frame.assign(series=series)
     n = frame["series"].nunique()
     named = sorted(frame["named"].dropna().unique())
     st.subheader(f"Metrics vs {name} (mean over seeds, 95% CI)")
 
     def draw(part: pd.DataFrame, metric: str) -> alt.Chart:
-        y = alt.Y("mean:Q", title=metric, scale=alt.Scale(zero=False))
+        low, high = part["ci_low"].min(), part["ci_high"].max()
+        scale = alt.Scale(zero=False, domain=[low, high], nice=True)
         tooltip = ["series", "metric", alt.Tooltip(f"{axis}:N", title=name), alt.Tooltip("mean:Q", format=".4f"),
                    alt.Tooltip("ci_low:Q", format=".4f"), alt.Tooltip("ci_high:Q", format=".4f"), "n_cells"]
         numbers = alt.Chart(part[part["x"].notna()]).encode(x=alt.X("x:Q", title=name, scale=alt.Scale(zero=False)),
                                                              color=color("series:N", n, "series"))
-        right = alt.layer(numbers.mark_errorbar(ticks=True).encode(y="ci_low:Q", y2="ci_high:Q"),
-                          numbers.mark_line(point=True).encode(y=y, tooltip=tooltip)).properties(width=240, height=220)
-        words = alt.Chart(part[part["x"].isna()]).encode(x=alt.X("named:N", title=None, sort=named,
-                                                                 axis=alt.Axis(labelAngle=0)),
-                                                         color=color("series:N", n, "series"))
-        left = alt.layer(words.mark_errorbar(ticks=True).encode(y="ci_low:Q", y2="ci_high:Q"),
-                         words.mark_point(filled=True, size=80).encode(y=y, tooltip=tooltip)).properties(
-            width=34 * max(1, len(named)), height=220)
-        return alt.hconcat(left, right, title=metric, spacing=6).resolve_scale(y="shared")
+        right = alt.layer(
+            numbers.mark_rule(strokeWidth=2).encode(y=alt.Y("ci_low:Q", scale=scale, axis=None), y2="ci_high:Q"),
+            numbers.mark_line(point=alt.OverlayMarkDef(filled=True, size=70)).encode(
+                y=alt.Y("mean:Q", scale=scale, axis=None), tooltip=tooltip)).properties(width=280, height=220)
+        words = alt.Chart(part[part["x"].isna()]).encode(
+            x=alt.X("named:N", title=None, sort=named, axis=alt.Axis(labelAngle=0)),
+            color=color("series:N", n, "series"))
+        left = alt.layer(
+            words.mark_rule(strokeWidth=2).encode(y=alt.Y("ci_low:Q", scale=scale, title="mean, 95% CI"),
+                                                  y2="ci_high:Q"),
+            words.mark_point(filled=True, size=70, opacity=1).encode(y=alt.Y("mean:Q", scale=scale),
+                                                                     tooltip=tooltip)).properties(
+            width=40 * max(1, len(named)), height=220)
+        return alt.hconcat(left, right, title=metric, spacing=4).resolve_scale(y="shared")
 
     metrics = sorted(frame["metric"].unique())
-    for start in range(0, len(metrics), 3):
-        for slot, metric in zip(st.columns(3), metrics[start:start + 3]):
+    for start in range(0, len(metrics), 2):
+        for slot, metric in zip(st.columns(2), metrics[start:start + 2]):
             with slot:
                 st.altair_chart(draw(frame[frame["metric"] == metric], metric))
     if named:
@@ -466,8 +476,7 @@ def view_paper(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridD
     include = st.checkbox("Show the paper's Table 2 side by side", value=True)
     ours = paper.paper_table(long, cells, variant_cols, family)
     table = paper.side_by_side(ours, include)
-    st.dataframe(table.drop(columns=["cells"], errors="ignore"), hide_index=True,
-                 column_config={c: st.column_config.NumberColumn(format="%.2f") for c in table.columns if c not in ("source", "variant", "cells")})
+    st.dataframe(paper.display_table(table), hide_index=True)
     st.caption(f"Ours ({', '.join(grids)}): mean over seeds, ± = half-width of the 95% CI. Paper numbers are from "
                "GenTron Table 2 (T2I-CompBench, real models); ours come from the grid's own judge and are not "
                "comparable in level.")
@@ -495,8 +504,8 @@ def view_run(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridDat
     cell = cells.iloc[labels.index(picked)]
     detail = results.cell_detail(cell["path"])
     st.subheader(f"{cell['grid']}/{cell['cell_id']} · status: {cell['status']}")
-    st.caption(f"{STATUS_MARKS.get(cell['run_status'], '')} {cell['run_status']}: {cell['status_reason']}")
-    st.write(" ".join(f"{STATUS_MARKS.get(state, '·')} {stage} ({state})" for stage, state in detail["stages"].items()))
+    st.caption(f"{cell['run_status']}: {cell['status_reason']}")
+    st.write(" → ".join(f"{stage} ({state})" for stage, state in detail["stages"].items()))
     missing = [s for s, state in detail["stages"].items() if state != "done"]
     rerun = next(d.rerun for d in data if d.name == cell["grid"])
     if cell["status"] == "stale":

@@ -81,6 +81,16 @@ def side_by_side(ours: pd.DataFrame, include_paper: bool) -> pd.DataFrame:
     return table[first + [c for c in table.columns if c not in first]]
 
 
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """source, variant and one '46.05 ± 2.10' text per category (the paper's rows: the number alone)."""
+    shown = table[["source", "variant"]].copy()
+    for cat in CATEGORIES:
+        half = table[cat + " ±"] if cat + " ±" in table else pd.Series(None, index=table.index, dtype=float)
+        shown[cat] = [("" if pd.isna(v) else f"{v:.2f}" if pd.isna(h) else f"{v:.2f} ± {h:.2f}")
+                      for v, h in zip(table[cat], half)]
+    return shown
+
+
 def to_csv(table: pd.DataFrame) -> bytes:
     return table.to_csv(index=False, float_format="%.2f").encode("utf-8")
 

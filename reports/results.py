@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ablations import runfolder
@@ -117,13 +118,21 @@ def arm_labels(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
     return label
 
 
-def format_ci(mean, low, high) -> str:
-    """'0.812 [0.78, 0.84]': three significant digits, what a 95% CI over a few hundred prompts supports."""
+def decimals(values: pd.Series) -> int:
+    """Decimals that give the largest |value| three significant digits: 0.812, 23.4, 1234."""
+    largest = pd.to_numeric(values, errors="coerce").abs().max()
+    if not largest or pd.isna(largest):
+        return 3
+    return int(max(0, 2 - np.floor(np.log10(largest))))
+
+
+def format_ci(mean, low, high, digits: int = 3) -> str:
+    """'0.812 [0.780, 0.840]': the mean and its 95% CI with `digits` decimals."""
     if mean is None or pd.isna(mean):
         return ""
     if pd.isna(low) or pd.isna(high):
-        return f"{mean:.3g}"
-    return f"{mean:.3g} [{low:.3g}, {high:.3g}]"
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def metric_table(long: pd.DataFrame, cells: pd.DataFrame, by: list[str] | None,
@@ -140,7 +149,9 @@ def metric_table(long: pd.DataFrame, cells: pd.DataFrame, by: list[str] | None,
     else:
         frame = group_over_seeds(long, cells, by)
         frame["label"] = arm_labels(frame, by) + frame["n_cells"].map(lambda n: f" ({n} cell{'s' if n != 1 else ''})")
-    frame = frame.assign(value=[format_ci(m, lo, hi) for m, lo, hi in zip(frame["mean"], frame["ci_low"], frame["ci_high"])])
+    digits = frame.groupby("metric")["mean"].transform(decimals)  # one precision per metric
+    frame = frame.assign(value=[format_ci(m, lo, hi, d) for m, lo, hi, d in
+                                zip(frame["mean"], frame["ci_low"], frame["ci_high"], digits)])
     order = list(dict.fromkeys(frame.sort_values([*(by or ["grid", "cell_id"])])["label"]))
     table = frame.pivot_table(index="metric", columns="label", values="value", aggfunc="first")
     table = table.reindex(columns=order).fillna("")

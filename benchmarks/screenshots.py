@@ -1,0 +1,127 @@
+"""Screenshots of the results browser for the README: starts `streamlit run reports/app.py -- --runs
+<runs>`, opens each view in Debian's Chromium (Playwright, headless) and stops the app again.
+
+    .venv/bin/python benchmarks/screenshots.py --runs runs/ --out docs/ [--grid conditioning] [--numeric-grid mfg] [--phone]
+
+Writes results_browser.png (the table), results_plots.png, results_curves.png, results_numeric.png,
+results_paper_table.png and results_samples.png at 1400x900 (the whole page); with --phone also each
+one at 390x844 as results_<view>_phone.png.
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlencode
+from urllib.request import urlopen
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
+DESKTOP, PHONE = {"width": 1400, "height": 900}, {"width": 390, "height": 844}
+# file stem -> (view, what marks the view as drawn)
+SHOTS = {"results_browser": ("Table", "[data-testid='stDataFrame']"),
+         "results_plots": ("Plots", "[data-testid='stVegaLiteChart']"),
+         "results_curves": ("Training curves", "[data-testid='stVegaLiteChart']"),
+         "results_numeric": ("Numeric axis", "[data-testid='stVegaLiteChart']"),
+         "results_paper_table": ("Paper table", "[data-testid='stDataFrame']"),
+         "results_samples": ("Samples", "[data-testid='stImage']")}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serve(runs: Path, port: int | None = None, timeout: float = 90.0):
+    """The results browser on 127.0.0.1 until the block ends (stopped by its own pid)."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "streamlit", "run", "reports/app.py", "--server.port", str(port),
+               "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               "--server.fileWatcherType", "none", "--", "--runs", str(runs)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"streamlit exited: {process.stdout.read().decode(errors='replace')}")
+            try:
+                with urlopen(url + "/_stcore/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the results browser did not answer on {url} within {timeout:.0f} s")
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def view_url(url: str, view: str, grids: list[str]) -> str:
+    return f"{url}/?" + urlencode([("view", view), *[("grid", g) for g in grids]])
+
+
+def wait_drawn(page, marker: str, timeout_ms: int = 60_000) -> None:
+    """Until the view's element is there and Streamlit has finished the script run."""
+    page.locator(marker).first.wait_for(timeout=timeout_ms)
+    page.locator("[data-testid='stStatusWidget']").wait_for(state="detached", timeout=timeout_ms)
+    page.wait_for_timeout(1200)  # charts and data grids paint after the run
+
+
+def take(browser, url: str, out: Path, grids: list[str], viewport: dict, suffix: str = "",
+         numeric_grid: str | None = None) -> list[Path]:
+    page = browser.new_page(viewport=viewport)
+    written = []
+    for stem, (view, marker) in SHOTS.items():
+        shown = [numeric_grid] if view == "Numeric axis" and numeric_grid else grids
+        page.goto(view_url(url, view, shown), timeout=90_000)
+        try:
+            wait_drawn(page, marker)
+        except Exception:  # a view with nothing to draw (no samples, no numeric axis) shows its message instead
+            page.wait_for_timeout(1500)
+        path = out / f"{stem}{suffix}.png"
+        page.screenshot(path=str(path), full_page=True)
+        written.append(path)
+    page.close()
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--grid", action="append", default=[], help="grid(s) to show (default: the first)")
+    parser.add_argument("--numeric-grid", help="grid of the numeric-axis shot (default: mfg when the runs have it)")
+    parser.add_argument("--phone", action="store_true", help="also at 390x844, as results_<view>_phone.png")
+    args = parser.parse_args(argv)
+    numeric = args.numeric_grid or ("mfg" if (args.runs / "mfg").is_dir() else None)
+    from playwright.sync_api import sync_playwright
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    with serve(args.runs.resolve()) as url, sync_playwright() as play:
+        browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            written = take(browser, url, args.out, args.grid, DESKTOP, numeric_grid=numeric)
+            if args.phone:
+                written += take(browser, url, args.out, args.grid, PHONE, "_phone", numeric_grid=numeric)
+        finally:
+            browser.close()
+    for path in written:
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
