@@ -96,7 +96,8 @@ def read_plan(path: str | Path) -> list[dict]:
 
 
 def center_crop_resize(image: Image.Image, resolution: int = DEFAULT_RESOLUTION) -> Image.Image:
-    """Centre crop to the short side, then LANCZOS resize to resolution x resolution."""
+    """Centre crop to the short side (floor offsets), then LANCZOS resize to resolution x resolution;
+    hand-written because torchvision v2 rounds the offset (tests/test_transforms.py)."""
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2

@@ -44,7 +44,8 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi")
 
 
 def center_crop_resize(image: Image.Image, resolution: int) -> Image.Image:
-    """Short side to `resolution`, then the central square."""
+    """Short side to `resolution`, then the central square (floor offsets, as DiT/ADM's center_crop_arr;
+    hand-written because torchvision v2 rounds them: tests/test_transforms.py)."""
     image = image.convert("RGB")
     scale = resolution / min(image.size)
     size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
