@@ -119,6 +119,17 @@ class ShuffledStream(torch.utils.data.IterableDataset):
                 buffer[j], buffer[-1] = buffer[-1], buffer[j]
                 return buffer.pop()[2]
 
+            def drain(keep: int):
+                """Deliver random buffer entries until `keep` are left; undecodable ones are counted."""
+                nonlocal skipped, delivered
+                while len(buffer) > keep:
+                    sample = self._decode(pop())
+                    if sample is None:
+                        skipped += 1
+                        continue
+                    delivered = True
+                    yield sample, snapshot
+
             for u in range(state["unit"], len(mine)):
                 start = state["offset"] if u == state["unit"] else 0
                 for offset, entry in enumerate(self.source.entries(mine[u])):
@@ -126,21 +137,9 @@ class ShuffledStream(torch.utils.data.IterableDataset):
                         continue  # read before the resumed checkpoint: already in the buffer or delivered
                     buffer.append((u, offset, entry))
                     position[:] = [u, offset + 1]
-                    while len(buffer) >= self.buffer_size:
-                        sample = self._decode(pop())
-                        if sample is None:
-                            skipped += 1
-                            continue
-                        delivered = True
-                        yield sample, snapshot
+                    yield from drain(self.buffer_size - 1)
                 position[:] = [u + 1, 0]
-            while buffer:
-                sample = self._decode(pop())
-                if sample is None:
-                    skipped += 1
-                    continue
-                delivered = True
-                yield sample, snapshot
+            yield from drain(0)
             empty_epochs = 0 if delivered else empty_epochs + 1
             if empty_epochs >= 2:
                 raise ValueError(f"{_describe(self.source)}: reader {reader} of {self.readers.total} found no usable "
