@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from scipy import stats
+from scipy.special import stdtrit
 
 from ablations import manifest
 
@@ -331,7 +331,7 @@ def group_over_seeds(results: pd.DataFrame, cells: pd.DataFrame, by: list[str]) 
     grouped = merged.groupby(keys, sort=True, dropna=False)
     out = grouped.agg(mean=("mean", "mean"), sd=("mean", "std"), n_cells=("mean", "size"),
                       cell_low=("ci_low", "first"), cell_high=("ci_high", "first")).reset_index()
-    half = stats.t.ppf(0.975, np.maximum(out["n_cells"] - 1, 1)) * out["sd"] / np.sqrt(out["n_cells"])
+    half = stdtrit(np.maximum(out["n_cells"] - 1, 1), 0.975) * out["sd"] / np.sqrt(out["n_cells"])
     single = out["n_cells"] < 2
     out["ci_low"] = np.where(single, out["cell_low"], out["mean"] - half)
     out["ci_high"] = np.where(single, out["cell_high"], out["mean"] + half)

@@ -17,7 +17,6 @@ import os
 import sys
 from pathlib import Path
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -49,8 +48,10 @@ def default_runs_dir(argv: list[str] | None = None) -> str:
 # ---------------------------------------------------------------- colours
 
 
-def color(field: str, n: int, title: str | None = None) -> alt.Color:
+def color(field: str, n: int, title: str | None = None) -> "alt.Color":
     """A categorical colour with a legend: Tableau's 10 (or 20) distinct hues, never shades of one."""
+    import altair as alt  # deferred: the table, the first page, draws no chart
+
     return alt.Color(field, title=title, scale=alt.Scale(scheme="tableau10" if n <= 10 else "tableau20"),
                      legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=480, symbolLimit=40,
                                        symbolOpacity=1, symbolStrokeWidth=3))
@@ -288,13 +289,15 @@ def _per_metric(frame: pd.DataFrame, draw, columns: int = 3) -> None:
 
 
 def view_plots(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridData]) -> None:
+    import altair as alt  # deferred: the table, the first page, draws no chart
+
     if _no_metrics(long):
         return
     frame, _ = _arm_frame(long, cells)
     arms = list(dict.fromkeys(frame["arm"]))
     st.subheader("Metrics per arm (mean over seeds, 95% CI)")
 
-    def draw(part: pd.DataFrame, metric: str) -> alt.Chart:
+    def draw(part: pd.DataFrame, metric: str) -> "alt.Chart":
         base = alt.Chart(part).encode(y=alt.Y("arm:N", title=None, sort=arms, axis=alt.Axis(labelLimit=220)),
                                       color=color("arm:N", len(arms), "arm"))
         bars = base.mark_rule(strokeWidth=2).encode(
@@ -315,6 +318,8 @@ def _cell_labels(cells: pd.DataFrame) -> pd.Series:
 
 
 def view_curves(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridData]) -> None:
+    import altair as alt  # deferred: the table, the first page, draws no chart
+
     labels = dict(zip(_cell_labels(cells), cells["path"]))
     picked = st.multiselect(f"Cells (up to {MAX_CURVES})", list(labels), default=list(labels)[:min(4, len(labels))],
                             max_selections=MAX_CURVES, key="curves:cells")
@@ -352,6 +357,8 @@ def view_curves(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.Grid
 
 
 def view_numeric_axis(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridData]) -> None:
+    import altair as alt  # deferred: the table, the first page, draws no chart
+
     if _no_metrics(long):
         return
     axes = results.numeric_axes(cells)
@@ -368,7 +375,7 @@ def view_numeric_axis(long: pd.DataFrame, cells: pd.DataFrame, data: list[result
     named = sorted(frame["named"].dropna().unique())
     st.subheader(f"Metrics vs {name} (mean over seeds, 95% CI)")
 
-    def draw(part: pd.DataFrame, metric: str) -> alt.Chart:
+    def draw(part: pd.DataFrame, metric: str) -> "alt.Chart":
         low, high = part["ci_low"].min(), part["ci_high"].max()
         scale = alt.Scale(zero=False, domain=[low, high], nice=True)
         tooltip = ["series", "metric", alt.Tooltip(f"{axis}:N", title=name), alt.Tooltip("mean:Q", format=".4f"),

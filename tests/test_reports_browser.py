@@ -54,6 +54,42 @@ def test_results_browser_renders_table_and_paper_view(browser, tmp_path):
         page.close()
 
 
+VIEWPORTS = {"desktop": {"width": 1400, "height": 900}, "phone": {"width": 390, "height": 844}}
+
+
+def _drawn(page, marker: str) -> None:
+    page.locator(marker).first.wait_for(timeout=60_000)
+    page.locator("[data-testid='stStatusWidget']").wait_for(state="detached", timeout=60_000)
+    page.wait_for_timeout(1000)
+
+
+@pytest.mark.parametrize("size", VIEWPORTS)
+def test_results_views_without_deploy_menu_with_legends_at_both_sizes(browser, tmp_path, size):
+    """No developer menu (Deploy, Rerun) for viewers; the table, the plots and curves with legends and
+    the paper table draw at 1400x900 and 390x844 (screenshots in test-artifacts/ to look at)."""
+    build_grid(tmp_path, "conditioning")
+    with serve_results(tmp_path) as url:
+        page = browser.new_page(viewport=VIEWPORTS[size])
+        page.goto(url, timeout=60_000)
+        page.get_by_text("4 cells").wait_for(timeout=60_000)
+        _drawn(page, "[data-testid='stDataFrame']")
+        assert page.locator("[data-testid='stAppDeployButton']").count() == 0
+        assert page.get_by_role("button", name="Deploy").count() == 0
+        page.screenshot(path=str(ARTIFACTS / f"results_table_{size}.png"))
+        for view in ("Plots", "Training curves"):
+            page.goto(f"{url}/?view={view.replace(' ', '+')}", timeout=60_000)
+            _drawn(page, "[data-testid='stVegaLiteChart']")
+            charts = page.locator("[data-testid='stVegaLiteChart']")
+            assert charts.count() >= 6 if view == "Plots" else charts.count() >= 4
+            assert page.locator("[data-testid='stVegaLiteChart'] .role-legend").count() == charts.count()
+            page.screenshot(path=str(ARTIFACTS / f"results_{view.split()[-1].lower()}_{size}.png"))
+        page.goto(url + "/?view=Paper+table", timeout=60_000)
+        _drawn(page, "[data-testid='stDataFrame']")
+        page.screenshot(path=str(ARTIFACTS / f"results_paper_{size}.png"))
+        assert not page.locator("[data-testid='stException']").count()
+        page.close()
+
+
 def test_rater_votes_in_browser_and_owner_sees_them(browser, tmp_path):
     plist = prompts(3)
     folders = {"gentron_xattn": tmp_path / "ours", "sdxl_baseline": tmp_path / "baseline"}
