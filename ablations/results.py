@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -57,5 +58,5 @@ def format_results(grid_dir: str | Path, cell_ids: list[str], note: str = "") ->
     else:
         lines.append("mean [95% CI] per arm; seeds pooled (t-interval over seed means; one seed: CI over prompts)")
         lines.append(arm_table(results).to_string())
-    lines += [f"table: {grid_dir / RESULTS}", f"browse: {REPORT_HINT}"]
+    lines += [f"table: {grid_dir / RESULTS}", f"browse: {REPORT_HINT} -- --runs {shlex.quote(str(grid_dir.parent))}"]
     return "\n".join(lines)

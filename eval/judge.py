@@ -58,12 +58,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageSequence
+from PIL import Image, ImageSequence, UnidentifiedImageError
 from scipy import ndimage
 
-from eval.common import Sample, load_image, read_samples, result, write_result
+from eval.common import Sample, read_samples, result, write_result
 from gentron.data.compshapes import (BACKGROUND, COLORS, DARK_SHADE, DIRECTIONS, HELD_OUT_COLOR_SHAPE,
                                      MOTION_DISTANCE, Phrase, PromptSpec, ShapeObject, coverage, parse_prompt)
+from gentron.errors import exits_on_user_error
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,46 @@ class Detection:
 
 
 # --- object detection ---------------------------------------------------------------------------
+GRAYSCALE_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+
+
+def as_rgb(image, where: str = "the image") -> Image.Image:
+    """The RGB image the judge reads. Transparent pixels are composited on the CompShapes background
+    (an image saved without its background is judged like the opaque one); 16-bit values are scaled
+    to 8 bits; grayscale is refused, since colour is what the judge reads."""
+    if isinstance(image, Image.Image):
+        im = image
+    else:
+        array = np.asarray(image)
+        channels = array.shape[-1] if array.ndim == 3 else 1
+        if array.ndim == 2 or channels in (1, 2):
+            raise ValueError(f"{where} is grayscale (shape {array.shape}): the judge reads colours; give RGB images")
+        if array.ndim != 3 or channels not in (3, 4):
+            raise ValueError(f"{where} has shape {array.shape}; the judge reads H x W x 3 (RGB) or H x W x 4 (RGBA)")
+        if array.dtype == np.uint16:
+            array = np.rint(array / 257.0)
+        im = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), "RGBA" if channels == 4 else "RGB")
+    if im.mode in GRAYSCALE_MODES:
+        raise ValueError(f"{where} is grayscale (mode {im.mode}): the judge reads colours; give RGB images")
+    if im.mode in ("RGBA", "RGBa", "PA") or (im.mode == "P" and "transparency" in im.info):
+        background = Image.new("RGBA", im.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, im.convert("RGBA")).convert("RGB")
+    return im.convert("RGB")
+
+
+def open_image(path: Path) -> Image.Image:
+    """A file as the RGB image the judge reads (as_rgb), or a ValueError naming it."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return as_rgb(im, str(path))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path} is not a readable image ({e}); regenerate it or drop it from samples.jsonl") from e
+
+
 def _working_image(image) -> np.ndarray:
     """RGB float32 array, box-filtered down to MAX_SIDE if larger."""
-    im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
-    im = im.convert("RGB")
+    im = as_rgb(image)
     if max(im.size) > MAX_SIDE:
         scale = MAX_SIDE / max(im.size)
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BOX)
@@ -339,7 +376,7 @@ def load_frames(folder: Path, sample: Sample) -> list[Image.Image]:
         paths = sorted((folder / sample.frames).glob("*.png"))
         if not paths:
             raise FileNotFoundError(f"{folder / sample.frames} holds no PNG frames")
-        return [Image.open(p).convert("RGB") for p in paths]
+        return [open_image(p) for p in paths]
     path = folder / sample.file
     if path.suffix.lower() == ".mp4":
         import av
@@ -347,7 +384,7 @@ def load_frames(folder: Path, sample: Sample) -> list[Image.Image]:
         with av.open(str(path)) as container:
             return [f.to_image().convert("RGB") for f in container.decode(video=0)]
     with Image.open(io.BytesIO(path.read_bytes())) as im:
-        frames = [f.convert("RGB") for f in ImageSequence.Iterator(im)]
+        frames = [as_rgb(f, f"{path} frame {i}") for i, f in enumerate(ImageSequence.Iterator(im))]
     if len(frames) < 2:
         raise ValueError(f"{path} has one frame; a motion prompt needs a clip (GIF, MP4 or a frames folder)")
     return frames
@@ -384,7 +421,7 @@ def evaluate(samples_dir: str | Path) -> dict:
         if spec.category == "motion":
             scored = score_clip(spec, load_frames(folder, sample))
         else:
-            scored = score_image(spec, load_image(folder, sample))
+            scored = score_image(spec, open_image(folder / sample.file))
         per_image.append({"file": sample.file, "prompt_id": sample.prompt_id, "seed": sample.seed,
                           "prompt": sample.prompt, "category": spec.category, **scored})
     log.info("judged %d samples in %s", len(per_image), folder)
@@ -411,6 +448,7 @@ def held_out_pairs(per_image: list[dict]) -> dict[tuple[str, str], dict[str, int
     return pairs
 
 
+@exits_on_user_error("python -m eval.judge")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m eval.judge", description=__doc__.split("\n")[0])
     parser.add_argument("samples_dir", help="a sample folder (DESIGN.md) of CompShapes prompts")

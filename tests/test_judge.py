@@ -229,3 +229,64 @@ def test_held_out_pairs_counts_each_pair_and_misses_in_the_other_objects_shape()
     assert pairs[("blue", "square")] == {"n": 1, "right": 1, "other_shape": 0}
     assert pairs[("yellow", "diamond")] == {"n": 0, "right": 0, "other_shape": 0}
     assert set(pairs) == set(cs.HELD_OUT_COLOR_SHAPE)
+
+
+def _png16(pixels: np.ndarray) -> bytes:
+    """A 16-bit-per-channel PNG (RGB or RGBA) of uint16 pixels, written byte by byte: Pillow writes
+    16-bit grayscale only."""
+    import struct
+    import zlib
+
+    height, width, channels = pixels.shape
+    raw = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    header = struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _judged(tmp_path, prompt, files: dict[str, bytes | Image.Image]) -> dict[str, float]:
+    """Judge each file through the evaluator (as files on disk): {file: score of the prompt's category}."""
+    rows = []
+    for name, content in files.items():
+        if isinstance(content, Image.Image):
+            content.save(tmp_path / name)
+        else:
+            (tmp_path / name).write_bytes(content)
+        rows.append(Sample(file=name, prompt=prompt, seed=0, category="color", prompt_id=len(rows)))
+    write_samples(tmp_path, rows)
+    return {row["file"]: row["scores"]["color"] for row in judge.evaluate(tmp_path)["per_image"]}
+
+
+def test_transparent_background_is_judged_on_the_known_background(tmp_path):
+    """An RGBA render whose background is transparent (whatever RGB hides under alpha 0) scores as
+    the opaque render does; so do a transparent-palette image and a 16-bit RGBA PNG."""
+    prompt = cs.test_prompts("color", 1)[0]
+    opaque = cs.render(cs.scene_for_prompt(prompt, 3), 64)
+    background = np.all(opaque == np.asarray(cs.BACKGROUND, np.uint8), axis=-1)
+    rgba = np.dstack([opaque, np.where(background, 0, 255).astype(np.uint8)])
+    rgba[background, :3] = 0  # black under the transparency, as many tools save it
+    palette = Image.fromarray(opaque).quantize(colors=64)
+    palette.info["transparency"] = palette.getpixel((0, 0))  # the corner is background
+    scores = _judged(tmp_path, prompt, {
+        "opaque.png": Image.fromarray(opaque), "rgba.png": Image.fromarray(rgba, "RGBA"),
+        "palette.png": palette, "rgba16.png": _png16(rgba.astype(np.uint16) * 257)})
+    assert scores == {"opaque.png": 1.0, "rgba.png": 1.0, "palette.png": 1.0, "rgba16.png": 1.0}
+    assert judge.score_image(prompt, rgba)["scores"]["color"] == 1.0  # an RGBA array too
+
+
+def test_16_bit_images_are_scaled_and_grayscale_is_refused(tmp_path):
+    prompt = cs.test_prompts("color", 1)[0]
+    image = cs.render(cs.scene_for_prompt(prompt, 4), 64)
+    wide = image.astype(np.uint16) * 257
+    assert judge.score_image(prompt, wide)["scores"]["color"] == 1.0  # a uint16 array
+    assert _judged(tmp_path, prompt, {"rgb16.png": _png16(wide)}) == {"rgb16.png": 1.0}
+    gray = Image.fromarray(image).convert("L")
+    for name, picture in (("gray.png", gray), ("gray16.png", Image.fromarray(np.asarray(gray, np.uint16) * 257))):
+        folder = tmp_path / name.removesuffix(".png")
+        folder.mkdir()
+        with pytest.raises(ValueError, match=f"{name} is grayscale .*give RGB images"):
+            _judged(folder, prompt, {name: picture})
+    with pytest.raises(ValueError, match="grayscale"):
+        judge.score_image(prompt, np.asarray(gray))
