@@ -1,4 +1,4 @@
-"""Training checkpoints: what one holds, how it is written (atomically) and read back.
+"""Training checkpoints: what one holds, how it is written (atomically, with a checksum) and read back.
 
 A checkpoint is one torch file with everything an exact resume needs:
   model, ema, optimizer           state dicts (full, unsharded: rank 0 gathers them)
@@ -7,12 +7,25 @@ A checkpoint is one torch file with everything an exact resume needs:
   data                            the data position (samples consumed)
   config, model_config            the resolved cell config and the GenTronConfig, so generation can
                                   rebuild the model without re-deriving it
+  text_encoders                   the text encoders' fingerprints (TextEncoder.name), which generation
+                                  compares with its config's
+  checksum                        a BLAKE2b digest of everything above, verified on every load: a file
+                                  whose bytes changed after it was written is refused, never resumed
+
+A run's `checkpoints/` folder holds `last.pt` (the newest) and the `train.keep_last - 1` checkpoints
+before it as `step-<step>.pt`. When `last.pt` is missing (moved aside because it is corrupt, or a save
+was killed between its two renames), training resumes from the newest `step-<step>.pt`.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import pickle
 import random
+import re
+import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +37,48 @@ from gentron.io import atomic_torch_save
 log = logging.getLogger(__name__)
 
 LAST = "last.pt"
+CHECKSUM = "checksum"
+_STEP_FILE = re.compile(r"step-(\d+)\.pt")
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def step_file(folder: str | Path, step: int) -> Path:
+    return Path(folder) / f"step-{step:08d}.pt"
+
+
 def last_checkpoint(run_dir: str | Path) -> Path | None:
     path = checkpoint_dir(run_dir) / LAST
     return path if path.exists() else None
+
+
+def earlier_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
+    """The kept `step-<step>.pt` files of a folder as (step, path), newest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.fullmatch(p.name))]
+    return sorted(found, reverse=True)
+
+
+def kept_checkpoints(folder: str | Path) -> list[Path]:
+    """Every checkpoint a folder keeps, newest first: last.pt, then the step files."""
+    last = Path(folder) / LAST
+    return ([last] if last.exists() else []) + [p for _, p in earlier_checkpoints(folder)]
+
+
+def resume_checkpoint(folder: str | Path) -> Path | None:
+    """What training resumes from: last.pt, or the newest step file when last.pt is missing."""
+    last = Path(folder) / LAST
+    if last.exists():
+        return last
+    earlier = earlier_checkpoints(folder)
+    if earlier:
+        log.warning("%s is missing; resuming from the newest earlier checkpoint %s", last, earlier[0][1])
+        return earlier[0][1]
+    return None
 
 
 def capture_rng(generator: torch.Generator) -> dict[str, Any]:
@@ -56,19 +102,119 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# --- checksum -----------------------------------------------------------------------------------
+
+def checksum(payload: dict[str, Any]) -> str:
+    """A digest of a checkpoint's contents (every tensor's bytes, dtype and shape, every other value),
+    the same before saving and after loading. Reads only: no tensor is changed or copied to hash it."""
+    h = hashlib.blake2b(digest_size=32)
+    _feed(h, {k: v for k, v in payload.items() if k != CHECKSUM})
+    return "blake2b:" + h.hexdigest()
+
+
+def _feed(h, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        if t.numel():
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, np.ndarray):
+        h.update(f"N{obj.dtype.str}{obj.shape}:".encode())
+        h.update(np.ascontiguousarray(obj).view(np.uint8).reshape(-1))
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}:".encode())
+        for key, value in obj.items():
+            _feed(h, key)
+            _feed(h, value)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__[0]}{len(obj)}:".encode())
+        for value in obj:
+            _feed(h, value)
+    else:  # str, int, float (repr round-trips), bool, None, dtypes and other small values
+        h.update(f"V{type(obj).__name__}:{obj!r};".encode())
+
+
+# --- writing ------------------------------------------------------------------------------------
+
 def save_checkpoint(path: str | Path, **payload: Any) -> Path:
-    """Write atomically: a crash mid-save leaves the previous checkpoint intact."""
+    """Write atomically, with a checksum: a crash mid-save leaves the previous checkpoint intact."""
+    payload[CHECKSUM] = checksum(payload)
     path = atomic_torch_save(path, payload)
     log.info("saved checkpoint %s (step %s)", path, payload.get("step"))
     return path
 
 
+def save_rotating(folder: str | Path, payload: dict[str, Any], keep_last: int, previous_step: int | None) -> Path:
+    """Write `folder/last.pt`, keeping the checkpoint it replaces (of step `previous_step`) as
+    `step-<step>.pt` and `keep_last - 1` such files in all (older ones are deleted).
+
+    Every step is atomic and last.pt is replaced, never removed: the old last.pt is hard-linked to its
+    step name first (renamed where the filesystem has no hard links; a save killed then leaves
+    no last.pt, and training resumes from the step file)."""
+    folder = Path(folder)
+    last = folder / LAST
+    if keep_last > 1 and previous_step is not None and last.exists() and previous_step != payload.get("step"):
+        _keep_as(last, step_file(folder, previous_step))
+    save_checkpoint(last, **payload)
+    kept = [(s, p) for s, p in earlier_checkpoints(folder) if s < payload["step"]][: keep_last - 1]
+    for _, path in earlier_checkpoints(folder):
+        if (_, path) not in kept:
+            path.unlink(missing_ok=True)
+            log.info("removed %s (train.keep_last=%d)", path, keep_last)
+    return last
+
+
+def _keep_as(source: Path, target: Path) -> None:
+    link = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        os.link(source, link)
+    except OSError:
+        os.replace(source, target)
+        return
+    os.replace(link, target)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The payload of a checkpoint, its checksum verified (without the checksum key)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train first (python -m gentron.train ...)")
     try:
         # Our own files only: they hold numpy RNG state and plain dicts, which weights_only rejects.
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
-        raise ValueError(f"checkpoint {path} is unreadable ({e}); delete it and resume from an earlier one") from e
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            IndexError, KeyError, AttributeError) as e:
+        raise ValueError(f"checkpoint {path} is unreadable ({_short(e)}); {_advice(path)}") from e
+    if not isinstance(payload, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(payload).__name__}, not a training checkpoint; "
+                         "pass a checkpoint written by python -m gentron.train")
+    stored = payload.pop(CHECKSUM, None)
+    if stored is None:
+        log.warning("checkpoint %s has no checksum (written by an older gentron): its contents are not verified",
+                    path)
+    elif stored != checksum(payload):
+        raise ValueError(f"checkpoint {path} is corrupt: its contents no longer match the checksum written "
+                         f"with it (a disk or copy error); {_advice(path)}")
+    return payload
+
+
+def _short(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _advice(path: Path) -> str:
+    """What to do about a bad checkpoint: resume from the previous one kept next to it."""
+    earlier = [(s, p) for s, p in earlier_checkpoints(path.parent) if p != path]
+    if not earlier:
+        return ("no earlier checkpoint is kept next to it: delete it to train from the start "
+                "(train.keep_last keeps earlier ones)")
+    step, previous = earlier[0]
+    if path.name == LAST:
+        return (f"move it aside (mv {path} {path}.corrupt) and rerun to resume from the previous checkpoint "
+                f"{previous} (step {step}), or pass that file where a checkpoint is asked for")
+    return f"use the previous checkpoint {previous} (step {step}) instead"

@@ -3,16 +3,21 @@ either the old file or the new one, never half of one (runs live on shared files
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
+
+TEMP_SUFFIX = ".tmp"  # a write in progress is `.<name>.<random>.tmp` next to its target
+
+log = logging.getLogger(__name__)
 
 
 def _atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -23,6 +28,27 @@ def _atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     finally:
         tmp_path.unlink(missing_ok=True)
     return path
+
+
+def remove_stale_temporaries(directory: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
+    """Delete the temporary files that killed writes left in `directory` (`.<name>.<random>.tmp`), for
+    the given target names or all of them. Call it only where no other process writes those targets at
+    the same time (a run's own folder, or under the lock its writers hold)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    patterns = [f".{name}.*{TEMP_SUFFIX}" for name in names] if names is not None else [f".*{TEMP_SUFFIX}"]
+    removed = []
+    for pattern in patterns:
+        for path in sorted(directory.glob(pattern)):
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            log.warning("removed %s (%.1f MB), left by a write that was killed", path, size / 1e6)
+            removed.append(path)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

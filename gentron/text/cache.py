@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import re
 import time
 import uuid
@@ -158,9 +159,26 @@ class PromptCache:
         for path in sorted(directory.glob("shard-*.pt")):
             if path.name in self._loaded_shards[i]:
                 continue
-            shard = torch.load(path, map_location="cpu", weights_only=True)
-            self.tables[i].add(shard["prompts"], shard["tokens"], shard["lengths"], shard["pooled"])
+            shard = _read_shard(path)
+            if shard is not None:
+                self.tables[i].add(shard["prompts"], shard["tokens"], shard["lengths"], shard["pooled"])
             self._loaded_shards[i].add(path.name)
+
+
+def _read_shard(path: Path) -> dict | None:
+    """A shard's contents, or None when it is unreadable (truncated by a full disk or a copy): it is
+    removed, with a warning, and its prompts are encoded again when asked for. Shards are written
+    atomically, so an unreadable one is damaged, never one being written."""
+    try:
+        shard = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(shard, dict) and {"prompts", "tokens", "lengths", "pooled"} <= shard.keys():
+            return shard
+        problem = "it lacks the embeddings"
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        problem = " ".join(str(e).split()).split(". ")[0][:160]
+    logger.warning("prompt cache shard %s is unreadable (%s); removed it, its prompts are encoded again", path, problem)
+    path.unlink(missing_ok=True)
+    return None
 
 
 def folder_name(encoder_name: str) -> str:
