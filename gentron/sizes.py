@@ -41,6 +41,8 @@ class Size:
 BASES: dict[str, Size] = {
     "CS": Size(6, 48, 96, 3, "ours: the embedded default (CompShapes, 20 px, CPU); head dim 16, MLP 2x"),
     "T": Size(6, 192, 768, 3, "ours: ViT-Ti width at half its depth, for CPU runs; head dim 64"),
+    "XS": Size(4, 64, 256, 4, "ours: XL's layout (MLP 4x width) at CPU width, to rehearse the paper "
+                              "profile on a CPU; head dim 16"),
     "S": Size(12, 384, 1536, 6, "DiT-S; head dim 64"),
     "B": Size(12, 768, 3072, 12, "DiT-B; head dim 64"),
     "L": Size(24, 1024, 4096, 16, "DiT-L; head dim 64"),

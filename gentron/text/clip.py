@@ -98,22 +98,37 @@ class HFCLIPTextEncoder(HFTextEncoder):
 
 def build_openclip(model: str = "ViT-L-14", pretrained: str | None = "openai", dtype: str = "float32") -> OpenCLIPTextEncoder:
     """An open_clip model by name, with weights from a pretrained tag (e.g. 'openai') or a local
-    checkpoint file. `model` may also use open_clip's 'local-dir:' / 'hf-hub:' schemas."""
+    checkpoint file. `model` may also use open_clip's 'local-dir:' / 'hf-hub:' schemas (a folder or
+    hub repository with open_clip_config.json): their own weights load with `pretrained: null`, or
+    a checkpoint file given as `pretrained` replaces them. Never a randomly initialised CLIP."""
     import open_clip
 
-    known = model in open_clip.list_models() or model.startswith(("local-dir:", "hf-hub:"))
-    if not known:
+    schema = model.startswith(("local-dir:", "hf-hub:"))
+    if not (schema or model in open_clip.list_models()):
         raise ValueError(f"open_clip model {model!r} is unknown; choose one of open_clip.list_models() (e.g. ViT-L-14)")
     is_file = pretrained is not None and Path(pretrained).expanduser().is_file()
     if pretrained is not None and not is_file:
+        if schema:
+            raise ValueError(f"open_clip model {model!r} names its own weights; pretrained={pretrained!r} must be "
+                             "a checkpoint file or null")
         tags = open_clip.list_pretrained_tags_by_model(model)
         if pretrained not in tags:
             raise ValueError(
                 f"pretrained={pretrained!r} is neither a checkpoint file nor a tag of {model} ({tags})"
             )
+    if schema and model.startswith("local-dir:") and not is_file:
+        folder = Path(model.removeprefix("local-dir:")).expanduser()
+        if not [f for suffix in (".safetensors", ".bin", ".pth") for f in folder.glob(f"*{suffix}")]:
+            raise FileNotFoundError(f"open_clip folder {folder} holds no weights (*.safetensors, *.bin, *.pth); "
+                                    "add them or set pretrained: to a checkpoint file")
     weights = str(Path(pretrained).expanduser().resolve()) if is_file else pretrained
     try:
-        clip = open_clip.create_model(model, pretrained=weights, load_weights=pretrained is not None)
+        if schema:  # architecture from the folder or repository; weights from it or from the file
+            clip = open_clip.create_model(model, load_weights=not is_file)
+            if is_file:
+                open_clip.load_checkpoint(clip, weights)
+        else:
+            clip = open_clip.create_model(model, pretrained=weights, load_weights=pretrained is not None)
     except (OSError, RuntimeError) as e:
         if is_file:
             raise
