@@ -112,3 +112,36 @@ def test_the_refusal_counts_parameters_exactly():
     model = {"size": "XL/2", "conditioning": "adaln", "depth": None, "hidden_size": None, "mlp_hidden_size": None,
              "num_heads": None}
     assert estimate_params({"model": model, "text_encoders": [{"kind": "clip"}]}) == 674_567_456
+
+
+def test_the_closing_hints_name_the_runs_folder_and_reproduce_the_cells(tmp_path, capsys):
+    """The browse hint points at the runs folder used; the resume hint is a command that plans exactly
+    the cells shown (grid, profile, seeds, overrides, runs folder) again."""
+    import shlex
+
+    from ablations.launch import finish
+
+    runs = tmp_path / "my runs"
+    argv = ["grid=conditioning", "seeds=[3,4]", "train.steps=7", "sample.prompt_sets=[compshapes_smoke]",
+            f"runs_dir={runs}"]
+    p = plan(argv)
+    p.grid_dir.mkdir(parents=True)
+    assert finish(p, failed=[str(p.grid_dir / p.cells[0].cell_id)]) == 1
+    captured = capsys.readouterr()
+    browse = next(line for line in captured.out.splitlines() if line.startswith("browse: "))
+    assert shlex.split(browse.removeprefix("browse: ")) == ["streamlit", "run", "reports/app.py", "--", "--runs",
+                                                            str(runs)]
+    hint = captured.err.split("resume them with: ", 1)[1].strip()
+    words = shlex.split(hint)
+    assert words[:2] == ["python", "ablations/run.py"]
+    again = plan(words[2:])
+    assert [c.cell_id for c in again.cells] == [c.cell_id for c in p.cells] and again.grid_dir == p.grid_dir
+
+
+def test_help_lists_the_run_options_and_exits_zero(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python ablations/run.py")
+    for key in ("grid=conditioning", "profile=embedded", "local.workers=", "dry_run=false", "runs_dir=runs",
+                "train.steps=7000", "mfg", "scale"):
+        assert key in out, key

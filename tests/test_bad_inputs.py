@@ -1,0 +1,277 @@
+"""Every bad input a user can give a command line ends in one clear line (the problem and the fix),
+a non-zero exit and no traceback, before anything runs. One table, one row per bad input.
+
+Rows run each command's `main(argv)` in this process (a Python command's startup is seconds: a few
+rows also run the real script as a subprocess). An outcome is one of:
+  clear      exit != 0, the expected message on a line that says `error:`, no traceback
+  traceback  an exception escaped main (or "Traceback" on stderr)
+  silent     exit 0: the bad input was accepted
+  unclear    exit != 0 without the expected message
+docs/reliability.md reports the counts.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gentron.config import default_config, save_config
+from gentron.data import compshapes as cs
+
+REPO = Path(__file__).resolve().parent.parent
+MAINS = {"run": "ablations.launch", "train": "gentron.train", "generate": "gentron.generate", "judge": "eval.judge",
+         "compbench": "eval.compbench.__main__", "fid": "eval.fid", "clip_score": "eval.clip_score"}
+
+# (command, argv, expected message). {tmp}, {config}, {prompts:<name>}, {samples:<name>} and {file} are
+# filled in by the `paths` fixture. `run` rows are dry runs (the plan checks everything: nothing may
+# slip through to a cell) with runs_dir={tmp}/runs; `train` rows train a tiny model, in case one is
+# accepted.
+ROWS = [
+    # the grid runner: every key and combination checked by the plan (dry run included)
+    ("run", ["train.grad_clip=-1"], "train.grad_clip=-1.0 must be positive"),
+    ("run", ["train.grad_clip=0"], "train.grad_clip=0.0 must be positive"),
+    ("run", ["train.grad_clip=nan"], "train.grad_clip=nan must be positive"),
+    ("run", ["model.depth=0"], "model.depth=0 must be at least 1"),
+    ("run", ["model.num_heads=0"], "model.num_heads=0 must be at least 1"),
+    ("run", ["model.num_heads=5"], "model.num_heads=5 does not divide the width 48"),
+    ("run", ["model.hidden_size=50"], "model.hidden_size=50 must be a multiple of 4"),
+    ("run", ["model.mlp_hidden_size=0"], "model.mlp_hidden_size=0 must be at least 1"),
+    ("run", ["model.patch_size=4"], "model.patch_size=4 disagrees with model.size='CS/2'"),
+    ("run", ["data.resolution=21"], "data.resolution=21 is not divisible by 2"),
+    ("run", ["data.resolution=0"], "data.resolution=0 must be positive"),
+    ("run", ["data.num_train=0"], "data.num_train=0 must be positive"),
+    ("run", ["data.fps=0"], "data.fps=0.0 must be positive"),
+    ("run", ["data.categories=[colour]"], "did you mean 'color'"),
+    ("run", ["data.categories=[]"], "data.categories=[] is empty"),
+    ("run", ["sample.seeds=[]"], "sample.seeds=[] is empty"),
+    ("run", ["sample.seeds=[1,1]"], "sample.seeds=[1, 1] repeats a seed"),
+    ("run", ["sample.seeds=[-3]"], "sample.seeds[0]=-3 must be >= 0"),
+    ("run", ["sample.cfg_scale=-1"], "sample.cfg_scale=-1.0 must be >= 0"),
+    ("run", ["sample.mfg_scale=1.2"], "sample.mfg_scale=1.2 needs data.video=true"),
+    ("run", ["data.video=true", "sample.mfg_scale=-1"], "sample.mfg_scale=-1.0 must be >= 0"),
+    ("run", ["sample.steps=0"], "sample.steps=0 must be positive"),
+    ("run", ["train.lr=0"], "train.lr=0.0 must be positive"),
+    ("run", ["train.lr=nan"], "train.lr=nan must be a finite number"),
+    ("run", ["train.lr=inf"], "train.lr=inf must be a finite number"),
+    ("run", ["train.lr=5"], "train.lr=5.0 is above 1"),
+    ("run", ["train.batch_size=0"], "train.batch_size=0 must be positive"),
+    ("run", ["train.steps=-5"], "train.steps=-5 must be positive"),
+    ("run", ["train.weight_decay=-1"], "train.weight_decay=-1.0 must be >= 0"),
+    ("run", ["train.warmup_steps=-1"], "train.warmup_steps=-1 must be >= 0"),
+    ("run", ["train.ema_decay=2"], "train.ema_decay=2.0 must be in [0, 1]"),
+    ("run", ["train.caption_dropout=-0.1"], "train.caption_dropout=-0.1 must be in [0, 1]"),
+    ("run", ["vae.scaling_factor=0"], "vae.scaling_factor=0.0 must be positive"),
+    ("run", ["model.logsnr_shift=nan"], "model.logsnr_shift=nan must be a finite number"),
+    ("run", ["seeds=[]"], "seeds=[] is empty"),
+    ("run", ["seeds=[-1]"], "train.seed=-1 must be >= 0"),
+    ("run", ["data.seed=-1"], "data.seed=-1 must be >= 0"),
+    ("run", ["local.workers=0"], "local.workers=0 must be at least 1"),
+    ("run", ["grid=nope"], "unknown grid 'nope'"),
+    ("run", ["--grid", "conditioning"], "'--grid' is not an override"),
+    ("run", ["train.steps"], "'train.steps' is not an override"),
+    ("run", ["runs_dir={file}"], "is a file, not a folder"),
+    # training and sampling one cell
+    ("train", ["/nonexistent/cell.yaml", "--run-dir", "{tmp}/run"], "config /nonexistent/cell.yaml does not exist"),
+    ("train", ["{config}", "--run-dir", "{tmp}/run", "train.grad_clip=-1"], "train.grad_clip=-1.0 must be positive"),
+    ("train", ["{config}", "--run-dir", "{tmp}/run", "train.stepz=3"], "did you mean 'train.steps'"),
+    ("train", ["{config}", "--run-dir", "{tmp}/run", "train.steps"], "'train.steps' is not an override"),
+    ("generate", ["/nonexistent/cell.yaml", "--checkpoint", "{tmp}/ckpt.pt", "--out", "{tmp}/out"],
+     "config /nonexistent/cell.yaml does not exist"),
+    ("generate", ["{config}", "--checkpoint", "{tmp}/ckpt.pt", "--out", "{tmp}/out", "--prompts", "{prompts:empty}"],
+     "holds no prompts"),
+    ("generate", ["{config}", "--checkpoint", "{tmp}/ckpt.pt", "--out", "{tmp}/out", "--prompts", "{prompts:blank}"],
+     "holds no prompts"),
+    ("generate", ["{config}", "--checkpoint", "{tmp}/ckpt.pt", "--out", "{tmp}/out", "--prompts", "{tmp}/none.txt"],
+     "prompt file"),
+    ("generate", ["{config}", "--checkpoint", "{tmp}/ckpt.pt", "--out", "{tmp}/out", "--prompts", "{prompts:no_key}"],
+     "no_key.jsonl:1 lacks 'prompt'"),
+    ("generate", ["{config}", "--checkpoint", "{tmp}/ckpt.pt", "--out", "{tmp}/out", "--prompts", "{prompts:bad_json}"],
+     "bad_json.jsonl:2 is not valid JSON"),
+    ("generate", ["{config}", "--checkpoint", "{tmp}/ckpt.pt", "--out", "{tmp}/out", "--prompt-set", "nope"],
+     "unknown prompt set 'nope'"),
+    ("generate", ["{config}", "--checkpoint", "{tmp}/ckpt.pt", "--out", "{tmp}/out", "--prompt-set", "compshapes_test"],
+     "ckpt.pt does not exist"),
+    # evaluators
+    ("judge", ["/nonexistent"], "sample folder /nonexistent does not exist"),
+    ("judge", ["{samples:string_seed}"], "samples.jsonl:1: seed='42' must be an integer"),
+    ("judge", ["{samples:traversal}"], "samples.jsonl:1: file '../../../../etc/hostname' is outside"),
+    ("judge", ["{samples:absolute}"], "samples.jsonl:1: file '/etc/hostname' is outside"),
+    ("judge", ["{samples:bad_json}"], "samples.jsonl:1 is not valid JSON"),
+    ("judge", ["{samples:empty}"], "lists no samples"),
+    ("judge", ["{samples:foreign_prompt}"], "a cat on the moon"),
+    ("judge", ["{samples:grayscale}"], "is grayscale"),
+    ("judge", ["{samples:not_an_image}"], "is not a readable image"),
+    ("compbench", ["{samples:good}", "--batch-size", "-1"], "--batch-size: must be a positive integer, got '-1'"),
+    ("compbench", ["{samples:good}", "--batch-size", "0"], "--batch-size: must be a positive integer, got '0'"),
+    ("compbench", ["{samples:good}", "--vqa-image-size", "0"], "--vqa-image-size: must be a positive integer"),
+    ("compbench", ["/nonexistent", "--category", "color"], "/nonexistent"),
+    ("fid", ["/nonexistent", "--ref", "/nonexistent_ref"], "/nonexistent"),
+    ("fid", ["{samples:good}", "--ref", "{tmp}", "--batch-size", "0"], "--batch-size: must be a positive integer"),
+    ("fid", ["{samples:good}", "--ref", "{tmp}", "--n-boot", "-1"], "--n-boot: must be a positive integer"),
+    ("fid", ["shard", "{samples:good}", "--index", "7"], "shard index 7 out of range"),
+    ("fid", ["make-stats", "/nonexistent", "{tmp}/stats.npz"], "/nonexistent"),
+    ("clip_score", ["/nonexistent"], "/nonexistent"),
+    ("clip_score", ["{samples:good}", "--batch-size", "0"], "--batch-size: must be a positive integer"),
+]
+
+
+TINY_TRAIN = ["train.steps=2", "train.batch_size=2", "data.num_train=4", "train.ckpt_every=1"]
+
+
+def _good_image() -> Image.Image:
+    prompt = cs.test_prompts("color", 1)[0]
+    return Image.fromarray(cs.render(cs.scene_for_prompt(prompt, 0), 32)), prompt
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad_inputs")
+    save_config(default_config(), tmp / "cell.yaml")
+    (tmp / "a_file").write_text("not a folder\n")
+    prompts = tmp / "prompts"
+    prompts.mkdir()
+    (prompts / "empty.txt").write_text("")
+    (prompts / "blank.txt").write_text("\n  \n\t\n")
+    (prompts / "no_key.jsonl").write_text(json.dumps({"text": "a red circle"}) + "\n")
+    (prompts / "bad_json.jsonl").write_text(json.dumps({"prompt": "a red circle"}) + "\n{oops\n")
+    image, prompt = _good_image()
+    row = {"file": "a.png", "prompt": prompt, "seed": 42, "index": 0, "category": "color", "prompt_id": 0}
+    folders = {
+        "good": [row],
+        "string_seed": [{**row, "seed": "42"}],
+        "traversal": [{**row, "file": "../../../../etc/hostname"}],
+        "absolute": [{**row, "file": "/etc/hostname"}],
+        "bad_json": "{not json\n",
+        "empty": "",
+        "foreign_prompt": [{**row, "prompt": "a cat on the moon"}],
+        "grayscale": [row],
+        "not_an_image": [row],
+    }
+    samples = {}
+    for name, rows in folders.items():
+        folder = tmp / "samples" / name
+        folder.mkdir(parents=True)
+        text = rows if isinstance(rows, str) else "".join(json.dumps(r) + "\n" for r in rows)
+        (folder / "samples.jsonl").write_text(text)
+        if name == "grayscale":
+            image.convert("L").save(folder / "a.png")
+        elif name == "not_an_image":
+            (folder / "a.png").write_bytes(b"\x89PNG truncated")
+        else:
+            image.save(folder / "a.png")
+        samples[name] = folder
+    return {"tmp": tmp, "config": tmp / "cell.yaml", "file": tmp / "a_file", "prompts": prompts, "samples": samples}
+
+
+def fill(argv: list[str], paths: dict) -> list[str]:
+    out = []
+    for arg in argv:
+        for kind in ("prompts", "samples"):
+            if arg.startswith("{" + kind + ":"):
+                name = arg[len(kind) + 2:-1]
+                arg = str(paths["samples"][name]) if kind == "samples" else \
+                    str(next(paths["prompts"].glob(name + ".*")))
+        out.append(arg.replace("{tmp}", str(paths["tmp"])).replace("{config}", str(paths["config"]))
+                   .replace("{file}", str(paths["file"])))
+    return out
+
+
+def outcome(code, err: str, message: str, escaped: BaseException | None = None) -> str:
+    if escaped is not None or "Traceback" in err:
+        return "traceback"
+    if code in (0, None):
+        return "silent"
+    if not any(message in line and "error:" in line for line in err.splitlines()):
+        return "unclear"
+    return "clear"
+
+
+def call(command: str, argv: list[str], capsys) -> tuple[object, str, BaseException | None]:
+    main = importlib.import_module(MAINS[command]).main
+    code, escaped = None, None
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    except Exception as e:  # noqa: BLE001 - what escapes is what the user would see as a traceback
+        escaped = e
+    return code, capsys.readouterr().err, escaped
+
+
+@pytest.mark.parametrize("command, argv, message", ROWS, ids=[f"{r[0]}:{' '.join(r[1])}" for r in ROWS])
+def test_bad_input_is_one_clear_line(command, argv, message, paths, capsys):
+    argv = fill(argv, paths)
+    if command == "run":
+        argv = [*argv, "dry_run=true"]
+        argv += [] if any(a.startswith("runs_dir=") for a in argv) else [f"runs_dir={paths['tmp'] / 'runs'}"]
+    if command == "train":
+        argv = [*argv, *TINY_TRAIN]
+    code, err, escaped = call(command, argv, capsys)
+    result = outcome(code, err, message, escaped)
+    assert result == "clear", f"outcome={result} exit={code} escaped={escaped!r}\nstderr: {err[-2000:]}"
+    assert not (paths["tmp"] / "runs").exists() or not any((paths["tmp"] / "runs").iterdir())
+
+
+# The real scripts, as a user types them (their own startup, logging and exit path).
+SCRIPTS = [
+    (["ablations/run.py", "train.grad_clip=-1"], "train.grad_clip=-1.0 must be positive"),
+    (["ablations/run.py", "--nope"], "'--nope' is not an override"),
+    (["-m", "eval.judge", "/nonexistent"], "sample folder /nonexistent does not exist"),
+    (["-m", "gentron.train", "/nonexistent/cell.yaml", "--run-dir", "/tmp/never"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("argv, message", SCRIPTS, ids=[" ".join(a) for a, _ in SCRIPTS])
+def test_the_scripts_exit_with_one_line(argv, message, tmp_path):
+    proc = subprocess.run([sys.executable, *argv, f"runs_dir={tmp_path}"] if argv[0].endswith(".py") else
+                          [sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert outcome(proc.returncode, proc.stderr, message) == "clear", proc.stderr[-2000:]
+    assert proc.returncode == 2
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_prompt_files_byte_order_mark_is_not_part_of_its_first_prompt(tmp_path):
+    from gentron.generate import read_prompt_file
+
+    for name, body in (("color_val.txt", "a red circle and a blue square\nsecond\n"),
+                       ("rows.jsonl", json.dumps({"prompt": "a red circle and a blue square"}) + "\n")):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
+        records = read_prompt_file(path, [0], 1)
+        assert records[0]["prompt"] == "a red circle and a blue square"
+
+
+def test_the_help_of_the_grid_runner_lists_the_overrides(tmp_path):
+    proc = subprocess.run([sys.executable, "ablations/run.py", "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    for word in ("grid=", "profile=", "seeds=", "dry_run=", "launcher=", "slurm=", "local.workers=", "runs_dir=",
+                 "action=", "train.steps", "conditioning", "text_encoder", "embedded", "paper"):
+        assert word in out, word
+    assert "Traceback" not in proc.stderr
+
+
+def test_samples_are_read_inside_their_folder_only(tmp_path):
+    """A samples.jsonl cannot make an evaluator read a file outside its sample folder (a link included)."""
+    from eval.common import read_samples
+
+    image, prompt = _good_image()
+    outside = tmp_path / "outside.png"
+    image.save(outside)
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    (folder / "link.png").symlink_to(outside)
+    (folder / "samples.jsonl").write_text(json.dumps({"file": "link.png", "prompt": prompt, "seed": 0}) + "\n")
+    with pytest.raises(ValueError, match="outside"):
+        read_samples(folder)
+    (folder / "in.png").write_bytes(outside.read_bytes())
+    (folder / "samples.jsonl").write_text(json.dumps({"file": "./in.png", "prompt": prompt, "seed": 0}) + "\n")
+    assert [s.file for s in read_samples(folder)] == ["./in.png"]
+    assert np.asarray(Image.open(folder / "in.png")).shape == (32, 32, 3)
