@@ -209,12 +209,11 @@ def _short(error: BaseException) -> str:
 
 def _advice(path: Path) -> str:
     """What to do about a bad checkpoint: resume from the previous one kept next to it."""
-    earlier = [(s, p) for s, p in earlier_checkpoints(path.parent) if p != path]
+    own = _STEP_FILE.fullmatch(path.name)
+    earlier = [(s, p) for s, p in earlier_checkpoints(path.parent) if p != path and (not own or s < int(own.group(1)))]
     if not earlier:
         return ("no earlier checkpoint is kept next to it: delete it to train from the start "
                 "(train.keep_last keeps earlier ones)")
     step, previous = earlier[0]
-    if path.name == LAST:
-        return (f"move it aside (mv {path} {path}.corrupt) and rerun to resume from the previous checkpoint "
-                f"{previous} (step {step}), or pass that file where a checkpoint is asked for")
-    return f"use the previous checkpoint {previous} (step {step}) instead"
+    return (f"move it aside (mv {path} {path}.corrupt) and rerun to resume from the previous checkpoint "
+            f"{previous} (step {step}), or pass that file where a checkpoint is asked for")
