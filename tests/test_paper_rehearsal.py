@@ -261,7 +261,7 @@ def test_paper_profile_rehearsed_end_to_end(slurm_cluster, paper_assets, tmp_pat
     t2i = [*T2I, f"data.path='{a['shards']}'", f"vae.path={a['vae']}", f"runs_dir={runs}"]
     submit = [*t2i, "launcher=slurm", f"slurm={a['cluster']}"]
     dry = run_grid([*submit, "dry_run=true"], a["env"])
-    assert "3 cells" in dry
+    assert "3 cells" in dry and "preflight: every weight, data path and reference the plan loads is in place" in dry
 
     # Text-to-image: three cells (CLIP, T5 in bfloat16, both interleaved) through SLURM, 2 ranks each.
     os.environ.update(a["env"])
@@ -378,3 +378,66 @@ def test_paper_weights_come_from_the_environment(monkeypatch):
     xl, xs = sizes.SIZES["XL/2"], sizes.SIZES["XS/2"]
     assert xs[1] == xl[1] == 2
     assert xs[0].mlp_hidden_size / xs[0].hidden_size == xl[0].mlp_hidden_size / xl[0].hidden_size == 4
+
+
+# --- the dry run's checks and costs -------------------------------------------------------------
+
+def test_dry_run_names_every_missing_input_with_its_fix(tmp_path, monkeypatch, capsys):
+    """Nothing on this machine: each weight, data path and reference is listed with the command or
+    setting that supplies it, and a run refuses before anything is written or submitted."""
+    from ablations import launch, preflight
+    from ablations.grid import plan
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    for key in ("GENTRON_CLIP_L", "GENTRON_CLIP_L_WEIGHTS", "GENTRON_T5_XXL", "GENTRON_FID_EXTRACTOR"):
+        monkeypatch.delenv(key, raising=False)
+    absent = tmp_path / "absent"
+    for key in ("T2I_COMPBENCH_DATASET", "COCO30K_CAPTIONS", "COCO_FID_REF", "GENTRON_BLIP_VQA", "GENTRON_DETECTOR",
+                "GENTRON_CLIP_B32", "GENTRON_CLIP_SCORE_MODEL"):
+        monkeypatch.setenv(key, str(absent / key.lower()))
+    args = ["grid=text_encoder", "profile=paper", f"data.path='{absent}/{{0..3}}.tar'", "seeds=[0]",
+            f"runs_dir={tmp_path / 'runs'}"]
+    text = "\n".join(n.line() for n in preflight.missing(plan(args)))
+    for expected in ("huggingface-cli download timm/vit_large_patch14_clip_224.openai", "GENTRON_CLIP_L_WEIGHTS=",
+                     "huggingface-cli download google/flan-t5-xxl", "GENTRON_T5_XXL=",
+                     "huggingface-cli download stabilityai/sd-vae-ft-ema", "vae.path=",
+                     "4 of 4 WebDataset shards", "data.path=",
+                     "T2I_COMPBENCH_DATASET=", "COCO30K_CAPTIONS=", "python -m eval.coco plan",
+                     "COCO_FID_REF=", "python -m eval.fid make-stats", "GENTRON_FID_EXTRACTOR=random",
+                     "GENTRON_BLIP_VQA=", "GENTRON_DETECTOR=", "GENTRON_CLIP_B32=", "GENTRON_CLIP_SCORE_MODEL="):
+        assert expected in text, expected
+    assert launch.main([*args, "dry_run=true"]) in (0, 2)  # the plan prints whatever else fails after it
+    assert "preflight: " in capsys.readouterr().out
+    monkeypatch.setattr(launch, "check_resources", lambda p: None)  # as on a GPU machine
+    assert launch.main(args) != 0
+    assert "missing (dry_run=true lists them all)" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+    # a T2V grid planned before its T2I checkpoint exists
+    t2v = plan(["grid=mfg", "profile=paper", f"data.path={absent}", f"train.init_from={absent}/last.pt", "seeds=[0]"])
+    assert any("train.init_from" == n.used_by for n in preflight.missing(t2v))
+
+
+def test_plan_prints_parameters_gpus_and_gpu_hours(tmp_path, capsys):
+    """Parameters counted exactly by gentron.sizes; GPU-hours from DiT-XL/2's published throughput
+    scaled by forward FLOPs (adaLN XL/2 with CLIP-L is DiT-XL/2's compute: exactly its throughput)."""
+    from ablations import launch, preflight
+    from ablations.grid import plan
+    from gentron import sizes
+
+    args = ["grid=conditioning", "profile=paper", "data.path=/data/shards", "seeds=[0]", "slurm=example",
+            f"runs_dir={tmp_path}"]
+    p = plan(args)
+    adaln = next(c for c in p.cells if c.arms["conditioning"] == "adaln")
+    costs = preflight.cell_costs(adaln.config, gpus=8)
+    assert costs["params"] == sizes.count_params(sizes.paper_config("XL/2", "adaln", "CLIP-L"))["total"]
+    images = adaln.config["train"]["steps"] * adaln.config["train"]["batch_size"]
+    assert costs["gpu_hours"] == pytest.approx(images / (0.81 * 256 / 8) / 3600)
+    assert costs["hours"] == pytest.approx(costs["gpu_hours"] / 8)
+    cross = preflight.cell_costs(next(c for c in p.cells if c.arms["conditioning"] == "cross_attn").config, gpus=8)
+    assert cross["params"] > costs["params"] and cross["gpu_hours"] > costs["gpu_hours"]
+    launch.main([*args, "dry_run=true"])
+    out = capsys.readouterr().out
+    assert f"{costs['params'] / 1e6:.1f}M" in out and "GPUs" in out and f"{costs['gpu_hours']:,.0f}" in out
+    assert "facebookresearch/DiT" in out
