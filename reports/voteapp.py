@@ -46,10 +46,11 @@ h2{font-size:1.3em;margin:.6em 0}
 .progress{color:#666;font-size:.9em;margin:4px 0}
 .prompt{font-size:1.2em;font-weight:600;margin:8px 0 12px;padding:10px 14px;background:#f1f2f8;border-radius:10px}
 .pair{display:flex;gap:10px;justify-content:center}
-.pair figure{flex:1 1 0;min-width:0;max-width:440px;margin:0;text-align:center}
+.pair figure{flex:1 1 0;min-width:0;max-width:min(420px,42vh);margin:0;text-align:center}
 .pair img{display:block;width:100%;aspect-ratio:1/1;object-fit:contain;image-rendering:pixelated;background:#fafafa;
   border:1px solid #ccc;border-radius:8px}
 .pair figcaption{font-weight:600;margin-top:4px}
+form{max-width:720px;margin:0 auto}
 .question{border:0;margin:14px 0 0;padding:0}
 .question legend{font-weight:600;padding:0;margin-bottom:6px}
 .choices{display:flex;gap:8px}
@@ -65,6 +66,7 @@ button{font:inherit;font-size:1.1em;font-weight:600;cursor:pointer}
 .help summary{font-weight:600;cursor:pointer;min-height:32px;line-height:32px}
 .help ul{margin:6px 0;padding-left:20px}.help li{margin:4px 0}
 .scroll{overflow-x:auto;max-width:100%}
+.rates td,.rates th{text-align:center;vertical-align:top}.rates td:first-child{text-align:left;white-space:normal;min-width:8em}
 table{border-collapse:collapse;margin:8px 0 20px;font-size:.88em}td,th{border:1px solid #ddd;padding:4px 8px;white-space:nowrap}
 th{background:#f4f4f8}.rule{background:#f1f2f8;border-left:4px solid #2d5bd7;padding:8px 12px;border-radius:4px}
 .muted{color:#666}.error{color:#a00}
@@ -210,7 +212,7 @@ def create_app(db: str | Path) -> Starlette:
                 return login_page(study_id)
             study = votes.study_by_id(conn, study_id)
             body = results_html(study, votes.study_summary(conn, study_id), votes.votes_frame(conn, study_id))
-        return page(f"Results: {study['name']}", body)
+        return page(f"Results: {study['name']}", body, wide=True)
 
     async def login(request: Request) -> Response:
         study_id = request.path_params["study_id"]
@@ -252,11 +254,13 @@ def is_owner(conn, request: Request, study_id: str) -> bool:
     return request.cookies.get(f"owner_{study_id}") == expected
 
 
-def page(title: str, body: str, status: int = 200) -> HTMLResponse:
+def page(title: str, body: str, status: int = 200, wide: bool = False) -> HTMLResponse:
+    """A whole page; `wide` lets the owner's tables use a desktop's width."""
+    width = "<style>body{max-width:1320px}</style>" if wide else ""
     return HTMLResponse(f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
                         f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
                         f"<title>{html.escape(title)}</title>"
-                        f"<meta name='referrer' content='no-referrer'><style>{STYLE}</style></head>"
+                        f"<meta name='referrer' content='no-referrer'><style>{STYLE}</style>{width}</head>"
                         f"<body>{body}</body></html>", status_code=status,
                         headers={"Cache-Control": "no-store", "X-Robots-Tag": "noindex"})
 
@@ -295,31 +299,28 @@ def results_html(study, summary: dict, frame: pd.DataFrame) -> str:
     per_rater = (f"each rater judges {summary['pairs_per_rater']} of them" if summary["pairs_per_rater"]
                  else "each rater judges all of them")
     low, high = summary["raters_per_pair"]
+    spread = f"{low}" if low == high else f"{low}–{high}"
+    orders = (f"; {summary['pairs_both_orders']} of the {summary['pairs_repeated']} pairs answered more than once "
+              f"were seen both ways round (left/right)" if summary["pairs_repeated"] else "")
     parts = [f"<h2>{html.escape(study['name'])}</h2>",
              f"<p>Systems: {html.escape(', '.join(summary['systems']))} · {summary['pairs']} pairs ({per_rater}) and "
              f"{summary['checks']} attention checks · {summary['raters']} raters · {summary['votes']} answers recorded. "
              f"<a href='/s/{study['id']}/votes.csv'>Download raw votes (CSV)</a></p>",
-             f"<p class='muted'>Answered by {low}–{high} raters per pair; {summary['pairs_both_orders']} of the "
-             f"{summary['pairs_repeated']} pairs answered more than once were seen in both left/right orders.</p>"]
+             f"<p class='muted'>Each pair answered by {spread} raters{orders}. Rates are shares of answers with 95% "
+             f"Wilson intervals.</p>"]
     if frame.empty:
         return "".join(parts) + "<p>No votes yet.</p>"
     excluded = vote_stats.excluded_raters(frame)
     voted = frame["rater"].nunique()
-    kept = frame[~frame["rater"].isin(excluded)]
-    parts.append(f"<p class='rule'><b>Exclusion rule.</b> {html.escape(vote_stats.EXCLUSION_RULE)} ")
-    if excluded:
-        parts.append("Excluded: " + "; ".join(f"{html.escape(r)} ({html.escape(why)})" for r, why in excluded.items())
-                     + ".</p>")
-    else:
-        parts.append("No rater is excluded.</p>")
-    groups = [(f"all {voted} raters", frame), (f"{voted - len(excluded)} raters who passed the checks", kept)]
+    groups = [(f"all {voted} raters", frame),
+              (f"{voted - len(excluded)} raters who passed the checks", frame[~frame["rater"].isin(excluded)])]
+    who = ("Excluded: " + "; ".join(f"{html.escape(r)} ({html.escape(why)})" for r, why in excluded.items())
+           if excluded else "No rater is excluded")
+    parts.append(f"<p class='rule'><b>Exclusion rule.</b> {html.escape(vote_stats.EXCLUSION_RULE)} {who}. Every table "
+                 f"shows {groups[0][0]} and the {groups[1][0]}.</p>")
     for question, text in votes.QUESTIONS.items():
-        parts.append(f"<h3>{html.escape(text)} ({question})</h3>")
-        tables = [_rate_rows(rates[rates["question"] == question]).assign(raters=label)
-                  for label, group in groups if not (rates := vote_stats.win_rates(group)).empty]
-        if tables:
-            combined = pd.concat(tables, ignore_index=True)
-            parts.append(_table(combined[["raters", *combined.columns.drop("raters")]]))
+        parts.append(f"<h3>{html.escape(text)}</h3>")
+        parts.append(_rates_table([(label, vote_stats.win_rates(group)) for label, group in groups], question))
         if len(summary["systems"]) > 2:
             for label, group in groups:
                 parts.append(f"<p>Bradley-Terry log-strength, {label} (ties = half a win each), 95% bootstrap CI:</p>")
@@ -329,15 +330,29 @@ def results_html(study, summary: dict, frame: pd.DataFrame) -> str:
     return "".join(parts)
 
 
-def _rate_rows(rates: pd.DataFrame) -> pd.DataFrame:
-    pct = lambda rate, low, high: f"{100 * rate:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"  # noqa: E731
-    return pd.DataFrame({
-        "system": rates["system"], "vs": rates["opponent"], "answers": rates["n"],
-        "win": [pct(*r) for r in zip(rates["win_rate"], rates["win_low"], rates["win_high"])],
-        "draw": [pct(*r) for r in zip(rates["draw_rate"], rates["draw_low"], rates["draw_high"])],
-        "loss": [pct(*r) for r in zip(rates["loss_rate"], rates["loss_low"], rates["loss_high"])],
-        "win without ties": ["–" if pd.isna(r[0]) else pct(*r) for r in
-                             zip(rates["win_rate_no_ties"], rates["no_ties_low"], rates["no_ties_high"])]})
+def _rates_table(groups: list[tuple[str, pd.DataFrame]], question: str) -> str:
+    """One row per rater group and system pair (each pair once, A before B): answers, A's wins, draws,
+    B's wins and A's wins without ties, each as a rate over its 95% interval."""
+    def cell(rate, low, high) -> str:
+        if pd.isna(rate):
+            return "<td>–</td>"
+        return f"<td>{100 * rate:.1f}%<br><small class='muted'>[{100 * low:.1f}, {100 * high:.1f}]</small></td>"
+
+    head = ("<tr><th>raters</th><th>A</th><th>B</th><th>answers</th><th>A wins</th><th>draw</th><th>B wins</th>"
+            "<th>win without ties (A)</th></tr>")
+    rows = []
+    for label, rates in groups:
+        if rates.empty or not (rates["question"] == question).any():
+            rows.append(f"<tr><td>{html.escape(label)}</td><td colspan='7' class='muted'>no answers</td></tr>")
+            continue
+        mine = rates[(rates["question"] == question) & (rates["system"] < rates["opponent"])]
+        for r in mine.itertuples(index=False):
+            rows.append(f"<tr><td>{html.escape(label)}</td><td>{html.escape(r.system)}</td>"
+                        f"<td>{html.escape(r.opponent)}</td><td>{r.n}</td>"
+                        + cell(r.win_rate, r.win_low, r.win_high) + cell(r.draw_rate, r.draw_low, r.draw_high)
+                        + cell(r.loss_rate, r.loss_low, r.loss_high)
+                        + cell(r.win_rate_no_ties, r.no_ties_low, r.no_ties_high) + "</tr>")
+    return f"<div class='scroll'><table class='rates'>{head}{''.join(rows)}</table></div>"
 
 
 def _table(frame: pd.DataFrame) -> str:
