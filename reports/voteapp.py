@@ -66,7 +66,8 @@ button{font:inherit;font-size:1.1em;font-weight:600;cursor:pointer}
 .help summary{font-weight:600;cursor:pointer;min-height:32px;line-height:32px}
 .help ul{margin:6px 0;padding-left:20px}.help li{margin:4px 0}
 .scroll{overflow-x:auto;max-width:100%}
-.rates td,.rates th{text-align:center;vertical-align:top}.rates td:first-child{text-align:left;white-space:normal;min-width:8em}
+.rates td,.rates th{text-align:center;vertical-align:top}
+.rates td:first-child{text-align:left;white-space:normal;min-width:8em}
 table{border-collapse:collapse;margin:8px 0 20px;font-size:.88em}td,th{border:1px solid #ddd;padding:4px 8px;white-space:nowrap}
 th{background:#f4f4f8}.rule{background:#f1f2f8;border-left:4px solid #2d5bd7;padding:8px 12px;border-radius:4px}
 .muted{color:#666}.error{color:#a00}
@@ -371,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = VoteSettings.load(args.config, db=args.db, host=args.host, port=args.port)
-        listener = bind(settings.host, settings.port)
+        bind(settings.host, settings.port).close()  # a clear message now rather than uvicorn's log line
         app = create_app(settings.db)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -379,13 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     log.info("votes in %s; serving on http://%s:%d", settings.db, settings.host, settings.port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    server.run(sockets=[listener])
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port, or ValueError saying why not (bad address, port in use)."""
+    """A socket listening on host:port, or ValueError saying why not (bad address, port in use)."""
     try:
         family = socket.AF_INET6 if isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address) else socket.AF_INET
     except ValueError:
@@ -404,5 +404,4 @@ def bind(host: str, port: int) -> socket.socket:
             raise ValueError(f"port {port} is in use on {host}; stop the other server or pick another --port") from e
         raise ValueError(f"cannot listen on --host {host} --port {port} ({e.strerror or e}); give an address of "
                          f"this machine such as 127.0.0.1 or 0.0.0.0") from e
-    listener.set_inheritable(True)
     return listener

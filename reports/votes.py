@@ -37,7 +37,8 @@ CHOICES = ("left", "right", "draw")
 CHECK = "check"
 COMPARE = "compare"
 # columns added after the first release of the schema, added to older files when they are opened
-ADDED_COLUMNS = [("studies", "pairs_per_rater", "INTEGER"), ("images", "data", "BLOB"), ("images", "media_type", "TEXT")]
+ADDED_COLUMNS = [("studies", "pairs_per_rater", "INTEGER"), ("images", "data", "BLOB"),
+                 ("images", "media_type", "TEXT")]
 MEDIA_TYPES = {"PNG": "image/png", "GIF": "image/gif"}
 PAD_COLOUR = (128, 128, 128)  # fills the margin when two images of a pair differ in aspect ratio
 
@@ -208,7 +209,8 @@ def next_screen(conn: sqlite3.Connection, token: str) -> Screen | None:
     if open_screen is None:
         pair_id = next(p for p in order if p not in voted)
         nonce, a_on_left = secrets.token_urlsafe(18), assigned[pair_id]
-        conn.execute("INSERT INTO screens VALUES (?, ?, ?, ?, ?, NULL)", (nonce, token, pair_id, a_on_left, time.time()))
+        conn.execute("INSERT INTO screens VALUES (?, ?, ?, ?, ?, NULL)",
+                     (nonce, token, pair_id, a_on_left, time.time()))
     else:
         nonce, pair_id, a_on_left = open_screen
     pair = conn.execute("SELECT prompt, image_a, image_b FROM pairs WHERE id = ?", (pair_id,)).fetchone()

@@ -98,7 +98,8 @@ def test_served_images_carry_pixels_only_in_one_format_and_size(leaky):
         assert {im.mode for im in decoded} == {"RGB"}
         form = re.search(r"name='nonce' value='([^']+)'.*name='signature' value='([^']+)'",
                          client.get(f"/r/{token}").text, re.S)
-        client.post(f"/r/{token}/vote", data={"nonce": form[1], "signature": form[2], "quality": "left", "text": "left"})
+        client.post(f"/r/{token}/vote",
+                    data={"nonce": form[1], "signature": form[2], "quality": "left", "text": "left"})
 
 
 def test_gif_comments_are_dropped_and_both_sides_are_gifs(tmp_path):
