@@ -5,7 +5,7 @@ images served under random ids with their metadata stripped, HTML that carries n
 file path, and plain HTTP form posts that can be signed, replayed and rejected (and tested with a
 test client and parallel HTTP raters). Streamlit keeps state in a websocket session, serves media
 under content-hash URLs it controls and re-runs the whole script per click, which makes every one of
-those guarantees indirect. A ~300-line Starlette app makes them explicit.
+those guarantees indirect. A small Starlette app makes them explicit.
 
     python reports/vote.py [--config vote.yaml] [--db studies/votes.sqlite] [--host 127.0.0.1] [--port 8502]
 
