@@ -52,7 +52,7 @@ def missing(p: Plan) -> list[Need]:
     """Everything the plan's cells load that is not on this machine, each named once."""
     found: dict[tuple, Need] = {}
     for cell in p.cells:
-        for need in _cell_needs(cell.config):
+        for need in _cell_needs(cell.config, frozenset(cell.encoders)):
             found.setdefault((need.what, need.fix), need)
     return list(found.values())
 
@@ -77,9 +77,13 @@ def require(p: Plan) -> None:
                                 f"{needs[0].fix}")
 
 
-def _cell_needs(config: dict) -> list[Need]:
+def _cell_needs(config: dict, trained: frozenset = frozenset()) -> list[Need]:
+    """`trained`: folders of text encoders the run trains itself first (gentron.text.pretrain)."""
     needs = []
     for spec in config["text_encoders"]:
+        folder = spec.get("path") or str(spec.get("model") or "").removeprefix("local-dir:")
+        if folder in trained:
+            continue
         needs += _encoder_needs(spec)
     vae = config["vae"]
     if vae["kind"] == "autoencoder_kl" and not _hf_available(vae["path"]):
