@@ -20,6 +20,8 @@ MANIFEST = "manifest.json"
 PACKAGES = ("torch", "torchvision", "numpy", "diffusers", "transformers", "open_clip_torch", "omegaconf",
             "hydra-core", "submitit", "pandas", "clean-fid", "torchmetrics")
 REPO = Path(__file__).resolve().parent.parent
+# CPU features that select different float kernels (oneDNN uses AMX / AVX-512 BF16 where present)
+SIMD_FLAGS = ("avx2", "avx512", "amx", "fma")
 
 
 def now() -> str:
@@ -39,16 +41,23 @@ def hardware() -> dict:
     reproduces exactly only on the same kind of machine and thread counts."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
+    cpu, model, flags = platform.processor() or platform.machine(), None, []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "model name":
+                cpu = value
+            elif key == "model" and model is None:
+                model = value
+            elif key == "flags":
+                flags = sorted(f for f in value.split() if f.startswith(SIMD_FLAGS))
                 break
     except OSError:
         pass
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    return {"cpu": cpu, "cpu_model": model, "cpu_simd": flags, "cpu_count": os.cpu_count(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "gpus": gpus, "cuda": torch.version.cuda if gpus else None}
 
 
