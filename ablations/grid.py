@@ -18,12 +18,14 @@ Its id is the sha1 of that resolved config as canonical JSON, without RUN_ONLY_K
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import hashlib
 import itertools
 import json
 import logging
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -47,7 +49,7 @@ CELL_SECTIONS = tuple(f.name for f in fields(CellConfig))
 # more logging, another batch size for sampling or an extra metric finds the same cell.
 RUN_ONLY_KEYS = ("train.log_every", "train.ckpt_every", "train.tensorboard",
                  "train.compile", "train.grad_checkpointing", "train.strategy", "data.cache_dir",
-                 "sample.batch_size", "eval.metrics")
+                 "sample.batch_size", "eval.metrics", "train.keep_last", "train.resume")
 # Bump when the same cell config would now train, sample or score differently (what CompShapes draws,
 # how a tiny text encoder initialises, what the judge reads): an old run folder's cells then get new
 # ids and are recomputed instead of being reused as if current. (The caches below a cell key on their
@@ -55,7 +57,9 @@ RUN_ONLY_KEYS = ("train.log_every", "train.ckpt_every", "train.tensorboard",
 # 2: tiny_clip keeps words apart, CompShapes objects r = 0.19. 3: diamonds; tiny_clip's local window.
 # 4: width 48 / MLP 96 for 7,000 steps; fused AdamW. 5: logit-normal training timesteps (std 0.8).
 CELL_VERSION = 5
-GRID_KEYS = ("description", "seeds", "base", "axes", "evaluation", "profiles", "note", "labels")
+GRID_KEYS = ("description", "seeds", "base", "axes", "evaluation", "profiles", "note", "labels", "encoders")
+# Trained text encoders live in <runs_dir>/ENCODER_STORE/<objective>-<recipe hash>/ (gentron.text.pretrain).
+ENCODER_STORE = "encoders"
 ID_LENGTH = 10
 
 
@@ -93,12 +97,14 @@ class Cell:
     arms: dict[str, str]  # {"conditioning": "adaln"}: the grid file's arm names
     config: dict  # the resolved, validated cell config
     profile: str
+    # trained text encoders the cell loads: folder -> recipe (gentron.text.pretrain), trained before it
+    encoders: dict[str, dict] = field(default_factory=dict)
 
     def info(self) -> dict:
         """cell.json."""
         return {"grid": self.grid, "cell_id": self.cell_id, "axes": self.axes, "arms": self.arms,
                 "profile": self.profile, "prompt_sets": self.config["sample"]["prompt_sets"],
-                "metrics": self.config["eval"]["metrics"]}
+                "metrics": self.config["eval"]["metrics"], **({"encoders": self.encoders} if self.encoders else {})}
 
 
 @dataclass
@@ -116,6 +122,10 @@ class Plan:
 
 def parse_args(argv: list[str]) -> tuple[DictConfig, dict[str, Any]]:
     """Hydra override grammar -> (run options, {dotted cell key: value})."""
+    for arg in argv:
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):
+            raise ConfigError(f"'{arg}' is not an override: arguments are key=value, e.g. grid=conditioning "
+                              "train.steps=500 (python ablations/run.py --help lists the keys)")
     try:
         overrides = OverridesParser.create().parse_overrides(list(argv))
     except HydraException as e:
@@ -129,8 +139,8 @@ def parse_args(argv: list[str]) -> tuple[DictConfig, dict[str, Any]]:
                               "a list value needs brackets: key=[a,b]")
         if o.is_delete():
             raise ConfigError(f"'{o.input_line}': deleting keys is not supported; set a value instead")
-        if key.split(".")[0] in CELL_SECTIONS:
-            cell[key] = o.value()
+        if key.split(".")[0] in CELL_SECTIONS or key.split(".")[0] == "encoders":
+            cell[key] = o.value()  # encoders.<name>.<key>: a trained encoder's recipe (plan() applies it)
         else:
             _set_run_option(run, key, o.value())
     for name, allowed in CHOICES.items():
@@ -140,7 +150,82 @@ def parse_args(argv: list[str]) -> tuple[DictConfig, dict[str, Any]]:
         raise ConfigError("launcher=slurm needs slurm=<profile> (a file of slurm/profiles/, e.g. slurm=local)")
     if run.local.workers is not None and run.local.workers < 1:
         raise ConfigError(f"local.workers={run.local.workers} must be at least 1")
+    if run.seeds is not None and not run.seeds:
+        raise ConfigError("seeds=[] is empty; give at least one training seed, e.g. seeds=[0] or seeds=[0,1,2]")
+    _check_runs_dir(Path(run.runs_dir))
     return run, cell
+
+
+RUN_HELP = {
+    "grid": "which grid file of ablations/grids/ to run",
+    "profile": "embedded (CPU stand-ins, minutes) or paper (the paper's models, GPU cluster)",
+    "seeds": "training seeds, one cell per seed and arm, e.g. seeds=[0,1,2] (default: the grid's)",
+    "action": "run | status (the plan with each stage's state and SLURM jobs) | cancel (SLURM jobs)",
+    "launcher": "local (this machine) | slurm (one job array per stage, needs slurm=<profile>)",
+    "slurm": "a SLURM profile: a name of slurm/profiles/*.yaml or a file",
+    "local": "local.workers=N: cells trained side by side on this machine (default: one per core without a GPU)",
+    "dry_run": "true: validate every key, print one row per cell and run nothing",
+    "wait": "launcher=slurm: true blocks until the grid is done, then prints the table",
+    "runs_dir": "where run folders go: <runs_dir>/<grid>/<cell>/ (default runs)",
+}
+CELL_HELP_KEYS = ("train.steps", "train.batch_size", "train.lr", "train.grad_clip", "model.size", "model.conditioning",
+                  "data.kind", "data.path", "data.resolution", "sample.steps", "sample.cfg_scale", "sample.seeds",
+                  "sample.prompt_sets", "eval.metrics")
+
+
+def usage() -> str:
+    """`python ablations/run.py --help`: the run options, the grids, the profiles and the cell keys
+    that matter, with their defaults."""
+    from gentron.config import default_config
+
+    defaults = RunOptions()
+    lines = ["usage: python ablations/run.py [key=value ...]", "",
+             "Plan an ablation grid, then run it here or on SLURM. Every argument is an override key=value "
+             "(Hydra's grammar: lists as [a,b], strings with spaces in quotes); every key and value is checked "
+             "before anything runs.", "", "run options:"]
+    for name in RUN_KEYS:
+        value = getattr(defaults, name)
+        shown = "local.workers=null" if name == "local" else \
+            f"{name}={'null' if value is None else str(value).lower() if isinstance(value, bool) else value}"
+        lines.append(f"  {shown:<28} {RUN_HELP[name]}")
+    lines += ["", "grids (grid=<name>):"]
+    for name in available_grids():
+        description = (_load_yaml(GRIDS_DIR / f"{name}.yaml").get("description") or "").strip()
+        lines.append(f"  {name:<28} {description}")
+    lines += ["", f"profiles (profile=<name>): {', '.join(available_profiles())}", "",
+              f"cell-config keys (sections {', '.join(CELL_SECTIONS)}; DESIGN.md lists them all), with the "
+              "embedded defaults:"]
+    config = to_dict(default_config())
+    for key in CELL_HELP_KEYS:
+        section, name = key.split(".")
+        lines.append(f"  {key}={_override_text(config[section][name])}")
+    lines += ["", "examples:",
+              "  python ablations/run.py grid=conditioning seeds=[0,1,2] train.steps=500",
+              "  python ablations/run.py grid=text_encoder profile=paper slurm=my_cluster.yaml data.path=... dry_run=true",
+              "  python ablations/run.py grid=text_encoder profile=paper launcher=slurm slurm=my_cluster.yaml "
+              "data.path=... action=status"]
+    return "\n".join(lines)
+
+
+def _override_text(value: Any) -> str:
+    """A value as an override writes it: null, true, [a,b], 7000, CS/2."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_text(v) for v in value) + "]"
+    return str(value)
+
+
+def _check_runs_dir(runs_dir: Path) -> None:
+    """runs_dir must be a folder this process can write, or creatable as one."""
+    existing = next((p for p in (runs_dir, *runs_dir.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = f"runs_dir={runs_dir}" if existing == runs_dir else f"runs_dir={runs_dir}: {existing}"
+        raise ConfigError(f"{where} is a file, not a folder; choose a folder for the runs, e.g. runs_dir=runs")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"runs_dir={runs_dir}: {existing} is not writable; choose a folder you can write")
 
 
 def _set_run_option(run: DictConfig, key: str, value: Any) -> None:
@@ -220,6 +305,15 @@ def plan(argv: list[str]) -> Plan:
     grid = load_grid(run.grid, run.profile)
     if run.seeds is not None:
         grid.seeds = run.seeds
+    grid.encoder_store = str(Path(run.runs_dir) / ENCODER_STORE)
+    grid.runs_dir = str(run.runs_dir)
+    for key in [k for k in overrides if k.split(".")[0] == "encoders"]:
+        name = key.split(".")[1] if key.count(".") >= 2 else None
+        if name is None or name not in (grid.get("encoders") or {}):
+            known = ", ".join(f"encoders.{n}" for n in (grid.get("encoders") or {})) or "none"
+            raise ConfigError(f"{key}: the grid's trained encoders are {known}; set a recipe key as "
+                              "encoders.<name>.<key>=value, e.g. encoders.clip.steps=500")
+        OmegaConf.update(grid, key, overrides.pop(key), merge=True)
     cells = expand(grid, overrides)
     # grid.yaml records what chose these cells, so a reader can tell them from left-over cells and
     # print the command that reproduces them (ablations.runfolder.grid_record)
@@ -237,7 +331,10 @@ def expand(grid: DictConfig, overrides: dict[str, Any]) -> list[Cell]:
         if clash:
             raise ConfigError(f"{key} is set by the grid's axis '{swept[clash[0]]}'; "
                               f"override another key or edit {GRIDS_DIR / grid.name}.yaml")
-    seeds = list(grid.get("seeds") or [0])
+    seeds = grid.get("seeds")
+    seeds = [0] if seeds is None else list(seeds)
+    if not seeds:
+        raise ConfigError(f"grid '{grid.name}': seeds=[] is empty; give at least one training seed, e.g. seeds=[0]")
     cells = []
     for combo in itertools.product(*[[(axis, arm) for arm in arms] for axis, arms in axes.items()], seeds):
         *chosen, seed = combo
@@ -263,6 +360,8 @@ def make_cell(grid: DictConfig, arms: dict[str, str], seed: int, overrides: dict
     except MissingMandatoryValue as e:
         raise ConfigError(f"{where}: {e.full_key} has no value (??? in the grid file); "
                           f"pass it on the command line, e.g. {e.full_key}=...") from e
+    encoders = _trained_encoders(container, raw, where)
+    _init_from_grid(container, raw, seed, overrides, where)
     try:
         config = to_dict(load_config(container))
     except ConfigError as e:
@@ -271,7 +370,63 @@ def make_cell(grid: DictConfig, arms: dict[str, str], seed: int, overrides: dict
     labels = grid.get("labels") or {}
     axes = {axis: labels.get(axis, {}).get(arm, arm) for axis, arm in arms.items()}
     return Cell(grid=grid.name, cell_id=cell_id(config), axes={**axes, "seed": seed}, arms=arms,
-                config=config, profile=grid.profile)
+                config=config, profile=grid.profile, encoders=encoders)
+
+
+def _init_from_grid(container: dict, raw: dict, seed: int, overrides: dict[str, Any], where: str) -> None:
+    """`train.init_from: {grid: conditioning, arms: {conditioning: cross_attn}}`: start from the final
+    checkpoint of that cell of another grid (same profile, runs_dir, seed and command-line overrides),
+    e.g. a text-to-video model from its text-to-image model. Resolved to the checkpoint's path; the
+    other grid must have run first (its cell id is in the path, so a changed source is a new cell)."""
+    ref = (container.get("train") or {}).get("init_from")
+    if not isinstance(ref, dict):
+        return
+    if set(ref) - {"grid", "arms"} or "grid" not in ref:
+        raise ConfigError(f"{where}: train.init_from as a mapping is {{grid: <name>, arms: {{axis: arm}}}}, got {ref}")
+    source = load_grid(ref["grid"], raw["profile"])
+    source.runs_dir = raw.get("runs_dir") or "runs"
+    source.encoder_store = str(Path(source.runs_dir) / ENCODER_STORE)
+    arms = dict(ref.get("arms") or {})
+    axes = OmegaConf.to_container(source.axes, resolve=False)
+    for axis in axes:
+        if axis not in arms:
+            raise ConfigError(f"{where}: train.init_from names grid '{ref['grid']}' without an arm of its axis "
+                              f"'{axis}' ({', '.join(axes[axis])})")
+        if arms[axis] not in axes[axis]:
+            raise ConfigError(f"{where}: train.init_from: grid '{ref['grid']}' has no arm '{arms[axis]}' on axis "
+                              f"'{axis}' ({', '.join(axes[axis])})")
+    swept = {key for arm in axes.values() for spec in arm.values() for key in spec}
+    kept = {k: v for k, v in overrides.items() if k not in swept and k != "train.init_from"}
+    cell = make_cell(source, {axis: arms[axis] for axis in axes}, seed, kept)
+    container["train"]["init_from"] = str(Path(source.runs_dir) / ref["grid"] / cell.cell_id / runfolder.CHECKPOINT)
+
+
+def _trained_encoders(container: dict, raw: dict, where: str) -> dict[str, dict]:
+    """Replace each `{trained: <name>}` entry of text_encoders by the spec that loads the grid's
+    recipe `encoders.<name>` from the encoder store (as real weights load: open_clip folder or
+    transformers folder); returns {folder: recipe} for the encoders the cell needs trained first."""
+    from gentron.text.pretrain import encoder_spec, load_recipe
+
+    recipes = raw.get("encoders") or {}
+    store = raw.get("encoder_store") or ENCODER_STORE
+    needed = {}
+    for i, spec in enumerate(container.get("text_encoders") or []):
+        if not isinstance(spec, dict) or "trained" not in spec:
+            continue
+        name = spec["trained"]
+        if set(spec) != {"trained"}:
+            raise ConfigError(f"{where}: text_encoders[{i}] {spec}: a trained encoder is named alone, "
+                              "{trained: <name>}; its recipe is the grid's encoders.<name>")
+        if name not in recipes:
+            raise ConfigError(f"{where}: text_encoders[{i}] names trained encoder {name!r}, which the grid's "
+                              f"`encoders` section does not define (it has: {', '.join(recipes) or 'none'})")
+        try:
+            recipe = load_recipe(recipes[name])
+        except ConfigError as e:
+            raise ConfigError(f"{where}: encoders.{name}: {e}") from e
+        container["text_encoders"][i] = encoder_spec(recipe, store)
+        needed[str(Path(store) / recipe.folder_name())] = dataclasses.asdict(recipe)
+    return needed
 
 
 def check_evaluation(config: dict, where: str) -> None:

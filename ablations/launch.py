@@ -6,9 +6,14 @@ per stage, afterok dependencies, fire-and-forget unless wait=true).
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
+import signal
 import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -18,23 +23,32 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from ablations import results, stages
-from ablations.grid import Plan, plan
-from gentron.errors import ConfigError
+from ablations import runfolder
+from ablations.grid import Plan, plan, usage
+from gentron.errors import EXIT_USER_ERROR, USER_ERRORS, ConfigError, one_line
 from gentron.io import atomic_write_text
 
 log = logging.getLogger("ablations")
+PROG = "python ablations/run.py"
 
 CPU_PARAM_LIMIT = 100e6  # transformer parameters beyond which a CPU run is refused
 BYTES_PER_PARAM = 16  # fp32 weights + gradients + AdamW's two moments
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        print(usage())
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     try:
-        p = plan(sys.argv[1:] if argv is None else argv)
+        p = plan(argv)
         if p.run.dry_run:
+            from ablations.step_costs import format_estimate
+
             print(format_plan(p))
+            print(format_estimate(p))
             return 0
         if p.run.action == "status":
             print(format_plan(p, jobs=True))
@@ -42,10 +56,20 @@ def main(argv: list[str] | None = None) -> int:
         if p.run.action == "cancel":
             return cancel(p)
         check_resources(p)
+        from ablations.preflight import require
+
+        require(p)  # every weight, data path and reference in place before anything runs or is submitted
         return run_local(p) if p.run.launcher == "local" else run_slurm(p)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:  # one line: the problem and the fix (gentron.errors)
+        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def command(p: Plan, *extra: str) -> str:
+    """The command that plans exactly p's cells again (grid, profile, seeds, cell-config overrides,
+    runs_dir as given), then `extra` (launcher, action)."""
+    record = {"name": p.run.grid, runfolder.PLAN_ARGS: [str(a) for a in p.grid[runfolder.PLAN_ARGS]]}
+    return " ".join([runfolder.rerun_command(record, p.run.runs_dir), *extra])
 
 
 # --- the plan table -----------------------------------------------------------------------------
@@ -70,7 +94,12 @@ def format_plan(p: Plan, jobs: bool = False) -> str:
               f"profile '{p.run.profile}': {p.grid.get('note', '')}",
               f"{len(p.cells)} cells in {p.grid_dir}; evaluation: prompt sets "
               f"{p.cells[0].config['sample']['prompt_sets']}, metrics {p.cells[0].config['eval']['metrics']}"]
-    return "\n".join(header + [plan_table(p, jobs).to_string(index=False)])
+    table, footer = plan_table(p, jobs), []
+    if not jobs:  # what each cell costs, and what the plan loads that is not here (ablations.preflight)
+        from ablations import preflight
+
+        table, footer = preflight.with_costs(p, table), [preflight.format_missing(p)]
+    return "\n".join(header + [table.to_string(index=False)] + footer)
 
 
 def _job_states(grid_dir: Path) -> dict[str, str]:
@@ -110,7 +139,7 @@ def check_resources(p: Plan) -> None:
         f"refusing to train {named} on {where}. These need GPUs: up to about "
         f"{largest * BYTES_PER_PARAM / 1e9:.0f} GB for fp32 weights, gradients and AdamW state before activations "
         "(G/2 also FSDP and activation checkpointing across GPUs). Run them on a GPU cluster: "
-        f"`python ablations/run.py grid={p.run.grid} profile={p.run.profile} launcher=slurm slurm=<profile>` with a "
+        f"`{command(p, 'launcher=slurm', 'slurm=<profile>')}` with a "
         "profile of slurm/profiles/ that has gpus_per_node > 0; or run the CPU stand-ins with profile=embedded.")
 
 
@@ -145,57 +174,123 @@ def run_local(p: Plan) -> int:
     todo = [g for g in groups if not all(stages.is_complete(d) for d in g)]
     log.info("grid %s: %d cells, %d to run, %d complete", p.run.grid, len(p.cells),
              sum(map(len, todo)), len(p.cells) - sum(map(len, todo)))
+    train_encoders(p, p.run.local.workers or _auto_workers())
     workers = min(len(todo), p.run.local.workers or _auto_workers())
-    failed = _run_pool(todo, workers) if workers > 1 else _run_sequential(todo)
-    return finish(p, failed)
+    failed, busy = _run_pool(todo, workers) if workers > 1 else _run_sequential(todo)
+    return finish(p, failed, busy)
+
+
+def train_encoders(p: Plan, workers: int) -> None:
+    """Train the trained text encoders the grid's cells load and the store lacks, side by side (one
+    thread each), before any cell needs them (gentron.text.pretrain)."""
+    from gentron.text.pretrain import ensure_trained
+
+    missing = {folder: recipe for cell in p.cells for folder, recipe in cell.encoders.items()
+               if not Path(folder).is_dir()}
+    if not missing:
+        return
+    log.info("training %d text encoders first: %s", len(missing), ", ".join(Path(f).name for f in missing))
+    workers = min(workers, len(missing))
+    if workers == 1:
+        for folder, recipe in missing.items():
+            ensure_trained(recipe, Path(folder).parent)
+        return
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, torch.get_num_threads() // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_set_threads,
+                             initargs=(threads,)) as pool:
+        for future in [pool.submit(ensure_trained, recipe, str(Path(folder).parent)) for folder, recipe in missing.items()]:
+            future.result()
 
 
 def _auto_workers() -> int:
     return 1 if torch.cuda.is_available() else torch.get_num_threads()
 
 
-def _run_sequential(groups: list[list[str]]) -> list[str]:
-    failed = []
+def _run_sequential(groups: list[list[str]]) -> tuple[list[str], list[str]]:
+    """(failed, busy): cells that failed, and cells another process holds (not started here)."""
+    failed, busy = [], []
     for cell_dir in tqdm([d for g in groups for d in g], desc="cells", unit="cell", disable=not groups):
         try:
             stages.run_cell(cell_dir)
+        except stages.CellBusy as e:
+            log.error("%s", e)
+            busy.append(cell_dir)
         except Exception:
             log.exception("cell %s failed; the others go on (rerun to resume it)", Path(cell_dir).name)
             failed.append(cell_dir)
-    return failed
+    return failed, busy
 
 
-def _set_threads(threads: int) -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+ORPHAN_GRACE_S = 60  # after the parent died: time to write a checkpoint before a worker exits regardless
+
+
+def _set_threads(threads: int, parent: int | None = None) -> None:
+    """Pool worker initializer: share the cores, and end with the parent process."""
+    die_with_parent(parent)
     torch.set_num_threads(threads)
 
 
-def _run_pool(groups: list[list[str]], workers: int) -> list[str]:
+def die_with_parent(parent: int | None = None) -> None:
+    """End this process when its parent ends, kill -9 included, so no worker trains on alone. On
+    Linux the kernel sends SIGTERM at the parent's death (training then writes a checkpoint at the
+    next step and stops; elsewhere SIGTERM ends the process); a watchdog thread sends it where prctl
+    is missing, and exits the process ORPHAN_GRACE_S later if it is still running."""
+    parent = os.getppid() if parent is None else parent
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            armed = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent, not armed), daemon=True, name="watch-parent").start()
+
+
+def _watch_parent(parent: int, signal_self: bool) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    if signal_self:
+        os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(1)
+
+
+def _run_pool(groups: list[list[str]], workers: int) -> tuple[list[str], list[str]]:
     """Cell groups in `workers` processes that share the CPU cores between them: on 2 cores two
     tiny cells at one thread each finish ~1.4x sooner than one after the other at two threads
     (small matmuls scale poorly across threads; benchmarks/train_throughput.py)."""
-    failed = []
+    failed, busy = [], []
     context = multiprocessing.get_context("spawn")  # no forked torch state
     threads = max(1, torch.get_num_threads() // workers)  # the cores torch would use here (or OMP_NUM_THREADS)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_set_threads,
-                             initargs=(threads,)) as pool:
+                             initargs=(threads, os.getpid())) as pool:
         futures = {pool.submit(stages.run_cells, group): group for group in groups}
         for future in tqdm(as_completed(futures), total=len(futures), desc="cell groups", unit="group"):
             try:
                 future.result()
+            except stages.CellBusy as e:
+                log.error("%s", e)
+                busy += futures[future]
             except Exception:
                 log.exception("cells %s failed; rerun to resume them", [Path(d).name for d in futures[future]])
                 failed += futures[future]
-    return failed
+    return failed, busy
 
 
-def finish(p: Plan, failed: list[str]) -> int:
+def finish(p: Plan, failed: list[str], busy: list[str] = ()) -> int:
     results.write_results(p.grid_dir)
     print(results.format_results(p.grid_dir, [c.cell_id for c in p.cells], p.grid.get("note", "")))
+    slurm = ("launcher=slurm", f"slurm={p.run.slurm}") if p.run.launcher == "slurm" else ()
+    if busy:
+        print(f"{len(busy)} cells not started: another process is running them ({', '.join(Path(d).name for d in busy)}); "
+              f"let it finish, or stop it and resume them with: {command(p, *slurm)}", file=sys.stderr)
     if failed:
         print(f"{len(failed)} cells failed: {', '.join(Path(d).name for d in failed)}; see the log above, "
-              "fix and rerun the same command to resume them", file=sys.stderr)
-        return 1
-    return 0
+              f"fix and resume them with: {command(p, *slurm)}", file=sys.stderr)
+    return 1 if failed or busy else 0
 
 
 # --- SLURM --------------------------------------------------------------------------------------
@@ -218,10 +313,10 @@ def run_slurm(p: Plan) -> int:
                                                 after=after)
     submitted["results"] = submit_stage(profile, p.grid_dir, "results", results.write_results, [str(p.grid_dir)],
                                         after=after)
-    command = f"python ablations/run.py grid={p.run.grid} profile={p.run.profile} launcher=slurm slurm={p.run.slurm}"
+    again = command(p, "launcher=slurm", f"slurm={p.run.slurm}")
     print(f"submitted {len(pending)} cells of grid '{p.run.grid}' to SLURM: one job array per stage "
           f"({', '.join(submitted)}), each after the previous one succeeded.\n"
-          f"  status: {command} action=status\n  cancel: {command} action=cancel\n"
+          f"  status: {again} action=status\n  cancel: {again} action=cancel\n"
           f"  logs:   {p.grid_dir / 'slurm'}")
     if not p.run.wait:
         return 0
@@ -236,7 +331,7 @@ def _wait(submitted: dict) -> None:
         failed = []
         for job in jobs:
             try:
-                job.result()
+                job.results()  # every task's result: a multi-task job (one task per GPU) has one per task
             except Exception as e:  # submitit re-raises the job's error or reports its state
                 log.error("%s job %s failed: %s", stage, job.job_id, str(e).splitlines()[0] if str(e) else e)
                 failed.append(job)

@@ -8,12 +8,16 @@ skips the metrics already in eval/). Cells whose configs differ only in sampling
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import importlib
 import json
 import logging
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import yaml
@@ -79,13 +83,62 @@ def _run_stage(cell_dir: Path, stage: str, body) -> None:
         if stage == "train":
             body()
         return
-    started = manifest.begin(cell_dir, stage)
+    with cell_lock(cell_dir):
+        if states(cell_dir)[stage] == "done":  # finished by the process that held the cell before
+            return
+        started = manifest.begin(cell_dir, stage)
+        try:
+            extra = body() or {}
+        except BaseException:
+            manifest.finish(cell_dir, stage, started, "failed", STAGES)
+            raise
+        manifest.finish(cell_dir, stage, started, "done", STAGES, **extra)
+
+
+# --- one process per cell -----------------------------------------------------------------------
+
+LOCK = ".lock"
+_held: dict[Path, list[int]] = {}  # cell folder -> [file descriptor, depth] of the locks this process holds
+
+
+class CellBusy(RuntimeError):
+    """Another process (another run of the grid, or a SLURM job) is running the cell."""
+
+
+@contextlib.contextmanager
+def cell_lock(cell_dir: str | Path):
+    """Hold `<cell>/.lock` (flock) while this process works on the cell: another process that asks
+    for it meanwhile gets CellBusy instead of running the cell a second time. The kernel releases the
+    lock when its holder ends, kill -9 included, so a dead run never blocks a rerun. Nested holds in
+    one process are counted. The file holds the holder's pid and host, for the message."""
+    key = Path(cell_dir).resolve()
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield
+        finally:
+            _held[key][1] -= 1
+        return
+    fd = os.open(key / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        extra = body() or {}
-    except BaseException:
-        manifest.finish(cell_dir, stage, started, "failed", STAGES)
-        raise
-    manifest.finish(cell_dir, stage, started, "done", STAGES, **extra)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown pid"
+        os.close(fd)
+        raise CellBusy(f"cell {key.name} is being run by another process ({holder}); not started here: let that "
+                       f"run finish, or stop it and run again to resume the cell") from None
+    # the holder's identity, written in place: the lock lives on this file's inode, which a rename would replace
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(),
+              0)
+    _held[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        _held[key][1] -= 1
+        if _held[key][1] == 0:
+            del _held[key]
+            os.close(fd)  # releases the lock
 
 
 # --- the stages ---------------------------------------------------------------------------------
@@ -102,6 +155,7 @@ def _train(cell_dir: Path, config: dict, info: dict) -> dict:
         return {"reused_from": source.name}
     from gentron.train import train
 
+    ensure_encoders(info)
     train(config, cell_dir)
     step = _last_logged_step(cell_dir)
     if _rank() == 0 and step != config["train"]["steps"]:
@@ -113,6 +167,15 @@ def _train(cell_dir: Path, config: dict, info: dict) -> dict:
             _adopt(cell_dir, sibling)
             manifest.finish(sibling, "train", started, "done", STAGES, reused_from=cell_dir.name)
     return {"steps": step}
+
+
+def ensure_encoders(info: dict) -> None:
+    """Train the cell's trained text encoders (cell.json `encoders`: folder -> recipe) that are not
+    in their store yet; each is trained once and reused by every cell and grid that names it."""
+    from gentron.text.pretrain import ensure_trained
+
+    for folder, recipe in (info.get("encoders") or {}).items():
+        ensure_trained(recipe, Path(folder).parent)
 
 
 def _siblings(cell_dir: Path, info: dict) -> list[Path]:
@@ -226,9 +289,13 @@ STAGE_FUNCTIONS = {"train": train_stage, "sample": sample_stage, "evaluate": eva
 
 
 def run_cell(cell_dir: str) -> str:
-    """All stages of one cell, in order (each skipped when done). Returns the cell folder."""
-    for stage in STAGES:
-        STAGE_FUNCTIONS[stage](cell_dir)
+    """All stages of one cell, in order (each skipped when done), holding the cell throughout
+    (cell_lock: CellBusy if another process holds it). Returns the cell folder."""
+    if is_complete(cell_dir):
+        return cell_dir
+    with cell_lock(cell_dir):
+        for stage in STAGES:
+            STAGE_FUNCTIONS[stage](cell_dir)
     return cell_dir
 
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from eval import weights
 from eval.common import batched, image_row, load_image, load_samples, resolve_device, result, run_cli
+from gentron.errors import positive_int
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=weights.CLIP_B32,
                         help="open_clip model name (with --pretrained) or transformers CLIP folder / cached hub name")
     parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai) or checkpoint file")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--device", default=None)
     parser.add_argument("--crosscheck", action="store_true", help="also compute torchmetrics' CLIPScore")
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Sequence
 from PIL import Image, UnidentifiedImageError
 
 from eval.stats import bootstrap_ci
+from gentron.errors import USER_ERRORS, fail
 from gentron.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,13 @@ class Sample:
 
 
 def read_samples(folder: str | Path) -> list[Sample]:
-    """Read and validate `folder/samples.jsonl`; every listed image must exist."""
+    """Read and validate `folder/samples.jsonl`: every line a JSON object with fields of the right
+    types, every listed file inside the folder (no `..`, absolute paths or links out) and present."""
     folder = Path(folder)
     manifest = folder / MANIFEST
+    if not folder.is_dir():
+        raise FileNotFoundError(f"sample folder {folder} does not exist" if not folder.exists() else
+                                f"{folder} is a file; give a sample folder (its {MANIFEST} and images)")
     if not manifest.exists():
         raise FileNotFoundError(
             f"{manifest} not found: a sample folder needs a {MANIFEST} with one JSON line per image "
@@ -49,24 +54,53 @@ def read_samples(folder: str | Path) -> list[Sample]:
             f"`python -m eval.common make-manifest {folder}` for a folder of images named after prompts"
         )
     samples = []
-    for lineno, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(manifest.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{manifest}:{lineno} is not valid JSON ({e})") from e
+        if not isinstance(row, dict):
+            raise ValueError(f"{manifest}:{lineno} is not a JSON object; every line is one, with keys {list(_REQUIRED)}")
         missing = [k for k in _REQUIRED if k not in row]
         if missing:
             raise ValueError(f"{manifest}:{lineno} lacks {missing}; every line needs {list(_REQUIRED)}")
         known = {k: row.pop(k) for k in list(row) if k in Sample.__dataclass_fields__ and k != "extra"}
+        for key, value in known.items():
+            if not _FIELD_TYPES[key](value):
+                raise ValueError(f"{manifest}:{lineno}: {key}={value!r} must be {_FIELD_NAMES[key]}")
         sample = Sample(**known, extra=row)
+        for key in ("file", "frames"):
+            name = getattr(sample, key)
+            if name is not None and not _inside(folder, name):
+                raise ValueError(f"{manifest}:{lineno}: {key} {name!r} is outside the sample folder {folder}; "
+                                 "paths are relative to it and stay in it, e.g. color/000012_42.png")
         if not (folder / sample.file).exists():
             raise FileNotFoundError(f"{manifest}:{lineno} names {sample.file}, which is not in {folder}")
         samples.append(sample)
     if not samples:
         raise ValueError(f"{manifest} lists no samples")
     return samples
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_FIELD_TYPES = {"file": lambda v: isinstance(v, str) and bool(v), "prompt": lambda v: isinstance(v, str),
+                "seed": _is_int, "index": _is_int, "prompt_id": _is_int, "category": lambda v: isinstance(v, str),
+                "frames": lambda v: v is None or (isinstance(v, str) and bool(v))}
+_FIELD_NAMES = {"file": "a non-empty path string", "prompt": "a string", "seed": "an integer", "index": "an integer",
+                "prompt_id": "an integer", "category": "a string", "frames": "a folder path string or null"}
+
+
+def _inside(folder: Path, name: str) -> bool:
+    """Whether folder/name, links resolved, lies in the folder."""
+    if Path(name).is_absolute():
+        return False
+    root = folder.resolve()
+    return (root / name).resolve().is_relative_to(root)
 
 
 def load_image(folder: str | Path, sample: Sample) -> Image.Image:
@@ -225,11 +259,14 @@ def run_cli(metric: str, evaluate: Callable[..., dict], add_arguments: Callable[
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=args.pop("log_level"), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     samples_dir, out = args.pop("samples_dir"), args.pop("out")
+    if not Path(samples_dir).is_dir():  # before any model loads
+        fail(parser.prog, f"sample folder {samples_dir} does not exist" if not Path(samples_dir).exists() else
+             f"{samples_dir} is a file; give a sample folder ({MANIFEST} and images) or a folder of images")
     try:
         res = evaluate(samples_dir, **args)
-    except (FileNotFoundError, ValueError) as e:  # problems the user can fix: the message says how
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    write_result(out or Path(samples_dir) / "eval" / f"{metric}.json", res)
+        write_result(out or Path(samples_dir) / "eval" / f"{metric}.json", res)
+    except USER_ERRORS as e:  # problems the user can fix: the message says how
+        fail(parser.prog, e)
     for name, agg in res["aggregate"].items():
         ci = "" if agg["ci_low"] is None else f" [{agg['ci_low']:.4f}, {agg['ci_high']:.4f}]"
         print(f"{metric}/{name}: {agg['mean']:.4f}{ci} n={agg['n']}")

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from eval import weights
 from eval.common import image_files, load_samples, resolve_device, run_cli, set_result
 from eval.stats import bootstrap_statistic
+from gentron.errors import exits_on_user_error, positive_int
 from gentron.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -316,17 +317,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default="clean", choices=MODES)
     parser.add_argument("--extractor", default="random", choices=("random", "inception"),
                         help="inception = clean-fid's (comparable to papers); random = embedded, offline")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--device", default=None)
     parser.add_argument("--cache-dir", default=None, help="shard feature cache (default SAMPLES_DIR/eval/fid_cache)")
-    parser.add_argument("--shard-size", type=int, default=1000)
+    parser.add_argument("--shard-size", type=positive_int, default=1000)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ref", required=True, help="reference image folder or statistics .npz")
     _add_common(parser)
     parser.add_argument("--no-kid", dest="kid", action="store_false")
-    parser.add_argument("--n-boot", type=int, default=50)
+    parser.add_argument("--n-boot", type=positive_int, default=50)
     parser.add_argument("--crosscheck", action="store_true", help="also compute torchmetrics' FID (float64)")
     parser.add_argument("--no-antialias", dest="antialias", action="store_false", help="torchmetrics resize setting")
     parser.add_argument("--torchmetrics-weights", default=None, help="pt_inception-2015-12-05-6726825d.pth")
@@ -362,6 +363,7 @@ def _subcommand(argv: list[str]) -> None:
     print(f"shard {args['index']} of {len(parts)} done in {cache_dir}")
 
 
+@exits_on_user_error("python -m eval.fid")
 def main(argv: list[str] | None = None) -> None:
     import sys
 

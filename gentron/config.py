@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -98,6 +99,10 @@ class TrainConfig:
     init_from: Optional[str] = None  # a checkpoint to start from (T2V from T2I, or stage 2 from 1)
     strategy: Literal["ddp", "fsdp"] = "ddp"  # used when launched on more than one process
     tensorboard: bool = False
+    keep_last: int = 2  # checkpoints kept: checkpoints/last.pt and keep_last - 1 earlier step-<step>.pt
+    # A run folder resumes only with the config it was trained with (up to keys that change how it
+    # runs, not what it computes); `force` continues it with this config instead (gentron.train).
+    resume: Literal["auto", "force"] = "auto"
 
 
 @dataclass
@@ -211,11 +216,13 @@ def _check(hint, value, key: str):
 
 def _check_values(cfg: CellConfig) -> None:
     """Checks that span more than one field's type."""
+    _check_finite(cfg)
     positive = {
         "data.resolution": cfg.data.resolution, "data.num_frames": cfg.data.num_frames,
         "train.steps": cfg.train.steps,
         "train.batch_size": cfg.train.batch_size, "train.ckpt_every": cfg.train.ckpt_every,
-        "train.log_every": cfg.train.log_every, "sample.steps": cfg.sample.steps,
+        "train.log_every": cfg.train.log_every, "train.keep_last": cfg.train.keep_last,
+        "sample.steps": cfg.sample.steps,
         "sample.images_per_prompt": cfg.sample.images_per_prompt, "sample.batch_size": cfg.sample.batch_size,
     }
     for key, value in positive.items():
@@ -254,6 +261,121 @@ def _check_values(cfg: CellConfig) -> None:
         raise ConfigError("data.kind=video_folder needs data.video=true")
     if cfg.data.video and cfg.data.kind not in ("compshapes", "video_folder"):
         raise ConfigError(f"data.video=true needs clips: data.kind compshapes or video_folder, not {cfg.data.kind}")
+    _check_ranges(cfg)
+    _check_model_shape(cfg)
+
+
+# The VAE's downsampling per kind, for checks made before any weights load: autoencoder_kl is the
+# Stable Diffusion family's 8x (gentron.vae reads the factor of the weights it loads).
+VAE_DOWNSAMPLE = {"identity": 1, "autoencoder_kl": 8}
+MAX_LR = 1.0  # AdamW moves every weight by about lr per step: beyond 1 nothing trains
+
+
+def _check_finite(cfg: CellConfig) -> None:
+    """NaN passes every comparison unnoticed: no float key may be NaN or infinite (train.grad_clip's
+    inf means no clipping and is checked with its range)."""
+    for section in dataclasses.fields(cfg):
+        node = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(node):
+            continue
+        for f in dataclasses.fields(node):
+            key, value = f"{section.name}.{f.name}", getattr(node, f.name)
+            if isinstance(value, float) and not math.isfinite(value) and key != "train.grad_clip":
+                raise ConfigError(f"{key}={value} must be a finite number")
+
+
+def _check_ranges(cfg: CellConfig) -> None:
+    t, s, d = cfg.train, cfg.sample, cfg.data
+    if not t.grad_clip > 0:  # also NaN
+        raise ConfigError(f"train.grad_clip={t.grad_clip} must be positive: it is the largest gradient norm kept "
+                          "(0 zeroes every gradient, a negative value reverses them); train.grad_clip=inf turns "
+                          "clipping off (the embedded default: 1.0)")
+    if t.lr > MAX_LR:
+        raise ConfigError(f"train.lr={t.lr} is above {MAX_LR:g}: AdamW moves every weight by about lr per step "
+                          "(the embedded default: 8e-3, the paper: 1e-4)")
+    at_least_zero = {"train.weight_decay": t.weight_decay, "train.warmup_steps": t.warmup_steps,
+                     "train.seed": t.seed, "data.seed": d.seed, "sample.cfg_scale": s.cfg_scale}
+    for key, value in at_least_zero.items():
+        if value < 0:
+            raise ConfigError(f"{key}={value} must be >= 0")
+    for key, value in {"data.num_train": d.num_train, "data.fps": d.fps,
+                       "vae.scaling_factor": cfg.vae.scaling_factor}.items():
+        if value <= 0:
+            raise ConfigError(f"{key}={value} must be positive")
+    if s.mfg_scale is not None:
+        if s.mfg_scale < 0:
+            raise ConfigError(f"sample.mfg_scale={s.mfg_scale} must be >= 0 (the paper: 1.0 to 1.3) or null (off)")
+        if not d.video:
+            raise ConfigError(f"sample.mfg_scale={s.mfg_scale} needs data.video=true: motion-free guidance "
+                              "guides video models; set sample.mfg_scale=null for images")
+    if not s.seeds:
+        raise ConfigError("sample.seeds=[] is empty; give at least one sampling seed, e.g. sample.seeds=[42]")
+    for i, seed in enumerate(s.seeds):
+        if seed < 0:
+            raise ConfigError(f"sample.seeds[{i}]={seed} must be >= 0")
+    if len(set(s.seeds)) != len(s.seeds):
+        raise ConfigError(f"sample.seeds={s.seeds} repeats a seed; each seed draws one image per prompt, "
+                          "give distinct seeds")
+    if d.kind == "compshapes" and d.categories is not None:
+        _check_categories(d.categories, d.video)
+
+
+def _check_categories(categories: list[str], video: bool) -> None:
+    from gentron.data.compshapes import CATEGORIES, VIDEO_CATEGORIES
+
+    if not categories:
+        raise ConfigError("data.categories=[] is empty; give CompShapes categories or null (all of them)")
+    for name in categories:
+        if name not in CATEGORIES:
+            close = difflib.get_close_matches(name, CATEGORIES, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"data.categories: unknown CompShapes category {name!r}{hint}; choose from "
+                              f"{list(CATEGORIES)}")
+        if name in VIDEO_CATEGORIES and not video:
+            raise ConfigError(f"data.categories: {name!r} is a video category; it needs data.video=true")
+
+
+def _check_model_shape(cfg: CellConfig) -> None:
+    """The model the size and its overrides describe can be built, and the images cut into whole
+    patches: read from the size registry, nothing is built."""
+    from gentron.sizes import SIZES, model_config
+
+    m = cfg.model
+    size, patch = SIZES[m.size]
+    own = {"depth": size.depth, "hidden_size": size.hidden_size, "mlp_hidden_size": size.mlp_hidden_size,
+           "num_heads": size.num_heads, "patch_size": patch}
+    for key, default in own.items():
+        value = getattr(m, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"model.{key}={value} must be at least 1 (null: size {m.size}'s {default})")
+    if m.patch_size is not None and m.patch_size != patch:
+        raise ConfigError(f"model.patch_size={m.patch_size} disagrees with model.size={m.size!r} (patch {patch}); "
+                          f"choose the size {m.size.split('/')[0]}/{m.patch_size} instead")
+    width = m.hidden_size if m.hidden_size is not None else size.hidden_size
+    heads = m.num_heads if m.num_heads is not None else size.num_heads
+    if width % 4:
+        raise ConfigError(f"model.hidden_size={width} must be a multiple of 4 (the 2D sin-cos positions split "
+                          f"the width in four), e.g. {width - width % 4} or {width - width % 4 + 4}")
+    if width % heads:
+        divisors = [n for n in range(1, width + 1) if width % n == 0]
+        if m.num_heads is not None:
+            raise ConfigError(f"model.num_heads={heads} does not divide the width {width} (model.hidden_size"
+                              f"{'' if m.hidden_size is not None else f' of size {m.size}'}); choose one of {divisors}")
+        raise ConfigError(f"model.hidden_size={width} is not divisible by size {m.size}'s {heads} heads; set "
+                          f"model.num_heads to one of {divisors} or a width divisible by {heads}")
+    down = VAE_DOWNSAMPLE[cfg.vae.kind]
+    step = patch * down
+    if cfg.data.resolution % step:
+        lower = cfg.data.resolution - cfg.data.resolution % step
+        raise ConfigError(f"data.resolution={cfg.data.resolution} is not divisible by {step} (patch {patch} x "
+                          f"VAE downsampling {down}), so the image does not cut into whole patches; use "
+                          f"{', '.join(str(r) for r in (lower, lower + step) if r > 0)}")
+    overrides = {k: getattr(m, k) for k in own if getattr(m, k) is not None}
+    try:  # anything else the model's own config refuses
+        model_config(m.size, **overrides, input_size=cfg.data.resolution // down, conditioning=m.conditioning,
+                     learn_sigma=m.learn_sigma, temporal=cfg.data.video, max_frames=max(cfg.data.num_frames, 8))
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from e
 
 
 def _check_size(name: str) -> None:

@@ -29,7 +29,8 @@ from gentron.io import atomic_save_image, atomic_write_bytes, atomic_write_text
 from gentron.model import GenTron, GenTronConfig
 from gentron.text import PromptCache
 from gentron.text.base import TextEmbedding
-from gentron.train import build_encoders
+from gentron.errors import exits_on_user_error
+from gentron.train import build_encoders, build_model_config
 from gentron.vae import build_vae
 
 log = logging.getLogger(__name__)
@@ -38,12 +39,56 @@ MANIFEST = "samples.jsonl"
 GIF_FRAME_MS = 250  # 4 FPS, the paper's training frame rate
 
 
+# What a config must agree on with the checkpoint it samples from, beyond the network (model_config)
+# and the text encoders: what the network's output means, and the space it works in.
+MEANING_KEYS = ("model.prediction", "model.noise_schedule", "model.logsnr_shift", "model.learn_sigma",
+                "vae.kind", "vae.path", "vae.scaling_factor")
+
+
 def load_ema_model(checkpoint: str | Path, device: torch.device | str = "cpu") -> GenTron:
     """The EMA weights of a training checkpoint in a model built from its stored config."""
-    state = load_checkpoint(checkpoint)
+    return _ema_model(load_checkpoint(checkpoint), device)
+
+
+def _ema_model(state: dict, device) -> GenTron:
     model = GenTron(GenTronConfig(**state["model_config"]))
     model.load_state_dict(state["ema"])
     return model.to(device).eval()
+
+
+def checkpoint_mismatches(cfg: CellConfig, state: dict, encoders: list, vae) -> list[str]:
+    """How `cfg` (with its built text encoders and VAE) disagrees with the run that wrote the checkpoint
+    `state`: text encoder fingerprints, the network it describes, and MEANING_KEYS. Checkpoints that
+    predate a stored item are compared on what they hold."""
+    found = []
+    stored_encoders = state.get("text_encoders")
+    if stored_encoders is not None:
+        here = [e.name for e in encoders]
+        if len(here) != len(stored_encoders):
+            found.append(f"{len(here)} text encoders here, {len(stored_encoders)} in the checkpoint")
+        found += [f"text encoder {i} is {a!r} here, {b!r} in the checkpoint"
+                  for i, (a, b) in enumerate(zip(here, stored_encoders)) if a != b]
+    built = build_model_config(cfg, encoders, vae).to_dict()
+    stored_model = state.get("model_config", {})
+    for key, value in built.items():
+        if key in ("grad_checkpointing", "max_frames") or key not in stored_model:
+            continue
+        if _plain(stored_model[key]) != _plain(value):
+            found.append(f"model {key} is {_plain(value)} here, {_plain(stored_model[key])} in the checkpoint")
+    if cfg.data.video and cfg.data.num_frames > stored_model.get("max_frames", cfg.data.num_frames):
+        found.append(f"data.num_frames={cfg.data.num_frames} exceeds the checkpoint's {stored_model['max_frames']} frames")
+    stored_cfg = state.get("config")
+    if stored_cfg:
+        here = to_dict(cfg)
+        for key in MEANING_KEYS:
+            section, name = key.split(".")
+            if name in stored_cfg.get(section, {}) and stored_cfg[section][name] != here[section][name]:
+                found.append(f"{key} is {here[section][name]!r} here, {stored_cfg[section][name]!r} in the checkpoint")
+    return found
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def sample_file(record: dict, video: bool) -> str:
@@ -115,10 +160,17 @@ def generate(cfg: CellConfig | dict | str | Path, checkpoint: str | Path, prompt
         return out_dir
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_ema_model(checkpoint, device)
-    dtype = model_dtype(model)
+    state = load_checkpoint(checkpoint)
     vae = build_vae(to_dict(cfg)["vae"]).to(device)
-    cache = PromptCache(build_encoders(cfg, device))
+    encoders = build_encoders(cfg, device)
+    mismatches = checkpoint_mismatches(cfg, state, encoders, vae)
+    if mismatches:
+        raise ValueError(f"the config does not match checkpoint {checkpoint}: {'; '.join(mismatches)}; sample with "
+                         "the config it was trained with (its run folder's config.yaml)")
+    model = _ema_model(state, device)
+    del state
+    dtype = model_dtype(model)
+    cache = PromptCache(encoders)
     diffusion = Diffusion.from_config(cfg.model)
     clip = cfg.sample.clip_x0 if cfg.sample.clip_x0 is not None else cfg.vae.kind == "identity"
     side = cfg.data.resolution // vae.downsample
@@ -176,20 +228,42 @@ def seeds_for(seeds: list[int], images_per_prompt: int) -> list[int]:
 def read_prompt_file(path: Path, seeds: list[int], images_per_prompt: int) -> list[dict]:
     """Records of a prompt file, one per (prompt, seed): a .txt with one prompt per line
     (T2I-CompBench's layout: the category is the file stem without _val) or a .jsonl of
-    {prompt, category, prompt_id} rows."""
-    text = path.read_text(encoding="utf-8")
+    {prompt, category, prompt_id} rows. A UTF-8 byte order mark is not part of the first prompt;
+    a file without prompts, a bad line or a row without a prompt string is refused with its line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: drops a byte order mark
+    except UnicodeDecodeError as e:
+        raise ValueError(f"prompt file {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from e
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise ValueError(f"prompt file {path} holds no prompts: give one prompt per line (.txt) or one JSON "
+                         "object with a 'prompt' per line (.jsonl)")
     if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = []
+        for number, line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number} is not valid JSON ({e.msg}); one object per line, "
+                                 'e.g. {"prompt": "a red circle", "category": "color", "prompt_id": 0}') from e
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise ValueError(f"{path}:{number} lacks 'prompt' (a string): {line.strip()[:80]}")
+            if not isinstance(row.get("prompt_id", 0), int) or isinstance(row.get("prompt_id"), bool):
+                raise ValueError(f"{path}:{number}: prompt_id={row['prompt_id']!r} must be an integer")
+            rows.append(row)
     else:
         category = path.stem.removesuffix("_val")
-        rows = [{"prompt": p.strip(), "category": category, "prompt_id": i}
-                for i, p in enumerate(line for line in text.splitlines() if line.strip())]
+        rows = [{"prompt": line.strip(), "category": category, "prompt_id": i} for i, (_, line) in enumerate(lines)]
     return [{**row, "seed": seed, "index": index} for row in rows
             for index, seed in enumerate(seeds_for(seeds, images_per_prompt))]
 
 
+@exits_on_user_error("python -m gentron.generate")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Sample a trained GenTron cell into a sample folder.")
+    parser = argparse.ArgumentParser(prog="python -m gentron.generate", description="Sample a trained GenTron cell into a sample folder.")
     parser.add_argument("config")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out", required=True)

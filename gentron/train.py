@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
 import math
+import pickle
 import signal
 import threading
 import time
@@ -37,16 +39,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from filelock import FileLock
 from tqdm import tqdm
 
 from gentron import distributed as D
-from gentron.checkpoint import capture_rng, checkpoint_dir, load_checkpoint, restore_rng, save_checkpoint
-from gentron.config import CellConfig, load_config, save_config, to_dict
+from gentron.checkpoint import (LAST, capture_rng, checkpoint_dir, load_checkpoint, restore_rng, resume_checkpoint,
+                                save_rotating)
+from gentron.config import CellConfig, default_config, load_config, save_config, to_dict
 from gentron.data import compshapes
 from gentron.data.features import to_model_dtype
 from gentron.diffusion import Diffusion
-from gentron.io import atomic_torch_save, atomic_write_text
+from gentron.errors import ConfigError, exits_on_user_error
+from gentron.io import atomic_torch_save, atomic_write_text, remove_stale_temporaries
 from gentron.model import GenTron, GenTronConfig
 from gentron.sizes import model_config
 from gentron.text import PromptCache, build_text_encoder
@@ -56,13 +61,26 @@ from gentron.vae import build_vae
 log = logging.getLogger(__name__)
 
 LOG_FILE = "train_log.jsonl"
+CONFIG_FILE = "config.yaml"
 CACHE_VERSION = 1  # bump when the cached-data layout changes (what CompShapes draws: its VERSION)
 # Data settings that do not change what an encoded data set holds.
 NOT_IN_DATA_KEY = ("cache_dir", "on_error", "encode", "num_workers", "shuffle_buffer", "features_dir")
 
 
+# Keys that change how a run is carried out, not what it computes: a run folder resumes across a change
+# of these (and of train.steps under a constant learning rate, which only says where the run stops).
+RUN_ONLY_KEYS = ("train.log_every", "train.ckpt_every", "train.tensorboard", "train.compile",
+                 "train.grad_checkpointing", "train.strategy", "train.keep_last", "train.resume", "data.cache_dir")
+RUN_ONLY_SECTIONS = ("sample", "eval")
+# No weight of a healthy run comes near this: AdamW moves a weight by about lr per step and the config
+# caps lr, so a larger (or non-finite) model or EMA weight means the run diverged, and a checkpoint of
+# it must not replace the last good one (resuming from it diverges at any learning rate).
+WEIGHT_LIMIT = 1e6
+
+
 class TrainingDiverged(RuntimeError):
-    """The loss or gradient became NaN/inf; the last good checkpoint was left untouched."""
+    """The loss, a gradient or a weight became NaN/inf (or absurd); the last good checkpoint was left
+    untouched."""
 
 
 # --- building blocks shared with generation -------------------------------------------------------
@@ -150,16 +168,35 @@ def load_training_set(cfg: CellConfig, vae, cache_dir: Path, info: D.DistInfo, d
                       "vae": to_dict(cfg)["vae"], "version": CACHE_VERSION,
                       "compshapes": compshapes.VERSION if cfg.data.kind == "compshapes" else None}, sort_keys=True)
     path = cache_dir / f"data-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+    payload = None
     if info.is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
         # The cells of a grid share this cache and may start together: one encodes, the others wait.
         with FileLock(f"{path}.lock"):
-            if not path.exists():
+            remove_stale_temporaries(path.parent, [path.name])  # its writers hold this lock
+            if path.exists():
+                payload = _read_data_cache(path)
+            if payload is None:
                 _encode_training_set(cfg, vae, key, path, device)
     D.barrier(info)
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload is None:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     return TrainingSet(payload["prompts"], payload["images"], payload["image_prompts"],
                        payload.get("clips"), payload.get("clip_prompts"))
+
+
+def _read_data_cache(path: Path) -> dict | None:
+    """The encoded data set in `path`, or None (with a warning) when the file is unreadable, e.g.
+    truncated by a full disk or a copy: it is only a cache, so it is encoded again."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(payload, dict) and {"prompts", "images", "image_prompts"} <= payload.keys():
+            return payload
+        problem = "it lacks the encoded images"
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        problem = " ".join(str(e).split()).split(". ")[0][:160]  # torch goes on about checkpoints
+    log.warning("data cache %s is unreadable (%s); encoding the data again into it", path, problem)
+    return None
 
 
 def _encode_training_set(cfg: CellConfig, vae, key: str, path: Path, device) -> None:
@@ -277,15 +314,25 @@ class _StopRequest:
 
 
 class MetricsLog:
-    """run_dir/train_log.jsonl, one line per log step; on resume, lines past the step are dropped."""
+    """run_dir/train_log.jsonl, one line per log step; on resume, lines past the step are dropped, and
+    so is a line torn by a kill mid-write (with a warning)."""
 
     def __init__(self, path: Path, resume_step: int, enabled: bool, tensorboard_dir: Path | None):
         self.path, self.enabled, self.writer = path, enabled, None
         if not enabled:
             return
         if path.exists():
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            kept = []
+            for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    step = int(json.loads(line)["step"])
+                except (ValueError, KeyError, TypeError):
+                    log.warning("%s line %d is torn or not a log row (%r); dropped it", path, number, line[:60])
+                    continue
+                if step <= resume_step:
+                    kept.append(line)
             atomic_write_text(path, "".join(line + "\n" for line in kept))
         if tensorboard_dir is not None:
             try:
@@ -329,21 +376,89 @@ def _init_from(path: str, model: GenTron, ema: dict) -> dict | None:
     return state["optimizer"]
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and prefix == "":  # sections; a text encoder spec stays one value
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_changes(cfg: CellConfig, stored: dict) -> list[str]:
+    """`key: old -> new` for every key of `cfg` that differs from the `stored` config a run folder was
+    trained with, except keys that change how the run is carried out (RUN_ONLY_KEYS, RUN_ONLY_SECTIONS),
+    and train.steps under a constant learning rate. Keys the stored config lacks take their defaults."""
+    old = {**_flatten(to_dict(default_config())), **_flatten(stored)}
+    new = _flatten(to_dict(cfg))
+    steps_matter = cfg.train.lr_schedule != "constant" or old.get("train.lr_schedule") != "constant"
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if key in RUN_ONLY_KEYS or key.split(".")[0] in RUN_ONLY_SECTIONS or (key == "train.steps" and not steps_matter):
+            continue
+        if old.get(key, "(absent)") != new.get(key, "(absent)"):
+            changes.append(f"{key}: {old.get(key, '(absent)')} -> {new.get(key, '(absent)')}")
+    return changes
+
+
+def check_same_run(cfg: CellConfig, stored: dict, source: Path) -> None:
+    """Refuse to resume a run folder with another config than the one in `source` (its checkpoint or
+    config.yaml), naming the keys that differ, unless train.resume=force asks for it."""
+    changes = config_changes(cfg, stored)
+    if not changes:
+        return
+    listed = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+    if cfg.train.resume == "force":
+        log.warning("train.resume=force: continuing %s with a changed config (%s)", source, listed)
+        return
+    raise ConfigError(f"{source} holds another config than the one given ({listed}); use another run folder, or "
+                      "pass train.resume=force to continue this run with the given config")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        stored = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid YAML ({' '.join(str(e).split())[:120]}); "
+                         "restore it or delete it to train this folder with the given config") from e
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path} is not a config mapping; restore it or delete it to train this folder with the "
+                         "given config")
+    return stored
+
+
 def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
-    """Train (or resume) the cell in `run_dir`; returns run_dir/checkpoints/last.pt."""
+    """Train (or resume) the cell in `run_dir`; returns run_dir/checkpoints/last.pt.
+
+    A run folder resumes only with the config it was trained with (see same_run_config); a corrupt
+    checkpoint is refused (gentron.checkpoint), and temporaries of killed saves are removed first."""
     cfg = load_config(cfg)
     run_dir = Path(run_dir)
     info = D.init_distributed()
     device = info.device()
     t = cfg.train
-    last_path = checkpoint_dir(run_dir) / "last.pt"
+    folder = checkpoint_dir(run_dir)
+    last_path = folder / LAST
+    if info.is_main:  # this run's own files: nobody else writes them
+        remove_stale_temporaries(folder)
+        remove_stale_temporaries(run_dir, [LOG_FILE, CONFIG_FILE])
+    resume_from = resume_checkpoint(folder)
+    state = load_checkpoint(resume_from) if resume_from is not None else None
+    if state is not None and "config" in state:
+        check_same_run(cfg, state["config"], resume_from)
+    elif (run_dir / CONFIG_FILE).exists():
+        check_same_run(cfg, _read_yaml(run_dir / CONFIG_FILE), run_dir / CONFIG_FILE)
+    # What the run records: the permission to resume with another config is not part of it.
+    recorded = dataclasses.replace(cfg, train=dataclasses.replace(t, resume="auto"))
     if info.is_main:
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(recorded, run_dir / CONFIG_FILE)
 
     cache_dir = default_cache_dir(cfg, run_dir)
     encoders = build_encoders(cfg, device)
+    fingerprints = [e.name for e in encoders]
     vae = build_vae(to_dict(cfg)["vae"]).to(device)
-    state = load_checkpoint(last_path) if last_path.exists() else None
     dtype = torch.float32  # the model's parameters, and so its compute dtype (autocast lowers it on GPU)
     data = build_training_data(cfg, info, device, dtype, vae, encoders, cache_dir, state and state["data"])
     del encoders, vae  # the data keeps what it runs per batch
@@ -358,9 +473,10 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
         ema = {k: state["ema"][k].to(device) for k in ema}
         step, optimizer_state = state["step"], state["optimizer"]
         restore_rng(state["rng"], generator)
-        log.info("resuming %s at step %d", run_dir, step)
+        log.info("resuming %s at step %d from %s", run_dir, step, resume_from)
     elif t.init_from:
         optimizer_state = _init_from(t.init_from, model, ema)
+    saved_step = step if state is not None else None  # the step of the newest checkpoint on disk
     del state
     if info.is_main:
         log.info("model: %.2fM parameters, %s", model.num_params() / 1e6, model.config)
@@ -381,20 +497,36 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
     metrics = MetricsLog(run_dir / LOG_FILE, step, info.is_main,
                          run_dir / "tensorboard" if t.tensorboard else None)
 
+    def diverged(problem: str) -> TrainingDiverged:
+        bar.close()
+        metrics.close()
+        data.close()
+        kept = f"the last good checkpoint {last_path} (step {saved_step}) is untouched" \
+            if saved_step is not None and last_path.exists() else "no checkpoint was written yet"
+        return TrainingDiverged(
+            f"training diverged at step {step}: {problem} (lr={lr_at(max(step - 1, 0), cfg):g}); {kept}. "
+            f"Likely fix: lower train.lr (now {t.lr:g}), set/lower train.grad_clip (now {t.grad_clip:g}) or add "
+            f"train.warmup_steps (now {t.warmup_steps})")
+
     def write_checkpoint():
+        nonlocal saved_step
+        # Only weights a run can go on from become the last good checkpoint.
+        problem = poisoned_weight(D.unwrap(model), ema, info)
+        if problem:
+            raise diverged(problem)
         payload = dict(
             model=D.full_model_state(model),
             ema={k: _full(v) for k, v in ema.items()},
             optimizer=D.full_optimizer_state(model, optimizer),
             step=step, data=data.state_dict(), rng=capture_rng(generator),
-            config=to_dict(cfg), model_config=D.unwrap(model).config.to_dict(),
+            config=to_dict(recorded), model_config=D.unwrap(model).config.to_dict(), text_encoders=fingerprints,
         )
         if info.is_main:
-            save_checkpoint(last_path, **payload)
+            save_rotating(folder, payload, t.keep_last, saved_step)
+        saved_step = step
         D.barrier(info)
 
     local = D.local_slice(t.batch_size, info)
-    start_step = step
     bar = tqdm(total=t.steps, initial=step, desc=f"train {run_dir.name}", disable=not info.is_main,
                dynamic_ncols=True)
     window_start, window_steps = time.time(), 0
@@ -417,14 +549,8 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             grad_norm = _full(grad_norm) if hasattr(grad_norm, "full_tensor") else grad_norm
             if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                bar.close()
-                metrics.close()
-                kept = f"the last good checkpoint {last_path} (step {_ckpt_step(last_path)}) is untouched" \
-                    if last_path.exists() else "no checkpoint was written yet"
-                raise TrainingDiverged(
-                    f"training diverged at step {step + 1}: loss={loss.item()}, grad_norm={grad_norm.item()} "
-                    f"(lr={lr:g}); {kept}. Likely fix: lower train.lr (now {t.lr:g}), set/lower "
-                    f"train.grad_clip (now {t.grad_clip:g}) or add train.warmup_steps (now {t.warmup_steps})")
+                step += 1
+                raise diverged(f"loss={loss.item()}, grad_norm={grad_norm.item()}")
             optimizer.step()
             step += 1
             update_ema(ema, model, ema_decay_at(step, t.ema_decay))
@@ -449,7 +575,7 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
                 window_start, window_steps = time.time(), 0
             if step % t.ckpt_every == 0 and step < t.steps:
                 write_checkpoint()
-    if step > start_step or not last_path.exists():  # a finished run that is rerun stays untouched
+    if step != saved_step or not last_path.exists():  # a finished run that is rerun stays untouched
         write_checkpoint()
     bar.close()
     metrics.close()
@@ -482,8 +608,28 @@ def _like(param, full: torch.Tensor):
     return distribute_tensor(full.to(param.device), param.device_mesh, param.placements)
 
 
-def _ckpt_step(path: Path) -> int:
-    return load_checkpoint(path)["step"]
+@torch.no_grad()
+def poisoned_weight(model: torch.nn.Module, ema: dict[str, torch.Tensor], info: D.DistInfo) -> str | None:
+    """What makes these weights unfit to resume from: the first model or EMA weight that is NaN, inf or
+    beyond WEIGHT_LIMIT in absolute value, or None. Reads the weights only (each rank its own shards;
+    every rank gets the same answer)."""
+    found = None
+    for which, named in (("model", model.named_parameters()), ("ema", ema.items())):
+        for name, weight in named:
+            local = weight.to_local() if hasattr(weight, "to_local") else weight
+            if local.numel() == 0:
+                continue
+            largest = local.detach().abs().max()
+            if not bool(largest <= WEIGHT_LIMIT):  # NaN compares false
+                found = f"{which} weight {name} reaches {largest.item():g} (healthy runs stay far below {WEIGHT_LIMIT:g})"
+                break
+        if found:
+            break
+    if info.enabled:  # a poisoned shard on any rank stops every rank
+        flag = torch.tensor([1.0 if found else 0.0], device=info.device())
+        if float(D.all_reduce_mean(flag, info)) > 0 and not found:
+            found = "a weight on another rank is non-finite or too large"
+    return found
 
 
 def _batch(cfg: CellConfig, data: TrainingSet, consumed: dict, generator: torch.Generator):
@@ -668,16 +814,30 @@ def build_training_data(cfg: CellConfig, info: D.DistInfo, device, dtype, vae, e
     return StreamingData(cfg, info, device, dtype, vae, encoders, state)
 
 
+@exits_on_user_error("python -m gentron.train")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train one GenTron cell (resumes if run-dir has a checkpoint).")
+    parser = argparse.ArgumentParser(prog="python -m gentron.train", description="Train one GenTron cell (resumes if run-dir has a checkpoint).")
     parser.add_argument("config", help="cell config YAML (DESIGN.md 'A cell's config')")
     parser.add_argument("--run-dir", required=True, help="where checkpoints, logs and the resolved config go")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=300")
-    args = parser.parse_args(argv)
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=300 (anywhere on the line)")
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.merge(OmegaConf.load(args.config), OmegaConf.from_dotlist(args.overrides))
+    for override in args.overrides:
+        if "=" not in override or override.startswith("="):
+            raise ConfigError(f"'{override}' is not an override: overrides are key=value, e.g. train.steps=300")
+    if not Path(args.config).is_file():
+        raise FileNotFoundError(f"config {args.config} does not exist; give a cell config YAML "
+                                "(DESIGN.md 'A cell's config'), e.g. a cell's config.yaml")
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = OmegaConf.merge(OmegaConf.load(args.config), OmegaConf.from_dotlist(args.overrides))
+    except (yaml.YAMLError, OmegaConfBaseException) as e:
+        raise ConfigError(f"{args.config} with overrides {args.overrides} is not a valid config: "
+                          f"{str(e).splitlines()[0]}; fix the YAML or the override") from e
     print(train(cfg, args.run_dir))
 
 

@@ -116,3 +116,28 @@ def test_bf16_text_encoder_generates_with_an_fp32_model(tmp_path):
     ckpt = save_checkpoint(tmp_path / "last.pt", model_config=model.config.to_dict(), ema=model.state_dict())
     out = generate(cfg, ckpt, RECORDS[:1], tmp_path / "s")
     assert (out / "color/000000_1.png").exists()
+
+
+@pytest.mark.parametrize("change,named", [
+    ({"text_encoders": [{"kind": "tiny_clip", "seed": 1, "width": 32, "layers": 1, "heads": 2}]}, "text encoder"),
+    ({"model": {"depth": 3}}, "depth"),
+    ({"model": {"prediction": "epsilon"}}, "model.prediction"),
+])
+def test_a_config_that_does_not_match_the_checkpoint_is_refused(trained, tmp_path, change, named):
+    cfg, ckpt = trained
+    other = with_changes(cfg, **{k: v for k, v in change.items() if k != "text_encoders"})
+    if "text_encoders" in change:
+        from gentron.config import load_config, to_dict
+
+        other = load_config({**to_dict(other), "text_encoders": change["text_encoders"]})
+    with pytest.raises(ValueError) as error:
+        generate(other, ckpt, RECORDS, tmp_path / "s")
+    message = str(error.value)
+    assert named in message and str(ckpt) in message and "config.yaml" in message and "\n" not in message
+    assert not (tmp_path / "s/samples.jsonl").exists()
+
+
+def test_sampling_settings_may_differ_from_training(trained, tmp_path):
+    cfg, ckpt = trained
+    other = with_changes(cfg, sample={"steps": 2, "cfg_scale": 2.0}, train={"lr": 1e-3, "grad_checkpointing": True})
+    assert (generate(other, ckpt, RECORDS[:1], tmp_path / "s") / "color/000000_1.png").exists()

@@ -287,3 +287,165 @@ def test_streamed_joint_image_video_training_draws_from_both_streams(tmp_path):
     data = load_checkpoint(train(cfg, tmp_path / "run"))["data"]
     assert data["images"] > 0 and data["clips"] > 0 and data["images"] + data["clips"] == 4 * 8
     assert set(data["streams"]) == {"images", "clips"}
+
+
+# --- checkpoints you can trust ------------------------------------------------------------------
+
+def _checkpoint_names(run_dir):
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+
+def test_the_previous_checkpoints_are_kept_next_to_last(tmp_path):
+    cfg = tiny_config(tmp_path, train={"steps": 6, "ckpt_every": 2})
+    train(cfg, tmp_path / "two")
+    assert _checkpoint_names(tmp_path / "two") == ["last.pt", "step-00000004.pt"]  # keep_last: 2 by default
+    assert load_checkpoint(tmp_path / "two/checkpoints/step-00000004.pt")["step"] == 4
+    train(with_changes(cfg, train={"keep_last": 3}), tmp_path / "three")
+    assert _checkpoint_names(tmp_path / "three") == ["last.pt", "step-00000002.pt", "step-00000004.pt"]
+
+
+def test_a_corrupt_last_checkpoint_is_refused_and_the_advice_resumes_exactly(tmp_path):
+    cfg = tiny_config(tmp_path, train={"steps": 6, "ckpt_every": 2})
+    straight = load_checkpoint(train(cfg, tmp_path / "straight"))
+    run = tmp_path / "run"
+    train(with_changes(cfg, train={"steps": 4}), run)
+    last = run / "checkpoints/last.pt"
+    data = bytearray(last.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    last.write_bytes(bytes(data))
+    with pytest.raises(ValueError) as error:
+        train(cfg, run)
+    message = str(error.value)
+    assert str(last) in message and "step-00000002.pt" in message and "\n" not in message
+    # The advice: move it aside and rerun; training resumes from step 2 and ends as if never stopped.
+    last.rename(run / "checkpoints/last.pt.corrupt")
+    resumed = load_checkpoint(train(cfg, run))
+    for key in ("model", "ema", "optimizer", "step", "data"):
+        assert state_equal(straight[key], resumed[key]), key
+    assert _log_steps(run) == [1, 2, 3, 4, 5, 6]
+
+
+def _poison_after_step(monkeypatch, at_step: int, target: str, value: float):
+    """From step `at_step` on, one weight of the model or the EMA becomes `value` after the update
+    (the loss and gradients of that step were still finite)."""
+    import gentron.train as T
+
+    real = T.update_ema
+    calls = []
+
+    def poisoned(ema, model, decay):
+        real(ema, model, decay)
+        calls.append(1)
+        if len(calls) >= at_step:
+            with torch.no_grad():
+                if target == "ema":
+                    next(iter(ema.values())).view(-1)[0] = value
+                else:
+                    next(T.D.unwrap(model).parameters()).view(-1)[0] = value
+
+    monkeypatch.setattr(T, "update_ema", poisoned)
+
+
+@pytest.mark.parametrize("target,value", [("model", float("inf")), ("ema", float("nan")), ("model", 1e12)])
+def test_poisoned_weights_never_become_the_last_good_checkpoint(tmp_path, monkeypatch, target, value):
+    cfg = tiny_config(tmp_path, train={"steps": 2})
+    ckpt = train(cfg, tmp_path / "run")
+    digest = hashlib.sha1(ckpt.read_bytes()).hexdigest()
+    _poison_after_step(monkeypatch, 1, target, value)
+    with pytest.raises(TrainingDiverged, match=rf"{target}.*last good checkpoint.*step 2\)"):
+        train(with_changes(cfg, train={"steps": 3}), tmp_path / "run")
+    assert hashlib.sha1(ckpt.read_bytes()).hexdigest() == digest
+    assert _checkpoint_names(tmp_path / "run") == ["last.pt"]
+
+
+def test_a_torn_last_log_line_is_repaired_with_a_message(tmp_path, caplog):
+    cfg = tiny_config(tmp_path, train={"steps": 2})
+    train(cfg, tmp_path / "run")
+    log_file = tmp_path / "run/train_log.jsonl"
+    with open(log_file, "a") as f:
+        f.write('{"step": 3, "lo')  # killed mid-write
+    with caplog.at_level("WARNING"):
+        train(with_changes(cfg, train={"steps": 4}), tmp_path / "run")
+    assert _log_steps(tmp_path / "run") == [1, 2, 3, 4]
+    assert str(log_file) in caplog.text
+
+
+def test_a_truncated_data_or_prompt_cache_is_rebuilt_with_a_message(tmp_path, caplog):
+    cfg = tiny_config(tmp_path, train={"steps": 4, "ckpt_every": 2})
+    straight = load_checkpoint(train(cfg, tmp_path / "straight"))
+    run = tmp_path / "run"
+    train(with_changes(cfg, train={"steps": 2}), run)
+    [data_cache] = (tmp_path / "cache").glob("data-*.pt")
+    shards = sorted((tmp_path / "cache/prompts").rglob("shard-*.pt"))
+    for path in (data_cache, shards[0]):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with caplog.at_level("WARNING"):
+        resumed = load_checkpoint(train(cfg, run))
+    assert str(data_cache) in caplog.text and str(shards[0]) in caplog.text
+    assert "checkpoint" not in caplog.text.lower().split(str(data_cache))[1].splitlines()[0]
+    for key in ("model", "ema", "optimizer", "step"):
+        assert state_equal(straight[key], resumed[key]), key
+    torch.load(data_cache, weights_only=True)  # rebuilt whole
+
+
+def test_stale_temporaries_of_killed_saves_are_removed_at_start(tmp_path):
+    cfg = tiny_config(tmp_path, train={"steps": 2})
+    train(cfg, tmp_path / "run")
+    stale = [tmp_path / "run/checkpoints/.last.pt.x8k2ja.tmp", tmp_path / "run/.train_log.jsonl.a1b2c3.tmp"]
+    [data_cache] = (tmp_path / "cache").glob("data-*.pt")
+    cache_tmp = data_cache.with_name(f".{data_cache.name}.q9w8e7.tmp")
+    for path in (*stale, cache_tmp):
+        path.write_bytes(b"\0" * 4096)
+    train(with_changes(cfg, train={"steps": 3}), tmp_path / "run")
+    assert not any(p.exists() for p in (*stale, cache_tmp))
+
+
+def test_a_run_folder_refuses_a_changed_config_unless_forced(tmp_path):
+    cfg = tiny_config(tmp_path, train={"steps": 2})
+    train(cfg, tmp_path / "run")
+    saved = (tmp_path / "run/config.yaml").read_text()
+    changed = with_changes(cfg, train={"steps": 3, "lr": 1e-3}, model={"depth": 3})
+    with pytest.raises(ConfigError) as error:
+        train(changed, tmp_path / "run")
+    message = str(error.value)
+    assert "train.lr" in message and "model.depth" in message and "train.resume=force" in message
+    assert "train.steps" not in message  # a constant learning rate: more steps continue the same run
+    assert "\n" not in message and (tmp_path / "run/config.yaml").read_text() == saved
+    # Keys that change how a run is carried out, not what it computes, may change.
+    train(with_changes(cfg, train={"steps": 3, "log_every": 2, "ckpt_every": 5, "keep_last": 1}), tmp_path / "run")
+    # A cosine schedule depends on train.steps: changing it is a change.
+    cosine = tiny_config(tmp_path, train={"steps": 2, "lr_schedule": "cosine"})
+    train(cosine, tmp_path / "cosine")
+    with pytest.raises(ConfigError, match=r"train\.steps: 2 -> 4"):
+        train(with_changes(cosine, train={"steps": 4}), tmp_path / "cosine")
+    # Asked for: the run goes on with the new config, which config.yaml now records.
+    state = load_checkpoint(train(with_changes(cfg, train={"resume": "force", "steps": 4, "lr": 1e-3}), tmp_path / "run"))
+    assert state["step"] == 4 and state["config"]["train"]["lr"] == 1e-3
+    assert load_config(tmp_path / "run/config.yaml").train.lr == 1e-3
+    train(with_changes(cfg, train={"steps": 4, "lr": 1e-3}), tmp_path / "run")  # the new config is now the run's
+
+
+def test_a_run_folder_without_a_checkpoint_compares_with_its_config_yaml(tmp_path):
+    cfg = tiny_config(tmp_path, train={"steps": 2})
+    from gentron.config import save_config
+
+    save_config(cfg, tmp_path / "run/config.yaml")  # as the grid runner writes it before training
+    with pytest.raises(ConfigError, match=r"train\.seed: 0 -> 1"):
+        train(with_changes(cfg, train={"seed": 1}), tmp_path / "run")
+    train(cfg, tmp_path / "run")
+
+
+def test_cli_user_errors_are_one_line_without_traceback(tmp_path, capsys):
+    from gentron.config import save_config
+    from gentron.train import main
+
+    cfg = tiny_config(tmp_path, train={"steps": 1})
+    save_config(cfg, tmp_path / "cell.yaml")
+    main([str(tmp_path / "cell.yaml"), "--run-dir", str(tmp_path / "run")])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "cell.yaml"), "--run-dir", str(tmp_path / "run"), "train.lr=0.001"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.lr" in err[0] and "Traceback" not in err[0]

@@ -10,6 +10,7 @@ from eval.compbench.prompts import CATEGORIES, IMAGES_PER_PROMPT, generation_pla
 from eval.compbench.run import evaluate
 from eval.compbench.spatial import CONFIDENCE
 from eval.compbench.vqa import IMAGE_SIZE
+from gentron.errors import exits_on_user_error, positive_int
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,9 +24,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         "= prompt-file lines; the complex sub-split files (needed for complex)")
     parser.add_argument("--official-dir", default=None, help="default SAMPLES_DIR/eval/compbench_official")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--detector-confidence", type=float, default=CONFIDENCE)
-    parser.add_argument("--vqa-image-size", type=int, default=IMAGE_SIZE)
+    parser.add_argument("--vqa-image-size", type=positive_int, default=IMAGE_SIZE)
 
 
 def _plan(argv: list[str]) -> None:
@@ -33,12 +34,13 @@ def _plan(argv: list[str]) -> None:
     parser.add_argument("--checkout", required=True, help="T2I-CompBench checkout (examples/dataset/*_val.txt)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--categories", nargs="+", choices=CATEGORIES, default=list(CATEGORIES))
-    parser.add_argument("--images-per-prompt", type=int, default=IMAGES_PER_PROMPT)
+    parser.add_argument("--images-per-prompt", type=positive_int, default=IMAGES_PER_PROMPT)
     args = parser.parse_args(argv)
     rows = generation_plan(args.checkout, args.categories, args.images_per_prompt)
     print(f"{len(rows)} images -> {write_plan(rows, args.out)}")
 
 
+@exits_on_user_error("python -m eval.compbench")
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["plan"]:
