@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import requests
 import yaml
 from PIL import Image, ImageDraw, PngImagePlugin
@@ -346,3 +347,26 @@ def serve_results(runs_dir: Path):
                    "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
                    "--server.fileWatcherType", "none", "--", "--runs", str(runs_dir)],
                   f"http://127.0.0.1:{port}", "/_stcore/health", timeout=90)
+
+
+# --- Debian's Chromium through Playwright (never a downloaded browser) ---------------------------
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = REPO / "test-artifacts"
+BROWSER_MARKS = [pytest.mark.browser,
+                 pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                    "(`make system-deps` installs it as root)")]
+
+
+@contextmanager
+def chromium():
+    """A headless Chromium for one test module; screenshots go to ARTIFACTS."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as play:
+        browser = play.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -9,27 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from report_fixtures import REPO, build_grid, prompts, serve_results, serve_votes, write_sample_folder
+from report_fixtures import (ARTIFACTS, BROWSER_MARKS, build_grid, chromium, prompts, serve_results,
+                             serve_votes, write_sample_folder)
 from reports import study
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = REPO / "test-artifacts"
-
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                                 "(`make system-deps` installs it as root)")]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as play:
-        chromium = play.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 def test_results_browser_renders_table_and_paper_view(browser, tmp_path):

@@ -8,30 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from report_fixtures import REPO, prompts, serve_votes, write_sample_folder
+from report_fixtures import (ARTIFACTS, BROWSER_MARKS, chromium, prompts, serve_votes, write_sample_folder)
 from reports import study
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync"]
-ARTIFACTS = REPO / "test-artifacts"
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True, "device_scale_factor": 2}
 DESKTOP = {"viewport": {"width": 1400, "height": 900}}
 TOUCH_PX = 44  # the smallest comfortable touch target (Apple HIG 44 pt, Material 48 dp)
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                                 "(`make system-deps` installs it as root)")]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as play:
-        chromium = play.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")
