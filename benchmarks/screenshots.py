@@ -10,16 +10,11 @@ one at 390x844 as results_<view>_phone.png.
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
-import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
-from urllib.request import urlopen
 
-REPO = Path(__file__).resolve().parents[1]
+from reports.serving import results_browser
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
@@ -33,41 +28,9 @@ SHOTS = {"results_browser": ("Table", "[data-testid='stDataFrame']"),
          "results_samples": ("Samples", "[data-testid='stImage']")}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
 def serve(runs: Path, port: int | None = None, timeout: float = 90.0):
-    """The results browser on 127.0.0.1 until the block ends (stopped by its own pid)."""
-    port = port or free_port()
-    command = [sys.executable, "-m", "streamlit", "run", "reports/app.py", "--server.port", str(port),
-               "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-               "--server.fileWatcherType", "none", "--", "--runs", str(runs)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"streamlit exited: {process.stdout.read().decode(errors='replace')}")
-            try:
-                with urlopen(url + "/_stcore/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the results browser did not answer on {url} within {timeout:.0f} s")
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """The results browser on 127.0.0.1 until the block ends."""
+    return results_browser(runs, port, timeout)
 
 
 def view_url(url: str, view: str, grids: list[str]) -> str:

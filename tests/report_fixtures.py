@@ -11,22 +11,18 @@ import itertools
 import json
 import math
 import random
-import socket
-import subprocess
-import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import requests
 import yaml
 from PIL import Image, ImageDraw, PngImagePlugin
 
 from eval.common import result
 from gentron.io import atomic_save_image, atomic_write_bytes, atomic_write_json, atomic_write_text
+from reports.serving import results_browser, vote_app
 
 CATEGORIES = ["color", "shape", "texture", "spatial", "non_spatial", "complex"]
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
@@ -302,51 +298,12 @@ def build_big_grid(runs_dir: Path, n_cells: int = 1000, grid: str = "big") -> Pa
 REPO = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def _serve(command: list[str], url: str, ready_path: str, timeout: float = 60.0):
-    """Run a server process until `url + ready_path` answers; always stop it (by its own pid)."""
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited: {process.stdout.read().decode(errors='replace')}")
-            try:
-                if requests.get(url + ready_path, timeout=2).status_code < 500:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{command} did not answer on {url} within {timeout}s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def serve_votes(db: Path):
-    port = free_port()
-    return _serve([sys.executable, "reports/vote.py", "--db", str(db), "--port", str(port)],
-                  f"http://127.0.0.1:{port}", "/")
+    return vote_app(db)
 
 
 def serve_results(runs_dir: Path):
-    port = free_port()
-    return _serve([sys.executable, "-m", "streamlit", "run", "reports/app.py", "--server.port", str(port),
-                   "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-                   "--server.fileWatcherType", "none", "--", "--runs", str(runs_dir)],
-                  f"http://127.0.0.1:{port}", "/_stcore/health", timeout=90)
+    return results_browser(runs_dir)
 
 
 # --- Debian's Chromium through Playwright (never a downloaded browser) ---------------------------
