@@ -81,6 +81,8 @@ def plan_table(p: Plan, jobs: bool = False) -> pd.DataFrame:
     for cell in p.cells:
         cell_dir = p.grid_dir / cell.cell_id
         found = stages.states(cell_dir) if (cell_dir / stages.CONFIG).exists() else {}
+        if "running" in found.values() and runfolder.cell_status(cell_dir, states=found)[0] == "stopped":
+            found = {s: "stopped" if state == "running" else state for s, state in found.items()}
         row = {"cell": cell.cell_id, **cell.axes}
         row.update({s: found.get(s, "pending") for s in stages.STAGES})
         if jobs:

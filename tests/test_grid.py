@@ -145,3 +145,27 @@ def test_help_lists_the_run_options_and_exits_zero(capsys):
     for key in ("grid=conditioning", "profile=embedded", "local.workers=", "dry_run=false", "runs_dir=runs",
                 "train.steps=7000", "mfg", "scale"):
         assert key in out, key
+
+
+def test_the_plan_says_stopped_for_a_stage_whose_process_is_gone(tmp_path):
+    """A run killed mid-training leaves `running` in its manifest; the dry run's table checks the
+    process the way the results browser does (ablations.runfolder.cell_status) and says `stopped`."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from ablations import manifest as manifest_mod
+    from ablations.launch import plan_table
+
+    p = plan(["grid=conditioning", f"runs_dir={tmp_path}"])
+    cell_dir = p.grid_dir / p.cells[0].cell_id
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "config.yaml").write_text("{}\n")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    entry = {"status": "running", "start": "2026-01-01T00:00:00+00:00", "host": socket.gethostname(),
+             "pid": child.pid}
+    (cell_dir / manifest_mod.MANIFEST).write_text(json.dumps({"status": "running", "stages": {"train": entry}}))
+    row = plan_table(p).set_index("cell").loc[p.cells[0].cell_id]
+    assert row["train"] == "stopped" and row["sample"] == "pending"
