@@ -35,13 +35,19 @@ CPU_PARAM_LIMIT = 100e6  # transformer parameters beyond which a CPU run is refu
 BYTES_PER_PARAM = 16  # fp32 weights + gradients + AdamW's two moments
 
 
+def configure_logging() -> None:
+    """INFO lines with time and source, in the runner and in each pool worker (a spawned process
+    starts with logging unset and would drop them: "resuming ... at step n" among others)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
         print(usage())
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
+    configure_logging()
     try:
         p = plan(argv)
         if p.run.dry_run:
@@ -229,7 +235,8 @@ ORPHAN_GRACE_S = 60  # after the parent died: time to write a checkpoint before 
 
 
 def _set_threads(threads: int, parent: int | None = None) -> None:
-    """Pool worker initializer: share the cores, and end with the parent process."""
+    """Pool worker initializer: share the cores, log as the runner does, and end with the parent process."""
+    configure_logging()
     die_with_parent(parent)
     torch.set_num_threads(threads)
 
