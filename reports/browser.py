@@ -267,9 +267,7 @@ def view_table(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridD
         _no_metrics(long)
     st.subheader("Cells")
     table = results.cells_table(cells)
-    styled = table.style.map(lambda s: f"color: {STATUS_COLORS.get(s, 'inherit')}; font-weight: 600",
-                             subset=["status"])
-    st.dataframe(styled, hide_index=True, column_config={
+    st.dataframe(status_colors(table), hide_index=True, column_config={
         "run": st.column_config.LinkColumn("run", display_text="details"),
         "why": st.column_config.TextColumn("why", width="large")})
     st.caption("Status: done · running (its process is alive) · stopped (the manifest says running but the process "
@@ -539,3 +537,32 @@ def view_run(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridDat
 VIEW_FUNCTIONS = {"Table": view_table, "Plots": view_plots, "Training curves": view_curves,
                   "Numeric axis": view_numeric_axis, "Samples": view_samples, "Paper table": view_paper,
                   "Run detail": view_run}
+
+
+def status_colors(table: pd.DataFrame) -> "pd.io.formats.style.Styler":
+    return table.style.map(lambda s: f"color: {STATUS_COLORS.get(s, 'inherit')}; font-weight: 600", subset=["status"])
+
+
+def warm_up() -> None:
+    """At server start (reports/app.py), what the first visitor would otherwise wait for: every grid
+    of the runs folder read into the page's cache, its first tables built once (pandas' Styler
+    compiles its templates, pandas and pyarrow load their code paths), and inspect's map of modules
+    to files (Streamlit's first element walks the stack once). About halves the first page (README)."""
+    import inspect
+
+    import pyarrow as pa
+
+    # cached_grid outside a script run warns that it is one; here that is the point
+    context_log = logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context")
+    level = context_log.level
+    context_log.setLevel(logging.ERROR)
+    try:
+        runs_dir = Path(default_runs_dir())
+        for g in results.find_grids(runs_dir):
+            grid = cached_grid(str(runs_dir / g), results.grid_stamp(runs_dir / g))
+            if not grid.results.empty:
+                pa.Table.from_pandas(results.metric_table(grid.results, grid.cells, results.arm_columns(grid.cells)))
+            status_colors(results.cells_table(grid.cells)).to_html()
+    finally:
+        context_log.setLevel(level)
+    inspect.stack()

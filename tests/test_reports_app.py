@@ -22,7 +22,7 @@ from report_fixtures import REPO, build_cell, build_grid, build_planned_grid
 from ablations import runfolder
 from reports import paper, results
 
-APP = str(Path(__file__).resolve().parents[1] / "reports" / "app.py")
+APP = str(Path(__file__).resolve().parents[1] / "reports" / "page.py")  # the page that reports/app.py serves
 
 
 @pytest.fixture(scope="module")
@@ -412,3 +412,27 @@ def test_group_over_seeds_uses_a_t_interval(runs):
     half = 12.706 * values.std(ddof=1) / np.sqrt(2)
     assert row["mean"] == pytest.approx(values.mean())
     assert row["ci_high"] - row["mean"] == pytest.approx(half, rel=1e-3)
+
+
+def test_the_server_start_reads_every_grid_before_the_first_visitor(runs, monkeypatch):
+    """reports/app.py serves the page as a Streamlit App whose start-up (warm_up) reads every grid
+    of the runs folder into the page's cache: the first visitor's page loads no grid itself."""
+    import ast
+
+    from reports import browser
+
+    tree = ast.parse((REPO / "reports" / "app.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "st.App"]
+    assert len(calls) == 1 and ast.unparse(calls[0].args[0]) == "'page.py'"
+    assert any(ast.unparse(n.func) == "browser.warm_up" for n in ast.walk(tree) if isinstance(n, ast.Call))
+
+    monkeypatch.setenv("GENTRON_RUNS", str(runs))
+    browser.cached_grid.clear()
+    loaded = []
+    real = results.load_grid
+    monkeypatch.setattr(results, "load_grid", lambda path: loaded.append(Path(path).name) or real(path))
+    browser.warm_up()
+    assert sorted(loaded) == sorted(results.find_grids(runs))
+    for name in results.find_grids(runs):  # what the first page asks for is cached
+        browser.cached_grid(str(runs / name), results.grid_stamp(runs / name))
+    assert len(loaded) == len(results.find_grids(runs))
