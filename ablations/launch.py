@@ -276,7 +276,7 @@ def _run_pool(groups: list[list[str]], workers: int) -> tuple[list[str], list[st
     threads = max(1, torch.get_num_threads() // workers)  # the cores torch would use here (or OMP_NUM_THREADS)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_set_threads,
                              initargs=(threads, os.getpid())) as pool:
-        futures = {pool.submit(stages.run_cells, group): group for group in groups}
+        futures = {pool.submit(_run_group, group, os.getpid()): group for group in groups}
         for future in tqdm(as_completed(futures), total=len(futures), desc="cell groups", unit="group"):
             try:
                 future.result()
@@ -287,6 +287,14 @@ def _run_pool(groups: list[list[str]], workers: int) -> tuple[list[str], list[st
                 log.exception("cells %s failed; rerun to resume them", [Path(d).name for d in futures[future]])
                 failed += futures[future]
     return failed, busy
+
+
+def _run_group(group: list[str], parent: int) -> list[str]:
+    """A pool task. A worker whose runner has died ends here instead of starting the cells still
+    queued for it (the pool hands a worker its next task even after the runner is gone)."""
+    if os.getppid() != parent:
+        os._exit(1)
+    return stages.run_cells(group)
 
 
 def finish(p: Plan, failed: list[str], busy: list[str] = ()) -> int:

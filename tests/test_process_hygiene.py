@@ -113,3 +113,31 @@ def test_kill_9_of_the_grid_runner_ends_its_workers_and_frees_its_cells(running)
     for cell in running["cells"]:  # the kernel released the dead workers' locks: a new run may take the cells
         with stages.cell_lock(cell):
             pass
+
+
+def test_workers_of_a_dead_runner_start_no_queued_cell(tmp_path):
+    """Four cells on two workers: when the runner dies, the two cells in training stop at a
+    checkpoint and the two still queued are never started (no worker takes them up as an orphan)."""
+    argv = [a for a in LONG if not a.startswith("seeds=")] + ["seeds=[0,1]"]
+    cells = [tmp_path / "conditioning" / c.cell_id for c in plan(argv).cells]
+    proc = subprocess.Popen([sys.executable, "ablations/run.py", *argv, f"runs_dir={tmp_path}"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    workers: list[int] = []
+    try:
+        _wait(lambda: sum((c / "train_log.jsonl").exists() for c in cells) == 2, "two cells log training steps", proc)
+        workers = _workers(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _wait(lambda: not any(_alive(pid) for pid in workers), f"workers {workers} to end after their parent", limit=180)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    started = [c for c in cells if (c / "train_log.jsonl").exists() or (c / stages.LOCK).exists()]
+    assert len(started) == 2, f"cells started after the runner died: {[c.name for c in started]}"
