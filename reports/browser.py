@@ -470,9 +470,11 @@ def view_paper(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridD
         st.info("No metric scores the Table 2 categories (color, shape, texture, spatial, non-spatial, complex) "
                 f"in these cells yet. The compshapes judge writes them (`{EXAMPLE_COMMAND}`).")
         st.dataframe(paper.PAPER_TABLE2, hide_index=True)
+        _beyond_table2(long, cells, set())
         return
     family = st.selectbox("Metric", families, key="paper:family")
-    grids = sorted(long.loc[long["metric"].str.startswith(family + "/"), "grid"].unique())
+    scored = long["metric"].str.startswith(family + "/") & long["metric"].map(paper.category_of).notna()
+    grids = sorted(long.loc[scored, "grid"].unique())
     shown = cells[cells["grid"].isin(grids)]
     arms = [c for c in results.arm_columns(shown) if shown[c].notna().any()]
     default = (["grid"] if len(grids) > 1 else []) + arms
@@ -489,6 +491,18 @@ def view_paper(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridD
     left.download_button("Download CSV", paper.to_csv(table), "paper_table.csv", "text/csv")
     right.download_button("Download LaTeX", paper.to_latex(table), "paper_table.tex", "text/x-tex")
     _variant_links(ours)
+    _beyond_table2(long, cells, set(grids))
+
+
+def _beyond_table2(long: pd.DataFrame, cells: pd.DataFrame, in_table: set[str]) -> None:
+    """The grids whose metrics have no Table 2 column (grid=mfg's motion metrics: the paper shows
+    motion-free guidance in pictures), each as its own table of arms, so every ablation is on the page."""
+    for name in sorted(set(long["grid"]) - in_table) if not long.empty else []:
+        part, shown = long[long["grid"] == name], cells[cells["grid"] == name]
+        st.markdown(f"**{name}**: its metrics have no column in Table 2 (the paper shows this ablation in "
+                    "pictures); `mean [lo, hi]` per arm, seeds averaged.")
+        arms = [c for c in results.arm_columns(shown) if shown[c].notna().any()]
+        st.dataframe(results.metric_table(part, shown, arms or None), hide_index=True)
 
 
 def _variant_links(ours: pd.DataFrame) -> None:

@@ -66,10 +66,11 @@ def paper_table(results: pd.DataFrame, cells: pd.DataFrame, variant_columns: lis
 def _with_variant(subset: pd.DataFrame, cells: pd.DataFrame, variant_columns: list[str]) -> pd.DataFrame:
     if not variant_columns:
         return subset.assign(variant="all")
-    info = cells[["grid", "cell_id", *variant_columns]]
-    merged = subset.drop(columns=[c for c in variant_columns if c in subset.columns]).merge(info, on=["grid", "cell_id"])
+    keys = ["grid", "cell_id"]  # "grid" may also be a variant column (several grids in one table)
+    info = cells[list(dict.fromkeys([*keys, *variant_columns]))]
+    merged = subset.drop(columns=[c for c in variant_columns if c in subset.columns and c not in keys]).merge(info, on=keys)
     label = merged[variant_columns].apply(as_text).agg(", ".join, axis=1)
-    return merged.assign(variant=label).drop(columns=variant_columns)
+    return merged.assign(variant=label).drop(columns=[c for c in variant_columns if c not in keys])
 
 
 def side_by_side(ours: pd.DataFrame, include_paper: bool) -> pd.DataFrame:

@@ -436,3 +436,35 @@ def test_the_server_start_reads_every_grid_before_the_first_visitor(runs, monkey
     for name in results.find_grids(runs):  # what the first page asks for is cached
         browser.cached_grid(str(runs / name), results.grid_stamp(runs / name))
     assert len(loaded) == len(results.find_grids(runs))
+
+
+def test_the_paper_table_also_shows_grids_without_table2_columns(tmp_path, monkeypatch):
+    """grid=mfg scores motion (no Table 2 column): the paper-table view lists it below Table 2 with
+    its own arms, so all the ablations of a runs folder are on one page."""
+    build_grid(tmp_path, "conditioning", n_prompts=6, images=False)
+    mfg = build_grid(tmp_path, "mfg", {"conditioning": ["cross_attn"], "mfg_scale": [None, 1.0], "seed": [0]},
+                     n_prompts=6, images=False, parquet=False)
+    for path in mfg.glob("*/metrics.json"):  # the judge's motion metrics in place of the image categories
+        found = json.loads(path.read_text())
+        path.write_text(json.dumps({k.rsplit("/", 1)[0] + "/motion_consistency": v for k, v in found.items()
+                                    if k.endswith("/color")}))
+    at = app(tmp_path, monkeypatch)
+    at = view(at.sidebar.multiselect[0].set_value(["conditioning", "mfg"]).run(), "Paper table")
+    assert_clean(at)
+    assert set(at.dataframe[0].value["source"]) == {"ours", paper.PAPER_SOURCE}
+    motion = at.dataframe[1].value
+    assert motion.iloc[:, 0].tolist() == ["compshapes_judge/motion_consistency"] and motion.shape[1] == 3
+    assert any(m.value.startswith("**mfg**") for m in at.markdown)
+
+
+def test_the_paper_table_holds_several_grids_at_once(tmp_path, monkeypatch):
+    """Two grids that both score Table 2's categories: one row per grid and arm (the grid is part of
+    each row's name), as the paper table of all the ablations needs."""
+    build_grid(tmp_path, "conditioning", n_prompts=6, images=False)
+    build_grid(tmp_path, "scale", {"conditioning": ["cross_attn"], "size": ["S/2", "B/2"], "seed": [0]},
+               n_prompts=6, images=False)
+    at = app(tmp_path, monkeypatch)
+    at = view(at.sidebar.multiselect[0].set_value(["conditioning", "scale"]).run(), "Paper table")
+    assert_clean(at)
+    ours = at.dataframe[0].value.query("source == 'ours'")
+    assert len(ours) == 4 and {v.split(",")[0] for v in ours["variant"]} == {"conditioning", "scale"}
