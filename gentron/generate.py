@@ -11,7 +11,6 @@ a finished one is a no-op.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 from pathlib import Path
@@ -25,7 +24,7 @@ from gentron.checkpoint import load_checkpoint
 from gentron.config import CellConfig, load_config, to_dict
 from gentron.data.features import model_dtype, to_model_dtype
 from gentron.diffusion import Diffusion
-from gentron.io import atomic_save_image, atomic_write_bytes, atomic_write_text
+from gentron.io import atomic_save_gif, atomic_save_image, atomic_write_text
 from gentron.model import GenTron, GenTronConfig
 from gentron.text import PromptCache
 from gentron.text.base import TextEmbedding
@@ -123,9 +122,7 @@ def _save(out_dir: Path, row: dict, x: torch.Tensor) -> None:
     frames = [to_pil(f) for f in x]
     for i, frame in enumerate(frames):
         atomic_save_image(out_dir / row["frames"] / f"{i:03d}.png", frame)
-    buffer = io.BytesIO()
-    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=GIF_FRAME_MS, loop=0)
-    atomic_write_bytes(out_dir / row["file"], buffer.getvalue())
+    atomic_save_gif(out_dir / row["file"], frames, GIF_FRAME_MS)
 
 
 def _batch_text(cache: PromptCache, prompts: list[str], device, dtype: torch.dtype) -> list[TextEmbedding]:

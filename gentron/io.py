@@ -75,6 +75,12 @@ def atomic_save_image(path: str | os.PathLike, image) -> Path:
     return _atomic(path, lambda p: image.save(p, format=fmt))
 
 
+def atomic_save_gif(path: str | os.PathLike, frames: list, frame_ms: int) -> Path:
+    """Save PIL images as a looping animated GIF, `frame_ms` milliseconds per frame."""
+    return _atomic(path, lambda p: frames[0].save(p, format="GIF", save_all=True, append_images=frames[1:],
+                                                  duration=frame_ms, loop=0))
+
+
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.exists():

@@ -1,8 +1,11 @@
 """A contact sheet of a grid as one PNG: rows are prompts, columns are arms (same prompt, same seed),
 each image with the judge's score for its category. For papers, READMEs and issue threads, where
-the Streamlit browser cannot go.
+the Streamlit browser cannot go. For a video grid, `--out x.gif` writes an animated sheet: every
+clip plays in its place, frame by frame.
 
     python -m reports.sheet runs/conditioning --prompt-set compshapes_mini --category color --n 12 --out sheet.png
+    python -m reports.sheet runs/mfg --prompt-set compshapes_motion --category motion \
+        --score compshapes_judge/motion_consistency --n 4 --out clips.gif
 """
 from __future__ import annotations
 
@@ -12,28 +15,31 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from gentron.io import atomic_save_image
+from gentron.io import atomic_save_gif, atomic_save_image
 from reports.results import arm_columns, arm_labels, load_grid, samples_with_scores
 
 CELL, GAP, CAPTION_WIDTH, LINE_HEIGHT, SCORE_HEIGHT = 96, 8, 240, 12, 14
 LABEL_CHARS = 16  # what the default font fits over one image
 
 
-def sheet_rows(grid_dir: Path, prompt_set: str, category: str, n: int, seed_axis: int = 0) -> tuple[list, list]:
-    """(arm labels, rows of (prompt, [(image path, score) per arm])) for the cells of one seed."""
+def sheet_rows(grid_dir: Path, prompt_set: str, category: str, n: int, seed_axis: int = 0,
+               score: str | None = None) -> tuple[list, list]:
+    """(arm labels, rows of (prompt, [(image path, score) per arm])) for the cells of one seed: the
+    first `n` prompts of `category`, each image with the judge's `score` (default: the category's)."""
     grid = load_grid(grid_dir)
     cells = grid.cells
     if "axis.seed" in cells:
         cells = cells[cells["axis.seed"] == seed_axis]
     if cells.empty:
         raise ValueError(f"{grid_dir}: no cells with seed {seed_axis}; run the grid first")
+    cells = cells.sort_values(arm_columns(cells), key=lambda col: col.map(_arm_order), kind="stable")
     labels = list(arm_labels(cells, arm_columns(cells)))
     per_arm = [samples_with_scores(path, prompt_set) for path in cells["path"]]
     if any(frame.empty for frame in per_arm):
         raise ValueError(f"{grid_dir}: some cells have no samples in '{prompt_set}'; run the grid's sample stage")
     first = per_arm[0]
     chosen = first[first["category"] == category].head(n)
-    score = f"compshapes_judge/{category}"
+    score = score or f"compshapes_judge/{category}"
     rows = []
     for _, sample in chosen.iterrows():
         images = []
@@ -45,7 +51,28 @@ def sheet_rows(grid_dir: Path, prompt_set: str, category: str, n: int, seed_axis
     return labels, rows
 
 
-def render(labels: list[str], rows: list) -> Image.Image:
+def clip_timing(rows: list) -> tuple[int, int]:
+    """(frames, milliseconds per frame) of the longest clip; (1, 0) for still images."""
+    frames, frame_ms = 1, 0
+    for _, images in rows:
+        for path, _ in images:
+            if path is not None:
+                with Image.open(path) as image:
+                    if getattr(image, "n_frames", 1) > frames:
+                        frames, frame_ms = image.n_frames, int(image.info.get("duration", 250))
+    return frames, frame_ms
+
+
+def _arm_order(value) -> tuple:
+    """Named arms first (a control such as mfg's "off"), then numbers ascending, then other names."""
+    try:
+        return (1, float(value), "")
+    except (TypeError, ValueError):
+        return (0 if value in ("off", "none", None) else 2, 0.0, str(value))
+
+
+def render(labels: list[str], rows: list, frame: int = 0) -> Image.Image:
+    """The sheet; for clips, their frame `frame` (a shorter clip holds its last frame)."""
     # "axis=arm" labels break after the "=", and the header grows with the longest one
     wrapped = ["\n".join(textwrap.wrap(label.replace("=", "= "), LABEL_CHARS)) for label in labels]
     header = 12 + LINE_HEIGHT * max((text.count("\n") + 1 for text in wrapped), default=1)
@@ -62,6 +89,7 @@ def render(labels: list[str], rows: list) -> Image.Image:
             x = CAPTION_WIDTH + j * (CELL + GAP)
             if path is not None:
                 with Image.open(path) as image:  # nearest: show the pixels the model drew
+                    image.seek(min(frame, getattr(image, "n_frames", 1) - 1))
                     sheet.paste(image.convert("RGB").resize((CELL, CELL), Image.NEAREST), (x, y))
             if value is not None and value == value:  # NaN: not scored
                 draw.text((x + 2, y + CELL + 1), f"judge {value:.2f}", fill="green" if value >= 0.5 else "red")
@@ -74,11 +102,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-set", default="compshapes_mini")
     parser.add_argument("--category", default="color")
     parser.add_argument("--n", type=int, default=12)
+    parser.add_argument("--score", help="the per-image score shown (default: compshapes_judge/<category>)")
     parser.add_argument("--seed-axis", type=int, default=0, help="which seed's cells to show")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    labels, rows = sheet_rows(args.grid_dir, args.prompt_set, args.category, args.n, args.seed_axis)
-    atomic_save_image(args.out, render(labels, rows))
+    labels, rows = sheet_rows(args.grid_dir, args.prompt_set, args.category, args.n, args.seed_axis, args.score)
+    if args.out.suffix.lower() == ".gif":
+        n_frames, frame_ms = clip_timing(rows)  # the samples' own frame rate
+        atomic_save_gif(args.out, [render(labels, rows, i) for i in range(n_frames)], frame_ms or 250)
+    else:
+        atomic_save_image(args.out, render(labels, rows))
     print(f"wrote {args.out}")
 
 

@@ -1,4 +1,5 @@
 """The contact-sheet PNG: one row per prompt, one column per arm, each image with its judge score."""
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -28,3 +29,27 @@ def test_sheet_of_a_grid_without_samples_says_what_to_run(tmp_path):
     grid_dir = build_grid(tmp_path, "conditioning", stop_after="train", parquet=False)
     with pytest.raises(ValueError, match="sample stage"):
         sheet_rows(grid_dir, PROMPT_SET, "color", n=2)
+
+
+def test_sheet_of_a_video_grid_is_an_animated_gif(tmp_path):
+    """--out x.gif: every clip plays in its place, at the samples' own frame rate."""
+    grid_dir = build_grid(tmp_path, "mfg", {"conditioning": ["cross_attn"], "mfg_scale": [None, 1.0], "seed": [0]},
+                          video=True, n_prompts=4)
+    labels, rows = sheet_rows(grid_dir, PROMPT_SET, "color", n=1)
+    clip_path = rows[0][1][0][0]
+    with Image.open(clip_path) as clip:
+        n_frames, frame_ms = clip.n_frames, clip.info["duration"]
+        first = clip.convert("RGB").resize((CELL, CELL), Image.NEAREST)
+        clip.seek(n_frames - 1)
+        last = clip.convert("RGB").resize((CELL, CELL), Image.NEAREST)
+    assert n_frames > 1
+    out = tmp_path / "clips.gif"
+    main([str(grid_dir), "--prompt-set", PROMPT_SET, "--category", "color", "--n", "1", "--out", str(out)])
+    with Image.open(out) as sheet:
+        assert sheet.n_frames == n_frames and sheet.info["duration"] == frame_ms
+        sheet.seek(n_frames - 1)
+        y = sheet.height - CELL - 14 - GAP  # the one row's image
+        pasted = sheet.convert("RGB").crop((CAPTION_WIDTH, y, CAPTION_WIDTH + CELL, y + CELL))
+    distance = lambda a, b: np.abs(np.asarray(a, dtype=float) - np.asarray(b, dtype=float)).mean()  # noqa: E731
+    assert distance(first, last) > 1.0  # the clip moves
+    assert distance(pasted, last) < 0.25 * distance(pasted, first)  # its last frame (GIF palettes round a little)
