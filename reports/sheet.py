@@ -27,13 +27,14 @@ def sheet_rows(grid_dir: Path, prompt_set: str, category: str, n: int, seed_axis
     """(arm labels, rows of (prompt, [(image path, score) per arm])) for the cells of one seed: the
     first `n` prompts of `category`, each image with the judge's `score` (default: the category's)."""
     grid = load_grid(grid_dir)
-    cells = grid.cells
+    cells = grid.cells[grid.cells["status"] != "stale"]  # left over from earlier settings: not the grid's arms
     if "axis.seed" in cells:
         cells = cells[cells["axis.seed"] == seed_axis]
     if cells.empty:
         raise ValueError(f"{grid_dir}: no cells with seed {seed_axis}; run the grid first")
-    cells = cells.sort_values(arm_columns(cells), key=lambda col: col.map(_arm_order), kind="stable")
-    labels = list(arm_labels(cells, arm_columns(cells)))
+    arms = [c for c in arm_columns(cells) if cells[c].notna().any()]
+    cells = cells.sort_values(arms, key=lambda col: col.map(_arm_order), kind="stable")
+    labels = list(arm_labels(cells, arms))
     per_arm = [samples_with_scores(path, prompt_set) for path in cells["path"]]
     if any(frame.empty for frame in per_arm):
         raise ValueError(f"{grid_dir}: some cells have no samples in '{prompt_set}'; run the grid's sample stage")

@@ -53,3 +53,18 @@ def test_sheet_of_a_video_grid_is_an_animated_gif(tmp_path):
     distance = lambda a, b: np.abs(np.asarray(a, dtype=float) - np.asarray(b, dtype=float)).mean()  # noqa: E731
     assert distance(first, last) > 1.0  # the clip moves
     assert distance(pasted, last) < 0.25 * distance(pasted, first)  # its last frame (GIF palettes round a little)
+
+
+def test_sheet_leaves_out_stale_cells(tmp_path):
+    """A cell the grid's plan no longer names (an earlier setting, samples or not) is not an arm."""
+    from report_fixtures import build_cell
+
+    import yaml
+
+    grid_dir = build_grid(tmp_path, "conditioning")
+    record = yaml.safe_load((grid_dir / "grid.yaml").read_text())  # the plan names the grid's cells
+    record["cell_ids"] = sorted(p.name for p in grid_dir.iterdir() if (p / "cell.json").exists())
+    (grid_dir / "grid.yaml").write_text(yaml.safe_dump(record))
+    build_cell(grid_dir, "conditioning", {"conditioning": "adaln", "seed": 0, "lr": 0.5}, stop_after="train")
+    labels, rows = sheet_rows(grid_dir, PROMPT_SET, "color", n=2)
+    assert sorted(labels) == ["conditioning=adaln", "conditioning=cross_attn"] and len(rows[0][1]) == 2
