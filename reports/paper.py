@@ -69,7 +69,8 @@ def _with_variant(subset: pd.DataFrame, cells: pd.DataFrame, variant_columns: li
     keys = ["grid", "cell_id"]  # "grid" may also be a variant column (several grids in one table)
     info = cells[list(dict.fromkeys([*keys, *variant_columns]))]
     merged = subset.drop(columns=[c for c in variant_columns if c in subset.columns and c not in keys]).merge(info, on=keys)
-    label = merged[variant_columns].apply(as_text).agg(", ".join, axis=1)
+    texts = merged[variant_columns].apply(as_text).mask(merged[variant_columns].isna(), "")
+    label = texts.agg(lambda row: ", ".join(v for v in row if v), axis=1)  # an axis another grid has: left out
     return merged.assign(variant=label).drop(columns=[c for c in variant_columns if c not in keys])
 
 

@@ -468,3 +468,4 @@ def test_the_paper_table_holds_several_grids_at_once(tmp_path, monkeypatch):
     assert_clean(at)
     ours = at.dataframe[0].value.query("source == 'ours'")
     assert len(ours) == 4 and {v.split(",")[0] for v in ours["variant"]} == {"conditioning", "scale"}
+    assert not any("none" in v for v in ours["variant"]), "an axis of the other grid is not part of a row's name"
