@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations.runfolder import RESULTS, collect, group_over_seeds
+from ablations.runfolder import RESULTS, collect, current_cell_ids, group_over_seeds
 from gentron.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -22,9 +22,13 @@ REPORT_HINT = "streamlit run reports/app.py"
 
 
 def write_results(grid_dir: str | Path) -> Path:
-    """Rebuild results.parquet atomically (a module-level function: also the SLURM 'results' stage)."""
+    """Rebuild results.parquet atomically (a module-level function: also the SLURM 'results' stage).
+    Every cell folder with metrics is in it; `current` is False for a stale cell, one the grid's plan
+    (grid.yaml) no longer names: filter on it to read only the grid as it is planned now."""
     grid_dir = Path(grid_dir)
     table = collect(grid_dir)
+    planned = current_cell_ids(grid_dir)
+    table["current"] = True if planned is None else table["cell_id"].isin(planned)
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
     path = atomic_write_bytes(grid_dir / RESULTS, buffer.getvalue())

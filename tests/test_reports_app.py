@@ -469,3 +469,17 @@ def test_the_paper_table_holds_several_grids_at_once(tmp_path, monkeypatch):
     ours = at.dataframe[0].value.query("source == 'ours'")
     assert len(ours) == 4 and {v.split(",")[0] for v in ours["variant"]} == {"conditioning", "scale"}
     assert not any("none" in v for v in ours["variant"]), "an axis of the other grid is not part of a row's name"
+
+
+def test_results_parquet_marks_the_cells_the_plan_no_longer_names(planned):
+    """results.parquet holds every cell with metrics; `current` tells a reader which ones the grid's
+    plan names now (the stale cell's rows are False), as the browser and the printed table filter."""
+    from ablations import results as grid_results
+
+    grid_dir = planned / "mfg"
+    grid_results.write_results(grid_dir)
+    table = pd.read_parquet(grid_dir / "results.parquet")
+    stale = results.load_grid(grid_dir).cells.query("status == 'stale'")["cell_id"].tolist()
+    assert len(stale) == 1
+    assert not table.loc[table["cell_id"].isin(stale), "current"].any()
+    assert table.loc[~table["cell_id"].isin(stale), "current"].all() and len(table) > len(stale)
