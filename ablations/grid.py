@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from ablations import runfolder
+from gentron.config import RUN_ONLY_KEYS as TRAIN_RUN_ONLY_KEYS
 from gentron.config import CellConfig, load_config, to_dict
 from gentron.errors import ConfigError
 
@@ -47,9 +48,7 @@ CONF_DIR = Path(__file__).parent / "conf"
 CELL_SECTIONS = tuple(f.name for f in fields(CellConfig))
 # Keys that change how a cell runs, not what it computes: excluded from the cell id, so a rerun with
 # more logging, another batch size for sampling or an extra metric finds the same cell.
-RUN_ONLY_KEYS = ("train.log_every", "train.ckpt_every", "train.tensorboard",
-                 "train.compile", "train.grad_checkpointing", "train.strategy", "data.cache_dir",
-                 "sample.batch_size", "eval.metrics", "train.keep_last", "train.resume")
+RUN_ONLY_KEYS = (*TRAIN_RUN_ONLY_KEYS, "sample.batch_size", "eval.metrics")
 # Bump when the same cell config would now train, sample or score differently (what CompShapes draws,
 # how a tiny text encoder initialises, what the judge reads): an old run folder's cells then get new
 # ids and are recomputed instead of being reused as if current. (The caches below a cell key on their
@@ -185,8 +184,7 @@ def usage() -> str:
              "before anything runs.", "", "run options:"]
     for name in RUN_KEYS:
         value = getattr(defaults, name)
-        shown = "local.workers=null" if name == "local" else \
-            f"{name}={'null' if value is None else str(value).lower() if isinstance(value, bool) else value}"
+        shown = "local.workers=null" if name == "local" else f"{name}={_override_text(value)}"
         lines.append(f"  {shown:<28} {RUN_HELP[name]}")
     lines += ["", "grids (grid=<name>):"]
     for name in available_grids():

@@ -44,9 +44,8 @@ def read_samples(folder: str | Path) -> list[Sample]:
     types, every listed file inside the folder (no `..`, absolute paths or links out) and present."""
     folder = Path(folder)
     manifest = folder / MANIFEST
-    if not folder.is_dir():
-        raise FileNotFoundError(f"sample folder {folder} does not exist" if not folder.exists() else
-                                f"{folder} is a file; give a sample folder (its {MANIFEST} and images)")
+    if problem := _folder_problem(folder):
+        raise FileNotFoundError(problem)
     if not manifest.exists():
         raise FileNotFoundError(
             f"{manifest} not found: a sample folder needs a {MANIFEST} with one JSON line per image "
@@ -82,6 +81,15 @@ def read_samples(folder: str | Path) -> list[Sample]:
     if not samples:
         raise ValueError(f"{manifest} lists no samples")
     return samples
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be a sample folder (missing, or a file), or None."""
+    if folder.is_dir():
+        return None
+    if not folder.exists():
+        return f"sample folder {folder} does not exist"
+    return f"{folder} is a file; give a sample folder (its {MANIFEST} and images)"
 
 
 def _is_int(value) -> bool:
@@ -259,9 +267,8 @@ def run_cli(metric: str, evaluate: Callable[..., dict], add_arguments: Callable[
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=args.pop("log_level"), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     samples_dir, out = args.pop("samples_dir"), args.pop("out")
-    if not Path(samples_dir).is_dir():  # before any model loads
-        fail(parser.prog, f"sample folder {samples_dir} does not exist" if not Path(samples_dir).exists() else
-             f"{samples_dir} is a file; give a sample folder ({MANIFEST} and images) or a folder of images")
+    if problem := _folder_problem(Path(samples_dir)):  # before any model loads
+        fail(parser.prog, problem)
     try:
         res = evaluate(samples_dir, **args)
         write_result(out or Path(samples_dir) / "eval" / f"{metric}.json", res)

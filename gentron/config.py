@@ -29,6 +29,10 @@ from gentron.errors import ConfigError
 from gentron.io import atomic_write_text
 
 TEXT_ENCODER_KINDS = ("clip", "hf_clip", "t5", "tiny_clip", "tiny_t5")
+# Training keys that change how a run is carried out, not what it computes: a run folder resumes
+# across a change of them (gentron.train), and a grid cell's id leaves them out (ablations.grid).
+RUN_ONLY_KEYS = ("train.log_every", "train.ckpt_every", "train.tensorboard", "train.compile",
+                 "train.grad_checkpointing", "train.strategy", "train.keep_last", "train.resume", "data.cache_dir")
 
 
 @dataclass

@@ -24,11 +24,11 @@ from gentron.checkpoint import load_checkpoint
 from gentron.config import CellConfig, load_config, to_dict
 from gentron.data.features import model_dtype, to_model_dtype
 from gentron.diffusion import Diffusion
+from gentron.errors import exits_on_user_error
 from gentron.io import atomic_save_gif, atomic_save_image, atomic_write_text
 from gentron.model import GenTron, GenTronConfig
 from gentron.text import PromptCache
 from gentron.text.base import TextEmbedding
-from gentron.errors import exits_on_user_error
 from gentron.train import build_encoders, build_model_config
 from gentron.vae import build_vae
 

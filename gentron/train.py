@@ -46,7 +46,7 @@ from tqdm import tqdm
 from gentron import distributed as D
 from gentron.checkpoint import (LAST, capture_rng, checkpoint_dir, load_checkpoint, restore_rng, resume_checkpoint,
                                 save_rotating)
-from gentron.config import CellConfig, default_config, load_config, save_config, to_dict
+from gentron.config import RUN_ONLY_KEYS, CellConfig, default_config, load_config, save_config, to_dict
 from gentron.data import compshapes
 from gentron.data.features import to_model_dtype
 from gentron.diffusion import Diffusion
@@ -67,10 +67,8 @@ CACHE_VERSION = 1  # bump when the cached-data layout changes (what CompShapes d
 NOT_IN_DATA_KEY = ("cache_dir", "on_error", "encode", "num_workers", "shuffle_buffer", "features_dir")
 
 
-# Keys that change how a run is carried out, not what it computes: a run folder resumes across a change
-# of these (and of train.steps under a constant learning rate, which only says where the run stops).
-RUN_ONLY_KEYS = ("train.log_every", "train.ckpt_every", "train.tensorboard", "train.compile",
-                 "train.grad_checkpointing", "train.strategy", "train.keep_last", "train.resume", "data.cache_dir")
+# A run folder also resumes across a change of sampling and evaluation settings, and of train.steps
+# under a constant learning rate (it only says where the run stops); RUN_ONLY_KEYS: gentron.config.
 RUN_ONLY_SECTIONS = ("sample", "eval")
 # No weight of a healthy run comes near this: AdamW moves a weight by about lr per step and the config
 # caps lr, so a larger (or non-finite) model or EMA weight means the run diverged, and a checkpoint of
@@ -432,7 +430,7 @@ def _read_yaml(path: Path) -> dict:
 def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> Path:
     """Train (or resume) the cell in `run_dir`; returns run_dir/checkpoints/last.pt.
 
-    A run folder resumes only with the config it was trained with (see same_run_config); a corrupt
+    A run folder resumes only with the config it was trained with (check_same_run); a corrupt
     checkpoint is refused (gentron.checkpoint), and temporaries of killed saves are removed first."""
     cfg = load_config(cfg)
     run_dir = Path(run_dir)

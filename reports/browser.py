@@ -476,7 +476,7 @@ def view_paper(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridD
     scored = long["metric"].str.startswith(family + "/") & long["metric"].map(paper.category_of).notna()
     grids = sorted(long.loc[scored, "grid"].unique())
     shown = cells[cells["grid"].isin(grids)]
-    arms = [c for c in results.arm_columns(shown) if shown[c].notna().any()]
+    arms = results.arm_columns(shown)
     default = (["grid"] if len(grids) > 1 else []) + arms
     variant_cols = st.multiselect("Variant = these axes", list(dict.fromkeys(["grid", *arms])), default=default,
                                   format_func=lambda c: c.removeprefix(AXIS_PREFIX))
@@ -501,7 +501,7 @@ def _beyond_table2(long: pd.DataFrame, cells: pd.DataFrame, in_table: set[str]) 
         part, shown = long[long["grid"] == name], cells[cells["grid"] == name]
         st.markdown(f"**{name}**: its metrics have no column in Table 2 (the paper shows this ablation in "
                     "pictures); `mean [lo, hi]` per arm, seeds averaged.")
-        arms = [c for c in results.arm_columns(shown) if shown[c].notna().any()]
+        arms = results.arm_columns(shown)
         st.dataframe(results.metric_table(part, shown, arms or None), hide_index=True)
 
 

@@ -103,8 +103,9 @@ def varying_columns(cells: pd.DataFrame, prefix: str) -> list[str]:
 
 
 def arm_columns(cells: pd.DataFrame) -> list[str]:
-    """The axes that define an arm: every axis but the seed."""
-    return [c for c in axis_columns(cells) if c != AXIS_PREFIX + "seed"]
+    """The axes that define an arm: every axis but the seed that these cells give a value (an axis
+    only another grid's cells have, or only stale cells had, says nothing about them)."""
+    return [c for c in axis_columns(cells) if c != AXIS_PREFIX + "seed" and cells[c].notna().any()]
 
 
 def arm_labels(frame: pd.DataFrame, columns: list[str]) -> pd.Series:

@@ -32,7 +32,7 @@ def sheet_rows(grid_dir: Path, prompt_set: str, category: str, n: int, seed_axis
         cells = cells[cells["axis.seed"] == seed_axis]
     if cells.empty:
         raise ValueError(f"{grid_dir}: no cells with seed {seed_axis}; run the grid first")
-    arms = [c for c in arm_columns(cells) if cells[c].notna().any()]
+    arms = arm_columns(cells)
     cells = cells.sort_values(arms, key=lambda col: col.map(_arm_order), kind="stable")
     labels = list(arm_labels(cells, arms))
     per_arm = [samples_with_scores(path, prompt_set) for path in cells["path"]]
