@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from reports import serving
+
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("reports_bench")
 
@@ -51,7 +53,7 @@ def page_load(runs: Path, grid: str, cells: int, repeats: int = 3) -> dict:
     start = time.perf_counter()
     with shots.serve(runs) as url, sync_playwright() as play:
         start_s = time.perf_counter() - start  # `streamlit run` until it answers (reading the runs folder included)
-        browser = play.chromium.launch(executable_path=shots.CHROMIUM, args=shots.CHROMIUM_ARGS)
+        browser = play.chromium.launch(executable_path=serving.CHROMIUM, args=serving.CHROMIUM_ARGS)
         page = browser.new_page(viewport=shots.DESKTOP)
         for _ in range(1 + repeats):
             start = time.perf_counter()
@@ -87,7 +89,7 @@ def bench_votes(fixtures, root: Path, raters: int, pairs: int) -> dict:
     created = study.create(db, "bench", folders, raters=raters, checks=0)
     latencies: list[float] = []
     lock = threading.Lock()
-    with fixtures.serve_votes(db) as base:
+    with serving.vote_app(db) as base:
         def rater(token: str) -> None:
             with requests.Session() as http:
                 while "All done" not in (page := http.get(f"{base}/r/{token}").text):

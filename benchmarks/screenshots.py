@@ -13,11 +13,8 @@ import argparse
 from pathlib import Path
 from urllib.parse import urlencode
 
-from reports.serving import results_browser
+from reports.serving import CHROMIUM, CHROMIUM_ARGS, results_browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
 DESKTOP, PHONE = {"width": 1400, "height": 900}, {"width": 390, "height": 844}
 # file stem -> (view, what marks the view as drawn)
 SHOTS = {"results_browser": ("Table", "[data-testid='stDataFrame']"),

@@ -12,6 +12,10 @@ from urllib.error import HTTPError
 from urllib.request import urlopen
 
 REPO = Path(__file__).resolve().parents[1]
+# Debian's Chromium, driven through Playwright (a downloaded browser is never used)
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
 
 
 def free_port() -> int:

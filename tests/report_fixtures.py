@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import yaml
 from PIL import Image, ImageDraw, PngImagePlugin
 
 from eval.common import result
 from gentron.io import atomic_save_image, atomic_write_bytes, atomic_write_json, atomic_write_text
-from reports.serving import results_browser, vote_app
+from reports.serving import CHROMIUM, CHROMIUM_ARGS
 
 CATEGORIES = ["color", "shape", "texture", "spatial", "non_spatial", "complex"]
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
@@ -298,31 +297,18 @@ def build_big_grid(runs_dir: Path, n_cells: int = 1000, grid: str = "big") -> Pa
 REPO = Path(__file__).resolve().parents[1]
 
 
-def serve_votes(db: Path):
-    return vote_app(db)
-
-
-def serve_results(runs_dir: Path):
-    return results_browser(runs_dir)
-
-
-# --- Debian's Chromium through Playwright (never a downloaded browser) ---------------------------
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# --- Debian's Chromium through Playwright (reports.serving.CHROMIUM; never a downloaded browser) ----
 ARTIFACTS = REPO / "test-artifacts"
-BROWSER_MARKS = [pytest.mark.browser,
-                 pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                                    "(`make system-deps` installs it as root)")]
 
 
 @contextmanager
 def chromium():
     """A headless Chromium for one test module; screenshots go to ARTIFACTS."""
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright
+
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as play:
-        browser = play.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with sync_playwright() as play:
+        browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             yield browser
         finally:

@@ -8,11 +8,11 @@ import sqlite3
 
 import pytest
 
-from report_fixtures import (ARTIFACTS, BROWSER_MARKS, build_grid, chromium, prompts, serve_results,
-                             serve_votes, write_sample_folder)
+from report_fixtures import (ARTIFACTS, build_grid, chromium, prompts, write_sample_folder)
 from reports import study
+from reports.serving import results_browser, vote_app
 
-pytestmark = BROWSER_MARKS
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def browser():
 
 def test_results_browser_renders_table_and_paper_view(browser, tmp_path):
     build_grid(tmp_path, "conditioning")
-    with serve_results(tmp_path) as url:
+    with results_browser(tmp_path) as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url, timeout=60_000)
         page.get_by_text("4 cells").wait_for(timeout=60_000)
@@ -57,7 +57,7 @@ def test_results_views_without_deploy_menu_with_legends_at_both_sizes(browser, t
     """No developer menu (Deploy, Rerun) for viewers; the table, the plots and curves with legends and
     the paper table draw at 1400x900 and 390x844 (screenshots in test-artifacts/ to look at)."""
     build_grid(tmp_path, "conditioning")
-    with serve_results(tmp_path) as url:
+    with results_browser(tmp_path) as url:
         page = browser.new_page(viewport=VIEWPORTS[size])
         page.goto(url, timeout=60_000)
         page.get_by_text("4 cells").wait_for(timeout=60_000)
@@ -86,7 +86,7 @@ def test_rater_votes_in_browser_and_owner_sees_them(browser, tmp_path):
     write_sample_folder(folders["sdxl_baseline"], plist, quality=0.3, tag="sdxl_baseline")
     db = tmp_path / "votes.sqlite"
     created = study.create(db, "browser study", folders, raters=2, checks=1)
-    with serve_votes(db) as url:
+    with vote_app(db) as url:
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         page.goto(f"{url}/r/{created['raters'][0]}")
         page.get_by_text("Pair 1 of 4").wait_for()

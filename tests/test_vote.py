@@ -15,8 +15,9 @@ import requests
 from PIL import Image
 from starlette.testclient import TestClient
 
-from report_fixtures import prompts, serve_votes, write_sample_folder
+from report_fixtures import prompts, write_sample_folder
 from reports import study, vote_stats, votes
+from reports.serving import vote_app
 from reports.voteapp import create_app
 
 SYSTEMS = {"xattn_ours": 0.9, "adaln_baseline": 0.4}
@@ -164,7 +165,7 @@ def test_concurrent_raters_lose_and_duplicate_nothing(tmp_path):
     db = tmp_path / "votes.sqlite"
     created = study.create(db, "load", folders, raters=20, checks=0)
     errors = []
-    with serve_votes(db) as base:
+    with vote_app(db) as base:
         def rater(token):
             try:
                 with requests.Session() as http:

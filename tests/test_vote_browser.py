@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from report_fixtures import (ARTIFACTS, BROWSER_MARKS, chromium, prompts, serve_votes, write_sample_folder)
+from report_fixtures import (ARTIFACTS, chromium, prompts, write_sample_folder)
 from reports import study
+from reports.serving import vote_app
 
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True, "device_scale_factor": 2}
 DESKTOP = {"viewport": {"width": 1400, "height": 900}}
 TOUCH_PX = 44  # the smallest comfortable touch target (Apple HIG 44 pt, Material 48 dp)
 
-pytestmark = BROWSER_MARKS
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def served(tmp_path_factory):
     write_sample_folder(folders["gentron_adaln"], plist, quality=0.35, tag="gentron_adaln")
     db = root / "votes.sqlite"
     created = study.create(db, "cross-attention vs adaLN", folders, raters=6, checks=2, pairs_per_rater=4)
-    with serve_votes(db) as url:
+    with vote_app(db) as url:
         yield {"url": url, "db": db, **created}
 
 
