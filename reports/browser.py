@@ -573,10 +573,14 @@ def warm_up() -> None:
     try:
         runs_dir = Path(default_runs_dir())
         for g in results.find_grids(runs_dir):
-            grid = cached_grid(str(runs_dir / g), results.grid_stamp(runs_dir / g))
-            if not grid.results.empty:
-                pa.Table.from_pandas(results.metric_table(grid.results, grid.cells, results.arm_columns(grid.cells)))
-            status_colors(results.cells_table(grid.cells)).to_html()
+            try:
+                grid = cached_grid(str(runs_dir / g), results.grid_stamp(runs_dir / g))
+                if not grid.results.empty:
+                    by = results.arm_columns(grid.cells) or ["grid"]
+                    pa.Table.from_pandas(results.metric_table(grid.results, grid.cells, by))
+                status_colors(results.cells_table(grid.cells)).to_html()
+            except Exception:  # a half-written folder must not stop the server: the page reports it
+                log.exception("warming up grid %s failed; the page will load it itself", g)
     finally:
         context_log.setLevel(level)
     inspect.stack()

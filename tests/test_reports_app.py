@@ -483,3 +483,16 @@ def test_results_parquet_marks_the_cells_the_plan_no_longer_names(planned):
     assert len(stale) == 1
     assert not table.loc[table["cell_id"].isin(stale), "current"].any()
     assert table.loc[~table["cell_id"].isin(stale), "current"].all() and len(table) > len(stale)
+
+
+def test_the_warm_up_survives_a_broken_grid_and_a_grid_without_arms(tmp_path, monkeypatch):
+    """The server's start must not fail on what the page itself reports: a grid whose only axis is
+    the seed, and a grid folder that cannot be read."""
+    from reports import browser
+
+    build_grid(tmp_path, "seeds_only", {"seed": [0, 1]}, n_prompts=6, images=False)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.parquet").write_bytes(b"not parquet")
+    monkeypatch.setenv("GENTRON_RUNS", str(tmp_path))
+    browser.cached_grid.clear()
+    browser.warm_up()
