@@ -16,12 +16,13 @@ from urllib.parse import urlencode
 from reports.serving import CHROMIUM, CHROMIUM_ARGS, results_browser
 
 DESKTOP, PHONE = {"width": 1400, "height": 900}, {"width": 390, "height": 844}
+TABLE = "[data-testid='stTable'], [data-testid='stDataFrame']"  # static up to STATIC_ROWS rows, else the grid
 # file stem -> (view, what marks the view as drawn)
-SHOTS = {"results_browser": ("Table", "[data-testid='stDataFrame']"),
+SHOTS = {"results_browser": ("Table", TABLE),
          "results_plots": ("Plots", "[data-testid='stVegaLiteChart']"),
          "results_curves": ("Training curves", "[data-testid='stVegaLiteChart']"),
          "results_numeric": ("Numeric axis", "[data-testid='stVegaLiteChart']"),
-         "results_paper_table": ("Paper table", "[data-testid='stDataFrame']"),
+         "results_paper_table": ("Paper table", TABLE),
          "results_samples": ("Samples", "[data-testid='stImage']")}
 
 

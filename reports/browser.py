@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ MAX_CURVES = 8
 PROMPTS_PER_PAGE = 4
 SAMPLE_WIDTH = 256
 MAX_COLUMNS = 10  # more arms or cells than this: metrics become the columns
+STATIC_ROWS = 30  # tables up to this long are drawn static; longer ones as the interactive grid (show_table)
 SMOOTHING = 0.6  # TensorBoard's default
 STATUS_COLORS = {"done": "#2e7d32", "running": "#1565c0", "stopped": "#e65100", "failed": "#c62828",
                  "pending": "#6d6d6d", "stale": "#8d6e63"}
@@ -223,7 +225,7 @@ def show_rerun(cells: pd.DataFrame, data: list[results.GridData]) -> None:
             continue
         current = shown[shown["status"] != "stale"]
         planned = int((grid.cells["status"] != "stale").sum())
-        st.code(grid.rerun, language="bash")
+        st.markdown(inline_code(grid.rerun))  # not st.code: its highlighter (1.6 MB of JavaScript) costs the first page 0.25 s
         notes = [f"Plans the {planned} current cells of '{grid.name}' (the {len(current)} shown are among them); "
                  "done cells are skipped, unfinished ones resume."]
         if len(current) < len(shown):
@@ -255,8 +257,7 @@ def view_table(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridD
         n_columns = len(cells) if by is None else len(cells[by].apply(results.as_text).drop_duplicates())
         rows = right.toggle("Metrics as rows", value=n_columns <= MAX_COLUMNS, key="table:metric_rows")
         table = results.metric_table(long, cells, by, metrics_as_rows=rows)
-        st.dataframe(table, hide_index=True, column_config={
-            table.columns[0]: st.column_config.TextColumn(pinned=True)})
+        show_table(table, pinned=True)
         st.caption("Each entry is `mean [lo, hi]`, a 95% CI: over prompts for one cell; a t-interval over the "
                    "cells of an arm (its seeds). Filter cells and metrics in the sidebar.")
         numbers = long.merge(cells[["grid", "cell_id", *results.axis_columns(cells)]], on=["grid", "cell_id"],
@@ -267,9 +268,7 @@ def view_table(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridD
         _no_metrics(long)
     st.subheader("Cells")
     table = results.cells_table(cells)
-    st.dataframe(status_colors(table), hide_index=True, column_config={
-        "run": st.column_config.LinkColumn("run", display_text="details"),
-        "why": st.column_config.TextColumn("why", width="large")})
+    show_table(table, style=status_colors, links={"run": "details"}, wide=["why"])
     st.caption("Status: done · running (its process is alive) · stopped (the manifest says running but the process "
                "is gone, or no file changed for an hour on another host) · failed · pending · stale (no longer in "
                "the grid's plan).")
@@ -469,7 +468,7 @@ def view_paper(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridD
     if not families:
         st.info("No metric scores the Table 2 categories (color, shape, texture, spatial, non-spatial, complex) "
                 f"in these cells yet. The compshapes judge writes them (`{EXAMPLE_COMMAND}`).")
-        st.dataframe(paper.PAPER_TABLE2, hide_index=True)
+        show_table(paper.PAPER_TABLE2)
         _beyond_table2(long, cells, set())
         return
     family = st.selectbox("Metric", families, key="paper:family")
@@ -483,7 +482,7 @@ def view_paper(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridD
     include = st.checkbox("Show the paper's Table 2 side by side", value=True)
     ours = paper.paper_table(long, cells, variant_cols, family)
     table = paper.side_by_side(ours, include)
-    st.dataframe(paper.display_table(table), hide_index=True)
+    show_table(paper.display_table(table))
     st.caption(f"Ours ({', '.join(grids)}): mean over seeds, ± = half-width of the 95% CI. Paper numbers are from "
                "GenTron Table 2 (T2I-CompBench, real models); ours come from the grid's own judge and are not "
                "comparable in level.")
@@ -502,7 +501,7 @@ def _beyond_table2(long: pd.DataFrame, cells: pd.DataFrame, in_table: set[str]) 
         st.markdown(f"**{name}**: its metrics have no column in Table 2 (the paper shows this ablation in "
                     "pictures); `mean [lo, hi]` per arm, seeds averaged.")
         arms = results.arm_columns(shown)
-        st.dataframe(results.metric_table(part, shown, arms or None), hide_index=True)
+        show_table(results.metric_table(part, shown, arms or None))
 
 
 def _variant_links(ours: pd.DataFrame) -> None:
@@ -551,6 +550,37 @@ def view_run(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridDat
 VIEW_FUNCTIONS = {"Table": view_table, "Plots": view_plots, "Training curves": view_curves,
                   "Numeric axis": view_numeric_axis, "Samples": view_samples, "Paper table": view_paper,
                   "Run detail": view_run}
+
+
+def show_table(table: pd.DataFrame, style=None, links: dict[str, str] | None = None, wide: list[str] = (),
+               pinned: bool = False) -> None:
+    """A table of up to STATIC_ROWS rows is drawn static: every row at once, its links as Markdown, and
+    none of the interactive grid's JavaScript (1.2 MB) to load and run, about a second of the first page
+    (docs/results_browser.md). A longer one is drawn as the interactive grid: sorting, scrolling, a
+    pinned first column. `links` maps a column of page addresses to the text its links show; `wide`
+    names free-text columns (drawn wide in the grid, with Markdown escaped in the static table)."""
+    links = links or {}
+    if len(table) <= STATIC_ROWS:
+        shown = table.assign(**{c: "[" + text + "](" + table[c] + ")" for c, text in links.items()},
+                             **{c: table[c].map(escape_markdown) for c in wide})
+        st.table(style(shown) if style else shown, hide_index=True)
+        return
+    config = {c: st.column_config.LinkColumn(c, display_text=text) for c, text in links.items()}
+    config |= {c: st.column_config.TextColumn(c, width="large") for c in wide}
+    if pinned:
+        config[table.columns[0]] = st.column_config.TextColumn(pinned=True)
+    st.dataframe(style(table) if style else table, hide_index=True, column_config=config)
+
+
+def inline_code(text: str) -> str:
+    """`text` as Markdown inline code (a fence longer than any run of backticks in it): shown and copied as typed."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}"
+
+
+def escape_markdown(text) -> str:
+    """Free text (a failure's message) shown literally in a Markdown cell: `__init__`, `*`, `<x>` as typed."""
+    return "" if pd.isna(text) else re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", str(text))
 
 
 def status_colors(table: pd.DataFrame) -> "pd.io.formats.style.Styler":

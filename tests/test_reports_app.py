@@ -53,7 +53,7 @@ def view(at: AppTest, name: str) -> AppTest:
 
 def statuses(at: AppTest) -> list[str]:
     """The cells table's status column."""
-    return list(at.dataframe[1].value["status"])
+    return list(at.table[1].value["status"])
 
 
 def charts(at: AppTest) -> list[dict]:
@@ -100,7 +100,7 @@ def test_table_has_metrics_as_rows_and_mean_with_ci_in_one_cell(runs, monkeypatc
     metrics over two arms fit a 1400 px page (each metric's mean, lo and hi as separate columns did not)."""
     at = app(runs, monkeypatch)
     assert_clean(at)
-    table = at.dataframe[0].value
+    table = at.table[0].value
     assert list(table["metric"]) == [f"compshapes_judge/{c}" for c in sorted(paper.CATEGORIES + ["non_spatial"])
                                      if c != "non-spatial"]
     assert list(table.columns) == ["metric", "conditioning=adaln (2 cells)", "conditioning=cross_attn (2 cells)"]
@@ -117,18 +117,69 @@ def test_table_per_cell_and_transposed(runs, monkeypatch):
     at = app(runs, monkeypatch)
     at = at.radio(key="table:columns").set_value("cells").run()
     assert_clean(at)
-    table = at.dataframe[0].value
+    table = at.table[0].value
     assert len(table.columns) == 1 + 4 and all("seed=" in c for c in table.columns[1:])
     at = at.toggle(key="table:metric_rows").set_value(False).run()
-    table = at.dataframe[0].value
+    table = at.table[0].value
     assert len(table) == 4 and "compshapes_judge/color" in table.columns
 
 
 def test_cells_table_links_every_cell_with_its_status(runs, monkeypatch):
     at = app(runs, monkeypatch)
-    cells = at.dataframe[1].value
+    cells = at.table[1].value
     assert len(cells) == 4 and set(statuses(at)) == {"done"}
-    assert cells["run"].str.startswith("?view=Run+detail&cell=conditioning/").all()
+    assert (cells["run"] == "[details](?view=Run+detail&cell=conditioning/" + cells["cell_id"] + ")").all()
+
+
+def test_short_tables_are_static_so_the_first_page_loads_no_grid_code(runs, monkeypatch):
+    """Tables up to STATIC_ROWS rows are drawn with st.table: the interactive grid's JavaScript (1.2 MB,
+    about a second of a cold first page) is never loaded for the make-run folder."""
+    at = app(runs, monkeypatch)
+    assert_clean(at)
+    assert len(at.table) == 2 and not at.dataframe
+    at = view(at, "Paper table")
+    assert_clean(at)
+    assert at.table and not at.dataframe
+
+
+def test_long_tables_are_interactive_grids_with_link_columns(monkeypatch, tmp_path):
+    """More cells than STATIC_ROWS: the cells table becomes the sortable, scrolling grid, its links a
+    LinkColumn; the metric table, one row per metric, stays static."""
+    from reports.browser import STATIC_ROWS
+
+    seeds = list(range(STATIC_ROWS // 2 + 1))
+    build_grid(tmp_path, "many", {"conditioning": ["adaln", "cross_attn"], "seed": seeds}, n_prompts=6, images=False)
+    at = app(tmp_path, monkeypatch)
+    assert_clean(at)
+    cells = at.dataframe[0].value
+    assert len(cells) == 2 * len(seeds) > STATIC_ROWS
+    assert cells["run"].str.fullmatch(r"\?view=Run\+detail&cell=many/\S+").all()
+    config = json.loads(at.dataframe[0].proto.columns)
+    assert config["run"]["type_config"]["type"] == "link" and config["run"]["type_config"]["display_text"] == "details"
+    assert len(at.table) == 1 and len(at.table[0].value) == 6  # metrics as rows
+
+
+@pytest.mark.parametrize("text", ["python ablations/run.py grid=mfg 'seeds=[0,1]'", "echo `x` ``y``"])
+def test_inline_code_shows_a_command_as_typed(text):
+    from markdown_it import MarkdownIt
+
+    from reports.browser import inline_code
+
+    html = MarkdownIt("commonmark").renderInline(inline_code(text))
+    assert html == "<code>" + text.replace("&", "&amp;") + "</code>"
+
+
+def test_free_text_in_a_static_table_shows_as_typed():
+    """A failure's message is Markdown-escaped in the static cells table: `__init__`, `*x*`, a link
+    or a tag render as the characters they are."""
+    from markdown_it import MarkdownIt
+
+    from reports.browser import escape_markdown
+
+    text = "KeyError in __init__: *x* [a](b) <b>#1</b> `code` ~~s~~ 1. 2\\3 | a_b"
+    html = MarkdownIt("commonmark").enable("strikethrough").enable("table").renderInline(escape_markdown(text))
+    assert html == text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    assert escape_markdown(float("nan")) == ""
 
 
 def test_group_by_averages_over_seeds(runs, monkeypatch):
@@ -136,7 +187,7 @@ def test_group_by_averages_over_seeds(runs, monkeypatch):
     group = next(m for m in at.main.multiselect if m.label.startswith("Group by"))
     at = group.set_value(["axis.seed"]).run()
     assert_clean(at)
-    table = at.dataframe[0].value
+    table = at.table[0].value
     assert list(table.columns) == ["metric", "seed=0 (2 cells)", "seed=1 (2 cells)"]
 
 
@@ -149,21 +200,21 @@ def test_metric_selection_is_per_grid(runs, monkeypatch, tmp_path):
     at = at.sidebar.multiselect(key="metrics:conditioning").set_value(["compshapes_judge/color"]).run()
     at = at.sidebar.multiselect[0].set_value(["conditioning", "other"]).run()
     assert_clean(at)
-    shown = set(at.dataframe[0].value["metric"])
+    shown = set(at.table[0].value["metric"])
     assert shown == {"compshapes_judge/color", *[f"judge_b/{c}" for c in
                                                  ("color", "complex", "non_spatial", "shape", "spatial", "texture")]}
     at = view(at, "Paper table")
     assert_clean(at)
     assert at.selectbox(key="paper:family").options == ["compshapes_judge", "judge_b"]
     at = at.selectbox(key="paper:family").set_value("judge_b").run()
-    table = at.dataframe[0].value
+    table = at.table[0].value
     assert (table["source"] == "ours").sum() == 1 and table.loc[table["source"] == "ours", "color"].str.len().all()
 
 
 def test_filter_keeps_only_the_chosen_axis_values(runs, monkeypatch):
     at = app(runs, monkeypatch)
     at = at.sidebar.multiselect(key="filter:axis.conditioning").set_value(["adaln"]).run()
-    assert set(at.dataframe[1].value["conditioning"]) == {"adaln"}
+    assert set(at.table[1].value["conditioning"]) == {"adaln"}
 
 
 @pytest.mark.parametrize("grid", ["conditioning", "mfg"])
@@ -292,22 +343,22 @@ def test_stale_cells_are_hidden_until_asked_for(planned, monkeypatch):
     assert_clean(at)
     grid = results.load_grid(planned / "mfg")
     assert (grid.cells["status"] == "stale").sum() == 1
-    assert len(at.dataframe[1].value) == 10 and "stale" not in statuses(at)
+    assert len(at.table[1].value) == 10 and "stale" not in statuses(at)
     at = at.sidebar.toggle(key="show_stale").set_value(True).run()
     assert_clean(at)
-    assert len(at.dataframe[1].value) == 11 and statuses(at).count("stale") == 1
+    assert len(at.table[1].value) == 11 and statuses(at).count("stale") == 1
 
 
 def test_rerun_hint_reproduces_exactly_the_cells_shown(planned, monkeypatch):
     from ablations.grid import plan
 
     at = app(planned, monkeypatch)
-    command = next(c.value for c in at.code if c.value.startswith("python ablations/run.py"))
+    command = next(m.value.strip("` ") for m in at.markdown if m.value.startswith("` python ablations/run.py"))
     assert command == (f"python ablations/run.py grid=mfg profile=embedded 'seeds=[0,1]' train.steps=20 "
                        f"runs_dir={planned}")
     args = shlex.split(command)[2:]
     replanned = {cell.cell_id for cell in plan(args).cells}
-    shown = set(at.dataframe[1].value["cell_id"])
+    shown = set(at.table[1].value["cell_id"])
     assert replanned == shown and len(shown) == 10
 
 
@@ -364,7 +415,7 @@ def test_a_periodic_checkpoint_is_not_a_trained_cell(tmp_path):
 def test_paper_table_has_paper_rows_and_exports(runs, monkeypatch):
     at = view(app(runs, monkeypatch), "Paper table")
     assert_clean(at)
-    table = at.dataframe[0].value
+    table = at.table[0].value
     assert list(table["source"]).count("ours") == 2 and paper.PAPER_SOURCE in set(table["source"])
     assert list(table.columns) == ["source", "variant", *paper.CATEGORIES]
     assert re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d", table.loc[table["source"] == "ours", "color"].iloc[0])
@@ -400,7 +451,7 @@ def test_cache_follows_file_changes(tmp_path, monkeypatch):
     metrics["compshapes_judge/color"] = {"mean": 0.123456, "ci_low": 0.1, "ci_high": 0.2, "n": 6}
     (cell_dir / "metrics.json").write_text(json.dumps(metrics))
     at = at.run()
-    assert at.dataframe[0].value.set_index("metric").iloc[:, 0]["compshapes_judge/color"] == "0.123 [0.100, 0.200]"
+    assert at.table[0].value.set_index("metric").iloc[:, 0]["compshapes_judge/color"] == "0.123 [0.100, 0.200]"
 
 
 def test_group_over_seeds_uses_a_t_interval(runs):
@@ -451,8 +502,8 @@ def test_the_paper_table_also_shows_grids_without_table2_columns(tmp_path, monke
     at = app(tmp_path, monkeypatch)
     at = view(at.sidebar.multiselect[0].set_value(["conditioning", "mfg"]).run(), "Paper table")
     assert_clean(at)
-    assert set(at.dataframe[0].value["source"]) == {"ours", paper.PAPER_SOURCE}
-    motion = at.dataframe[1].value
+    assert set(at.table[0].value["source"]) == {"ours", paper.PAPER_SOURCE}
+    motion = at.table[1].value
     assert motion.iloc[:, 0].tolist() == ["compshapes_judge/motion_consistency"] and motion.shape[1] == 3
     assert any(m.value.startswith("**mfg**") for m in at.markdown)
 
@@ -466,7 +517,7 @@ def test_the_paper_table_holds_several_grids_at_once(tmp_path, monkeypatch):
     at = app(tmp_path, monkeypatch)
     at = view(at.sidebar.multiselect[0].set_value(["conditioning", "scale"]).run(), "Paper table")
     assert_clean(at)
-    ours = at.dataframe[0].value.query("source == 'ours'")
+    ours = at.table[0].value.query("source == 'ours'")
     assert len(ours) == 4 and {v.split(",")[0] for v in ours["variant"]} == {"conditioning", "scale"}
     assert not any("none" in v for v in ours["variant"]), "an axis of the other grid is not part of a row's name"
 

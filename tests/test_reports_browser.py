@@ -27,9 +27,16 @@ def test_results_browser_renders_table_and_paper_view(browser, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url, timeout=60_000)
         page.get_by_text("4 cells").wait_for(timeout=60_000)
-        page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=30_000)
+        page.locator("[data-testid='stTable']").first.wait_for(timeout=30_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ARTIFACTS / "results_table.png"), full_page=True)
+        first = page.locator("[data-testid='stTable']").nth(1).get_by_role("link", name="details").first
+        with page.context.expect_page() as opened:  # a cell's details link (Markdown in the static table)
+            first.click()                          # opens its run detail in a new tab, as the grid's links do
+        detail = opened.value
+        detail.get_by_text(re.compile(r"^conditioning/\S+ · status: done$")).wait_for(timeout=60_000)
+        assert "view=Run+detail&cell=conditioning/" in detail.url
+        detail.close()
         page.goto(url + "/?view=Paper+table", timeout=60_000)
         page.get_by_text("Paper table (T2I-CompBench").wait_for(timeout=60_000)
         page.get_by_role("button", name="Download LaTeX").wait_for(timeout=30_000)
@@ -61,7 +68,7 @@ def test_results_views_without_deploy_menu_with_legends_at_both_sizes(browser, t
         page = browser.new_page(viewport=VIEWPORTS[size])
         page.goto(url, timeout=60_000)
         page.get_by_text("4 cells").wait_for(timeout=60_000)
-        _drawn(page, "[data-testid='stDataFrame']")
+        _drawn(page, "[data-testid='stTable']")
         assert page.locator("[data-testid='stAppDeployButton']").count() == 0
         assert page.get_by_role("button", name="Deploy").count() == 0
         page.screenshot(path=str(ARTIFACTS / f"results_table_{size}.png"))
@@ -73,7 +80,7 @@ def test_results_views_without_deploy_menu_with_legends_at_both_sizes(browser, t
             assert page.locator("[data-testid='stVegaLiteChart'] .role-legend").count() == charts.count()
             page.screenshot(path=str(ARTIFACTS / f"results_{view.split()[-1].lower()}_{size}.png"))
         page.goto(url + "/?view=Paper+table", timeout=60_000)
-        _drawn(page, "[data-testid='stDataFrame']")
+        _drawn(page, "[data-testid='stTable']")
         page.screenshot(path=str(ARTIFACTS / f"results_paper_{size}.png"))
         assert not page.locator("[data-testid='stException']").count()
         page.close()
