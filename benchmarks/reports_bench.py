@@ -45,8 +45,8 @@ def load_screenshots():
     return module
 
 
-# In the page, checked once per frame (an observer of every DOM change slowed the data grid's page
-# down by a second): the time (ms from the navigation's start) of the first frame with the cells
+# In the page, checked once per frame (an observer of every DOM change runs inside the page's own
+# work, and the data grid makes many changes): the time (ms from the navigation's start) of the first frame with the cells
 # table (the page's second table) in it, and of the last frame in which the page's element count
 # changed. A mark taken in the page does not carry the latency of Playwright's polling, which adds
 # 0.1-0.5 s to a wait measured from outside.

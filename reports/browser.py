@@ -563,7 +563,12 @@ def show_table(table: pd.DataFrame, style=None, links: dict[str, str] | None = N
     if len(table) <= STATIC_ROWS:
         shown = table.assign(**{c: "[" + text + "](" + table[c] + ")" for c, text in links.items()},
                              **{c: table[c].map(escape_markdown) for c in wide})
-        st.table(style(shown) if style else shown, hide_index=True)
+        styled = style(shown) if style else shown.style
+        floats = list(shown.select_dtypes("float").columns)
+        styled = styled.format(lambda v: f"{v:g}", subset=floats, na_rep="").set_table_styles(
+            [{"selector": f"td.col{i} *", "props": "white-space: nowrap"}  # "46.05 ± 2.10" on one line
+             for i, c in enumerate(shown.columns) if c not in wide], overwrite=False)
+        st.table(styled, hide_index=True)
         return
     config = {c: st.column_config.LinkColumn(c, display_text=text) for c, text in links.items()}
     config |= {c: st.column_config.TextColumn(c, width="large") for c in wide}

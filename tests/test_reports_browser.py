@@ -82,6 +82,13 @@ def test_results_views_without_deploy_menu_with_legends_at_both_sizes(browser, t
         page.goto(url + "/?view=Paper+table", timeout=60_000)
         _drawn(page, "[data-testid='stTable']")
         page.screenshot(path=str(ARTIFACTS / f"results_paper_{size}.png"))
+        table = page.locator("[data-testid='stTable']").first
+        heights = table.locator("tbody td").evaluate_all("cells => cells.map(c => c.getBoundingClientRect().height)")
+        assert len(heights) >= 7 * 8 and max(heights) - min(heights) < 2, "a '46.05 ± 2.10' entry wrapped"
+        if size == "phone":  # wider than the screen: the table scrolls sideways, nothing is cut off
+            scroller = table.locator("xpath=.//table/..")
+            width, shown = scroller.evaluate("e => [e.scrollWidth, e.clientWidth]")
+            assert width > shown and scroller.evaluate("e => getComputedStyle(e).overflowX") == "auto"
         assert not page.locator("[data-testid='stException']").count()
         page.close()
 
