@@ -555,8 +555,8 @@ VIEW_FUNCTIONS = {"Table": view_table, "Plots": view_plots, "Training curves": v
 def show_table(table: pd.DataFrame, style=None, links: dict[str, str] | None = None, wide: list[str] = (),
                pinned: bool = False) -> None:
     """A table of up to STATIC_ROWS rows is drawn static: every row at once, its links as Markdown, and
-    none of the interactive grid's JavaScript (1.2 MB) to load and run, about a second of the first page
-    (docs/results_browser.md). A longer one is drawn as the interactive grid: sorting, scrolling, a
+    none of the interactive grid's JavaScript (1.2 MB) to load and run, about 0.5 s of a cold first
+    page (docs/results_browser.md). A longer one is drawn as the interactive grid: sorting, scrolling, a
     pinned first column. `links` maps a column of page addresses to the text its links show; `wide`
     names free-text columns (drawn wide in the grid, with Markdown escaped in the static table)."""
     links = links or {}
