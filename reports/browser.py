@@ -268,7 +268,7 @@ def view_table(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridD
         _no_metrics(long)
     st.subheader("Cells")
     table = results.cells_table(cells)
-    show_table(table, style=status_colors, links={"run": "details"}, wide=["why"])
+    show_table(table, style=status_colors, links={"run": "details"}, free_text=["why"])
     st.caption("Status: done · running (its process is alive) · stopped (the manifest says running but the process "
                "is gone, or no file changed for an hour on another host) · failed · pending · stale (no longer in "
                "the grid's plan).")
@@ -482,7 +482,7 @@ def view_paper(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridD
     include = st.checkbox("Show the paper's Table 2 side by side", value=True)
     ours = paper.paper_table(long, cells, variant_cols, family)
     table = paper.side_by_side(ours, include)
-    show_table(paper.display_table(table))
+    show_table(paper.display_table(table), wrap=["source", "variant"])
     st.caption(f"Ours ({', '.join(grids)}): mean over seeds, ± = half-width of the 95% CI. Paper numbers are from "
                "GenTron Table 2 (T2I-CompBench, real models); ours come from the grid's own judge and are not "
                "comparable in level.")
@@ -552,26 +552,28 @@ VIEW_FUNCTIONS = {"Table": view_table, "Plots": view_plots, "Training curves": v
                   "Run detail": view_run}
 
 
-def show_table(table: pd.DataFrame, style=None, links: dict[str, str] | None = None, wide: list[str] = (),
-               pinned: bool = False) -> None:
+def show_table(table: pd.DataFrame, style=None, links: dict[str, str] | None = None, free_text: list[str] = (),
+               wrap: list[str] = (), pinned: bool = False) -> None:
     """A table of up to STATIC_ROWS rows is drawn static: every row at once, its links as Markdown, and
     none of the interactive grid's JavaScript (1.2 MB) to load and run, about 0.5 s of a cold first
     page (docs/results_browser.md). A longer one is drawn as the interactive grid: sorting, scrolling, a
-    pinned first column. `links` maps a column of page addresses to the text its links show; `wide`
-    names free-text columns (drawn wide in the grid, with Markdown escaped in the static table)."""
+    pinned first column. `links` maps a column of page addresses to the text its links show;
+    `free_text` names columns of free text (drawn wide in the grid; in the static table Markdown-escaped
+    and wrapped); `wrap` names label columns that may wrap in the static table. Every other static
+    column keeps each entry on one line and the table scrolls sideways when it is wider than the page."""
     links = links or {}
     if len(table) <= STATIC_ROWS:
         shown = table.assign(**{c: "[" + text + "](" + table[c] + ")" for c, text in links.items()},
-                             **{c: table[c].map(escape_markdown) for c in wide})
+                             **{c: table[c].map(escape_markdown) for c in free_text})
         styled = style(shown) if style else shown.style
         floats = list(shown.select_dtypes("float").columns)
         styled = styled.format(lambda v: f"{v:g}", subset=floats, na_rep="").set_table_styles(
             [{"selector": f"td.col{i} *", "props": "white-space: nowrap"}  # "46.05 ± 2.10" on one line
-             for i, c in enumerate(shown.columns) if c not in wide], overwrite=False)
+             for i, c in enumerate(shown.columns) if c not in [*free_text, *wrap]], overwrite=False)
         st.table(styled, hide_index=True)
         return
     config = {c: st.column_config.LinkColumn(c, display_text=text) for c, text in links.items()}
-    config |= {c: st.column_config.TextColumn(c, width="large") for c in wide}
+    config |= {c: st.column_config.TextColumn(c, width="large") for c in free_text}
     if pinned:
         config[table.columns[0]] = st.column_config.TextColumn(pinned=True)
     st.dataframe(style(table) if style else table, hide_index=True, column_config=config)
