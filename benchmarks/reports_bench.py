@@ -46,9 +46,9 @@ def load_screenshots():
 
 
 # In the page, checked once per frame (an observer of every DOM change runs inside the page's own
-# work, and the data grid makes many changes): the time (ms from the navigation's start) of the first frame with the cells
-# table (the page's second table) in it, and of the last frame in which the page's element count
-# changed. A mark taken in the page does not carry the latency of Playwright's polling, which adds
+# work, and the data grid makes many changes): the time (ms from the navigation's start) of the
+# first frame with the cells table (the page's second table) in it, and of the last frame in which
+# the page's element count changed. A mark taken in the page does not carry the latency of Playwright's polling, which adds
 # 0.1-0.5 s to a wait measured from outside.
 MARKS = """
 window.__marks = {};
@@ -66,16 +66,16 @@ window.__marks = {};
 """
 
 
-def page_load(runs: Path, grid: str, cells: int, repeats: int = 3) -> dict:
+def page_load(runs: Path, grid: str, cells: int, repeats: int = 3, repo: Path = REPO) -> dict:
     """Seconds from the navigation's start to the page drawn (its cells table in a painted frame, the
     script run finished, the last change of the page), measured in the page: first on a freshly
-    started app with a fresh browser (cold), then reloads (warm)."""
+    started app with a fresh browser (cold), then reloads (warm). `repo`: the checkout that serves it."""
     from playwright.sync_api import sync_playwright
 
     shots = load_screenshots()
     timings = []
     start = time.perf_counter()
-    with shots.serve(runs) as url, sync_playwright() as play:
+    with serving.results_browser(runs, repo=repo) as url, sync_playwright() as play:
         start_s = time.perf_counter() - start  # `streamlit run` until it answers (reading the runs folder included)
         browser = play.chromium.launch(executable_path=serving.CHROMIUM, args=serving.CHROMIUM_ARGS)
         page = browser.new_page(viewport=shots.DESKTOP)
@@ -112,9 +112,7 @@ def bench_against(fixtures, root: Path, other: Path, rounds: int) -> dict:
     times: dict[str, list[float]] = {"this": [], "other": []}
     for _ in range(rounds):
         for name, checkout in (("this", REPO), ("other", other)):
-            serving.REPO = checkout  # the server process runs in that checkout (`python -m streamlit`, cwd first)
-            times[name].append(page_load(root / "make_run", "conditioning", 2, repeats=1)["cold_s"])
-    serving.REPO = REPO
+            times[name].append(page_load(root / "make_run", "conditioning", 2, repeats=1, repo=checkout)["cold_s"])
     median = {name: statistics.median(t) for name, t in times.items()}
     return {"other": str(other), "cold_s": times, "median_cold_s": median,
             "ratio_this_over_other": round(median["this"] / median["other"], 2)}

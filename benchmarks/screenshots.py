@@ -26,11 +26,6 @@ SHOTS = {"results_browser": ("Table", TABLE),
          "results_samples": ("Samples", "[data-testid='stImage']")}
 
 
-def serve(runs: Path, port: int | None = None, timeout: float = 90.0):
-    """The results browser on 127.0.0.1 until the block ends."""
-    return results_browser(runs, port, timeout)
-
-
 def view_url(url: str, view: str, grids: list[str]) -> str:
     return f"{url}/?" + urlencode([("view", view), *[("grid", g) for g in grids]])
 
@@ -72,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     from playwright.sync_api import sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)
-    with serve(args.runs.resolve()) as url, sync_playwright() as play:
+    with results_browser(args.runs.resolve()) as url, sync_playwright() as play:
         browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             written = take(browser, url, args.out, args.grid, DESKTOP, numeric_grid=numeric)

@@ -522,7 +522,7 @@ def view_run(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridDat
     cell = cells.iloc[labels.index(picked)]
     detail = results.cell_detail(cell["path"])
     st.subheader(f"{cell['grid']}/{cell['cell_id']} · status: {cell['status']}")
-    st.caption(f"{cell['run_status']}: {cell['status_reason']}")
+    st.caption(f"{cell['run_status']}: {escape_markdown(cell['status_reason'])}")
     st.write(" → ".join(f"{stage} ({state})" for stage, state in detail["stages"].items()))
     missing = [s for s, state in detail["stages"].items() if state != "done"]
     rerun = next(d.rerun for d in data if d.name == cell["grid"])
@@ -586,7 +586,8 @@ def inline_code(text: str) -> str:
 
 
 def escape_markdown(text) -> str:
-    """Free text (a failure's message) shown literally in a Markdown cell: `__init__`, `*`, `<x>` as typed."""
+    """Text read from a run folder (a status reason names the manifest's host) shown literally where
+    Streamlit renders Markdown: `__init__`, `*`, `<x>` as typed."""
     return "" if pd.isna(text) else re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", str(text))
 
 

@@ -25,9 +25,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(command: list[str], url: str, ready_path: str, timeout: float = 60.0):
-    """Run a server process until `url + ready_path` answers; always stop it (by its own pid)."""
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def serve(command: list[str], url: str, ready_path: str, timeout: float = 60.0, repo: Path = REPO):
+    """Run a server process in `repo` until `url + ready_path` answers; always stop it (by its own pid)."""
+    process = subprocess.Popen(command, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -54,13 +54,14 @@ def serve(command: list[str], url: str, ready_path: str, timeout: float = 60.0):
             process.wait()
 
 
-def results_browser(runs: Path, port: int | None = None, timeout: float = 90.0):
-    """`streamlit run reports/app.py -- --runs RUNS`, headless, until the block ends."""
+def results_browser(runs: Path, port: int | None = None, timeout: float = 90.0, repo: Path = REPO):
+    """`streamlit run reports/app.py -- --runs RUNS`, headless, until the block ends; `repo`: the
+    checkout whose app is served (`python -m` puts its folder first on the import path)."""
     port = port or free_port()
     return serve([sys.executable, "-m", "streamlit", "run", "reports/app.py", "--server.port", str(port),
                   "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
                   "--server.fileWatcherType", "none", "--", "--runs", str(runs)],
-                 f"http://127.0.0.1:{port}", "/_stcore/health", timeout)
+                 f"http://127.0.0.1:{port}", "/_stcore/health", timeout, repo)
 
 
 def vote_app(db: Path, port: int | None = None, timeout: float = 60.0):
