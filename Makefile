@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 GRID ?= conditioning
 ARGS ?=
 
-.PHONY: install run test system-deps benchmarks clean
+.PHONY: install run test test-fast lint system-deps benchmarks clean
 
 $(STAMP): pyproject.toml
 	python3.11 -m venv $(VENV)
@@ -35,11 +35,20 @@ run: install
 
 # One BLAS thread per process: the suite runs SLURM job arrays and servers beside pytest on 2 cores,
 # where oversubscribed torch threads made the suite several times slower.
-test: install system-deps
+test: install system-deps lint
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest $(ARGS)
 
+# The suite without the end-to-end training, SLURM and Chromium tests (markers: pyproject.toml).
+test-fast: install lint
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not slow and not slurm and not browser" $(ARGS)
+
+# ruff's rule set and the reasons for it: pyproject.toml [tool.ruff].
+lint: install
+	$(VENV)/bin/ruff check .
+
+# As modules from the checkout, like the suite: some build their folders with tests.support.
 benchmarks: install
-	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+	for b in benchmarks/[!_]*.py; do $(PY) -m benchmarks.$$(basename $$b .py) || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

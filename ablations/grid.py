@@ -1,6 +1,6 @@
 """Grids: parse the command line, compose a grid file with a profile, expand it into cells.
 
-A grid file (ablations/grids/<name>.yaml) is data:
+A grid file (ablations/grids/<name>.yaml) is data (GridFile, validated by gentron.schema):
 
     description: one line, shown in the plan and the table
     seeds: [0, 1, 2]                 # the `seed` axis (sets train.seed)
@@ -8,27 +8,31 @@ A grid file (ablations/grids/<name>.yaml) is data:
     axes:                            # axis -> arm -> cell-config overrides (dotted keys)
       conditioning: {adaln: {model.conditioning: adaln}, cross_attn: {model.conditioning: cross_attn}}
     evaluation: {prompt_sets: [...], metrics: [...]}
+    encoders: {clip: {objective: clip_contrastive, seed: 0}}   # recipes of text encoders the grid trains
     profiles:                        # per profile, the same keys again, merged on top (OmegaConf)
       embedded: {note: ..., labels: {axis: {arm: shown-as}}, base: ..., axes: ...}
       paper: {...}
 
+Two values of a cell-config key are macros the plan resolves: `text_encoders: [{trained: clip}]`
+(TrainedEncoder: the encoder the grid trains from its recipe `encoders.clip`) and
+`train.init_from: {grid: conditioning, arms: {conditioning: cross_attn}}` (InitFrom: the final
+checkpoint of that cell of another grid).
+
 A cell's config is gentron.config's defaults, then `base`, `evaluation`, the arm of every axis and
-the seed, then the command line's cell overrides (`train.steps=20`); gentron.config validates it.
-Its id is the sha1 of that resolved config as canonical JSON, without RUN_ONLY_KEYS, with CELL_VERSION.
+the seed, then the command line's cell overrides (`train.steps=20`), validated into one CellConfig
+that every stage reads; its id is ablations.identity.cell_id.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import fnmatch
-import hashlib
 import itertools
-import json
 import logging
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -37,36 +41,25 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from ablations import runfolder
-from gentron.config import RUN_ONLY_KEYS as TRAIN_RUN_ONLY_KEYS
-from gentron.config import CellConfig, load_config, to_dict
+from ablations.identity import CELL_SECTIONS, RECIPE_SECTION, cell_id, plan_arguments
+from ablations.registries import CONF_DIR, registry
+from gentron import schema
+from gentron.config import CellConfig, ClipSpec, EncoderShape, HFClipSpec, T5Spec, load_config, resolve
 from gentron.errors import ConfigError
+from gentron.schema import required
 
 log = logging.getLogger(__name__)
 
 GRIDS_DIR = Path(__file__).parent / "grids"
-CONF_DIR = Path(__file__).parent / "conf"
-CELL_SECTIONS = tuple(f.name for f in fields(CellConfig))
-# Keys that change how a cell runs, not what it computes: excluded from the cell id, so a rerun with
-# more logging, another batch size for sampling or an extra metric finds the same cell.
-RUN_ONLY_KEYS = (*TRAIN_RUN_ONLY_KEYS, "sample.batch_size", "eval.metrics")
-# Bump when the same cell config would now train, sample or score differently (what CompShapes draws,
-# how a tiny text encoder initialises, what the judge reads): an old run folder's cells then get new
-# ids and are recomputed instead of being reused as if current. (The caches below a cell key on their
-# own: encoded data on gentron.data.compshapes.VERSION, text features on the encoder's weights.)
-# 2: tiny_clip keeps words apart, CompShapes objects r = 0.19. 3: diamonds; tiny_clip's local window.
-# 4: width 48 / MLP 96 for 7,000 steps; fused AdamW. 5: logit-normal training timesteps (std 0.8).
-CELL_VERSION = 5
-GRID_KEYS = ("description", "seeds", "base", "axes", "evaluation", "profiles", "note", "labels", "encoders")
 # Trained text encoders live in <runs_dir>/ENCODER_STORE/<objective>-<recipe hash>/ (gentron.text.pretrain).
 ENCODER_STORE = "encoders"
-ID_LENGTH = 10
 
 
 @dataclass
 class LocalOptions:
     # Cells (train groups) run at once, sharing the cores. None: one per core on a machine without a
     # GPU (tiny CPU cells use their cores better side by side), 1 with a GPU (cells would share it).
-    workers: Optional[int] = None
+    workers: int | None = None
 
 
 @dataclass
@@ -74,10 +67,10 @@ class RunOptions:
     """Everything on the command line that is not a cell-config key."""
     grid: str = "conditioning"
     profile: str = "embedded"  # embedded: CPU stand-ins; paper: the paper's models (GPU cluster)
-    seeds: Optional[list[int]] = None  # replaces the grid's seeds
+    seeds: list[int] | None = None  # replaces the grid's seeds
     action: str = "run"
     launcher: str = "local"
-    slurm: Optional[str] = None  # a profile name of slurm/profiles/*.yaml
+    slurm: str | None = None  # a profile name of slurm/profiles/*.yaml
     local: LocalOptions = field(default_factory=LocalOptions)
     dry_run: bool = False
     wait: bool = False  # launcher=slurm: block until the grid is done, then print the table
@@ -88,13 +81,84 @@ CHOICES = {"action": ("run", "status", "cancel"), "launcher": ("local", "slurm")
 RUN_KEYS = tuple(f.name for f in fields(RunOptions))
 
 
+def local_workers(run: DictConfig) -> int:
+    """Cells run side by side on this machine: local.workers, else LocalOptions' default."""
+    import torch
+
+    return run.local.workers or (1 if torch.cuda.is_available() else torch.get_num_threads())
+
+
+# --- grid files ---------------------------------------------------------------------------------
+
+@dataclass
+class Evaluation:
+    prompt_sets: list[str] | None = None  # sample.prompt_sets of every cell
+    metrics: list[str] | None = None  # eval.metrics of every cell
+
+
+@dataclass
+class GridSection:
+    """The keys of a grid file, of each of its `profiles` and of a profile file (conf/profiles/)."""
+    description: str | None = None
+    note: str | None = None  # what the profile is, shown with the plan and the results
+    seeds: list[int] | None = None
+    base: dict[str, Any] = field(default_factory=dict)  # dotted cell-config key -> value
+    axes: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # axis -> arm -> {key: value}
+    evaluation: Evaluation = field(default_factory=Evaluation)
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)  # axis -> arm -> label shown
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> EncoderRecipe keys
+
+
+@dataclass
+class GridFile(GridSection):
+    profiles: dict[str, GridSection | None] = field(default_factory=dict)
+
+
+@dataclass
+class TrainedEncoder:
+    """`text_encoders: [{trained: clip}]`: the text encoder the grid trains from its recipe encoders.clip."""
+    trained: str = required("clip")
+
+
+@dataclass
+class InitFrom:
+    """`train.init_from: {grid: conditioning, arms: {conditioning: cross_attn}}`: start from the final
+    checkpoint of that cell of another grid."""
+    grid: str = required("conditioning")
+    arms: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Grid(GridSection):
+    """A grid file composed with a profile: what the plan expands. Cell-config values stay as written
+    (`???` and `${oc.env:...}` are resolved per cell)."""
+    name: str = ""
+    profile: str = ""
+    runs_dir: str = "runs"
+    recipes: dict = field(default_factory=dict)  # name -> validated EncoderRecipe of `encoders`
+
+    @property
+    def encoder_store(self) -> str:
+        return str(Path(self.runs_dir) / ENCODER_STORE)
+
+    def record(self) -> dict:
+        """What grid.yaml keeps of the grid (ablations.runfolder.write_grid_record)."""
+        keys = [f.name for f in fields(GridSection)]
+        return {"name": self.name, "profile": self.profile, "runs_dir": self.runs_dir,
+                "encoder_store": self.encoder_store, **{k: _plain(getattr(self, k)) for k in keys}}
+
+
+def _plain(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
 @dataclass
 class Cell:
     grid: str
     cell_id: str
     axes: dict[str, Any]  # {"conditioning": "adaln", "seed": 0}: the values shown everywhere
     arms: dict[str, str]  # {"conditioning": "adaln"}: the grid file's arm names
-    config: dict  # the resolved, validated cell config
+    config: CellConfig  # the resolved, validated cell config
     profile: str
     # trained text encoders the cell loads: folder -> recipe (gentron.text.pretrain), trained before it
     encoders: dict[str, dict] = field(default_factory=dict)
@@ -102,15 +166,52 @@ class Cell:
     def info(self) -> dict:
         """cell.json."""
         return {"grid": self.grid, "cell_id": self.cell_id, "axes": self.axes, "arms": self.arms,
-                "profile": self.profile, "prompt_sets": self.config["sample"]["prompt_sets"],
-                "metrics": self.config["eval"]["metrics"], **({"encoders": self.encoders} if self.encoders else {})}
+                "profile": self.profile, "prompt_sets": self.config.sample.prompt_sets,
+                "metrics": self.config.eval.metrics, **({"encoders": self.encoders} if self.encoders else {})}
+
+    def recipe(self, spec) -> dict | None:
+        """The recipe of a text-encoder spec the grid trains itself (None for other encoders)."""
+        return self.encoders.get(spec_folder(spec) or "")
+
+    def shapes(self) -> list[EncoderShape]:
+        """Each text encoder's shape; a trained encoder's from its recipe, known before its folder exists."""
+        return [recipe_shape(recipe) if (recipe := self.recipe(spec)) is not None else spec.shape()
+                for spec in self.config.text_encoders]
+
+    def model(self):
+        """The GenTronConfig the cell trains (gentron.config.resolve)."""
+        return resolve(self.config, self.shapes())
+
+
+def spec_folder(spec) -> str | None:
+    """The local folder or hub name a text-encoder spec loads its weights from (None: built from a seed
+    or named by a model tag)."""
+    if isinstance(spec, ClipSpec):
+        return spec.model.removeprefix("local-dir:") if spec.model.startswith("local-dir:") else None
+    if isinstance(spec, (T5Spec, HFClipSpec)):
+        return spec.path
+    return None
+
+
+def recipe_shape(recipe: dict) -> EncoderShape:
+    """The shape of the encoder a recipe trains (gentron.text.pretrain): a CLIP text tower of the
+    recipe's width projected to its embed_dim over context_length tokens, or a T5 encoder of its
+    width over max_length bytes."""
+    from gentron.text.pretrain import clip_model_config, load_recipe
+
+    r = load_recipe(recipe)
+    if r.objective == "clip_contrastive":
+        cfg = clip_model_config(r)
+        return EncoderShape(cfg["text_cfg"]["width"], cfg["embed_dim"], cfg["text_cfg"]["context_length"])
+    return EncoderShape(r.width, r.width, r.max_length)
 
 
 @dataclass
 class Plan:
     run: DictConfig
-    grid: DictConfig  # the composed grid (profile merged in)
+    grid: Grid  # the composed grid (profile merged in)
     cells: list[Cell]
+    args: list[str] = field(default_factory=list)  # the arguments that plan these cells (identity.plan_arguments)
 
     @property
     def grid_dir(self) -> Path:
@@ -138,7 +239,7 @@ def parse_args(argv: list[str]) -> tuple[DictConfig, dict[str, Any]]:
                               "a list value needs brackets: key=[a,b]")
         if o.is_delete():
             raise ConfigError(f"'{o.input_line}': deleting keys is not supported; set a value instead")
-        if key.split(".")[0] in CELL_SECTIONS or key.split(".")[0] == "encoders":
+        if key.split(".")[0] in (*CELL_SECTIONS, RECIPE_SECTION):
             cell[key] = o.value()  # encoders.<name>.<key>: a trained encoder's recipe (plan() applies it)
         else:
             _set_run_option(run, key, o.value())
@@ -193,10 +294,10 @@ def usage() -> str:
     lines += ["", f"profiles (profile=<name>): {', '.join(available_profiles())}", "",
               f"cell-config keys (sections {', '.join(CELL_SECTIONS)}; DESIGN.md lists them all), with the "
               "embedded defaults:"]
-    config = to_dict(default_config())
+    config = default_config()
     for key in CELL_HELP_KEYS:
         section, name = key.split(".")
-        lines.append(f"  {key}={_override_text(config[section][name])}")
+        lines.append(f"  {key}={_override_text(getattr(getattr(config, section), name))}")
     lines += ["", "examples:",
               "  python ablations/run.py grid=conditioning seeds=[0,1,2] train.steps=500",
               "  python ablations/run.py grid=text_encoder profile=paper slurm=my_cluster.yaml data.path=... dry_run=true",
@@ -242,8 +343,6 @@ def _set_run_option(run: DictConfig, key: str, value: Any) -> None:
         raise ConfigError(f"bad value {key}={value!r}: {str(e).splitlines()[0]}{hint}") from e
 
 
-# --- grid files ---------------------------------------------------------------------------------
-
 def available_grids() -> list[str]:
     return sorted(p.stem for p in GRIDS_DIR.glob("*.yaml"))
 
@@ -252,8 +351,9 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "profiles").glob("*.yaml"))
 
 
-def load_grid(name: str, profile: str) -> DictConfig:
-    """conf/profiles/<profile>.yaml, then the grid file, then the grid's `profiles[profile]` section."""
+def load_grid(name: str, profile: str, runs_dir: str = "runs", recipe_overrides: dict[str, Any] | None = None) -> Grid:
+    """conf/profiles/<profile>.yaml, then the grid file, then the grid's `profiles[profile]` section,
+    then `encoders.<name>.<key>` overrides; each file checked key by key (gentron.schema)."""
     path = GRIDS_DIR / f"{name}.yaml"
     if not path.exists():
         close = difflib.get_close_matches(name, available_grids(), n=1)
@@ -263,16 +363,33 @@ def load_grid(name: str, profile: str) -> DictConfig:
     if profile not in available_profiles():
         raise ConfigError(f"unknown profile '{profile}'; profiles: {', '.join(available_profiles())}")
     raw = _load_yaml(path)
-    _check_keys(raw, GRID_KEYS, str(path))
-    sections = raw.pop("profiles", {})
+    schema.parse(GridFile, _container(raw), source=str(path))
+    sections = raw.pop("profiles", {}) or {}
     if profile not in sections:
         raise ConfigError(f"grid '{name}' has no profile '{profile}'; its profiles: {', '.join(sections)}")
-    _check_keys(sections[profile] or {}, GRID_KEYS, f"{path} profiles.{profile}")
-    grid = OmegaConf.merge(_load_yaml(CONF_DIR / "profiles" / f"{profile}.yaml"), raw, sections[profile] or {})
-    grid.name, grid.profile = name, profile
-    if not grid.get("axes"):
+    profile_path = CONF_DIR / "profiles" / f"{profile}.yaml"
+    defaults = _load_yaml(profile_path)
+    schema.parse(GridSection, _container(defaults), source=str(profile_path))
+    merged = OmegaConf.merge(defaults, raw, sections[profile] or {})
+    for key, value in (recipe_overrides or {}).items():
+        recipe = key.split(".")[1] if key.count(".") >= 2 else None
+        if recipe is None or recipe not in (merged.get("encoders") or {}):
+            known = ", ".join(f"encoders.{n}" for n in (merged.get("encoders") or {})) or "none"
+            raise ConfigError(f"{key}: the grid's trained encoders are {known}; set a recipe key as "
+                              "encoders.<name>.<key>=value, e.g. encoders.clip.steps=500")
+        OmegaConf.update(merged, key, value, merge=True)
+    where = f"grid '{name}' (profile {profile})"
+    section = schema.parse(GridSection, _container(merged), source=where)
+    if not section.axes:
         raise ConfigError(f"{path} defines no axes for profile '{profile}'")
-    return grid
+    from gentron.text.pretrain import load_recipe
+
+    try:
+        recipes = {n: load_recipe(values, f"{RECIPE_SECTION}.{n}") for n, values in section.encoders.items()}
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return Grid(**{f.name: getattr(section, f.name) for f in fields(GridSection)}, name=name, profile=profile,
+                runs_dir=str(runs_dir), recipes=recipes)
 
 
 def _load_yaml(path: Path) -> DictConfig:
@@ -282,17 +399,9 @@ def _load_yaml(path: Path) -> DictConfig:
         raise ConfigError(f"{path} is not valid YAML: {e}") from e
 
 
-def _check_keys(node: DictConfig, allowed: tuple[str, ...], where: str) -> None:
-    for key in node:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(allowed)}"
-            raise ConfigError(f"{where}: unknown key '{key}'{hint}")
-
-
-def registry(name: str) -> dict:
-    """ablations/conf/<name>.yaml as a plain dict (prompt_sets, metrics)."""
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{name}.yaml"), resolve=True)
+def _container(node: DictConfig) -> dict:
+    """A grid's keys as plain data; `???` and `${...}` stay as written, resolved per cell."""
+    return OmegaConf.to_container(node, resolve=False) or {}
 
 
 # --- expansion ----------------------------------------------------------------------------------
@@ -300,55 +409,40 @@ def registry(name: str) -> dict:
 def plan(argv: list[str]) -> Plan:
     """Parse, compose and expand: every error a user can cause surfaces here, before anything runs."""
     run, overrides = parse_args(argv)
-    grid = load_grid(run.grid, run.profile)
+    recipes = {k: overrides.pop(k) for k in list(overrides) if k.split(".")[0] == RECIPE_SECTION}
+    grid = load_grid(run.grid, run.profile, run.runs_dir, recipes)
     if run.seeds is not None:
-        grid.seeds = run.seeds
-    grid.encoder_store = str(Path(run.runs_dir) / ENCODER_STORE)
-    grid.runs_dir = str(run.runs_dir)
-    for key in [k for k in overrides if k.split(".")[0] == "encoders"]:
-        name = key.split(".")[1] if key.count(".") >= 2 else None
-        if name is None or name not in (grid.get("encoders") or {}):
-            known = ", ".join(f"encoders.{n}" for n in (grid.get("encoders") or {})) or "none"
-            raise ConfigError(f"{key}: the grid's trained encoders are {known}; set a recipe key as "
-                              "encoders.<name>.<key>=value, e.g. encoders.clip.steps=500")
-        OmegaConf.update(grid, key, overrides.pop(key), merge=True)
+        grid.seeds = list(run.seeds)
     cells = expand(grid, overrides)
-    # grid.yaml records what chose these cells, so a reader can tell them from left-over cells and
-    # print the command that reproduces them (ablations.runfolder.grid_record)
-    grid[runfolder.PLAN_ARGS] = runfolder.plan_arguments(run.grid, run.profile, list(argv), CELL_SECTIONS)
-    grid[runfolder.CELL_IDS] = [cell.cell_id for cell in cells]
     log.debug("grid %s (%s): %d cells", run.grid, run.profile, len(cells))
-    return Plan(run=run, grid=grid, cells=cells)
+    return Plan(run=run, grid=grid, cells=cells, args=plan_arguments(run.grid, run.profile, list(argv)))
 
 
-def expand(grid: DictConfig, overrides: dict[str, Any]) -> list[Cell]:
-    axes = OmegaConf.to_container(grid.axes, resolve=False)
-    swept = {key: axis for axis, arms in axes.items() for spec in arms.values() for key in spec}
+def expand(grid: Grid, overrides: dict[str, Any]) -> list[Cell]:
+    swept = {key: axis for axis, arms in grid.axes.items() for spec in arms.values() for key in spec}
     for key in overrides:
         clash = [k for k in swept if k == key or k.startswith(key + ".") or key.startswith(k + ".")]
         if clash:
             raise ConfigError(f"{key} is set by the grid's axis '{swept[clash[0]]}'; "
                               f"override another key or edit {GRIDS_DIR / grid.name}.yaml")
-    seeds = grid.get("seeds")
-    seeds = [0] if seeds is None else list(seeds)
+    seeds = [0] if grid.seeds is None else list(grid.seeds)
     if not seeds:
         raise ConfigError(f"grid '{grid.name}': seeds=[] is empty; give at least one training seed, e.g. seeds=[0]")
     cells = []
-    for combo in itertools.product(*[[(axis, arm) for arm in arms] for axis, arms in axes.items()], seeds):
+    for combo in itertools.product(*[[(axis, arm) for arm in arms] for axis, arms in grid.axes.items()], seeds):
         *chosen, seed = combo
         cells.append(make_cell(grid, dict(chosen), seed, overrides))
     _check_distinct(cells, grid.name)
     return cells
 
 
-def make_cell(grid: DictConfig, arms: dict[str, str], seed: int, overrides: dict[str, Any]) -> Cell:
+def make_cell(grid: Grid, arms: dict[str, str], seed: int, overrides: dict[str, Any]) -> Cell:
     cfg = OmegaConf.create({})
-    raw = OmegaConf.to_container(grid, resolve=False)  # ??? values stay unresolved until the end
-    evaluation = raw.get("evaluation") or {}
-    updates = list((raw.get("base") or {}).items())
-    updates += [(key, evaluation[name]) for key, name in (("sample.prompt_sets", "prompt_sets"),
-                                                          ("eval.metrics", "metrics")) if name in evaluation]
-    updates += [(k, v) for axis, arm in arms.items() for k, v in raw["axes"][axis][arm].items()]
+    evaluation = grid.evaluation
+    updates = list(grid.base.items())
+    updates += [(key, value) for key, value in (("sample.prompt_sets", evaluation.prompt_sets),
+                                                ("eval.metrics", evaluation.metrics)) if value is not None]
+    updates += [(k, v) for axis, arm in arms.items() for k, v in grid.axes[axis][arm].items()]
     updates += [("train.seed", seed)] + list(overrides.items())
     for key, value in updates:
         OmegaConf.update(cfg, key, value, merge=True)
@@ -358,88 +452,81 @@ def make_cell(grid: DictConfig, arms: dict[str, str], seed: int, overrides: dict
     except MissingMandatoryValue as e:
         raise ConfigError(f"{where}: {e.full_key} has no value (??? in the grid file); "
                           f"pass it on the command line, e.g. {e.full_key}=...") from e
-    encoders = _trained_encoders(container, raw, where)
-    _init_from_grid(container, raw, seed, overrides, where)
+    encoders = _trained_encoders(container, grid, where)
+    _init_from_grid(container, grid, seed, overrides, where)
     try:
-        config = to_dict(load_config(container))
+        config = load_config(container)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from e
     check_evaluation(config, where)
-    labels = grid.get("labels") or {}
-    axes = {axis: labels.get(axis, {}).get(arm, arm) for axis, arm in arms.items()}
+    axes = {axis: grid.labels.get(axis, {}).get(arm, arm) for axis, arm in arms.items()}
     return Cell(grid=grid.name, cell_id=cell_id(config), axes={**axes, "seed": seed}, arms=arms,
                 config=config, profile=grid.profile, encoders=encoders)
 
 
-def _init_from_grid(container: dict, raw: dict, seed: int, overrides: dict[str, Any], where: str) -> None:
-    """`train.init_from: {grid: conditioning, arms: {conditioning: cross_attn}}`: start from the final
-    checkpoint of that cell of another grid (same profile, runs_dir, seed and command-line overrides),
-    e.g. a text-to-video model from its text-to-image model. Resolved to the checkpoint's path; the
-    other grid must have run first (its cell id is in the path, so a changed source is a new cell)."""
-    ref = (container.get("train") or {}).get("init_from")
-    if not isinstance(ref, dict):
+def _init_from_grid(container: dict, grid: Grid, seed: int, overrides: dict[str, Any], where: str) -> None:
+    """`train.init_from: {grid: conditioning, arms: {conditioning: cross_attn}}` (InitFrom): start from
+    the final checkpoint of that cell of another grid (same profile, runs_dir, seed and command-line
+    overrides), e.g. a text-to-video model from its text-to-image model. Resolved to the checkpoint's
+    path; the other grid must have run first (its cell id is in the path, so a changed source is a new cell)."""
+    value = (container.get("train") or {}).get("init_from")
+    if not isinstance(value, dict):
         return
-    if set(ref) - {"grid", "arms"} or "grid" not in ref:
-        raise ConfigError(f"{where}: train.init_from as a mapping is {{grid: <name>, arms: {{axis: arm}}}}, got {ref}")
-    source = load_grid(ref["grid"], raw["profile"])
-    source.runs_dir = raw.get("runs_dir") or "runs"
-    source.encoder_store = str(Path(source.runs_dir) / ENCODER_STORE)
-    arms = dict(ref.get("arms") or {})
-    axes = OmegaConf.to_container(source.axes, resolve=False)
-    for axis in axes:
-        if axis not in arms:
-            raise ConfigError(f"{where}: train.init_from names grid '{ref['grid']}' without an arm of its axis "
-                              f"'{axis}' ({', '.join(axes[axis])})")
-        if arms[axis] not in axes[axis]:
-            raise ConfigError(f"{where}: train.init_from: grid '{ref['grid']}' has no arm '{arms[axis]}' on axis "
-                              f"'{axis}' ({', '.join(axes[axis])})")
-    swept = {key for arm in axes.values() for spec in arm.values() for key in spec}
+    try:
+        ref = schema.parse(InitFrom, value, "train.init_from")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    source = load_grid(ref.grid, grid.profile, grid.runs_dir)
+    for axis, arms in source.axes.items():
+        if axis not in ref.arms:
+            raise ConfigError(f"{where}: train.init_from names grid '{ref.grid}' without an arm of its axis "
+                              f"'{axis}' ({', '.join(arms)})")
+        if ref.arms[axis] not in arms:
+            raise ConfigError(f"{where}: train.init_from: grid '{ref.grid}' has no arm '{ref.arms[axis]}' on axis "
+                              f"'{axis}' ({', '.join(arms)})")
+    swept = {key for arms in source.axes.values() for spec in arms.values() for key in spec}
     kept = {k: v for k, v in overrides.items() if k not in swept and k != "train.init_from"}
-    cell = make_cell(source, {axis: arms[axis] for axis in axes}, seed, kept)
-    container["train"]["init_from"] = str(Path(source.runs_dir) / ref["grid"] / cell.cell_id / runfolder.CHECKPOINT)
+    cell = make_cell(source, {axis: ref.arms[axis] for axis in source.axes}, seed, kept)
+    container["train"]["init_from"] = str(Path(source.runs_dir) / ref.grid / cell.cell_id / runfolder.CHECKPOINT)
 
 
-def _trained_encoders(container: dict, raw: dict, where: str) -> dict[str, dict]:
-    """Replace each `{trained: <name>}` entry of text_encoders by the spec that loads the grid's
-    recipe `encoders.<name>` from the encoder store (as real weights load: open_clip folder or
-    transformers folder); returns {folder: recipe} for the encoders the cell needs trained first."""
-    from gentron.text.pretrain import encoder_spec, load_recipe
+def _trained_encoders(container: dict, grid: Grid, where: str) -> dict[str, dict]:
+    """Replace each `{trained: <name>}` entry of text_encoders (TrainedEncoder) by the spec that loads
+    the grid's recipe `encoders.<name>` from the encoder store (as real weights load: open_clip folder
+    or transformers folder); returns {folder: recipe} for the encoders the cell needs trained first."""
+    from gentron.text.pretrain import encoder_spec
 
-    recipes = raw.get("encoders") or {}
-    store = raw.get("encoder_store") or ENCODER_STORE
     needed = {}
     for i, spec in enumerate(container.get("text_encoders") or []):
         if not isinstance(spec, dict) or "trained" not in spec:
             continue
-        name = spec["trained"]
-        if set(spec) != {"trained"}:
-            raise ConfigError(f"{where}: text_encoders[{i}] {spec}: a trained encoder is named alone, "
-                              "{trained: <name>}; its recipe is the grid's encoders.<name>")
-        if name not in recipes:
-            raise ConfigError(f"{where}: text_encoders[{i}] names trained encoder {name!r}, which the grid's "
-                              f"`encoders` section does not define (it has: {', '.join(recipes) or 'none'})")
         try:
-            recipe = load_recipe(recipes[name])
+            name = schema.parse(TrainedEncoder, spec, f"text_encoders[{i}]").trained
         except ConfigError as e:
-            raise ConfigError(f"{where}: encoders.{name}: {e}") from e
-        container["text_encoders"][i] = encoder_spec(recipe, store)
-        needed[str(Path(store) / recipe.folder_name())] = dataclasses.asdict(recipe)
+            raise ConfigError(f"{where}: {e} (a trained encoder is named alone, {{trained: <name>}}; its recipe "
+                              "is the grid's encoders.<name>)") from None
+        if name not in grid.recipes:
+            raise ConfigError(f"{where}: text_encoders[{i}] names trained encoder {name!r}, which the grid's "
+                              f"`encoders` section does not define (it has: {', '.join(grid.recipes) or 'none'})")
+        recipe = grid.recipes[name]
+        container["text_encoders"][i] = encoder_spec(recipe, grid.encoder_store)
+        needed[str(Path(grid.encoder_store) / recipe.folder_name())] = dataclasses.asdict(recipe)
     return needed
 
 
-def check_evaluation(config: dict, where: str) -> None:
+def check_evaluation(config: CellConfig, where: str) -> None:
     """Every prompt set must be known and every metric must read one of the cell's prompt sets."""
     sets, metrics = registry("prompt_sets"), registry("metrics")
-    for name in config["sample"]["prompt_sets"]:
+    for name in config.sample.prompt_sets:
         if name not in sets:
             raise ConfigError(f"{where}: unknown prompt set '{name}'; known: {', '.join(sets)} "
                               f"({CONF_DIR / 'prompt_sets.yaml'})")
-    for name in config["eval"]["metrics"]:
+    for name in config.eval.metrics:
         if name not in metrics:
             close = difflib.get_close_matches(name, list(metrics), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"{where}: unknown metric '{name}'{hint}; known: {', '.join(metrics)}")
-        metric_prompt_set(name, config["sample"]["prompt_sets"], where)
+        metric_prompt_set(name, config.sample.prompt_sets, where)
 
 
 def metric_prompt_set(metric: str, prompt_sets: list[str], where: str = "") -> str:
@@ -450,17 +537,6 @@ def metric_prompt_set(metric: str, prompt_sets: list[str], where: str = "") -> s
             return name
     raise ConfigError(f"{where}: metric '{metric}' reads prompt sets {patterns}, none of which the cell samples "
                       f"({prompt_sets}); add one to sample.prompt_sets")
-
-
-def cell_id(config: dict) -> str:
-    """10-hex sha1 of the canonical JSON of the resolved config without RUN_ONLY_KEYS, with CELL_VERSION."""
-    identity = json.loads(json.dumps(config))
-    for key in RUN_ONLY_KEYS:
-        section, name = key.split(".")
-        identity.get(section, {}).pop(name, None)
-    identity["cell_version"] = CELL_VERSION
-    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:ID_LENGTH]
 
 
 def _check_distinct(cells: list[Cell], grid: str) -> None:

@@ -19,20 +19,15 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from ablations import results, stages
-from ablations import runfolder
-from ablations.grid import Plan, plan, usage
+from ablations import costs, preflight, results, runfolder, stages
+from ablations.grid import Plan, local_workers, plan, usage
+from ablations.identity import train_key
 from gentron.errors import EXIT_USER_ERROR, USER_ERRORS, ConfigError, one_line
-from gentron.io import atomic_write_text
 
 log = logging.getLogger("ablations")
 PROG = "python ablations/run.py"
-
-CPU_PARAM_LIMIT = 100e6  # transformer parameters beyond which a CPU run is refused
-BYTES_PER_PARAM = 16  # fp32 weights + gradients + AdamW's two moments
 
 
 def configure_logging() -> None:
@@ -51,10 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         p = plan(argv)
         if p.run.dry_run:
-            from ablations.step_costs import format_estimate
-
             print(format_plan(p))
-            print(format_estimate(p))
+            print(costs.format_estimate(p))
             return 0
         if p.run.action == "status":
             print(format_plan(p, jobs=True))
@@ -62,9 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         if p.run.action == "cancel":
             return cancel(p)
         check_resources(p)
-        from ablations.preflight import require
-
-        require(p)  # every weight, data path and reference in place before anything runs or is submitted
+        preflight.require(p)  # every weight, data path and reference in place before anything runs or is submitted
         return run_local(p) if p.run.launcher == "local" else run_slurm(p)
     except USER_ERRORS as e:  # one line: the problem and the fix (gentron.errors)
         print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
@@ -74,23 +65,20 @@ def main(argv: list[str] | None = None) -> int:
 def command(p: Plan, *extra: str) -> str:
     """The command that plans exactly p's cells again (grid, profile, seeds, cell-config overrides,
     runs_dir as given), then `extra` (launcher, action)."""
-    record = {"name": p.run.grid, runfolder.PLAN_ARGS: [str(a) for a in p.grid[runfolder.PLAN_ARGS]]}
+    record = {"name": p.run.grid, runfolder.PLAN_ARGS: [str(a) for a in p.args]}
     return " ".join([runfolder.rerun_command(record, p.run.runs_dir), *extra])
 
 
 # --- the plan table -----------------------------------------------------------------------------
 
 def plan_table(p: Plan, jobs: bool = False) -> pd.DataFrame:
-    """One row per cell: id, axis values, each stage's state (and SLURM job states)."""
+    """One row per cell: id, axis values, each stage's state (ablations.runfolder.status; a running
+    stage whose process is gone shows `stopped`), and SLURM job states."""
     rows = []
     job_states = _job_states(p.grid_dir) if jobs else {}
     for cell in p.cells:
-        cell_dir = p.grid_dir / cell.cell_id
-        found = stages.states(cell_dir) if (cell_dir / stages.CONFIG).exists() else {}
-        if "running" in found.values() and runfolder.cell_status(cell_dir, states=found)[0] == "stopped":
-            found = {s: "stopped" if state == "running" else state for s, state in found.items()}
         row = {"cell": cell.cell_id, **cell.axes}
-        row.update({s: found.get(s, "pending") for s in stages.STAGES})
+        row.update(runfolder.status(p.grid_dir / cell.cell_id).shown())
         if jobs:
             row["jobs"] = job_states.get(cell.cell_id, "")
         rows.append(row)
@@ -98,15 +86,14 @@ def plan_table(p: Plan, jobs: bool = False) -> pd.DataFrame:
 
 
 def format_plan(p: Plan, jobs: bool = False) -> str:
-    header = [f"grid '{p.run.grid}': {p.grid.get('description', '')}",
-              f"profile '{p.run.profile}': {p.grid.get('note', '')}",
+    first = p.cells[0].config
+    header = [f"grid '{p.run.grid}': {p.grid.description or ''}",
+              f"profile '{p.run.profile}': {p.grid.note or ''}",
               f"{len(p.cells)} cells in {p.grid_dir}; evaluation: prompt sets "
-              f"{p.cells[0].config['sample']['prompt_sets']}, metrics {p.cells[0].config['eval']['metrics']}"]
+              f"{first.sample.prompt_sets}, metrics {first.eval.metrics}"]
     table, footer = plan_table(p, jobs), []
-    if not jobs:  # what each cell costs, and what the plan loads that is not here (ablations.preflight)
-        from ablations import preflight
-
-        table, footer = preflight.with_costs(p, table), [preflight.format_missing(p)]
+    if not jobs:  # what each cell costs (ablations.costs), and what the plan loads that is not here (preflight)
+        table, footer = costs.with_costs(p, table), [*costs.source_line(p), preflight.format_missing(p)]
     return "\n".join(header + [table.to_string(index=False)] + footer)
 
 
@@ -125,43 +112,27 @@ def _job_states(grid_dir: Path) -> dict[str, str]:
 
 def check_resources(p: Plan) -> None:
     """Refuse paper-scale models where they cannot train: the local CPU, or a SLURM profile without GPUs."""
-    big = [(cell, params) for cell in p.cells if (params := estimate_params(cell.config)) > CPU_PARAM_LIMIT]
-    if not big:
+    sizes = costs.too_big_for_cpu(p)
+    if not sizes:
         return
     if p.run.launcher == "slurm":
         from slurm.launcher import load_profile
 
-        if load_profile(p.run.slurm)["gpus_per_node"] > 0:
+        if load_profile(p.run.slurm).gpus_per_node > 0:
             return
         where = f"SLURM profile '{p.run.slurm}', which has no GPUs (gpus_per_node: 0)"
     else:
-        import torch
-
         if torch.cuda.is_available():
             return
         where = "this machine's CPU (launcher=local, no CUDA device)"
-    sizes = {cell.config["model"]["size"]: params for cell, params in big}
     largest = max(sizes.values())
     named = ", ".join(f"{size} ({params / 1e6:.0f}M transformer parameters)" for size, params in sizes.items())
     raise ConfigError(
         f"refusing to train {named} on {where}. These need GPUs: up to about "
-        f"{largest * BYTES_PER_PARAM / 1e9:.0f} GB for fp32 weights, gradients and AdamW state before activations "
+        f"{largest * costs.BYTES_PER_PARAM / 1e9:.0f} GB for fp32 weights, gradients and AdamW state before activations "
         "(G/2 also FSDP and activation checkpointing across GPUs). Run them on a GPU cluster: "
         f"`{command(p, 'launcher=slurm', 'slurm=<profile>')}` with a "
         "profile of slurm/profiles/ that has gpus_per_node > 0; or run the CPU stand-ins with profile=embedded.")
-
-
-def estimate_params(config: dict) -> float:
-    """Transformer parameters, counted exactly by gentron.sizes on the meta device, with each text
-    encoder taken as 768 wide (CLIP-L's): what decides where a model can train is its own size."""
-    from gentron import sizes
-
-    model = config["model"]
-    overrides = {k: model[k] for k in ("depth", "hidden_size", "mlp_hidden_size", "num_heads") if model.get(k)}
-    widths = (768,) * len(config["text_encoders"])
-    counted = sizes.count_params(sizes.paper_config(model["size"], model["conditioning"], "CLIP-L", text_widths=widths,
-                                                    pooled_widths=widths, **overrides))
-    return float(counted["total"])
 
 
 # --- local --------------------------------------------------------------------------------------
@@ -169,11 +140,11 @@ def estimate_params(config: dict) -> float:
 def prepare(p: Plan) -> dict[str, list[str]]:
     """Write the grid's resolved grid.yaml and every cell's folder; cells grouped by train key."""
     p.grid_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(p.grid_dir / "grid.yaml", OmegaConf.to_yaml(p.grid))
+    runfolder.write_grid_record(p.grid_dir, p.grid.record(), p.args, [cell.cell_id for cell in p.cells])
     groups: dict[str, list[str]] = {}
     for cell in p.cells:
         cell_dir = stages.prepare(cell, p.grid_dir)
-        groups.setdefault(stages.train_key(cell.config), []).append(str(cell_dir))
+        groups.setdefault(train_key(cell.config), []).append(str(cell_dir))
     return groups
 
 
@@ -182,8 +153,8 @@ def run_local(p: Plan) -> int:
     todo = [g for g in groups if not all(stages.is_complete(d) for d in g)]
     log.info("grid %s: %d cells, %d to run, %d complete", p.run.grid, len(p.cells),
              sum(map(len, todo)), len(p.cells) - sum(map(len, todo)))
-    train_encoders(p, p.run.local.workers or _auto_workers())
-    workers = min(len(todo), p.run.local.workers or _auto_workers())
+    train_encoders(p, local_workers(p.run))
+    workers = min(len(todo), local_workers(p.run))
     failed, busy = _run_pool(todo, workers) if workers > 1 else _run_sequential(todo)
     return finish(p, failed, busy)
 
@@ -209,10 +180,6 @@ def train_encoders(p: Plan, workers: int) -> None:
                              initargs=(threads,)) as pool:
         for future in [pool.submit(ensure_trained, recipe, str(Path(folder).parent)) for folder, recipe in missing.items()]:
             future.result()
-
-
-def _auto_workers() -> int:
-    return 1 if torch.cuda.is_available() else torch.get_num_threads()
 
 
 def _run_sequential(groups: list[list[str]]) -> tuple[list[str], list[str]]:
@@ -299,7 +266,7 @@ def _run_group(group: list[str], parent: int) -> list[str]:
 
 def finish(p: Plan, failed: list[str], busy: list[str] = ()) -> int:
     results.write_results(p.grid_dir)
-    print(results.format_results(p.grid_dir, [c.cell_id for c in p.cells], p.grid.get("note", "")))
+    print(results.format_results(p.grid_dir, [c.cell_id for c in p.cells], p.grid.note or ""))
     slurm = ("launcher=slurm", f"slurm={p.run.slurm}") if p.run.launcher == "slurm" else ()
     if busy:
         print(f"{len(busy)} cells not started: another process is running them ({', '.join(Path(d).name for d in busy)}); "

@@ -14,6 +14,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+from gentron.config import CellConfig
 from gentron.io import atomic_write_json, read_json
 
 MANIFEST = "manifest.json"
@@ -101,13 +102,13 @@ def write(cell_dir: str | Path, manifest: dict) -> None:
     atomic_write_json(Path(cell_dir) / MANIFEST, manifest)
 
 
-def create(cell_dir: Path, info: dict, config: dict) -> None:
+def create(cell_dir: Path, info: dict, config: CellConfig) -> None:
     """A fresh manifest for a cell (kept as is when it exists: it records earlier attempts)."""
     if (cell_dir / MANIFEST).exists():
         return
-    seeds = {"train": config["train"]["seed"], "data": config["data"]["seed"],
-             "sample": config["sample"]["seeds"], "images_per_prompt": config["sample"]["images_per_prompt"],
-             "text_encoders": [spec.get("seed") for spec in config["text_encoders"]]}
+    seeds = {"train": config.train.seed, "data": config.data.seed,
+             "sample": config.sample.seeds, "images_per_prompt": config.sample.images_per_prompt,
+             "text_encoders": [getattr(spec, "seed", None) for spec in config.text_encoders]}
     write(cell_dir, {"grid": info["grid"], "cell_id": info["cell_id"], "status": "pending", "seeds": seeds,
                      **environment(), "start": None, "end": None, "stages": {}})
 

@@ -24,6 +24,7 @@ import os
 import shlex
 import socket
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import yaml
 from scipy.special import stdtrit
 
 from ablations import manifest
+from gentron.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,6 @@ DEFAULT_RUNS_DIR = "runs"
 # once no file of its cell changed for this long: training logs every few seconds, and sampling and
 # evaluation write their outputs as they go.
 STALL_SECONDS = 3600
-CELL_STATES = ("running", "stopped", "done", "failed", "pending", "stale")
 
 
 # --- layout -------------------------------------------------------------------------------------
@@ -93,14 +94,45 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-# --- stage states -------------------------------------------------------------------------------
+# --- a cell's state ---------------------------------------------------------------------------
 
-def stage_states(cell_dir: str | Path, found: dict | None = None, config: dict | None = None) -> dict[str, str]:
-    """{stage: pending|running|done|failed} from the manifest; an evaluation done with other metrics
-    than the config now names counts as pending (and so does the record stage after it).
-    `found` and `config` are the cell's manifest and config when the caller has read them already."""
+@dataclass(frozen=True)
+class CellStatus:
+    """A cell's stage states and its overall status, read from its folder (`status`)."""
+    stages: dict[str, str]  # stage -> pending | running | done | failed (the manifest's entries)
+    status: str  # running | stopped | done | failed | pending (cell_status's rules)
+    reason: str  # why, in words
+
+    @property
+    def complete(self) -> bool:
+        return all(state == "done" for state in self.stages.values())
+
+    def shown(self) -> dict[str, str]:
+        """The stage states as tables show them: a `running` stage whose process is gone is `stopped`."""
+        stopped = self.status == "stopped"
+        return {s: "stopped" if stopped and state == "running" else state for s, state in self.stages.items()}
+
+
+def status(cell_dir: str | Path, found: dict | None = None, config: dict | None = None,
+           now: float | None = None) -> CellStatus:
+    """The one reading of a cell's state, for the plan table, the stages and the results browser.
+    `found` and `config` are the cell's manifest and config.yaml when the caller has read them already."""
     cell_dir = Path(cell_dir)
     found = manifest.read_or_empty(cell_dir) if found is None else found
+    states = _stage_states(cell_dir, found, config)
+    overall, reason = _overall(cell_dir, found, states, now)
+    return CellStatus(states, overall, reason)
+
+
+def stage_states(cell_dir: str | Path, found: dict | None = None, config: dict | None = None) -> dict[str, str]:
+    """{stage: pending|running|done|failed} (status(...).stages)."""
+    cell_dir = Path(cell_dir)
+    return _stage_states(cell_dir, manifest.read_or_empty(cell_dir) if found is None else found, config)
+
+
+def _stage_states(cell_dir: Path, found: dict, config: dict | None) -> dict[str, str]:
+    """From the manifest; an evaluation done with other metrics than the config now names counts as
+    pending (and so does the record stage after it)."""
     out = {s: manifest.stage_state(found, s) for s in STAGES}
     if out["evaluate"] == "done":
         config = read_yaml_or_empty(cell_dir / CONFIG) if config is None else config
@@ -145,33 +177,33 @@ def read_cell(cell_dir: Path, grid: str, current: set[str] | None = None) -> dic
     """One row describing a cell: ids, axes, flattened config, each stage's state and the cell's
     status (cell_status; `stale` when `current`, the ids of the grid's planned cells, lacks it)."""
     info = read_json_or_empty(cell_dir / CELL)
-    found = manifest.read_or_empty(cell_dir)
     config = read_yaml_or_empty(cell_dir / CONFIG)
-    states = stage_states(cell_dir, found, config)
+    state = status(cell_dir, config=config)
     cell_id = info.get("cell_id", cell_dir.name)
-    status, reason = cell_status(cell_dir, found, states)
     is_current = None if current is None else cell_id in current
     row = {"grid": grid, "cell_id": cell_id, "path": str(cell_dir),
-           "status": "stale" if is_current is False else status, "run_status": status, "status_reason": reason,
-           "current": is_current}
+           "status": "stale" if is_current is False else state.status, "run_status": state.status,
+           "status_reason": state.reason, "current": is_current}
     row.update({AXIS_PREFIX + k: v for k, v in info.get("axes", {}).items()})
     row.update({CONFIG_PREFIX + k: v for k, v in flatten(config).items()})
-    row.update({"stage." + k: v for k, v in states.items()})
+    row.update({"stage." + k: v for k, v in state.stages.items()})
     return row
 
 
 # --- a cell's status ----------------------------------------------------------------------------
 
-def cell_status(cell_dir: str | Path, found: dict | None = None, states: dict | None = None,
-                now: float | None = None) -> tuple[str, str]:
+def cell_status(cell_dir: str | Path, found: dict | None = None, now: float | None = None) -> tuple[str, str]:
+    """(status, reason) of status(cell_dir)."""
+    state = status(cell_dir, found, now=now)
+    return state.status, state.reason
+
+
+def _overall(cell_dir: Path, found: dict, states: dict[str, str], now: float | None) -> tuple[str, str]:
     """(status, reason): `done` (every stage done), `failed` (a stage failed), `running` (a stage is
     running and its process is alive), `stopped` (a stage says running but its process is gone: the
     manifest's host is this machine and its pid is dead or now another process; or, where the process
     cannot be checked, no file of the cell changed for STALL_SECONDS), or `pending` (nothing running,
     stages left: not started, or waiting for the next stage or a rerun)."""
-    cell_dir = Path(cell_dir)
-    found = manifest.read_or_empty(cell_dir) if found is None else found
-    states = stage_states(cell_dir, found) if states is None else states
     if "failed" in states.values() or found.get("status") == "failed":
         failed = [s for s, state in states.items() if state == "failed"]
         return "failed", f"stage {', '.join(failed) or '?'} failed"
@@ -238,15 +270,6 @@ def last_activity(cell_dir: str | Path) -> float:
 
 # --- the grid's plan ----------------------------------------------------------------------------
 
-def plan_arguments(name: str, profile: str, argv: list[str], cell_sections: tuple[str, ...]) -> list[str]:
-    """The arguments that decide a grid's cells: grid, profile, seeds and the cell-config overrides
-    of `argv` (not the launcher, the runs folder or the action)."""
-    def key(arg: str) -> str:
-        return arg.split("=", 1)[0].lstrip("+~")
-    kept = [a for a in argv if key(a) == "seeds" or key(a).split(".")[0] in cell_sections]
-    return [f"grid={name}", f"profile={profile}", *kept]
-
-
 def grid_record(grid_dir: str | Path) -> dict:
     """What grid.yaml says about how its cells were chosen: name, profile, plan_args (None when the
     folder predates them and no profile is recorded) and cell_ids (None when not recorded)."""
@@ -262,19 +285,16 @@ def grid_record(grid_dir: str | Path) -> dict:
 
 
 def current_cell_ids(grid_dir: str | Path, record: dict | None = None) -> set[str] | None:
-    """The ids of the grid's planned cells: grid.yaml's cell_ids, else ablations.grid.plan of its
-    plan_args (older folders; slower, it loads the model code), else None (cannot tell)."""
+    """The ids of the grid's planned cells (grid.yaml's cell_ids), or None when grid.yaml does not
+    record them (cannot tell: every cell counts as current)."""
     record = grid_record(grid_dir) if record is None else record
-    if record[CELL_IDS] is not None:
-        return set(record[CELL_IDS])
-    if record[PLAN_ARGS] is None:
-        return None
-    from ablations.grid import plan  # deferred: planning imports the model code
-    try:
-        return {cell.cell_id for cell in plan(record[PLAN_ARGS]).cells}
-    except Exception as e:  # a grid file renamed or broken since the run: cannot tell what is current
-        log.warning("cannot plan %s again (%s): %s", grid_dir, " ".join(record[PLAN_ARGS]), e)
-        return None
+    return set(record[CELL_IDS]) if record[CELL_IDS] is not None else None
+
+
+def write_grid_record(grid_dir: str | Path, grid: dict, plan_args: list[str], cell_ids: list[str]) -> Path:
+    """grid.yaml: the resolved grid, the arguments that chose its cells and their ids (grid_record reads it)."""
+    record = {**grid, PLAN_ARGS: [str(a) for a in plan_args], CELL_IDS: list(cell_ids)}
+    return atomic_write_text(Path(grid_dir) / GRID, yaml.safe_dump(record, sort_keys=False))
 
 
 def rerun_command(record: dict, runs_dir: str | Path | None = None) -> str:

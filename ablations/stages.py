@@ -20,15 +20,16 @@ import socket
 import time
 from pathlib import Path
 
-import yaml
-
-from ablations import manifest
-from ablations.grid import Cell, metric_prompt_set, registry
-from ablations.runfolder import CELL, CHECKPOINT, CONFIG, METRICS, STAGES, TRAIN_LOG, stage_states
+from ablations import manifest, runfolder
+from ablations.grid import Cell, metric_prompt_set
+from ablations.identity import train_key
+from ablations.registries import registry
+from ablations.runfolder import CELL, CHECKPOINT, CONFIG, METRICS, STAGES, TRAIN_LOG
+from gentron.config import CellConfig, SampleConfig, load_config, save_config, to_dict
+from gentron.generate import prompt_set, read_prompt_file
 from gentron.io import atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
-
 
 
 # --- cell folders -------------------------------------------------------------------------------
@@ -37,10 +38,18 @@ def prepare(cell: Cell, grid_dir: Path) -> Path:
     """Write config.yaml, cell.json and a manifest for a planned cell (rewritten only on change)."""
     cell_dir = grid_dir / cell.cell_id
     info = {**cell.info(), "train_key": train_key(cell.config)}
-    _write_if_changed(cell_dir / CONFIG, yaml.safe_dump(cell.config, sort_keys=False))
+    write_config(cell_dir, cell.config)
     _write_if_changed(cell_dir / CELL, json.dumps(info, indent=2, sort_keys=True) + "\n")
     manifest.create(cell_dir, info, cell.config)
     return cell_dir
+
+
+def write_config(cell_dir: Path, config: CellConfig) -> None:
+    """config.yaml, the record of the cell's config that every stage (and gentron.train's resume check)
+    reads: written here when the cell is planned into its folder, and only when it changed."""
+    path = cell_dir / CONFIG
+    if not path.exists() or runfolder.read_yaml_or_empty(path) != to_dict(config):
+        save_config(config, path)
 
 
 def _write_if_changed(path: Path, text: str) -> None:
@@ -48,26 +57,18 @@ def _write_if_changed(path: Path, text: str) -> None:
         atomic_write_text(path, text)
 
 
-def train_key(config: dict) -> str:
-    """Cells with equal train keys train the same model (their configs differ in sample/eval only)."""
-    from ablations.grid import cell_id
-
-    return cell_id({k: v for k, v in config.items() if k not in ("sample", "eval")})
-
-
-def load(cell_dir: str | Path) -> tuple[Path, dict, dict]:
+def load(cell_dir: str | Path) -> tuple[Path, CellConfig, dict]:
     cell_dir = Path(cell_dir)
-    config = yaml.safe_load((cell_dir / CONFIG).read_text(encoding="utf-8"))
-    return cell_dir, config, read_json(cell_dir / CELL)
+    return cell_dir, load_config(cell_dir / CONFIG), read_json(cell_dir / CELL)
 
 
 def states(cell_dir: str | Path) -> dict[str, str]:
-    """{stage: pending|running|done|failed} (ablations.runfolder.stage_states)."""
-    return stage_states(cell_dir)
+    """{stage: pending|running|done|failed} (ablations.runfolder.status)."""
+    return runfolder.status(cell_dir).stages
 
 
 def is_complete(cell_dir: str | Path) -> bool:
-    return all(s == "done" for s in states(cell_dir).values())
+    return runfolder.status(cell_dir).complete
 
 
 def _rank() -> int:
@@ -156,17 +157,16 @@ def _train(cell_dir: Path, config: dict, info: dict) -> dict:
     from gentron.train import train
 
     ensure_encoders(info)
-    train(config, cell_dir)
-    step = _last_logged_step(cell_dir)
-    if _rank() == 0 and step != config["train"]["steps"]:
-        raise RuntimeError(f"{cell_dir.name}: training stopped at step {step} of {config['train']['steps']} "
+    result = train(config, cell_dir)
+    if _rank() == 0 and result.stopped:
+        raise RuntimeError(f"{cell_dir.name}: training stopped at step {result.step} of {result.steps} "
                            "(interrupted); rerun the grid to resume from checkpoints/last.pt")
     for sibling in _siblings(cell_dir, info):
         if states(sibling)["train"] != "done" and _rank() == 0:
             started = manifest.begin(sibling, "train")
             _adopt(cell_dir, sibling)
             manifest.finish(sibling, "train", started, "done", STAGES, reused_from=cell_dir.name)
-    return {"steps": step}
+    return {"steps": result.step}
 
 
 def ensure_encoders(info: dict) -> None:
@@ -206,49 +206,35 @@ def _adopt(source: Path, target: Path) -> None:
         atomic_write_text(target / TRAIN_LOG, (source / TRAIN_LOG).read_text(encoding="utf-8"))
 
 
-def _last_logged_step(cell_dir: Path) -> int:
-    path = cell_dir / TRAIN_LOG
-    if not path.exists():
-        return 0
-    for line in reversed(path.read_text(encoding="utf-8").splitlines()):
-        try:
-            return int(json.loads(line)["step"])
-        except (json.JSONDecodeError, KeyError):
-            continue
-    return 0
-
-
 def sample_stage(cell_dir: str) -> None:
     cell_dir, config, _ = load(cell_dir)
     _run_stage(cell_dir, "sample", lambda: _sample(cell_dir, config))
 
 
-def _sample(cell_dir: Path, config: dict) -> dict:
+def _sample(cell_dir: Path, config: CellConfig) -> dict:
     from gentron.generate import generate
 
     counts = {}
-    for name in config["sample"]["prompt_sets"]:
-        records = prompt_records(name, config["sample"])
+    for name in config.sample.prompt_sets:
+        records = prompt_records(name, config.sample)
         generate(config, cell_dir / CHECKPOINT, records, cell_dir / "samples" / name)
         counts[name] = len(records)
     return {"samples": counts}
 
 
-def prompt_records(name: str, sample: dict) -> list[dict]:
+def prompt_records(name: str, sample: SampleConfig) -> list[dict]:
     """The fixed prompts x seeds of a named prompt set (ablations/conf/prompt_sets.yaml)."""
-    from gentron.generate import prompt_set, read_prompt_file  # here: the plan must not import torch
-
     spec = registry("prompt_sets")[name]
-    per_prompt = spec.get("images_per_prompt") or sample["images_per_prompt"]
+    per_prompt = spec.get("images_per_prompt") or sample.images_per_prompt
     if spec["kind"] == "compshapes":
-        records = prompt_set(spec["set"], sample["seeds"], per_prompt)
+        records = prompt_set(spec["set"], sample.seeds, per_prompt)
         limit = spec.get("per_category")
         return [r for r in records if limit is None or r["prompt_id"] < limit]
     files = sorted(glob.glob(spec["glob"]))
     if not files:
         raise FileNotFoundError(f"prompt set '{name}': no files match {spec['glob']} "
                                 "(set the environment variable named in ablations/conf/prompt_sets.yaml)")
-    return [record for path in files for record in read_prompt_file(Path(path), sample["seeds"], per_prompt)]
+    return [record for path in files for record in read_prompt_file(Path(path), sample.seeds, per_prompt)]
 
 
 def evaluate_stage(cell_dir: str) -> None:
@@ -256,18 +242,18 @@ def evaluate_stage(cell_dir: str) -> None:
     _run_stage(cell_dir, "evaluate", lambda: _evaluate(cell_dir, config))
 
 
-def _evaluate(cell_dir: Path, config: dict) -> dict:
+def _evaluate(cell_dir: Path, config: CellConfig) -> dict:
     from eval.common import write_result
 
     metrics = registry("metrics")
-    for name in config["eval"]["metrics"]:
+    for name in config.eval.metrics:
         out = cell_dir / "eval" / f"{name}.json"
         if out.exists():
             continue
-        prompt_set = metric_prompt_set(name, config["sample"]["prompt_sets"])
+        samples = metric_prompt_set(name, config.sample.prompt_sets)
         module = importlib.import_module(metrics[name]["module"])
-        write_result(out, module.evaluate(cell_dir / "samples" / prompt_set, **metrics[name].get("options", {})))
-    return {"metrics": config["eval"]["metrics"]}
+        write_result(out, module.evaluate(cell_dir / "samples" / samples, **metrics[name].get("options", {})))
+    return {"metrics": config.eval.metrics}
 
 
 def record_stage(cell_dir: str) -> None:
@@ -275,10 +261,10 @@ def record_stage(cell_dir: str) -> None:
     _run_stage(cell_dir, "record", lambda: _record(cell_dir, config))
 
 
-def _record(cell_dir: Path, config: dict) -> dict:
+def _record(cell_dir: Path, config: CellConfig) -> dict:
     """metrics.json: every evaluator's aggregate as '<metric>/<score>' -> {mean, ci_low, ci_high, n}."""
     flat = {}
-    for name in config["eval"]["metrics"]:
+    for name in config.eval.metrics:
         for score, value in read_json(cell_dir / "eval" / f"{name}.json")["aggregate"].items():
             flat[f"{name}/{score}"] = value
     atomic_write_json(cell_dir / METRICS, flat)

@@ -29,13 +29,14 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time
 import gentron.train as T
+from gentron.train_log import MetricsLog
 cfg, run_dir = json.loads(sys.argv[1]), sys.argv[2]
 t0, first = time.perf_counter(), []
-write = T.MetricsLog.write
+write = MetricsLog.write
 def timed(self, row):
     first.append(time.perf_counter() - t0) if not first else None
     write(self, row)
-T.MetricsLog.write = timed
+MetricsLog.write = timed
 T.train(cfg, run_dir)
 print(json.dumps({"first_step_s": first[0],
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

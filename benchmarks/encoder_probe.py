@@ -44,11 +44,6 @@ def noun_spans(encoder, prompt: str) -> list[tuple[int, int]]:
     return out
 
 
-def noun_positions(encoder, prompt: str) -> list[int]:
-    """Token index of each noun's last token."""
-    return [end - 1 for _, end in noun_spans(encoder, prompt)]
-
-
 def colour_prompts(split: str) -> list[tuple[str, list[str]]]:
     rows = []
     for prompt in compshapes.prompts("color", split):
@@ -61,7 +56,7 @@ def features(encoder, rows, reduce: str = "last"):
     """reduce: the noun's feature is its last token ('last') or the mean of its tokens ('mean'; the
     same for a one-token BPE noun, the word's bytes for a byte-level T5)."""
     colours = list(compshapes.COLORS)
-    own, other, pooled, own_y, other_y, first_y, second_y = [], [], [], [], [], [], []
+    own, pooled, own_y, other_y, first_y, second_y = [], [], [], [], [], []
     for start in range(0, len(rows), 64):
         chunk = rows[start:start + 64]
         emb = encoder.encode([p for p, _ in chunk])

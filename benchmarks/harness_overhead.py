@@ -31,8 +31,9 @@ ARGS = ["grid=conditioning", "sample.prompt_sets=[compshapes_smoke]"]
 def fake_train(cfg, run_dir):
     run_dir = Path(run_dir)
     atomic_write_bytes(run_dir / "checkpoints" / "last.pt", b"no-op")
-    atomic_write_text(run_dir / "train_log.jsonl", json.dumps({"step": cfg["train"]["steps"], "loss": 0.0}) + "\n")
-    return run_dir / "checkpoints" / "last.pt"
+    steps = cfg.train.steps  # the CellConfig the train stage loads from config.yaml
+    atomic_write_text(run_dir / "train_log.jsonl", json.dumps({"step": steps, "loss": 0.0}) + "\n")
+    return gentron.train.TrainResult(run_dir / "checkpoints" / "last.pt", steps, steps, stopped=False)
 
 
 def fake_generate(cfg, checkpoint, prompts, out_dir):

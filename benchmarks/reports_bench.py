@@ -5,13 +5,14 @@ app, with a fresh browser) and warm (a reload), for the folder `make run` leaves
 start to the page's last change, measured in the page; (2) vote-store latency with 20 raters voting
 at once over HTTP (p50/p95).
 
-    .venv/bin/python benchmarks/reports_bench.py [--cells 1000] [--raters 20] [--pairs 10] [--skip-votes]
-    .venv/bin/python benchmarks/reports_bench.py --against /tmp/before [--rounds 5]   # side by side
+    .venv/bin/python -m benchmarks.reports_bench [--cells 1000] [--raters 20] [--pairs 10] [--skip-votes]
+    .venv/bin/python -m benchmarks.reports_bench --against /tmp/before [--rounds 5]   # side by side
+
+Run from the checkout (as a module, like the suite): it builds its folders with tests.support.report_fixtures.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import re
@@ -26,23 +27,14 @@ import requests
 
 from reports import serving
 
+try:
+    from benchmarks import screenshots as shots
+    from tests.support import report_fixtures as fixtures
+except ModuleNotFoundError as e:  # run as a file: the checkout is not on the import path
+    raise SystemExit(f"reports_bench: error: {e}; run it in the checkout as `python -m benchmarks.reports_bench`")
+
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("reports_bench")
-
-
-def load_fixtures():
-    """tests/report_fixtures.py builds run and sample folders to DESIGN.md's contract."""
-    spec = importlib.util.spec_from_file_location("report_fixtures", REPO / "tests" / "report_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_screenshots():
-    spec = importlib.util.spec_from_file_location("screenshots", REPO / "benchmarks" / "screenshots.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # In the page, checked once per frame (an observer of every DOM change runs inside the page's own
@@ -72,7 +64,6 @@ def page_load(runs: Path, grid: str, cells: int, repeats: int = 3, repo: Path = 
     started app with a fresh browser (cold), then reloads (warm). `repo`: the checkout that serves it."""
     from playwright.sync_api import sync_playwright
 
-    shots = load_screenshots()
     timings = []
     start = time.perf_counter()
     with serving.results_browser(runs, repo=repo) as url, sync_playwright() as play:
@@ -94,7 +85,7 @@ def page_load(runs: Path, grid: str, cells: int, repeats: int = 3, repo: Path = 
             "warm_s": round(statistics.median(timings[1:]), 2)}
 
 
-def bench_render(fixtures, root: Path, cells: int) -> dict:
+def bench_render(root: Path, cells: int) -> dict:
     """The first page of the `make run` folder and of a `cells`-cell grid, side by side."""
     fixtures.make_run_folder(root / "make_run")
     fixtures.build_big_grid(root / "big", n_cells=cells, grid="big")
@@ -104,7 +95,7 @@ def bench_render(fixtures, root: Path, cells: int) -> dict:
             f"{cells}_cells": {**big, "target_cold_s": 5.0, "ok": big["cold_s"] < 5.0}}
 
 
-def bench_against(fixtures, root: Path, other: Path, rounds: int) -> dict:
+def bench_against(root: Path, other: Path, rounds: int) -> dict:
     """The `make run` folder's cold first page served by this checkout and by `other` (another checkout,
     e.g. `git worktree add /tmp/before HEAD~1`), alternating, `rounds` times each: a ratio measured side
     by side, which a shared machine's noise does not fake."""
@@ -118,7 +109,7 @@ def bench_against(fixtures, root: Path, other: Path, rounds: int) -> dict:
             "ratio_this_over_other": round(median["this"] / median["other"], 2)}
 
 
-def bench_votes(fixtures, root: Path, raters: int, pairs: int) -> dict:
+def bench_votes(root: Path, raters: int, pairs: int) -> dict:
     from reports import study
 
     plist = fixtures.prompts(pairs)
@@ -165,15 +156,14 @@ def main() -> None:
     parser.add_argument("--against", type=Path, help="another checkout: its cold first page beside this one's")
     parser.add_argument("--rounds", type=int, default=5, help="with --against: cold loads of each, alternating")
     args = parser.parse_args()
-    fixtures = load_fixtures()
     with tempfile.TemporaryDirectory() as tmp:
         if args.against:
-            print(json.dumps(bench_against(fixtures, Path(tmp) / "against", args.against.resolve(), args.rounds),
+            print(json.dumps(bench_against(Path(tmp) / "against", args.against.resolve(), args.rounds),
                              indent=2))
             return
-        report = {"page_load": bench_render(fixtures, Path(tmp) / "runs", args.cells)}
+        report = {"page_load": bench_render(Path(tmp) / "runs", args.cells)}
         if not args.skip_votes:
-            report["votes"] = bench_votes(fixtures, Path(tmp) / "votes", args.raters, args.pairs)
+            report["votes"] = bench_votes(Path(tmp) / "votes", args.raters, args.pairs)
     print(json.dumps(report, indent=2))
 
 

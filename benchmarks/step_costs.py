@@ -3,7 +3,7 @@ ablations/conf/step_costs.yaml, which every dry run reads to print its estimated
 
     python benchmarks/step_costs.py grid=conditioning grid=text_encoder grid=scale grid=mfg [runs_dir=runs]
 
-For each distinct cost key of the grids' cells (ablations.step_costs: model shape, conditioning,
+For each distinct cost key of the grids' cells (ablations.costs: model shape, conditioning,
 encoders, image/video, batch, sampler) it times, in CPU seconds of this one thread
 (time.thread_time, one intra-op thread), so the other processes of a shared machine do not count:
   train    --steps training steps (loss, backward, fused AdamW) at the cell's batch on random
@@ -26,16 +26,17 @@ from pathlib import Path
 import torch
 import yaml
 
-from ablations import step_costs as sc
+from ablations import costs as sc
 from ablations.grid import plan
-from gentron.config import load_config
+from gentron.config import load_config, to_dict
 from gentron.data import compshapes
 from gentron.diffusion import Diffusion
 from gentron.io import atomic_write_text
 from gentron.model import GenTron
 from gentron.text import PromptCache
 from gentron.text.base import TextEmbedding
-from gentron.train import build_encoders, build_model_config
+from gentron.config import resolve
+from gentron.text import build_text_encoders
 from gentron.vae import build_vae
 
 
@@ -52,8 +53,8 @@ def cpu_name() -> str:
 def build(config: dict):
     cfg = load_config(config)
     vae = build_vae(config["vae"])
-    encoders = build_encoders(cfg)
-    model = GenTron(build_model_config(cfg, encoders, vae))
+    encoders = build_text_encoders(cfg.text_encoders)
+    model = GenTron(resolve(cfg, [e.shape for e in encoders], (vae.channels, vae.downsample)))
     return cfg, vae, encoders, model
 
 
@@ -166,19 +167,19 @@ def main():
     todo = {}
     for grid in grids:
         for cell in plan([f"grid={grid}", *rest]).cells:
-            c = cell.config
-            todo.setdefault(("train", sc.train_key(c)), lambda c=c: time_train(c, args.steps))
-            todo.setdefault(("sample", sc.sample_key(c)), lambda c=c: time_sample(c, args.sample_batch))
-            todo.setdefault(("data", sc.data_key(c)), lambda c=c: time_data(c, args.items))
+            c = to_dict(cell.config)
+            todo.setdefault(("train", sc.train_cost_key(cell)), lambda c=c: time_train(c, args.steps))
+            todo.setdefault(("sample", sc.sample_cost_key(cell)), lambda c=c: time_sample(c, args.sample_batch))
+            todo.setdefault(("data", sc.data_key(cell.config)), lambda c=c: time_data(c, args.items))
             for recipe in cell.encoders.values():
-                todo.setdefault(("encoders", sc.encoder_key(recipe)), lambda r=recipe: time_encoder(r, args.steps))
+                todo.setdefault(("encoders", sc.encoder_cost_key(recipe)), lambda r=recipe: time_encoder(r, args.steps))
     for (section, key), measure in todo.items():
         if key in costs[section] and not args.force:
             print(f"{section:8s} {key}: {costs[section][key]:.4g} s (kept; --force re-measures)")
             continue
         costs[section][key] = round(float(measure()), 5)
         print(f"{section:8s} {key}: {costs[section][key]:.4g} s", flush=True)
-        text = "# Written by benchmarks/step_costs.py; read by every dry run (ablations.step_costs).\n"
+        text = "# Written by benchmarks/step_costs.py; read by every dry run (ablations.costs).\n"
         atomic_write_text(out, text + yaml.safe_dump(copy.deepcopy(costs), sort_keys=True))
     print(f"wrote {out}")
 

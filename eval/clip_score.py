@@ -18,8 +18,9 @@ import torch
 from tqdm import tqdm
 
 from eval import weights
-from eval.common import batched, image_row, load_image, load_samples, resolve_device, result, run_cli
-from gentron.errors import positive_int
+from eval.common import (batched, device_name, image_row, load_image, load_samples, non_empty,
+                         refuse_damaged_images, resolve_device, result, run_cli)
+from gentron.errors import exits_on_user_error, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +143,22 @@ def clamp_like_torchmetrics(stats: dict) -> dict:
 def evaluate(samples_dir, model: str = weights.CLIP_B32, pretrained: str | None = None, batch_size: int = 32,
              device: str | None = None, crosscheck: bool = False, allow_random: bool = False) -> dict:
     """CLIP score of every image against its prompt."""
-    embedder = ClipEmbedder(model, pretrained, resolve_device(device), allow_random)
-    samples = load_samples(samples_dir)
+    samples = load_samples(samples_dir)  # a bad folder is named before the model loads
     if not any(s.prompt for s in samples):
         raise ValueError(f"{samples_dir}: no prompts (no samples.jsonl and no {{prompt}}_{{index:06}}.png names)")
+    if unprompted := [s.file for s in samples if not s.prompt]:  # they would be scored against the empty text
+        raise ValueError(f"{samples_dir}: {len(unprompted)} of {len(samples)} images have no prompt (e.g. "
+                         f"{unprompted[0]}); name them {{prompt}}_{{index:06}}.png or list their prompts in samples.jsonl")
+    refuse_damaged_images([Path(samples_dir) / s.file for s in samples], "sample", fix="regenerate them")
+    embedder = ClipEmbedder(model, pretrained, resolve_device(device), allow_random)
+    if crosscheck and embedder.backend != "transformers":
+        raise ValueError("the torchmetrics cross-check needs a transformers CLIP (--model PATH, no --pretrained)")
     cosines = score_samples(embedder, samples_dir, samples, batch_size, "clip score")
     per_image = [image_row(s, {"clip_score": 100 * c, "cosine": c}) for s, c in zip(samples, cosines)]
     protocol = {**embedder.protocol(), "definition": "clip_score = max(100 * mean cos, 0) over the set, 100 * cos "
                                                      "per image (torchmetrics); cosine = raw cos (GenTron Table 4)"}
     extra = {}
     if crosscheck:
-        if embedder.backend != "transformers":
-            raise ValueError("the torchmetrics cross-check needs a transformers CLIP (--model PATH, no --pretrained)")
         extra["crosscheck"] = {"torchmetrics_clip_score": torchmetrics_clip_score(
             [load_image(samples_dir, s) for s in samples], [s.prompt for s in samples], model),
             "ours_max0_of_mean": max(100 * sum(cosines) / len(cosines), 0.0)}
@@ -165,13 +170,18 @@ def evaluate(samples_dir, model: str = weights.CLIP_B32, pretrained: str | None 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=weights.CLIP_B32,
+                        type=non_empty(f"a transformers CLIP folder or cached hub name (default {weights.CLIP_B32}), "
+                                       f"or an open_clip model name with --pretrained"),
                         help="open_clip model name (with --pretrained) or transformers CLIP folder / cached hub name")
-    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai) or checkpoint file")
+    parser.add_argument("--pretrained", default=None,
+                        type=non_empty("an open_clip pretrained tag such as openai or a checkpoint file, or leave it out"),
+                        help="open_clip pretrained tag (e.g. openai) or checkpoint file")
     parser.add_argument("--batch-size", type=positive_int, default=32)
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", type=device_name, default=None, help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--crosscheck", action="store_true", help="also compute torchmetrics' CLIPScore")
 
 
+@exits_on_user_error("python -m eval.clip_score")
 def main(argv: list[str] | None = None) -> None:
     run_cli("clip_score", evaluate, _add_arguments, argv)
 

@@ -18,17 +18,25 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from eval.common import (OneLineParser, existing_folder, image_problem, non_empty, output_file, output_folder,
+                         whole_number)
+from gentron.errors import exits_on_user_error
 from gentron.io import atomic_save_image, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 DEFAULT_N, DEFAULT_SEED, DEFAULT_RESOLUTION, SAMPLE_SEED = 30_000, 0, 256, 42
+PLAN_KEYS = ("prompt", "coco_file")
+MAX_RESOLUTION = 4096
 
 
 def read_captions(captions_json: str | Path) -> tuple[dict[int, str], dict[int, list[str]]]:
     """({image_id: file_name}, {image_id: [captions by annotation id]}) from a COCO captions file; a
     caption's whitespace runs (inner newlines included) become single spaces."""
     path = Path(captions_json)
+    if path.is_dir():
+        raise IsADirectoryError(f"--captions {path} is a folder; pass the file annotations/captions_val2014.json "
+                                f"from annotations_trainval2014.zip")
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: pass annotations/captions_val2014.json from "
                                 f"annotations_trainval2014.zip")
@@ -49,10 +57,13 @@ def sample_captions(captions_json: str | Path, n: int = DEFAULT_N, seed: int = D
                     sample_seed: int = SAMPLE_SEED) -> list[dict]:
     """n distinct images (sorted ids, permuted with `seed`), one random caption each (of the image's
     captions in annotation-id order, so the choice does not depend on the order of the file)."""
+    if n < 1:  # rng.permutation(...)[:n] would plan all images but -n of them, or none
+        raise ValueError(f"-n {n}: the number of captions to plan must be at least 1 (COCO FID-30K: {DEFAULT_N})")
     files, captions = read_captions(captions_json)
     image_ids = sorted(captions)
     if n > len(image_ids):
-        raise ValueError(f"asked for {n} captions but {captions_json} has only {len(image_ids)} captioned images")
+        raise ValueError(f"asked for {n} captions but {captions_json} has only {len(image_ids)} captioned images; "
+                         f"give -n {len(image_ids)} or fewer")
     log.info("%d captioned images in %s; choosing %d with seed %d", len(image_ids), captions_json, n, seed)
     rng = np.random.default_rng(seed)
     chosen = [image_ids[i] for i in rng.permutation(len(image_ids))[:n]]
@@ -67,8 +78,13 @@ def sample_captions(captions_json: str | Path, n: int = DEFAULT_N, seed: int = D
 
 def shard(rows: list, index: int, num_shards: int) -> list:
     """Rows index, index + n, ... (shards partition the plan; sizes differ by at most one)."""
+    if num_shards < 1:
+        raise ValueError(f"--num-shards {num_shards} must be at least 1")
     if not 0 <= index < num_shards:
-        raise ValueError(f"shard index {index} is outside 0..{num_shards - 1}")
+        raise ValueError(f"shard index {index} is outside 0..{num_shards - 1}; give --index 0..{num_shards - 1}")
+    if num_shards > len(rows):
+        raise ValueError(f"--num-shards {num_shards} is more than the plan's {len(rows)} rows, so some shards would be "
+                         f"empty; give --num-shards {len(rows)} or fewer")
     return rows[index::num_shards]
 
 
@@ -81,17 +97,41 @@ def write_plan(rows: list[dict], out: str | Path, protocol: dict) -> Path:
 
 
 def read_plan(path: str | Path) -> list[dict]:
+    """The rows of a plan's prompts.jsonl, each a JSON object with a `prompt` and the plain file name of its
+    val2014 image as `coco_file` (what `shard` and `refs` use)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; write it with `python -m eval.coco plan`")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the plan's prompts.jsonl (`python -m eval.coco plan` "
+                                f"writes OUT/prompts.jsonl)")
+    redo = "rewrite the plan with `python -m eval.coco plan`"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason}); {redo}") from e
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno} is not valid JSON ({e}); rewrite the plan with "
-                                 f"`python -m eval.coco plan`") from e
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno} is not valid JSON ({e}); {redo}") from e
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno} is not a JSON object; {redo}")
+        for key in PLAN_KEYS:
+            if key not in row:
+                raise ValueError(f"{path}:{lineno} has no '{key}'; every plan row has {', '.join(PLAN_KEYS)}: {redo}")
+        if not isinstance(row["prompt"], str):
+            raise ValueError(f"{path}:{lineno}: prompt={row['prompt']!r} is not a string; {redo}")
+        name = row["coco_file"]
+        if not isinstance(name, str) or not name or name != Path(name).name or name in (".", ".."):
+            raise ValueError(f"{path}:{lineno}: coco_file={name!r} is not the file name of a val2014 image "
+                             f"(e.g. COCO_val2014_000000000042.jpg); {redo}")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} holds no rows; {redo}")
     return rows
 
 
@@ -112,7 +152,7 @@ def prepare_references(rows: list[dict], coco_dir: str | Path, out_dir: str | Pa
     written = 0
     for row in tqdm(rows, desc="COCO references", unit="img"):
         target = out_dir / f"{Path(row['coco_file']).stem}.png"
-        if target.exists():
+        if target.exists() and image_problem(target) is None:  # a damaged one is written again
             continue
         source = coco_dir / row["coco_file"]
         if not source.exists():
@@ -128,34 +168,41 @@ def prepare_references(rows: list[dict], coco_dir: str | Path, out_dir: str | Pa
     return written
 
 
+@exits_on_user_error("python -m eval.coco")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.coco", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m eval.coco", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     plan = sub.add_parser("plan", help="sample the captions and write OUT/prompts.jsonl")
-    plan.add_argument("--captions", required=True, help="annotations/captions_val2014.json")
-    plan.add_argument("--out", required=True)
-    plan.add_argument("-n", type=int, default=DEFAULT_N)
-    plan.add_argument("--seed", type=int, default=DEFAULT_SEED, help="caption sampling seed")
-    plan.add_argument("--sample-seed", type=int, default=SAMPLE_SEED, help="generation seed written in the plan")
+    plan.add_argument("--captions", required=True, type=non_empty("annotations/captions_val2014.json"),
+                      help="annotations/captions_val2014.json")
+    plan.add_argument("--out", required=True, type=output_folder("a folder for prompts.jsonl, prompts.txt and plan.json"))
+    plan.add_argument("-n", type=whole_number(1), default=DEFAULT_N, help=f"captions (images) to plan ({DEFAULT_N})")
+    plan.add_argument("--seed", type=whole_number(0, 2**32 - 1), default=DEFAULT_SEED, help="caption sampling seed")
+    plan.add_argument("--sample-seed", type=whole_number(0, 2**32 - 1), default=SAMPLE_SEED,
+                      help="generation seed written in the plan")
     part = sub.add_parser("shard", help="write rows i::n of a plan (one SLURM array task)")
-    part.add_argument("plan")
-    part.add_argument("--index", type=int, required=True)
-    part.add_argument("--num-shards", type=int, required=True)
-    part.add_argument("--out", required=True)
+    part.add_argument("plan", type=non_empty("the plan's prompts.jsonl"))
+    part.add_argument("--index", type=whole_number(0), required=True)
+    part.add_argument("--num-shards", type=whole_number(1), required=True)
+    part.add_argument("--out", required=True, type=output_file("the .jsonl file to write the shard's rows to"))
     refs = sub.add_parser("refs", help="centre-crop + LANCZOS-resize the plan's reference images")
-    refs.add_argument("plan")
-    refs.add_argument("--coco-dir", required=True, help="the val2014 image folder")
-    refs.add_argument("--out", required=True)
-    refs.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
-    refs.add_argument("--index", type=int, default=0)
-    refs.add_argument("--num-shards", type=int, default=1)
+    refs.add_argument("plan", type=non_empty("the plan's prompts.jsonl"))
+    refs.add_argument("--coco-dir", required=True, type=existing_folder("the val2014 image folder"),
+                      help="the val2014 image folder")
+    refs.add_argument("--out", required=True, type=output_folder("a folder for the reference images"))
+    refs.add_argument("--resolution", type=whole_number(1, MAX_RESOLUTION), default=DEFAULT_RESOLUTION,
+                      help=f"side of the square reference images ({DEFAULT_RESOLUTION})")
+    refs.add_argument("--index", type=whole_number(0), default=0)
+    refs.add_argument("--num-shards", type=whole_number(1), default=1)
     args = parser.parse_args(argv)
+    if args.command != "plan" and args.index >= args.num_shards:
+        sub.choices[args.command].error(f"argument --index: {args.index} is out of range; give --index "
+                                        f"0..{args.num_shards - 1} for --num-shards {args.num_shards}")
+    if args.command == "shard" and Path(args.out).resolve() == Path(args.plan).resolve():
+        part.error(f"argument --out: {args.out} is the plan itself, which the shard would overwrite; give another file")
     logging.basicConfig(level="INFO")
-    try:
-        _run(args)
-    except (FileNotFoundError, ValueError) as e:  # problems the user can fix: the message says how
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    _run(args)
 
 
 def _run(args: argparse.Namespace) -> None:

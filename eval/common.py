@@ -1,19 +1,24 @@
-"""The sample-folder format every generator writes and every evaluator reads, and the shared shape
-of an evaluator's output (see DESIGN.md)."""
+"""The sample-folder format every generator writes and every evaluator reads, the shared shape
+of an evaluator's output (see DESIGN.md), and the argument types every evaluator's command line uses
+so that a bad value ends in one line naming the option and the fix (`OneLineParser`, `whole_number`,
+`probability`, `non_empty`, `existing_folder`, `output_folder`, `output_file`, `device_name`)."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from eval.stats import bootstrap_ci
-from gentron.errors import USER_ERRORS, fail
+from gentron.errors import EXIT_USER_ERROR, USER_ERRORS, exits_on_user_error, fail
 from gentron.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -52,14 +57,22 @@ def read_samples(folder: str | Path) -> list[Sample]:
             f"(keys {', '.join(_REQUIRED)}); see DESIGN.md 'A sample folder', or build one with "
             f"`python -m eval.common make-manifest {folder}` for a folder of images named after prompts"
         )
-    samples = []
-    for lineno, line in enumerate(manifest.read_text(encoding="utf-8-sig").splitlines(), 1):
+    if not manifest.is_file():
+        raise IsADirectoryError(f"{manifest} is a folder; it must be the sample manifest file, one JSON line per image")
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{manifest} is not UTF-8 text ({e.reason} at byte {e.start}); rewrite it as one JSON "
+                         f"object per line") from e
+    samples, first_line = [], {}
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{manifest}:{lineno} is not valid JSON ({e})") from e
+            raise ValueError(f"{manifest}:{lineno} is not valid JSON ({e}); a torn line is what an interrupted writer "
+                             f"leaves: regenerate the folder, or delete that line and its image") from e
         if not isinstance(row, dict):
             raise ValueError(f"{manifest}:{lineno} is not a JSON object; every line is one, with keys {list(_REQUIRED)}")
         missing = [k for k in _REQUIRED if k not in row]
@@ -77,6 +90,11 @@ def read_samples(folder: str | Path) -> list[Sample]:
                                  "paths are relative to it and stay in it, e.g. color/000012_42.png")
         if not (folder / sample.file).exists():
             raise FileNotFoundError(f"{manifest}:{lineno} names {sample.file}, which is not in {folder}")
+        key = Path(sample.file).as_posix().removeprefix("./")
+        if key in first_line:
+            raise ValueError(f"{manifest}:{lineno} lists {sample.file} again (first on line {first_line[key]}); every "
+                             f"image is listed once, or it would count twice: delete the repeated line")
+        first_line[key] = lineno
         samples.append(sample)
     if not samples:
         raise ValueError(f"{manifest} lists no samples")
@@ -253,21 +271,208 @@ def resolve_device(device: str | None = None) -> str:
 
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if problem := _device_problem(device):
+        raise ValueError(f"device {device!r}: {problem}")
     return device
+
+
+def _device_problem(device: str) -> str | None:
+    """Why `device` cannot run an evaluator here (unknown, or not on this machine), or None."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        return "not a device name; give cpu, cuda, cuda:N or auto"
+    if parsed.type == "cpu":
+        return None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return "no CUDA GPU is visible on this machine; give cpu or auto"
+        if parsed.index is not None and parsed.index >= count:
+            return f"this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}; give one of them or auto"
+        return None
+    if parsed.type == "mps":
+        return None if torch.backends.mps.is_available() else "MPS is not available here; give cpu or auto"
+    return f"device type {parsed.type!r} is not supported; give cpu, cuda, cuda:N or auto"
+
+
+# ---------------------------------------------------------------- argument types (one line per bad value)
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (`prog: error: ... (see prog --help)`, exit 2)
+    instead of the usage block and the error; its subcommands' parsers are OneLineParsers too."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def whole_number(minimum: int = 0, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in [minimum, maximum] (argparse adds the option's name)."""
+    allowed = f"of at least {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give one {allowed}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"{value} is out of range; give a whole number {allowed}")
+        return value
+    return parse
+
+
+def probability(text: str) -> float:
+    """An argparse type: a threshold or probability, a number in [0, 1] (nan and inf refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability; give a number in [0, 1]")
+    return value
+
+
+def non_empty(what: str) -> Callable[[str], str]:
+    """An argparse type: any text but the empty string, which an unset shell variable gives (`--blip "$X"`)
+    and which pathlib would read as the current folder."""
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"is empty; give {what} (an unset shell variable expands to '')")
+        return text
+    return parse
+
+
+def existing_folder(what: str) -> Callable[[str], str]:
+    """An argparse type: a non-empty path to a folder that exists."""
+    def parse(text: str) -> str:
+        non_empty(what)(text)
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise argparse.ArgumentTypeError(f"{text} does not exist; give {what}")
+        if not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a file; give {what}")
+        return str(path)
+    return parse
+
+
+def output_folder(what: str) -> Callable[[str], str]:
+    """An argparse type: a folder to write into (created if missing); not empty, not a file, not under a file."""
+    def parse(text: str) -> str:
+        non_empty(what)(text)
+        path = Path(text).expanduser()
+        if path.exists() and not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a file; give {what}")
+        if blocker := _file_above(path):
+            raise argparse.ArgumentTypeError(f"{blocker} is a file, so {text} cannot be created; give {what}")
+        return str(path)
+    return parse
+
+
+def output_file(what: str) -> Callable[[str], str]:
+    """An argparse type: a file to write (its folders created if missing); not empty, not a folder."""
+    def parse(text: str) -> str:
+        non_empty(what)(text)
+        path = Path(text).expanduser()
+        if path.is_dir() or text.endswith(("/", "\\")):
+            raise argparse.ArgumentTypeError(f"{text} is a folder; give {what}")
+        if blocker := _file_above(path.parent):
+            raise argparse.ArgumentTypeError(f"{blocker} is a file, so {text} cannot be created; give {what}")
+        return str(path)
+    return parse
+
+
+def _file_above(path: Path) -> Path | None:
+    """The first existing ancestor of `path` (itself included) when it is a file, else None."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return None if folder.is_dir() else folder
+    return None
+
+
+def device_name(text: str) -> str:
+    """An argparse type: auto, cpu, cuda, cuda:N or mps, and present on this machine."""
+    if text.strip() in ("", "auto"):
+        if not text.strip():
+            raise argparse.ArgumentTypeError("is empty; give cpu, cuda, cuda:N or auto (or leave the option out)")
+        return "auto"
+    if problem := _device_problem(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
+    return text
+
+
+# ---------------------------------------------------------------- damaged images
+
+def image_problem(path: str | Path) -> str | None:
+    """Why an image file cannot be read in full (zero bytes, not an image, truncated or corrupt), or None.
+    The whole file is decoded, with truncated files refused whatever ImageFile.LOAD_TRUNCATED_IMAGES says."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return "zero bytes"
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    if path.is_dir():
+        return "a folder, not an image"
+    lenient, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except UnidentifiedImageError:
+        return "not an image"
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, zlib.error, ... on damage
+        return f"truncated or corrupt: {one_line_message(e)}"
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
+    return None
+
+
+def damaged_images(files: Sequence[str | Path], desc: str = "checking images") -> list[tuple[Path, str]]:
+    """(path, problem) of every file `image_problem` refuses, in order."""
+    from tqdm import tqdm
+
+    found = []
+    for path in tqdm(files, desc=desc, unit="img", disable=len(files) < 1000):
+        if problem := image_problem(path):
+            found.append((Path(path), problem))
+    return found
+
+
+def describe_damaged(damaged: list[tuple[Path, str]], total: int, what: str, shown: int = 3) -> str:
+    """'2 of 40 sample images are damaged: a.png (zero bytes), b.png (truncated ...)' on one line."""
+    listed = ", ".join(f"{path} ({problem})" for path, problem in damaged[:shown])
+    more = f" and {len(damaged) - shown} more" if len(damaged) > shown else ""
+    return f"{len(damaged)} of {total} {what} images are damaged: {listed}{more}"
+
+
+def refuse_damaged_images(files: Sequence[str | Path], what: str = "sample", total: int | None = None,
+                          fix: str = "regenerate them") -> None:
+    """Raise ValueError, one line: how many of `files` are damaged, the first few, and `fix`."""
+    if damaged := damaged_images(files, desc=f"checking {what} images"):
+        raise ValueError(f"{describe_damaged(damaged, total or len(files), what)}; {fix} and run again")
+
+
+def one_line_message(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def run_cli(metric: str, evaluate: Callable[..., dict], add_arguments: Callable[[argparse.ArgumentParser], None],
             argv: list[str] | None = None) -> dict:
     """The command line every evaluator shares: `python -m eval.<metric> SAMPLES_DIR [options] --out X.json`."""
-    parser = argparse.ArgumentParser(prog=f"python -m eval.{metric}", description=evaluate.__doc__)
-    parser.add_argument("samples_dir", help=f"a sample folder ({MANIFEST}) or any folder of images")
-    parser.add_argument("--out", help="where to write the JSON result (default: SAMPLES_DIR/eval/<metric>.json)")
-    parser.add_argument("--log-level", default="INFO")
+    parser = OneLineParser(prog=f"python -m eval.{metric}", description=evaluate.__doc__)
+    parser.add_argument("samples_dir", type=non_empty(f"a sample folder ({MANIFEST} and images) or a folder of images"),
+                        help=f"a sample folder ({MANIFEST}) or any folder of images")
+    parser.add_argument("--out", type=output_file("a file for the JSON result, or leave --out out"),
+                        help="where to write the JSON result (default: SAMPLES_DIR/eval/<metric>.json)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     add_arguments(parser)
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=args.pop("log_level"), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     samples_dir, out = args.pop("samples_dir"), args.pop("out")
     if problem := _folder_problem(Path(samples_dir)):  # before any model loads
+        fail(parser.prog, problem)
+    if problem := _out_problem(out, samples_dir):
         fail(parser.prog, problem)
     try:
         res = evaluate(samples_dir, **args)
@@ -280,19 +485,37 @@ def run_cli(metric: str, evaluate: Callable[..., dict], add_arguments: Callable[
     return res
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _out_problem(out: str | None, samples_dir: str | Path) -> str | None:
+    """Why --out cannot take the result (it would overwrite the sample manifest), or None."""
+    if out is not None and Path(out).resolve() == (Path(samples_dir) / MANIFEST).resolve():
+        return (f"argument --out: {out} is the sample folder's {MANIFEST}, which the result would overwrite; "
+                f"give another file, or leave --out out")
+    return None
+
+
 def _make_manifest(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.common make-manifest",
-                                     description="Write samples.jsonl for a folder of images named {prompt}_{index:06}.png")
-    parser.add_argument("folder")
-    parser.add_argument("--base-seed", type=int, default=OFFICIAL_BASE_SEED)
+    parser = OneLineParser(prog="python -m eval.common make-manifest",
+                           description="Write samples.jsonl for a folder of images named {prompt}_{index:06}.png")
+    parser.add_argument("folder", type=existing_folder("the folder of images named {prompt}_{index:06}.png"))
+    parser.add_argument("--base-seed", type=whole_number(0), default=OFFICIAL_BASE_SEED)
     args = parser.parse_args(argv)
+    if (Path(args.folder) / MANIFEST).exists():
+        raise FileExistsError(f"{Path(args.folder) / MANIFEST} exists; delete it first to rebuild it from the file names")
     path = write_samples(args.folder, samples_from_images(args.folder, args.base_seed))
     print(f"wrote {path}")
 
 
-if __name__ == "__main__":
-    import sys
+@exits_on_user_error("python -m eval.common")
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] != ["make-manifest"]:
+        given = f"unknown command {argv[0]!r}" if argv else "no command given"
+        raise ValueError(f"{given}; the one command is `python -m eval.common make-manifest FOLDER [--base-seed 42]`")
+    _make_manifest(argv[1:])
 
-    if sys.argv[1:2] != ["make-manifest"]:
-        sys.exit("usage: python -m eval.common make-manifest FOLDER [--base-seed 42]")
-    _make_manifest(sys.argv[2:])
+
+if __name__ == "__main__":
+    main()

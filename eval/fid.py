@@ -8,6 +8,16 @@ legacy_tensorflow) and through one of two feature extractors:
 Features are computed in shards of `shard_size` images, each saved as an .npz named by a hash of its
 file list, so a lost or new shard is recomputed alone (`python -m eval.fid shard` runs one shard, e.g.
 as a SLURM array task). torchmetrics' FrechetInceptionDistance (float64) is an optional cross-check.
+
+Damaged images (zero bytes, truncated, not an image at all) are refused, not skipped. Before any feature
+is computed, every image whose features are not cached yet (samples and reference folder alike) is decoded
+in full, and a run that finds damaged ones stops with one line: how many, of how many, and the first few
+paths. Skipping them would change the number, not only its precision: FID is a biased estimator whose
+value depends on the number of images (it grows as the set shrinks) and papers quote it at a fixed count
+(FID-30K), so a score of 29,990 images would sit in a table beside 30,000-image scores, looking like
+them, even with the count recorded in its protocol. A damaged file is almost always an interrupted writer
+(a generation or a copy cut short); regenerating or re-copying it costs little next to the run, and
+cached shards make the rerun compute only what changed.
 """
 from __future__ import annotations
 
@@ -16,10 +26,11 @@ import hashlib
 import io
 import json
 import logging
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -27,7 +38,9 @@ from torch import nn
 from tqdm import tqdm
 
 from eval import weights
-from eval.common import image_files, load_samples, resolve_device, run_cli, set_result
+from eval.common import (OneLineParser, device_name, existing_folder, image_files, load_samples, non_empty,
+                         output_file, output_folder, refuse_damaged_images, resolve_device, run_cli, set_result,
+                         whole_number)
 from eval.stats import bootstrap_statistic
 from gentron.errors import exits_on_user_error, positive_int
 from gentron.io import atomic_write_bytes
@@ -159,24 +172,50 @@ def shards(files: list[Path], shard_size: int) -> list[list[Path]]:
     return [files[i:i + shard_size] for i in range(0, len(files), shard_size)]
 
 
-def shard_features(files: list[Path], cache_dir: Path, extractor: Extractor, mode: str, **kwargs) -> np.ndarray:
-    """Features of one shard, from its cache file or computed and saved (atomically)."""
+IMAGE_CHECK = "every image decoded in full before its features are computed; damaged images refuse the run"
+DAMAGED_FIX = {"sample": "regenerate them (FID is not computed on a smaller set than was asked for)",
+               "reference": "replace them (`python -m eval.coco refs` rewrites missing and damaged ones)"}
+
+
+def refuse_damaged(files: list[Path], what: str, total: int | None = None) -> None:
+    """Raise ValueError naming how many of `files` are damaged and the first few, with the fix."""
+    refuse_damaged_images(files, what, total, DAMAGED_FIX.get(what, "replace them"))
+
+
+def uncached(files: list[Path], cache_dir, extractor: Extractor, mode: str, shard_size: int) -> list[Path]:
+    """The files whose shard has no cached features (all of them without a cache)."""
+    if cache_dir is None:
+        return list(files)
+    return [f for part in shards(files, shard_size)
+            if not _shard_path(Path(cache_dir), part, extractor, mode).exists() for f in part]
+
+
+def shard_features(files: list[Path], cache_dir: Path, extractor: Extractor, mode: str, check: bool = True,
+                   what: str = "sample", **kwargs) -> np.ndarray:
+    """Features of one shard, from its cache file or computed and saved (atomically); with `check`, damaged
+    images are refused first."""
     path = _shard_path(cache_dir, files, extractor, mode)
     if path.exists():
         return np.load(path)["feats"]
+    if check:
+        refuse_damaged(files, what)
     feats = file_features(files, extractor, mode, **kwargs)
     _save_npz(path, feats=feats, files=np.array([str(f) for f in files]))
     return feats
 
 
 def sharded_features(files: list[Path], cache_dir: str | Path | None, extractor: Extractor, mode: str,
-                     shard_size: int = 1000, desc: str = "features", **kwargs) -> np.ndarray:
-    """Features of all files, merged from per-shard caches; only missing shards are computed."""
+                     shard_size: int = 1000, desc: str = "features", check: bool = True, what: str = "sample",
+                     **kwargs) -> np.ndarray:
+    """Features of all files, merged from per-shard caches; only missing shards are computed. With `check`,
+    damaged images among the files still to compute are refused before any is computed."""
     if not files:
         raise ValueError(f"no images to compute {desc} of")
+    if check:
+        refuse_damaged(uncached(files, cache_dir, extractor, mode, shard_size), what, len(files))
     if cache_dir is None:
         return file_features(files, extractor, mode, **kwargs)
-    parts = [shard_features(part, Path(cache_dir), extractor, mode, **kwargs)
+    parts = [shard_features(part, Path(cache_dir), extractor, mode, check=False, **kwargs)
              for part in tqdm(shards(files, shard_size), desc=desc, unit="shard")]
     return np.concatenate(parts)
 
@@ -188,14 +227,15 @@ def reference_features(ref: str | Path, extractor: Extractor, mode: str, cache_d
     """(feats or None, mu, sigma, info) of a reference folder or a statistics .npz: ours from `make-stats`
     (mu, sigma, feats, protocol), clean-fid's statistics (mu, sigma) or clean-fid's `_kid.npz` (feats)."""
     ref = Path(ref)
+    if problem := reference_problem(ref):
+        raise FileNotFoundError(problem)
     if ref.suffix == ".npz":
-        if not ref.exists():
-            raise FileNotFoundError(f"reference statistics {ref} not found; make them with `python -m eval.fid make-stats`")
         try:
             data = dict(np.load(ref))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{ref} is not a readable .npz ({e}); remake it with `python -m eval.fid make-stats`") from e
-        info = json.loads(str(data["protocol"])) if "protocol" in data else {}
+            info = json.loads(str(data["protocol"])) if "protocol" in data else {}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:  # zero bytes, torn, foreign
+            raise ValueError(f"{ref} is not a readable .npz ({type(e).__name__}: {e}); remake it with "
+                             f"`python -m eval.fid make-stats`") from e
         if info and (info.get("feature_extractor"), info.get("mode")) != (extractor.name, mode):
             raise ValueError(f"{ref} was made with {info.get('feature_extractor')}/{info.get('mode')}, "
                              f"not {extractor.name}/{mode}; remake it or change --extractor/--mode")
@@ -209,11 +249,41 @@ def reference_features(ref: str | Path, extractor: Extractor, mode: str, cache_d
                              f"by `python -m eval.fid make-stats` or clean-fid's .npz / _kid.npz")
         n = info.get("n") or (len(feats) if feats is not None else None)
         return feats, mu, sigma, {"reference": str(ref), "reference_n": n}
-    files = image_files(ref)
-    feats = sharded_features(files, cache_dir, extractor, mode, shard_size, desc="reference features", **kwargs)
+    files = reference_files(ref)
+    feats = sharded_features(files, cache_dir, extractor, mode, shard_size, desc="reference features",
+                             what="reference", **kwargs)
     mu, sigma = feature_stats(feats)
     return feats, mu, sigma, {"reference": str(ref), "reference_n": len(files),
                               "reference_formats": sorted({f.suffix.lower() for f in files})}
+
+
+def reference_problem(ref: str | Path) -> str | None:
+    """Why `ref` is neither a folder of reference images nor a statistics .npz file, or None."""
+    if not str(ref).strip():  # Path("") would be the current folder
+        return "--ref is empty; give a folder of reference images or statistics from `python -m eval.fid make-stats`"
+    ref = Path(ref)
+    if ref.suffix == ".npz":
+        if ref.is_file():
+            return None
+        if ref.is_dir():
+            return f"--ref {ref} is a folder; a statistics file is an .npz file from `python -m eval.fid make-stats`"
+        return f"reference statistics {ref} not found; make them with `python -m eval.fid make-stats`"
+    if ref.is_dir():
+        return None
+    if ref.exists():
+        return (f"--ref {ref} is a file but not statistics (.npz); give a folder of reference images or an .npz from "
+                f"`python -m eval.fid make-stats`")
+    return (f"--ref {ref} does not exist; give a folder of reference images (`python -m eval.coco refs` makes "
+            f"COCO's) or statistics from `python -m eval.fid make-stats`")
+
+
+def reference_files(ref: str | Path) -> list[Path]:
+    """The images of a reference folder; an error naming --ref when it has none."""
+    files = image_files(ref)
+    if not files:
+        raise FileNotFoundError(f"--ref {ref} holds no images (.png, .jpg, .jpeg, .webp); give the folder of "
+                                f"reference images or statistics from `python -m eval.fid make-stats`")
+    return files
 
 
 def make_reference_stats(ref_dir: str | Path, out: str | Path, extractor: str = "random", mode: str = "clean",
@@ -222,8 +292,11 @@ def make_reference_stats(ref_dir: str | Path, out: str | Path, extractor: str = 
     device = resolve_device(device)
     ext = build_extractor(extractor, mode, device)
     files = image_files(ref_dir)
+    if not files:
+        raise FileNotFoundError(f"{ref_dir} holds no images (.png, .jpg, .jpeg, .webp); give the folder of "
+                                f"reference images")
     feats = sharded_features(files, cache_dir, ext, mode, shard_size, desc="reference features",
-                             batch_size=batch_size, device=device)
+                             what="reference", batch_size=batch_size, device=device)
     mu, sigma = feature_stats(feats)
     protocol = {"feature_extractor": ext.name, "mode": mode, "resize": ext.resize, "n": len(files),
                 "source": str(ref_dir), "formats": sorted({f.suffix.lower() for f in files})}
@@ -283,31 +356,50 @@ def evaluate(samples_dir, ref: str, mode: str = "clean", extractor: str = "rando
              batch_size: int = 64, device: str | None = None, cache_dir=None, shard_size: int = 1000,
              seed: int = 0) -> dict:
     """FID (and KID) of a sample folder against reference images or statistics (.npz)."""
+    if problem := reference_problem(ref):  # every check that needs no features comes first
+        raise FileNotFoundError(problem)
+    if not crosscheck and (torchmetrics_weights is not None or not antialias):
+        raise ValueError("--torchmetrics-weights and --no-antialias set up the torchmetrics cross-check: add "
+                         "--crosscheck, or leave them out")
+    statistics = Path(ref).suffix == ".npz"
+    if crosscheck and statistics:
+        raise ValueError("the torchmetrics cross-check (--crosscheck) needs a reference image folder as --ref, "
+                         "not statistics")
     device = resolve_device(device)
-    ext = build_extractor(extractor, mode, device)
     samples = load_samples(samples_dir)
+    ext = build_extractor(extractor, mode, device)
+    if crosscheck and extractor == "inception":
+        weights.torchmetrics_inception(torchmetrics_weights)  # a missing file is named before hours of features
     files = [Path(samples_dir) / s.file for s in samples]
     cache_dir = Path(samples_dir) / "eval" / "fid_cache" if cache_dir is None else cache_dir
-    opts = {"batch_size": batch_size, "device": device}
+    opts = {"batch_size": batch_size, "device": device, "check": False}
+    refuse_damaged(uncached(files, cache_dir, ext, mode, shard_size), "sample", len(files))
+    if len(samples) < 2:
+        raise ValueError(f"{samples_dir} holds {len(samples)} image; FID needs at least 2 (and is only comparable "
+                         f"to papers at their count, e.g. 30,000 for COCO)")
+    ref_files = [] if statistics else reference_files(ref)
+    refuse_damaged(uncached(ref_files, cache_dir, ext, mode, shard_size), "reference", len(ref_files))
+    if statistics:
+        reference = reference_features(ref, ext, mode, cache_dir, shard_size, **opts)
+        if kid and reference[0] is None:
+            raise ValueError(f"KID needs the reference features, and {ref} holds only mu/sigma: pass the features "
+                             f"(`python -m eval.fid make-stats`, or clean-fid's _kid.npz), or --no-kid for FID alone")
     gen = sharded_features(files, cache_dir, ext, mode, shard_size, desc="sample features", **opts)
-    ref_feats, mu_r, sigma_r, ref_info = reference_features(ref, ext, mode, cache_dir, shard_size, **opts)
-    if kid and ref_feats is None:
-        raise ValueError(f"KID needs the reference features, and {ref} holds only mu/sigma: pass the features "
-                         f"(`python -m eval.fid make-stats`, or clean-fid's _kid.npz), or --no-kid for FID alone")
+    if not statistics:
+        reference = reference_features(ref, ext, mode, cache_dir, shard_size, **opts)
+    ref_feats, mu_r, sigma_r, ref_info = reference
     aggregate = _fid_and_kid(gen, ref_feats, mu_r, sigma_r, kid, n_boot, seed)
     by_seed = {str(sd): _fid_and_kid(gen[idx], ref_feats, mu_r, sigma_r, kid, n_boot, seed)
                for sd, idx in _seed_groups(samples).items()}
     protocol = {"feature_extractor": ext.name, "mode": mode, "resize": ext.resize, "n_samples": len(files),
-                "sample_formats": sorted({f.suffix.lower() for f in files}), **ref_info,
+                "sample_formats": sorted({f.suffix.lower() for f in files}), **ref_info, "image_check": IMAGE_CHECK,
                 "kid": {"num_subsets": 100, "max_subset_size": 1000} if kid else None,
                 "ci": f"bootstrap over generated images (reference fixed), {n_boot} resamples, percentile "
                       f"interval shifted by the bootstrap bias", "fid_dtype": "float64",
                 "versions": {pkg: version(pkg) for pkg in ("clean-fid", "torchmetrics", "torch", "pillow")}}
     extra = {}
     if crosscheck:
-        if Path(ref).suffix == ".npz":
-            raise ValueError("the torchmetrics cross-check needs a reference image folder, not statistics")
-        extra["crosscheck"] = {"fid_torchmetrics": torchmetrics_fid(files, image_files(ref), ext, mode, antialias,
+        extra["crosscheck"] = {"fid_torchmetrics": torchmetrics_fid(files, ref_files, ext, mode, antialias,
                                                                     torchmetrics_weights, batch_size),
                                "torchmetrics_antialias": antialias}
     return set_result("fid", aggregate, protocol, ext.comparable_to_paper, by_seed, extra)
@@ -318,32 +410,46 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extractor", default="random", choices=("random", "inception"),
                         help="inception = clean-fid's (comparable to papers); random = embedded, offline")
     parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--cache-dir", default=None, help="shard feature cache (default SAMPLES_DIR/eval/fid_cache)")
+    parser.add_argument("--device", type=device_name, default=None, help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--cache-dir", type=output_folder("a folder for the feature cache, or leave it out"),
+                        default=None, help="shard feature cache (default SAMPLES_DIR/eval/fid_cache)")
     parser.add_argument("--shard-size", type=positive_int, default=1000)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ref", required=True, help="reference image folder or statistics .npz")
+    parser.add_argument("--ref", required=True, type=non_empty("a folder of reference images or a statistics .npz"),
+                        help="reference image folder or statistics .npz")
     _add_common(parser)
     parser.add_argument("--no-kid", dest="kid", action="store_false")
     parser.add_argument("--n-boot", type=positive_int, default=50)
     parser.add_argument("--crosscheck", action="store_true", help="also compute torchmetrics' FID (float64)")
-    parser.add_argument("--no-antialias", dest="antialias", action="store_false", help="torchmetrics resize setting")
-    parser.add_argument("--torchmetrics-weights", default=None, help="pt_inception-2015-12-05-6726825d.pth")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-antialias", dest="antialias", action="store_false",
+                        help="torchmetrics resize setting (with --crosscheck)")
+    parser.add_argument("--torchmetrics-weights", type=non_empty("the pt_inception-2015-12-05-6726825d.pth file"),
+                        default=None, help="pt_inception-2015-12-05-6726825d.pth (with --crosscheck)")
+    parser.add_argument("--seed", type=whole_number(0, 2**32 - 1), default=0, help="bootstrap and KID subset seed")
+
+
+def _stats_file(text: str) -> str:
+    """argparse type of make-stats' OUT: a file ending in .npz, which --ref recognises as statistics."""
+    path = output_file("the statistics file to write, ending in .npz")(text)
+    if Path(path).suffix != ".npz":
+        raise argparse.ArgumentTypeError(f"{text} does not end in .npz; --ref reads a file as statistics by that "
+                                         f"suffix, so name it e.g. {Path(path).with_suffix('.npz').name}")
+    return path
 
 
 def _subcommand(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.fid")
+    parser = OneLineParser(prog="python -m eval.fid")
     sub = parser.add_subparsers(dest="command", required=True)
     stats = sub.add_parser("make-stats", help="reference statistics .npz from an image folder")
-    stats.add_argument("ref_dir")
-    stats.add_argument("out")
+    stats.add_argument("ref_dir", type=existing_folder("the folder of reference images"))
+    stats.add_argument("out", type=_stats_file)
     _add_common(stats)
     shard = sub.add_parser("shard", help="compute one shard of a folder's features (e.g. a SLURM array task)")
-    shard.add_argument("folder", help="sample folder or reference image folder")
-    shard.add_argument("--index", type=int, required=True)
+    shard.add_argument("folder", type=existing_folder("a sample folder or a reference image folder"),
+                       help="sample folder or reference image folder")
+    shard.add_argument("--index", type=whole_number(0), required=True)
     _add_common(shard)
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level="INFO")
@@ -352,14 +458,18 @@ def _subcommand(argv: list[str]) -> None:
         return
     device = resolve_device(args["device"])
     folder = Path(args["folder"])
-    files = ([folder / s.file for s in load_samples(folder)] if (folder / "samples.jsonl").exists()
-             else image_files(folder))
+    listed = (folder / "samples.jsonl").exists()
+    files = [folder / s.file for s in load_samples(folder)] if listed else image_files(folder)
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no images (.png, .jpg, .jpeg, .webp) and no samples.jsonl")
     parts = shards(files, args["shard_size"])
     if not 0 <= args["index"] < len(parts):
-        raise ValueError(f"shard index {args['index']} out of range: {folder} has {len(parts)} shards")
+        raise ValueError(f"shard index {args['index']} out of range: {folder} has {len(parts)} shards "
+                         f"(--index 0..{len(parts) - 1} with --shard-size {args['shard_size']})")
     cache_dir = args["cache_dir"] or folder / "eval" / "fid_cache"
     ext = build_extractor(args["extractor"], args["mode"], device)
-    shard_features(parts[args["index"]], Path(cache_dir), ext, args["mode"], batch_size=args["batch_size"], device=device)
+    shard_features(parts[args["index"]], Path(cache_dir), ext, args["mode"], what="sample" if listed else "reference",
+                   batch_size=args["batch_size"], device=device)
     print(f"shard {args['index']} of {len(parts)} done in {cache_dir}")
 
 

@@ -50,7 +50,6 @@ shapes and 2/25 on the 36 with one shape twice (either object may carry either c
 """
 from __future__ import annotations
 
-import argparse
 import io
 import itertools
 import logging
@@ -61,7 +60,8 @@ import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 from scipy import ndimage
 
-from eval.common import Sample, read_samples, result, write_result
+from eval.common import (MANIFEST, OneLineParser, Sample, non_empty, output_file, read_samples, result,
+                         write_result)
 from gentron.data.compshapes import (BACKGROUND, COLORS, DARK_SHADE, DIRECTIONS, HELD_OUT_COLOR_SHAPE,
                                      MOTION_DISTANCE, Phrase, PromptSpec, ShapeObject, coverage, parse_prompt)
 from gentron.errors import exits_on_user_error
@@ -450,10 +450,15 @@ def held_out_pairs(per_image: list[dict]) -> dict[tuple[str, str], dict[str, int
 
 @exits_on_user_error("python -m eval.judge")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.judge", description=__doc__.split("\n")[0])
-    parser.add_argument("samples_dir", help="a sample folder (DESIGN.md) of CompShapes prompts")
-    parser.add_argument("--out", default=None, help="result JSON (default SAMPLES_DIR/compshapes_judge.json)")
+    parser = OneLineParser(prog="python -m eval.judge", description=__doc__.split("\n")[0])
+    parser.add_argument("samples_dir", type=non_empty(f"a sample folder ({MANIFEST} and images) of CompShapes prompts"),
+                        help="a sample folder (DESIGN.md) of CompShapes prompts")
+    parser.add_argument("--out", default=None, type=output_file("a file for the JSON result, or leave --out out"),
+                        help="result JSON (default SAMPLES_DIR/compshapes_judge.json)")
     args = parser.parse_args(argv)
+    if args.out is not None and Path(args.out).resolve() == (Path(args.samples_dir) / MANIFEST).resolve():
+        parser.error(f"argument --out: {args.out} is the sample folder's {MANIFEST}, which the result would "
+                     f"overwrite; give another file, or leave --out out")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     scored = evaluate(args.samples_dir)
     write_result(args.out or Path(args.samples_dir) / f"{METRIC}.json", scored)

@@ -28,6 +28,8 @@ def hf_cache_dir() -> Path:
 
 def hf_model_path(name_or_path: str | os.PathLike, what: str) -> Path:
     """A local folder for a transformers model: the path itself, or the cached snapshot of a hub name."""
+    if not str(name_or_path).strip():  # Path("") is the current folder
+        raise ValueError(f"{what}: the name is empty; give the folder of a saved model or a cached hub name")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -48,6 +50,9 @@ def hf_model_path(name_or_path: str | os.PathLike, what: str) -> Path:
 def open_clip_checkpoint(model: str, pretrained: str | None) -> str | None:
     """What to give open_clip's `pretrained=`: None (random init), a local checkpoint file, or a tag
     whose file is already in open_clip's cache (checked here so offline use fails clearly)."""
+    if pretrained is not None and not str(pretrained).strip():  # Path("") is the current folder
+        raise ValueError(f"open_clip weights for '{model}': the pretrained tag is empty; give a tag such as openai "
+                         f"or a checkpoint file")
     if pretrained is None or Path(pretrained).expanduser().is_file():
         return pretrained
     import open_clip

@@ -44,7 +44,8 @@ class CrossAttention(nn.Module):
 
     `mask` is TextEmbedding.mask (B, L), True for real tokens; padded tokens get no attention. A
     row with no real token at all would make softmax 0/0 = NaN, so such rows attend to everything
-    and their output is then zeroed: "no text" contributes nothing, without a data-dependent branch.
+    and their attention output is then zeroed before the output projection: "no text" gives
+    `proj.bias` at every query (a constant, not text), without a data-dependent branch.
     """
 
     def __init__(self, dim: int, context_dim: int, num_heads: int):

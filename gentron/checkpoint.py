@@ -15,6 +15,11 @@ A checkpoint is one torch file with everything an exact resume needs:
 A run's `checkpoints/` folder holds `last.pt` (the newest) and the `train.keep_last - 1` checkpoints
 before it as `step-<step>.pt`. When `last.pt` is missing (moved aside because it is corrupt, or a save
 was killed between its two renames), training resumes from the newest `step-<step>.pt`.
+
+A run folder resumes only with the config it was trained with (`resume_state`): the one in its
+checkpoint, or its `config.yaml` before the first checkpoint. Settings that change how the run is
+carried out, not what it computes (gentron.config.RUN_ONLY_KEYS, sampling and evaluation, train.steps
+under a constant learning rate) may change; any other change is refused unless train.resume=force.
 """
 from __future__ import annotations
 
@@ -31,13 +36,19 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
+from gentron.config import RUN_ONLY_KEYS, CellConfig, default_config, to_dict
+from gentron.errors import ConfigError
 from gentron.io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
 LAST = "last.pt"
+CONFIG_FILE = "config.yaml"  # a run folder's resolved config
 CHECKSUM = "checksum"
+# A run folder also resumes across a change of sampling and evaluation settings (and of RUN_ONLY_KEYS).
+RUN_ONLY_SECTIONS = ("sample", "eval")
 _STEP_FILE = re.compile(r"step-(\d+)\.pt")
 
 
@@ -47,11 +58,6 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 def step_file(folder: str | Path, step: int) -> Path:
     return Path(folder) / f"step-{step:08d}.pt"
-
-
-def last_checkpoint(run_dir: str | Path) -> Path | None:
-    path = checkpoint_dir(run_dir) / LAST
-    return path if path.exists() else None
 
 
 def earlier_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
@@ -217,3 +223,74 @@ def _advice(path: Path) -> str:
     step, previous = earlier[0]
     return (f"move it aside (mv {path} {path}.corrupt) and rerun to resume from the previous checkpoint "
             f"{previous} (step {step}), or pass that file where a checkpoint is asked for")
+
+
+# --- resuming: from what, and only the same run -------------------------------------------------
+
+def resume_state(cfg: CellConfig, run_dir: str | Path) -> dict | None:
+    """The checkpoint a run folder resumes from (resume_checkpoint), loaded, or None for a fresh start;
+    refuses a folder trained with another config than `cfg` (check_same_run)."""
+    run_dir = Path(run_dir)
+    source = resume_checkpoint(checkpoint_dir(run_dir))
+    state = load_checkpoint(source) if source is not None else None
+    if state is not None and "config" in state:
+        check_same_run(cfg, state["config"], source)
+    elif (run_dir / CONFIG_FILE).exists():
+        check_same_run(cfg, _read_yaml(run_dir / CONFIG_FILE), run_dir / CONFIG_FILE)
+    if state is not None:
+        log.info("resuming %s at step %d from %s", run_dir, state["step"], source)
+    return state
+
+
+def check_same_run(cfg: CellConfig, stored: dict, source: Path) -> None:
+    """Refuse to resume a run folder with another config than the one in `source` (its checkpoint or
+    config.yaml), naming the keys that differ, unless train.resume=force asks for it."""
+    changes = config_changes(cfg, stored)
+    if not changes:
+        return
+    listed = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+    if cfg.train.resume == "force":
+        log.warning("train.resume=force: continuing %s with a changed config (%s)", source, listed)
+        return
+    raise ConfigError(f"{source} holds another config than the one given ({listed}); use another run folder, or "
+                      "pass train.resume=force to continue this run with the given config")
+
+
+def config_changes(cfg: CellConfig, stored: dict) -> list[str]:
+    """`key: old -> new` for every key of `cfg` that differs from the `stored` config a run folder was
+    trained with, except keys that change how the run is carried out (RUN_ONLY_KEYS, RUN_ONLY_SECTIONS),
+    and train.steps under a constant learning rate (it only says where the run stops). Keys the stored
+    config lacks take their defaults."""
+    old = {**_flatten(to_dict(default_config())), **_flatten(stored)}
+    new = _flatten(to_dict(cfg))
+    steps_matter = cfg.train.lr_schedule != "constant" or old.get("train.lr_schedule") != "constant"
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if key in RUN_ONLY_KEYS or key.split(".")[0] in RUN_ONLY_SECTIONS or (key == "train.steps" and not steps_matter):
+            continue
+        if old.get(key, "(absent)") != new.get(key, "(absent)"):
+            changes.append(f"{key}: {old.get(key, '(absent)')} -> {new.get(key, '(absent)')}")
+    return changes
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and prefix == "":  # sections; a text encoder spec stays one value
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        stored = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid YAML ({' '.join(str(e).split())[:120]}); "
+                         "restore it or delete it to train this folder with the given config") from e
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path} is not a config mapping; restore it or delete it to train this folder with the "
+                         "given config")
+    return stored

@@ -16,23 +16,161 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal
+from collections.abc import Sequence
 
 import yaml
 
+from gentron import schema
 from gentron.errors import ConfigError
 from gentron.io import atomic_write_text
+from gentron.schema import TaggedUnion, required
 
-TEXT_ENCODER_KINDS = ("clip", "hf_clip", "t5", "tiny_clip", "tiny_t5")
 # Training keys that change how a run is carried out, not what it computes: a run folder resumes
-# across a change of them (gentron.train), and a grid cell's id leaves them out (ablations.grid).
+# across a change of them (gentron.checkpoint), and a grid cell's id leaves them out (ablations).
 RUN_ONLY_KEYS = ("train.log_every", "train.ckpt_every", "train.tensorboard", "train.compile",
                  "train.grad_checkpointing", "train.strategy", "train.keep_last", "train.resume", "data.cache_dir")
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+# --- text encoders: what each kind takes, and its shape without loading weights ---------------------
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """What the model needs of a text encoder: token width, pooled width, tokens per prompt."""
+    width: int
+    pooled_width: int
+    tokens: int
+
+
+# Widths of the paper's encoders, for shapes asked for before their weights are downloaded.
+KNOWN_T5_WIDTHS = {"google/flan-t5-xxl": 4096, "google/t5-v1_1-xxl": 4096, "google/flan-t5-xl": 2048}
+CLIP_L = EncoderShape(768, 768, 77)
+
+
+def _local_json(folder: str | None, name: str) -> dict | None:
+    path = Path(folder or "").expanduser() / name
+    return json.loads(path.read_text(encoding="utf-8")) if folder and path.is_file() else None
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """An open_clip CLIP text tower: a model name with a pretrained tag or checkpoint file, or an
+    open_clip folder (`model: local-dir:<folder>`, `pretrained: null`). CLIP-L: ViT-L-14 / openai."""
+    kind: Literal["clip"] = "clip"
+    model: str = "ViT-L-14"
+    pretrained: str | None = "openai"
+    dtype: Dtype = "float32"
+
+    def shape(self) -> EncoderShape:
+        if self.model.startswith("local-dir:"):
+            cfg = (_local_json(self.model.removeprefix("local-dir:"), "open_clip_config.json") or {}).get("model_cfg")
+        elif self.model.startswith("hf-hub:"):
+            cfg = None
+        else:
+            import open_clip
+
+            cfg = open_clip.get_model_config(self.model)
+        if not cfg:  # a folder not there yet (preflight names it): CLIP-L's
+            return CLIP_L
+        text = cfg["text_cfg"]
+        return EncoderShape(text["width"], cfg["embed_dim"], text.get("context_length", 77))
+
+
+@dataclass(frozen=True)
+class HFClipSpec:
+    """A transformers CLIP text model (folder or hub name), with its projection if it has one."""
+    kind: Literal["hf_clip"] = "hf_clip"
+    path: str = required("openai/clip-vit-large-patch14")
+    tokenizer: str | None = None
+    max_length: int = 77
+    dtype: Dtype = "float32"
+
+    def shape(self) -> EncoderShape:
+        cfg = _local_json(self.path, "config.json")
+        if not cfg:
+            return dataclasses.replace(CLIP_L, tokens=self.max_length)
+        text = cfg.get("text_config", cfg)
+        projected = {"CLIPTextModelWithProjection", "CLIPModel"} & set(cfg.get("architectures") or [])
+        width = text.get("hidden_size", 512)
+        pooled = cfg.get("projection_dim", text.get("projection_dim", width)) if projected else width
+        return EncoderShape(width, pooled, self.max_length)
+
+
+@dataclass(frozen=True)
+class T5Spec:
+    """The encoder half of a T5 checkpoint (folder or hub name); pooled = mean of its tokens."""
+    kind: Literal["t5"] = "t5"
+    path: str = "google/flan-t5-xxl"
+    tokenizer: str | None = None
+    max_length: int = 120  # PixArt-alpha's, for T5-XXL captions
+    dtype: Dtype = "float32"
+
+    def shape(self) -> EncoderShape:
+        cfg = _local_json(self.path, "config.json")
+        width = cfg["d_model"] if cfg else KNOWN_T5_WIDTHS.get(self.path, 4096)
+        return EncoderShape(width, width, self.max_length)
+
+
+@dataclass(frozen=True)
+class TinyClipSpec:
+    """A small random open_clip text tower with CLIP's tokenizer (gentron.text.clip.build_tiny_clip)."""
+    kind: Literal["tiny_clip"] = "tiny_clip"
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+    pooled_width: int | None = None  # None: the token width
+    seed: int = 0
+    embed_std: float = 1.0
+    position_std: float = 0.3
+    window: int | None = 2  # each token sees itself and window - 1 before it; None: causal
+
+    def shape(self) -> EncoderShape:
+        return EncoderShape(self.width, self.pooled_width or self.width, 77)
+
+    def check(self, where: str) -> None:
+        _check_tower(self, where)
+
+
+@dataclass(frozen=True)
+class TinyT5Spec:
+    """A small random T5 encoder over bytes (gentron.text.t5.build_tiny_t5)."""
+    kind: Literal["tiny_t5"] = "tiny_t5"
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+    max_length: int = 128
+    seed: int = 0
+
+    def shape(self) -> EncoderShape:
+        return EncoderShape(self.width, self.width, self.max_length)
+
+    def check(self, where: str) -> None:
+        _check_tower(self, where)
+
+
+TextEncoderSpec = Annotated[ClipSpec | HFClipSpec | T5Spec | TinyClipSpec | TinyT5Spec, TaggedUnion]
+TEXT_ENCODER_KINDS = ("clip", "hf_clip", "t5", "tiny_clip", "tiny_t5")
+
+
+def _check_tower(spec, where: str) -> None:
+    for key in ("width", "layers", "heads", "max_length", "pooled_width", "window"):
+        value = getattr(spec, key, 1)
+        if value is not None and value < 1:
+            raise ConfigError(f"{where}.{key}={value} must be at least 1")
+    if spec.seed < 0:
+        raise ConfigError(f"{where}.seed={spec.seed} must be >= 0")
+    if spec.width % spec.heads:
+        raise ConfigError(f"{where}: width {spec.width} is not divisible by heads {spec.heads}")
+
+
+def text_encoder_spec(values: Any, where: str = "text encoder"):
+    """A validated text-encoder spec from a mapping such as {kind: t5, path: google/flan-t5-xxl}."""
+    return schema.check(TextEncoderSpec, values, where)
 
 
 @dataclass
@@ -42,21 +180,44 @@ class ModelConfig:
     learn_sigma: bool = False
     prediction: Literal["epsilon", "v"] = "v"  # what the network regresses (DiT: epsilon)
     noise_schedule: Literal["linear", "cosine"] = "cosine"  # betas (DiT: linear); see make_betas
-    logsnr_shift: float = 0.0  # added to the schedule's log SNR (> 0: less noise); see make_betas
-    min_snr_gamma: Optional[float] = None  # Min-SNR loss weighting (Diffusion.min_snr_weight); None: plain MSE
-    timestep_std: Optional[float] = 0.8  # logit-normal training timesteps (Diffusion.sample_timesteps); None: uniform
-    patch_size: Optional[int] = None  # must agree with the size name when given
-    depth: Optional[int] = None  # explicit overrides of the size (None: the size's own)
-    hidden_size: Optional[int] = None
-    mlp_hidden_size: Optional[int] = None
-    num_heads: Optional[int] = None
+    timestep_std: float | None = 0.8  # logit-normal training timesteps (Diffusion.sample_timesteps); None: uniform
+    patch_size: int | None = None  # must agree with the size name when given
+    depth: int | None = None  # explicit overrides of the size (None: the size's own)
+    hidden_size: int | None = None
+    mlp_hidden_size: int | None = None
+    num_heads: int | None = None
 
 
 @dataclass
 class VAEConfig:
+    """Pixel space (`identity`) or a KL autoencoder's latents (gentron.vae)."""
     kind: Literal["identity", "autoencoder_kl"] = "identity"
-    path: Optional[str] = None  # autoencoder_kl weights: hub id or local folder
-    scaling_factor: float = 0.18215
+    path: str | None = None  # autoencoder_kl weights: hub id or local folder
+    scaling_factor: float | None = 0.18215  # null: the autoencoder's own config's
+    subfolder: str | None = None  # e.g. `vae` inside a diffusers pipeline folder
+    sample: bool = False  # encode to a draw of the posterior (DiT) instead of its mean
+    batch_size: int = 16  # images per VAE call when encoding or decoding
+    dtype: Dtype = "float32"
+
+    def check(self, where: str) -> None:
+        if self.kind == "identity":
+            given = [k for k in ("subfolder", "sample") if getattr(self, k)]
+            if given:
+                raise ConfigError(f"{schema.join(where, 'kind')}=identity (pixel space) takes no {given}; "
+                                  "they are options of autoencoder_kl")
+        if self.batch_size < 1:
+            raise ConfigError(f"{schema.join(where, 'batch_size')}={self.batch_size} must be at least 1")
+
+    def shape(self) -> tuple[int, int]:
+        """(latent channels, downsampling factor), read from a local folder's config.json without its
+        weights; a hub name not yet downloaded is taken as the Stable Diffusion family's (4, 8)."""
+        if self.kind == "identity":
+            return 3, 1
+        folder = str(Path(self.path or "").expanduser() / (self.subfolder or "")) if self.path else None
+        cfg = _local_json(folder, "config.json")
+        if not cfg:
+            return 4, 8
+        return cfg.get("latent_channels", 4), 2 ** (len(cfg.get("block_out_channels", [0] * 4)) - 1)
 
 
 @dataclass
@@ -64,13 +225,13 @@ class DataConfig:
     kind: Literal["compshapes", "image_folder", "manifest", "webdataset", "video_folder"] = "compshapes"
     resolution: int = 20
     num_train: int = 20000  # CompShapes only: how many images to draw
-    categories: Optional[list[str]] = None  # CompShapes only: training categories (None: all six)
+    categories: list[str] | None = None  # CompShapes only: training categories (None: all six)
     seed: int = 0
     video: bool = False
     num_frames: int = 8
     fps: float = 4.0  # frames per second sampled from real videos (paper: 8 frames at 4 FPS)
-    path: Optional[str] = None  # real data: folder, manifest file, or shard pattern
-    cache_dir: Optional[str] = None  # encoded latents; default <run_dir>/cache
+    path: str | None = None  # real data: folder, manifest file, or shard pattern
+    cache_dir: str | None = None  # encoded latents; default <run_dir>/cache
     on_error: Literal["skip", "raise"] = "skip"  # corrupt real samples: warn and count, or stop
     # Where the frozen encoders run (docs/training_at_scale.md): `memory` encodes the whole data set
     # once and gathers batches from memory (small data: the embedded default); `per_batch` streams
@@ -79,7 +240,7 @@ class DataConfig:
     encode: Literal["memory", "per_batch", "shards"] = "memory"
     num_workers: int = 2  # loader worker processes per rank when streaming
     shuffle_buffer: int = 1000  # entries in each worker's shuffle buffer when streaming
-    features_dir: Optional[str] = None  # encode=shards: the folder of feature shards
+    features_dir: str | None = None  # encode=shards: the folder of feature shards
 
 
 @dataclass
@@ -100,7 +261,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     grad_checkpointing: bool = False
     compile: bool = False
-    init_from: Optional[str] = None  # a checkpoint to start from (T2V from T2I, or stage 2 from 1)
+    init_from: str | None = None  # a checkpoint to start from (T2V from T2I, or stage 2 from 1)
     strategy: Literal["ddp", "fsdp"] = "ddp"  # used when launched on more than one process
     tensorboard: bool = False
     keep_last: int = 2  # checkpoints kept: checkpoints/last.pt and keep_last - 1 earlier step-<step>.pt
@@ -114,8 +275,8 @@ class SampleConfig:
     sampler: Literal["dpmsolver++", "ddim", "ddpm"] = "dpmsolver++"
     steps: int = 20
     cfg_scale: float = 4.0
-    mfg_scale: Optional[float] = None
-    clip_x0: Optional[bool] = None  # clip x0 estimates to [-1, 1]; None: on in pixel space (vae identity)
+    mfg_scale: float | None = None
+    clip_x0: bool | None = None  # clip x0 estimates to [-1, 1]; None: on in pixel space (vae identity)
     images_per_prompt: int = 1
     seeds: list[int] = field(default_factory=lambda: [42])
     prompt_sets: list[str] = field(default_factory=lambda: ["compshapes_mini"])
@@ -130,7 +291,7 @@ class EvalConfig:
 @dataclass
 class CellConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    text_encoders: list[dict[str, Any]] = field(default_factory=lambda: [{"kind": "tiny_clip", "seed": 0}])
+    text_encoders: list[TextEncoderSpec] = field(default_factory=lambda: [TinyClipSpec(seed=0)])
     vae: VAEConfig = field(default_factory=VAEConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -157,7 +318,7 @@ def load_config(source: CellConfig | dict | str | Path | Any | None = None) -> C
         from omegaconf import OmegaConf  # only OmegaConf objects reach here
 
         source = OmegaConf.to_container(source, resolve=True)
-    cfg = _build(CellConfig, source or {}, "")
+    cfg = schema.parse(CellConfig, source or {})
     _check_values(cfg)
     return cfg
 
@@ -171,52 +332,6 @@ def save_config(cfg: CellConfig, path: str | Path) -> Path:
 
 
 # --- validation ---------------------------------------------------------------------------------
-
-def _build(cls, values: dict, where: str):
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(values).__name__} {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean '{_join(where, close[0])}'?" if close else f"; known keys: {', '.join(names)}"
-            raise ConfigError(f"unknown config key '{_join(where, key)}'{hint}")
-    kwargs = {}
-    for name in names:
-        if name in values:
-            kwargs[name] = _check(hints[name], values[name], _join(where, name))
-    return cls(**kwargs)
-
-
-def _check(hint, value, key: str):
-    """Return `value` converted to `hint`, or raise a ConfigError naming key, value and what is allowed."""
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _check(inner[0], value, key)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(args)}")
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}={value!r} must be a list")
-        return [_check(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}={value!r} must be a mapping")
-        return dict(value)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, str, bool) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(f"{key}={value!r} must be of type {hint.__name__}, got {type(value).__name__}")
-
 
 def _check_values(cfg: CellConfig) -> None:
     """Checks that span more than one field's type."""
@@ -243,15 +358,8 @@ def _check_values(cfg: CellConfig) -> None:
     if cfg.model.timestep_std is not None and cfg.model.timestep_std <= 0:
         raise ConfigError(f"model.timestep_std={cfg.model.timestep_std} must be positive (SD3's 1.0) or null "
                           "(uniform timesteps)")
-    if cfg.model.min_snr_gamma is not None and cfg.model.min_snr_gamma <= 0:
-        raise ConfigError(f"model.min_snr_gamma={cfg.model.min_snr_gamma} must be positive (Min-SNR's 5) "
-                          "or null for plain MSE")
     if not cfg.text_encoders:
         raise ConfigError("text_encoders is empty; give at least one, e.g. [{kind: tiny_clip, seed: 0}]")
-    for i, spec in enumerate(cfg.text_encoders):
-        if spec.get("kind") not in TEXT_ENCODER_KINDS:
-            raise ConfigError(f"text_encoders[{i}].kind={spec.get('kind')!r} is not allowed; "
-                              f"choose one of {list(TEXT_ENCODER_KINDS)}")
     if cfg.vae.kind == "autoencoder_kl" and not cfg.vae.path:
         raise ConfigError("vae.kind=autoencoder_kl needs vae.path (e.g. stabilityai/sd-vae-ft-ema or a local folder)")
     if cfg.data.kind != "compshapes" and not cfg.data.path:
@@ -269,21 +377,19 @@ def _check_values(cfg: CellConfig) -> None:
     _check_model_shape(cfg)
 
 
-# The VAE's downsampling per kind, for checks made before any weights load: autoencoder_kl is the
-# Stable Diffusion family's 8x (gentron.vae reads the factor of the weights it loads).
-VAE_DOWNSAMPLE = {"identity": 1, "autoencoder_kl": 8}
 MAX_LR = 1.0  # AdamW moves every weight by about lr per step: beyond 1 nothing trains
 
 
 def _check_finite(cfg: CellConfig) -> None:
     """NaN passes every comparison unnoticed: no float key may be NaN or infinite (train.grad_clip's
     inf means no clipping and is checked with its range)."""
-    for section in dataclasses.fields(cfg):
-        node = getattr(cfg, section.name)
+    nodes = [(section.name, getattr(cfg, section.name)) for section in dataclasses.fields(cfg)]
+    nodes += [(f"text_encoders[{i}]", spec) for i, spec in enumerate(cfg.text_encoders)]
+    for where, node in nodes:
         if not dataclasses.is_dataclass(node):
             continue
         for f in dataclasses.fields(node):
-            key, value = f"{section.name}.{f.name}", getattr(node, f.name)
+            key, value = f"{where}.{f.name}", getattr(node, f.name)
             if isinstance(value, float) and not math.isfinite(value) and key != "train.grad_clip":
                 raise ConfigError(f"{key}={value} must be a finite number")
 
@@ -303,7 +409,7 @@ def _check_ranges(cfg: CellConfig) -> None:
         if value < 0:
             raise ConfigError(f"{key}={value} must be >= 0")
     for key, value in {"data.num_train": d.num_train, "data.fps": d.fps,
-                       "vae.scaling_factor": cfg.vae.scaling_factor}.items():
+                       "vae.scaling_factor": 1.0 if cfg.vae.scaling_factor is None else cfg.vae.scaling_factor}.items():
         if value <= 0:
             raise ConfigError(f"{key}={value} must be positive")
     if s.mfg_scale is not None:
@@ -322,6 +428,45 @@ def _check_ranges(cfg: CellConfig) -> None:
                           "give distinct seeds")
     if d.kind == "compshapes" and d.categories is not None:
         _check_categories(d.categories, d.video)
+    _check_limits(cfg)
+
+
+# Bounds beyond which a value is a typo, not an experiment: each is far past the paper's settings
+# (G/2: depth 48, width 1664; 512 px; batch 2048; 8 frames; 50 sampling steps), and past it the run
+# would hang or run out of memory for minutes before failing. Seeds feed torch, NumPy and Python
+# generators alike, which agree on [0, 2**31).
+UPPER = {"model.depth": 512, "model.hidden_size": 16384, "model.mlp_hidden_size": 65536, "model.num_heads": 1024,
+         "data.resolution": 8192, "data.num_frames": 1024, "train.batch_size": 1 << 20, "train.steps": 10**9,
+         "sample.steps": 10_000, "sample.images_per_prompt": 10_000, "sample.batch_size": 1 << 16,
+         "data.num_workers": 256, "data.num_train": 10**9}
+SEED_LIMIT = 2**31
+HOST_MEMORY_LIMIT = 2 * 1024**4  # bytes: more than any single node holds (data.encode=memory keeps the set in RAM)
+
+
+def _check_limits(cfg: CellConfig) -> None:
+    for key, limit in UPPER.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is not None and value > limit:
+            raise ConfigError(f"{key}={value} is above {limit:,}, beyond any run this harness is meant for; "
+                              "check the value (the paper's largest settings are far below)")
+    seeds = {"train.seed": cfg.train.seed, "data.seed": cfg.data.seed,
+             **{f"sample.seeds[{i}]": v for i, v in enumerate(cfg.sample.seeds)},
+             **{f"text_encoders[{i}].seed": getattr(e, "seed") for i, e in enumerate(cfg.text_encoders)
+                if hasattr(e, "seed")}}
+    for key, value in seeds.items():
+        if not 0 <= value < SEED_LIMIT:
+            raise ConfigError(f"{key}={value} is out of range; seeds are whole numbers in [0, 2**31)")
+    d = cfg.data
+    if d.kind == "compshapes" and d.encode == "memory":
+        channels, down = cfg.vae.shape()
+        side = d.resolution // down
+        per_image = channels * side * side * 4  # float32
+        total = d.num_train * per_image * (1 + (d.num_frames if d.video else 0))
+        if total > HOST_MEMORY_LIMIT:
+            raise ConfigError(f"data.num_train={d.num_train:,} at {d.resolution} px would hold {total / 1024**4:.1f} TiB "
+                              f"in memory (data.encode=memory), more than any machine; lower data.num_train or "
+                              "stream it with data.encode=per_batch")
 
 
 def _check_categories(categories: list[str], video: bool) -> None:
@@ -341,8 +486,8 @@ def _check_categories(categories: list[str], video: bool) -> None:
 
 def _check_model_shape(cfg: CellConfig) -> None:
     """The model the size and its overrides describe can be built, and the images cut into whole
-    patches: read from the size registry, nothing is built."""
-    from gentron.sizes import SIZES, model_config
+    patches: resolved from the registry and the specs' shapes, nothing is built or loaded."""
+    from gentron.sizes import SIZES
 
     m = cfg.model
     size, patch = SIZES[m.size]
@@ -367,19 +512,51 @@ def _check_model_shape(cfg: CellConfig) -> None:
                               f"{'' if m.hidden_size is not None else f' of size {m.size}'}); choose one of {divisors}")
         raise ConfigError(f"model.hidden_size={width} is not divisible by size {m.size}'s {heads} heads; set "
                           f"model.num_heads to one of {divisors} or a width divisible by {heads}")
-    down = VAE_DOWNSAMPLE[cfg.vae.kind]
+    _, down = cfg.vae.shape()
     step = patch * down
     if cfg.data.resolution % step:
         lower = cfg.data.resolution - cfg.data.resolution % step
         raise ConfigError(f"data.resolution={cfg.data.resolution} is not divisible by {step} (patch {patch} x "
                           f"VAE downsampling {down}), so the image does not cut into whole patches; use "
                           f"{', '.join(str(r) for r in (lower, lower + step) if r > 0)}")
-    overrides = {k: getattr(m, k) for k in own if getattr(m, k) is not None}
     try:  # anything else the model's own config refuses
-        model_config(m.size, **overrides, input_size=cfg.data.resolution // down, conditioning=m.conditioning,
-                     learn_sigma=m.learn_sigma, temporal=cfg.data.video, max_frames=max(cfg.data.num_frames, 8))
+        resolve(cfg)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from e
+
+
+# --- the model a cell describes -------------------------------------------------------------------
+
+def encoder_shapes(cfg: CellConfig) -> list[EncoderShape]:
+    """Each text encoder's shape as its spec knows it (no weights are loaded)."""
+    return [spec.shape() for spec in cfg.text_encoders]
+
+
+def resolve(cfg: CellConfig, shapes: Sequence[EncoderShape] | None = None,
+            latent: tuple[int, int] | None = None):
+    """The GenTronConfig a cell describes, and the only place one is derived from a cell: the size
+    from the registry, then the cell's overrides, the latent grid of its VAE and the widths of its
+    text encoders. `shapes` and `latent` (channels, downsampling) default to what the specs know
+    without weights; a caller that has built the encoders or read stored latents passes theirs."""
+    from gentron.sizes import model_config
+
+    m = cfg.model
+    shapes = encoder_shapes(cfg) if shapes is None else list(shapes)
+    channels, down = cfg.vae.shape() if latent is None else latent
+    overrides = {k: getattr(m, k) for k in ("patch_size", "depth", "hidden_size", "mlp_hidden_size", "num_heads")
+                 if getattr(m, k) is not None}
+    return model_config(
+        m.size, **overrides,
+        input_size=cfg.data.resolution // down,
+        in_channels=channels,
+        conditioning=m.conditioning,
+        learn_sigma=m.learn_sigma,
+        text_widths=tuple(s.width for s in shapes),
+        pooled_widths=tuple(s.pooled_width for s in shapes),
+        temporal=cfg.data.video,
+        max_frames=max(cfg.data.num_frames, 8),
+        grad_checkpointing=cfg.train.grad_checkpointing,
+    )
 
 
 def _check_size(name: str) -> None:
@@ -390,6 +567,3 @@ def _check_size(name: str) -> None:
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"model.size={name!r} is not a known size{hint}; choose one of {list(SIZES)}")
 
-
-def _join(where: str, key) -> str:
-    return f"{where}.{key}" if where else str(key)

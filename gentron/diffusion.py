@@ -21,7 +21,7 @@ a video clip gets one timestep.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -32,17 +32,10 @@ PREDICTIONS = ("epsilon", "v")
 SCHEDULES = ("linear", "cosine")
 
 
-def make_betas(schedule: str, num_timesteps: int, beta_start: float, beta_end: float,
-               logsnr_shift: float = 0.0) -> torch.Tensor:
+def make_betas(schedule: str, num_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
     """float64 betas. linear: DiT's (made for 32x32x4 latents). cosine: improved DDPM's
     abar(t) = cos^2(((t/T + s) / (1 + s)) pi/2), s = 0.008, betas capped at 0.999; made for small
-    pixel images, which the linear schedule turns to noise within its first half.
-
-    `logsnr_shift` adds a constant to log SNR(t) = log(abar / (1 - abar)) at every t ("simple
-    diffusion", Hoogeboom et al. 2023): a schedule tuned at one resolution destroys a smaller image's
-    objects sooner, since fewer pixels average the noise away; their rule for resolution d against
-    the schedule's own d0 is 2 ln(d0 / d), > 0 (less noise) below d0. abar(0) = 1 and abar(T) ~ 0
-    are kept, so sampling still starts from pure noise."""
+    pixel images, which the linear schedule turns to noise within its first half."""
     if schedule == "linear":
         betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
     elif schedule == "cosine":
@@ -51,11 +44,7 @@ def make_betas(schedule: str, num_timesteps: int, beta_start: float, beta_end: f
         betas = (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
     else:
         raise ValueError(f"noise schedule {schedule!r} is unknown; choose one of {list(SCHEDULES)}")
-    if not logsnr_shift:
-        return betas
-    abar = torch.sigmoid(torch.logit(torch.cumprod(1 - betas, 0)) + logsnr_shift)
-    previous = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-    return (1 - abar / previous).clamp(max=0.999)
+    return betas
 
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -64,17 +53,15 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 class Diffusion:
     def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  learn_sigma: bool = False, prediction: str = "epsilon", schedule: str = "linear",
-                 logsnr_shift: float = 0.0, min_snr_gamma: float | None = None,
                  timestep_std: float | None = None):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction {prediction!r} is unknown; choose one of {list(PREDICTIONS)}")
         self.num_timesteps = num_timesteps
         self.learn_sigma = learn_sigma
         self.prediction = prediction
-        self.min_snr_gamma = min_snr_gamma
         self.timestep_std = timestep_std
         # Constants in float64 (as DiT computes them), stored as float32.
-        betas = make_betas(schedule, num_timesteps, beta_start, beta_end, logsnr_shift)
+        betas = make_betas(schedule, num_timesteps, beta_start, beta_end)
         alphas_cumprod = torch.cumprod(1 - betas, 0)
         alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
         posterior_variance = betas * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod)
@@ -94,10 +81,9 @@ class Diffusion:
     # --- the forward process ---------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, model) -> "Diffusion":
+    def from_config(cls, model) -> Diffusion:
         """The diffusion a cell's `model` config section trains and samples with."""
         return cls(learn_sigma=model.learn_sigma, prediction=model.prediction, schedule=model.noise_schedule,
-                   logsnr_shift=model.logsnr_shift, min_snr_gamma=model.min_snr_gamma,
                    timestep_std=model.timestep_std)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -154,13 +140,11 @@ class Diffusion:
         out = model(x_t, t, text, motion_free=motion_free).float()
         pred, var_values = self.split_output(out)
         mse = _mean_flat((self.target(x0, t, noise) - pred) ** 2)
-        # Min-SNR weights what is optimised; `mse` stays the plain error, comparable across runs.
-        weighted = mse * self.min_snr_weight(t) if self.min_snr_gamma else mse
         if not self.learn_sigma:
-            return dict(loss=weighted.mean(), mse=mse.mean(), vb=None)
+            return dict(loss=mse.mean(), mse=mse.mean(), vb=None)
         # The vb term trains the variance only: the mean it uses comes from a detached prediction.
         vb = self._vb_bits(x0, x_t, t, self.to_eps(x_t, t, pred.detach()), var_values)
-        return dict(loss=(weighted + vb).mean(), mse=mse.mean(), vb=vb.mean())
+        return dict(loss=(mse + vb).mean(), mse=mse.mean(), vb=vb.mean())
 
     def sample_timesteps(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n training timesteps: uniform (DiT), or with `timestep_std` logit-normal(0, std) over t / T
@@ -170,14 +154,6 @@ class Diffusion:
             return _randint(self.num_timesteps, n, generator)
         u = torch.sigmoid(self.timestep_std * _randn((n,), generator))
         return (u * self.num_timesteps).long().clamp(max=self.num_timesteps - 1)
-
-    def min_snr_weight(self, t: torch.Tensor) -> torch.Tensor:
-        """Min-SNR-gamma (Hang et al. 2023): weight each timestep's loss as if the network regressed x0
-        with weight min(SNR, gamma), so nearly clean timesteps (huge SNR, little to learn) stop
-        dominating the gradient. In epsilon or v units that is min(SNR, gamma) / SNR or / (SNR + 1)."""
-        abar = self.alphas_cumprod.to(t.device)[t]
-        snr = abar / (1 - abar)
-        return snr.clamp(max=self.min_snr_gamma) / (snr if self.prediction == "epsilon" else snr + 1)
 
     def split_output(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Model output -> (prediction, variance values in [-1, 1] or None), split on channels (dim -3)."""

@@ -15,7 +15,8 @@ import functools
 import logging
 import os
 import sys
-from typing import Callable, NoReturn
+from typing import NoReturn
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 

@@ -21,15 +21,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from gentron.checkpoint import load_checkpoint
-from gentron.config import CellConfig, load_config, to_dict
+from gentron.config import CellConfig, load_config, resolve, to_dict
 from gentron.data.features import model_dtype, to_model_dtype
 from gentron.diffusion import Diffusion
 from gentron.errors import exits_on_user_error
 from gentron.io import atomic_save_gif, atomic_save_image, atomic_write_text
 from gentron.model import GenTron, GenTronConfig
-from gentron.text import PromptCache
+from gentron.text import PromptCache, build_text_encoders
 from gentron.text.base import TextEmbedding
-from gentron.train import build_encoders, build_model_config
 from gentron.vae import build_vae
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ GIF_FRAME_MS = 250  # 4 FPS, the paper's training frame rate
 
 # What a config must agree on with the checkpoint it samples from, beyond the network (model_config)
 # and the text encoders: what the network's output means, and the space it works in.
-MEANING_KEYS = ("model.prediction", "model.noise_schedule", "model.logsnr_shift", "model.learn_sigma",
+MEANING_KEYS = ("model.prediction", "model.noise_schedule", "model.learn_sigma",
                 "vae.kind", "vae.path", "vae.scaling_factor")
 
 
@@ -50,7 +49,7 @@ def load_ema_model(checkpoint: str | Path, device: torch.device | str = "cpu") -
 
 
 def _ema_model(state: dict, device) -> GenTron:
-    model = GenTron(GenTronConfig(**state["model_config"]))
+    model = GenTron(GenTronConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["ema"])
     return model.to(device).eval()
 
@@ -67,7 +66,7 @@ def checkpoint_mismatches(cfg: CellConfig, state: dict, encoders: list, vae) -> 
             found.append(f"{len(here)} text encoders here, {len(stored_encoders)} in the checkpoint")
         found += [f"text encoder {i} is {a!r} here, {b!r} in the checkpoint"
                   for i, (a, b) in enumerate(zip(here, stored_encoders)) if a != b]
-    built = build_model_config(cfg, encoders, vae).to_dict()
+    built = resolve(cfg, [e.shape for e in encoders], (vae.channels, vae.downsample)).to_dict()
     stored_model = state.get("model_config", {})
     for key, value in built.items():
         if key in ("grad_checkpointing", "max_frames") or key not in stored_model:
@@ -158,8 +157,8 @@ def generate(cfg: CellConfig | dict | str | Path, checkpoint: str | Path, prompt
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     state = load_checkpoint(checkpoint)
-    vae = build_vae(to_dict(cfg)["vae"]).to(device)
-    encoders = build_encoders(cfg, device)
+    vae = build_vae(cfg.vae).to(device)
+    encoders = build_text_encoders(cfg.text_encoders, device)
     mismatches = checkpoint_mismatches(cfg, state, encoders, vae)
     if mismatches:
         raise ValueError(f"the config does not match checkpoint {checkpoint}: {'; '.join(mismatches)}; sample with "

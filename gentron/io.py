@@ -7,7 +7,8 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 TEMP_SUFFIX = ".tmp"  # a write in progress is `.<name>.<random>.tmp` next to its target
 

@@ -68,6 +68,11 @@ class GenTronConfig:
         return asdict(self)
 
     @classmethod
+    def from_dict(cls, values: dict) -> GenTronConfig:
+        """The config a checkpoint stored with `to_dict` (a cell's is derived by gentron.config.resolve)."""
+        return cls(**values)
+
+    @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 

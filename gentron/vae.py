@@ -6,7 +6,6 @@ videos (B, T, C, H, W) alike.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any
 
@@ -25,7 +24,7 @@ class VAE(nn.Module):
     downsample: int
     scaling_factor: float
 
-    def train(self, mode: bool = True) -> "VAE":
+    def train(self, mode: bool = True) -> VAE:
         return super().train(False)  # frozen: stays in eval mode inside a training module
 
     def latent_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -92,34 +91,21 @@ class AutoencoderKLVAE(VAE):
         return out.reshape(*lead, *out.shape[1:])
 
 
-def build_vae(spec: dict[str, Any]) -> VAE:
-    """{kind: identity} (scaling 1, whatever scaling_factor says) or {kind: autoencoder_kl, path: stabilityai/sd-vae-ft-ema | a local folder,
-    scaling_factor: 0.18215 (default: the checkpoint config's), subfolder, sample, batch_size, dtype}."""
-    spec = dict(spec)
-    kind = spec.pop("kind", None)
-    if kind == "identity":
-        # A cell config always carries path and scaling_factor; pixel space uses neither.
-        unknown = sorted(set(spec) - {"path", "scaling_factor"})
-        if unknown:
-            raise ValueError(f"vae kind 'identity' takes no options, got {unknown}")
+def build_vae(spec: Any) -> VAE:
+    """The VAE of a spec (gentron.config.VAEConfig, or a mapping validated as one): pixel space for
+    `identity` (scaling 1, whatever scaling_factor says), else a diffusers AutoencoderKL."""
+    from gentron.config import VAEConfig
+    from gentron.schema import parse
+
+    spec = parse(VAEConfig, spec, "vae")
+    if spec.kind == "identity":
         return IdentityVAE()
-    if kind == "autoencoder_kl":
-        unknown = sorted(set(spec) - set(inspect.signature(build_autoencoder_kl).parameters))
-        if unknown:
-            raise ValueError(f"vae 'autoencoder_kl' does not take {unknown}; its options are "
-                             f"{sorted(inspect.signature(build_autoencoder_kl).parameters)}")
-        return build_autoencoder_kl(**spec)
-    raise ValueError(f"vae kind {kind!r} is unknown; choose one of ['autoencoder_kl', 'identity']")
+    return build_autoencoder_kl(path=spec.path, scaling_factor=spec.scaling_factor, subfolder=spec.subfolder,
+                                sample=spec.sample, batch_size=spec.batch_size, dtype=spec.dtype)
 
 
-def build_autoencoder_kl(
-    path: str | None = None,
-    scaling_factor: float | None = None,
-    subfolder: str | None = None,
-    sample: bool = False,
-    batch_size: int = 16,
-    dtype: str = "float32",
-) -> AutoencoderKLVAE:
+def build_autoencoder_kl(*, path: str | None, scaling_factor: float | None, subfolder: str | None, sample: bool,
+                         batch_size: int, dtype: str) -> AutoencoderKLVAE:
     from diffusers import AutoencoderKL
 
     path = path or "stabilityai/sd-vae-ft-ema"  # the Stable Diffusion VAE GenTron uses

@@ -17,9 +17,13 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
+
+if TYPE_CHECKING:
+    import altair as alt
 
 from reports import paper, results
 from reports.results import AXIS_PREFIX, CONFIG_PREFIX
@@ -50,7 +54,7 @@ def default_runs_dir(argv: list[str] | None = None) -> str:
 # ---------------------------------------------------------------- colours
 
 
-def color(field: str, n: int, title: str | None = None) -> "alt.Color":
+def color(field: str, n: int, title: str | None = None) -> alt.Color:
     """A categorical colour with a legend: Tableau's 10 (or 20) distinct hues, never shades of one."""
     import altair as alt  # deferred: the table, the first page, draws no chart
 
@@ -294,7 +298,7 @@ def view_plots(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridD
     arms = list(dict.fromkeys(frame["arm"]))
     st.subheader("Metrics per arm (mean over seeds, 95% CI)")
 
-    def draw(part: pd.DataFrame, metric: str) -> "alt.Chart":
+    def draw(part: pd.DataFrame, metric: str) -> alt.Chart:
         base = alt.Chart(part).encode(y=alt.Y("arm:N", title=None, sort=arms, axis=alt.Axis(labelLimit=220)),
                                       color=color("arm:N", len(arms), "arm"))
         bars = base.mark_rule(strokeWidth=2).encode(
@@ -372,7 +376,7 @@ def view_numeric_axis(long: pd.DataFrame, cells: pd.DataFrame, data: list[result
     named = sorted(frame["named"].dropna().unique())
     st.subheader(f"Metrics vs {name} (mean over seeds, 95% CI)")
 
-    def draw(part: pd.DataFrame, metric: str) -> "alt.Chart":
+    def draw(part: pd.DataFrame, metric: str) -> alt.Chart:
         low, high = part["ci_low"].min(), part["ci_high"].max()
         scale = alt.Scale(zero=False, domain=[low, high], nice=True)
         tooltip = ["series", "metric", alt.Tooltip(f"{axis}:N", title=name), alt.Tooltip("mean:Q", format=".4f"),
@@ -591,7 +595,7 @@ def escape_markdown(text) -> str:
     return "" if pd.isna(text) else re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", str(text))
 
 
-def status_colors(table: pd.DataFrame) -> "pd.io.formats.style.Styler":
+def status_colors(table: pd.DataFrame) -> pd.io.formats.style.Styler:
     return table.style.map(lambda s: f"color: {STATUS_COLORS.get(s, 'inherit')}; font-weight: 600", subset=["status"])
 
 

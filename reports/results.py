@@ -20,8 +20,6 @@ from ablations.runfolder import (AXIS_PREFIX, CONFIG_PREFIX, RESULT_COLUMNS, STA
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".gif", ".mp4", ".webm")
-
 
 @dataclass
 class GridData:
@@ -217,10 +215,6 @@ def curve_frame(logs: pd.DataFrame, smoothing: float, quantities: list[str] | No
 
 
 # ---------------------------------------------------------------- one cell
-
-
-def is_video(path: str) -> bool:
-    return path.lower().endswith(VIDEO_SUFFIXES)
 
 
 def cell_detail(cell_dir: str | Path) -> dict:

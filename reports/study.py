@@ -1,7 +1,8 @@
 """Create a blind pairwise study from two or more sample folders and print the rater links.
 
     python -m reports.study create --name cross-vs-adaln --system A=runs/g/c1/samples/s --system B=... \
-        --raters 20 [--checks 3] [--pairs-per-rater 30] [--db studies/votes.sqlite] [--base-url http://host:8502]
+        --raters 20 [--checks 3] [--pairs-per-rater 30] [--size 256x256] [--fit pad|crop] [--frames 16] \
+        [--frame-ms 125] [--db studies/votes.sqlite] [--base-url http://host:8502]
     python -m reports.study add-raters --study <id> --secret <owner secret> --count 5
 
 Images are matched across systems on (prompt text, seed, index); every matched key gives one pair per
@@ -10,18 +11,42 @@ right answer to the text question); every rater gets every check. With --pairs-p
 judges that many compare pairs, the least-judged first, so every pair and prompt gets about the same
 number of raters and each pair is shown both ways round; without it every rater judges every pair.
 Every image is decoded and re-encoded from its pixels when the study is created: a file that cannot be
-read stops creation with its path.
+read, or not converted faithfully, stops creation with its path.
+
+Every stimulus of a study is served in one format, so that nothing but its pixels differs between
+systems (a rater's browser sees the byte length, dimensions, frame count and timing of every image):
+- colour: 8-bit sRGB RGB. 16-bit samples are scaled by 255/65535 and rounded; float samples must lie in
+  [0, 1] (scaled by 255 and rounded); NaN, infinities, floats outside [0, 1] and 32-bit integers above
+  65535 are refused. Transparency is composited on white, greyscale and palettes expand to RGB, an
+  embedded ICC profile is converted to sRGB, EXIF orientation is applied.
+- size: one per study, --size WxH or by default the largest image's (by area). An image of another
+  size is resized with the Lanczos filter; of another aspect ratio it is, with --fit pad (the default),
+  scaled to fit and centred on mid grey (the whole picture is judged, the bars show the aspect ratio),
+  with --fit crop scaled to cover and centre cropped (nothing shows the aspect ratio, the edges are lost).
+- clips: when any image is animated every stimulus is a clip of one frame count (--frames, default the
+  most any clip has), one frame time (--frame-ms, default the median clip length over that count) and
+  looping forever. A clip is resampled in time: each output frame is the source frame on screen at the
+  middle of its slot, the source stretched to the common length; a still fills every frame.
+- encoding: an uncompressed PNG (an APNG for clips) written from the pixels, every frame whole. Its
+  length depends only on the size and frame count, so every stimulus of a study has exactly the same
+  byte length by construction: no compressor, palette or frame-dropping encoder can make it depend on
+  the content (padding compressed files to one length would also work, but needs a second format rule
+  and a worst case; an uncompressed file has no worst case). The cost is bandwidth: width x height x 3
+  bytes per frame, e.g. 192 KiB for a 256x256 still; --size and --frames make them smaller.
+The chosen format is stored with the study (column `stimulus`) and shown on its results page.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
 import logging
 import random
+import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from eval.common import read_samples
@@ -30,7 +55,9 @@ from reports.voteapp import OneLineParser, VoteSettings, whole_number
 
 log = logging.getLogger(__name__)
 
-STUDY_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+STUDY_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".tif", ".tiff")
+SIDES = (8, 4096)  # the smallest and largest --size side
+LARGE_STIMULUS = 8 * 2**20  # bytes; a larger stimulus is slow on a phone
 
 
 def parse_systems(specs: list[str]) -> dict[str, Path]:
@@ -95,9 +122,28 @@ def _key_text(key: tuple) -> str:
     return f"{key[0]}|seed={key[1]}|index={key[2]}"
 
 
+def stimulus_format(images: Iterable[tuple[tuple[int, int], list[float]]], size: tuple[int, int] | None = None,
+                    fit: str = "pad", frames: int | None = None, frame_ms: int | None = None) -> votes.StimulusFormat:
+    """The one format of a study's stimuli (the rules of the module docstring), from every image's
+    ((width, height), frame durations in ms) and the options."""
+    images = list(images)
+    width, height = size or max((wh for wh, _ in images), key=lambda wh: (wh[0] * wh[1], wh))
+    clips = [durations for _, durations in images if len(durations) > 1]
+    if not clips:
+        for flag, value in (("--frames", frames), ("--frame-ms", frame_ms)):
+            if value is not None:
+                raise ValueError(f"{flag} {value}: every image of this study is a still; leave {flag} out")
+        return votes.StimulusFormat(width, height, fit)
+    count = frames or max(len(durations) for durations in clips)
+    ms = frame_ms or max(votes.MIN_FRAME_MS, round(float(np.median([sum(d) for d in clips])) / count))
+    return votes.StimulusFormat(width, height, fit, count, ms)
+
+
 def create(db: Path, name: str, systems: dict[str, Path], raters: int, checks: int,
-           pairs_per_rater: int | None = None) -> dict:
-    """Match, validate and re-encode every image, then write the study in one transaction."""
+           pairs_per_rater: int | None = None, size: tuple[int, int] | None = None, fit: str = "pad",
+           frames: int | None = None, frame_ms: int | None = None) -> dict:
+    """Match, validate and re-encode every image into the study's one stimulus format, then write the
+    study in one transaction. The returned dict also holds the format's metadata under 'stimulus'."""
     if raters < 1:
         raise ValueError(f"--raters {raters}: a study needs at least 1 rater")
     if checks < 0:
@@ -107,16 +153,42 @@ def create(db: Path, name: str, systems: dict[str, Path], raters: int, checks: i
     if pairs_per_rater is not None and not 1 <= pairs_per_rater <= compare:
         raise ValueError(f"--pairs-per-rater {pairs_per_rater}: the study has {compare} compare pairs; give 1 to at "
                          f"most {compare} (or leave it out to show every rater all of them)")
-    read = functools.lru_cache(maxsize=64)(votes.read_image)
-    for pair in tqdm(pairs, desc="re-encoding images", unit="pair", disable=None):
-        pair["image_a"], pair["image_b"] = votes.pixels_only([read(Path(pair["path_a"])), read(Path(pair["path_b"]))])
+    paths = sorted({Path(pair[side]) for pair in pairs for side in ("path_a", "path_b")})
+    shapes = []
+    for path in tqdm(paths, desc="reading images", unit="image", disable=None):
+        pixels, durations = votes.read_image(path)
+        shapes.append(((pixels[0].shape[1], pixels[0].shape[0]), durations))
+    fmt = stimulus_format(shapes, size, fit, frames, frame_ms)
+    expected = fmt.payload_bytes
+    if expected > LARGE_STIMULUS:
+        log.warning("every stimulus is %.1f MiB (%dx%d, %d frames); give --size or --frames to make them smaller",
+                    expected / 2**20, fmt.width, fmt.height, fmt.frames)
+    encoded = {}
+    for path in tqdm(paths, desc="re-encoding images", unit="image", disable=None):
+        data = votes.stimulus(*votes.read_image(path), fmt)
+        if len(data) != expected:
+            raise RuntimeError(f"{path}: stimulus of {len(data)} bytes, not the study's {expected}")
+        encoded[path] = (data, votes.MEDIA_TYPE)
+    for pair in pairs:
+        pair["image_a"], pair["image_b"] = encoded[Path(pair["path_a"])], encoded[Path(pair["path_b"])]
     conn = votes.connect(db)
     try:
         votes.init_db(conn)
-        return votes.insert_study(conn, name, {n: str(p.resolve()) for n, p in systems.items()}, pairs, raters,
-                                  pairs_per_rater)
+        created = votes.insert_study(conn, name, {n: str(p.resolve()) for n, p in systems.items()}, pairs, raters,
+                                     pairs_per_rater, fmt.metadata())
     finally:
         conn.close()
+    return {**created, "stimulus": fmt.metadata()}
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """An argparse type: WIDTHxHEIGHT or one number (a square), each side within SIDES."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
+    sides = (int(match[1]), int(match[2] or match[1])) if match else None
+    if sides is None or not all(SIDES[0] <= side <= SIDES[1] for side in sides):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; give WIDTHxHEIGHT in pixels, each side "
+                                         f"{SIDES[0]}-{SIDES[1]} (e.g. 256x256), or one number for a square")
+    return sides
 
 
 def print_links(created: dict, base_url: str) -> None:
@@ -124,6 +196,8 @@ def print_links(created: dict, base_url: str) -> None:
     print(f"study id:     {created['study_id']}")
     print(f"owner secret: {created['owner_secret']}   (keep it; it is stored only as a hash)")
     print(f"results:      {base}/s/{created['study_id']}/results")
+    if created.get("stimulus"):
+        print(f"stimuli:      {votes.describe_stimulus(created['stimulus'])}")
     print("rater links (one per person):")
     for token in created["raters"]:
         print(f"  {base}/r/{token}")
@@ -149,6 +223,15 @@ def build_parser() -> OneLineParser:
     make.add_argument("--pairs-per-rater", type=whole_number(1), default=None,
                       help="compare pairs each rater judges, spread evenly over pairs, prompts and left/right "
                            "order (default: every pair)")
+    make.add_argument("--size", type=image_size, default=None, metavar="WxH",
+                      help="size of every stimulus, e.g. 256x256 (default: the largest image's)")
+    make.add_argument("--fit", choices=votes.FITS, default="pad",
+                      help="another aspect ratio is padded (default: the whole image, grey bars) or cropped "
+                           "(centre, no bars)")
+    make.add_argument("--frames", type=whole_number(2, 1000), default=None,
+                      help="frames of every clip (default: the most any clip has)")
+    make.add_argument("--frame-ms", type=whole_number(votes.MIN_FRAME_MS, 60000), default=None,
+                      help="milliseconds per clip frame (default: the median clip length over --frames)")
     more = sub.add_parser("add-raters", parents=[common], help="new rater links for an existing study")
     more.add_argument("--study", required=True, help="the study id printed at creation")
     more.add_argument("--secret", required=True, help="the owner secret printed at creation")
@@ -164,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         base_url = getattr(args, "base_url", None) or f"http://{settings.host}:{settings.port}"
         if args.command == "create":
             created = create(settings.db, args.name, parse_systems(args.system), args.raters, args.checks,
-                             args.pairs_per_rater)
+                             args.pairs_per_rater, args.size, args.fit, args.frames, args.frame_ms)
             print_links(created, base_url)
         else:
             _add_raters(settings.db, args.study, args.secret, args.count, base_url)

@@ -23,7 +23,7 @@ import os
 import socket
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +33,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from gentron.errors import ConfigError
+from gentron.schema import parse
 from reports import vote_stats, votes
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,6 @@ and positions. Ignore how pretty it is.</li>
 impression; a few pairs are easy checks.</li>
 </ul>
 """
-CONFIG_KEYS = ("db", "host", "port")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -117,19 +118,23 @@ def port_number(text: str) -> int:
 
 @dataclass
 class VoteSettings:
-    db: Path = field(default_factory=lambda: Path(DEFAULT_DB))
+    db: str = DEFAULT_DB
     host: str = "127.0.0.1"
-    port: int = 8502
+    port: int = field(default=8502, metadata={"help": "a TCP port, a whole number in 1-65535"})
+
+    def check(self, where: str) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port!r} is not a TCP port; give a whole number in 1-65535")
 
     @classmethod
-    def load(cls, config: str | None = None, **overrides) -> "VoteSettings":
+    def load(cls, config: str | None = None, **overrides) -> VoteSettings:
         """Defaults, then a YAML config file (keys db, host, port), then $GENTRON_VOTE_DB, then flags.
         Every problem raises ValueError naming the file, the key and the fix."""
         values = dict(_read_config(config)) if config else {}
         if os.environ.get("GENTRON_VOTE_DB"):
             values["db"] = os.environ["GENTRON_VOTE_DB"]
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(**values)
+        values.update({k: str(v) if k == "db" else v for k, v in overrides.items() if v is not None})
+        settings = parse(cls, values, source=f"--config {config}" if config else "vote settings")
         settings.db = Path(settings.db)
         return settings
 
@@ -137,7 +142,7 @@ class VoteSettings:
 def _read_config(config: str) -> dict:
     path = Path(config)
     if not path.is_file():
-        raise ValueError(f"--config {config}: file not found; give a YAML file with keys {', '.join(CONFIG_KEYS)}")
+        raise ValueError(f"--config {config}: file not found; give a YAML file with keys {', '.join(f.name for f in fields(VoteSettings))}")
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
@@ -146,21 +151,8 @@ def _read_config(config: str) -> dict:
         raise ValueError(f"--config {config} is not valid YAML{line}; fix it or give another file") from e
     loaded = {} if loaded is None else loaded
     if not isinstance(loaded, dict):
-        raise ValueError(f"--config {config}: expected a mapping of keys {', '.join(CONFIG_KEYS)}, "
+        raise ValueError(f"--config {config}: expected a mapping of keys {', '.join(f.name for f in fields(VoteSettings))}, "
                          f"got a {type(loaded).__name__}")
-    unknown = sorted(set(loaded) - set(CONFIG_KEYS))
-    if unknown:
-        raise ValueError(f"--config {config}: unknown key {', '.join(map(repr, unknown))}; allowed: "
-                         f"{', '.join(CONFIG_KEYS)}")
-    if "port" in loaded:
-        try:
-            loaded["port"] = port_number(str(loaded["port"]))
-        except argparse.ArgumentTypeError:
-            raise ValueError(f"--config {config}: port {loaded['port']!r} is not a TCP port; give a whole number in "
-                             f"1-65535") from None
-    for key in ("db", "host"):
-        if key in loaded and not isinstance(loaded[key], str):
-            raise ValueError(f"--config {config}: {key} must be a string, got {loaded[key]!r}")
     return loaded
 
 
@@ -308,7 +300,7 @@ def results_html(study, summary: dict, frame: pd.DataFrame) -> str:
              f"{summary['checks']} attention checks · {summary['raters']} raters · {summary['votes']} answers recorded. "
              f"<a href='/s/{study['id']}/votes.csv'>Download raw votes (CSV)</a></p>",
              f"<p class='muted'>Each pair answered by {spread} raters{orders}. Rates are shares of answers with 95% "
-             f"Wilson intervals.</p>"]
+             f"Wilson intervals.</p>", _stimulus_line(summary.get("stimulus"))]
     if frame.empty:
         return "".join(parts) + "<p>No votes yet.</p>"
     excluded = vote_stats.excluded_raters(frame)
@@ -329,6 +321,14 @@ def results_html(study, summary: dict, frame: pd.DataFrame) -> str:
     parts.append("<h3>Raters: agreement with the consensus of the others</h3>")
     parts.append(_table(vote_stats.rater_agreement(frame).round(3)))
     return "".join(parts)
+
+
+def _stimulus_line(meta: dict | None) -> str:
+    """How the study's images were normalised for serving (reports.study), or a warning for older studies."""
+    if meta is None:
+        return ("<p class='muted'>Stimuli: this study was created before images were normalised to one format; "
+                "their file sizes may tell the systems apart. Create it again to serve them blind.</p>")
+    return f"<p class='muted'>Stimuli: {html.escape(votes.describe_stimulus(meta))}.</p>"
 
 
 def _rates_table(groups: list[tuple[str, pd.DataFrame]], question: str) -> str:
@@ -360,9 +360,9 @@ def _table(frame: pd.DataFrame) -> str:
     return f"<div class='scroll'>{frame.to_html(index=False, escape=True, border=0, na_rep='–')}</div>"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "reports/vote.py") -> int:
     """Serve until stopped; a bad argument, config or database file prints one line and returns 2."""
-    parser = OneLineParser(prog="reports/vote.py", description="Blind pairwise voting server for GenTron studies "
+    parser = OneLineParser(prog=prog, description="Blind pairwise voting server for GenTron studies "
                            "(create a study first: python -m reports.study create --help)")
     parser.add_argument("--config", help="YAML with keys db, host, port")
     parser.add_argument("--db", help=f"SQLite votes file (default {DEFAULT_DB}, or $GENTRON_VOTE_DB)")

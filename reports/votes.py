@@ -6,28 +6,32 @@ signature and two random image ids; which system sits left is kept server-side i
 Every submission is one `BEGIN IMMEDIATE` transaction that consumes its screen and writes both
 answers, so a replay, a second tab or a crash never records a vote twice or half a vote.
 
-Images are decoded and re-encoded from their pixels when the study is created (both images of a pair
-in one format and at one size, nothing else carried over) and stored in the database, so a bad file is
-refused up front and what a rater sees cannot change or leak a file's metadata later. Each rater is
-given their pairs on their first visit by `assign`: the least-judged pairs first, each pair shown with
-A on the left to every second rater who gets it.
+Images are decoded and re-encoded from their pixels when the study is created (`read_image`,
+`stimulus`): every image of a study in one `StimulusFormat` (one size, one frame count and timing, 8-bit
+sRGB, uncompressed, so every stimulus has the same byte length; nothing else carried over) and stored in
+the database, so a bad file is refused up front and what a rater sees cannot change or leak a file's
+metadata, size or encoding later. Each rater is given their pairs on their first visit by `assign`: the
+least-judged pairs first, each pair shown with A on the left to every second rater who gets it.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 import io
+import json
 import logging
 import random
 import secrets
 import sqlite3
+import struct
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, ImageSequence, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +42,16 @@ CHECK = "check"
 COMPARE = "compare"
 # columns added after the first release of the schema, added to older files when they are opened
 ADDED_COLUMNS = [("studies", "pairs_per_rater", "INTEGER"), ("images", "data", "BLOB"),
-                 ("images", "media_type", "TEXT")]
-MEDIA_TYPES = {"PNG": "image/png", "GIF": "image/gif"}
-PAD_COLOUR = (128, 128, 128)  # fills the margin when two images of a pair differ in aspect ratio
+                 ("images", "media_type", "TEXT"), ("studies", "stimulus", "TEXT")]
+MEDIA_TYPE = "image/png"  # every stimulus: an uncompressed PNG, or APNG for clips
+PAD_COLOUR = (128, 128, 128)  # fills the margin of a padded image of another aspect ratio
+FITS = ("pad", "crop")
+RESAMPLE, RESAMPLE_NAME = Image.Resampling.LANCZOS, "lanczos"
+MIN_FRAME_MS = 20  # browsers play shorter GIF/APNG frame delays at 100 ms
+SRGB = ImageCms.createProfile("sRGB")
+ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}  # EXIF orientation -> the transpose that shows it upright
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, owner_hash TEXT NOT NULL,
@@ -130,19 +141,21 @@ def new_id() -> str:
 
 
 def insert_study(conn: sqlite3.Connection, name: str, systems: dict[str, str], pairs: list[dict],
-                 raters: int, pairs_per_rater: int | None = None) -> dict:
+                 raters: int, pairs_per_rater: int | None = None, stimulus: dict | None = None) -> dict:
     """Write a study with its systems and pairs ({kind, prompt, prompt_key, system_a, system_b, path_a,
-    path_b, image_a, image_b} where image_* = (bytes, media type) from `pair_images`); returns
+    path_b, image_a, image_b} where image_* = (bytes, media type) from `stimulus`); returns
     {'study_id', 'owner_secret', 'raters': [tokens]}. One transaction. `pairs_per_rater`: compare pairs
-    each rater judges (None: all), besides every attention check."""
+    each rater judges (None: all), besides every attention check; `stimulus`: the study's
+    `StimulusFormat.metadata()`, kept with the study."""
     study_id, owner_secret = secrets.token_hex(8), secrets.token_urlsafe(24)
     tokens = [secrets.token_urlsafe(18) for _ in range(raters)]
     now = time.time()
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute("INSERT INTO studies (id, name, owner_hash, sign_key, created, pairs_per_rater) "
-                     "VALUES (?, ?, ?, ?, ?, ?)",
-                     (study_id, name, _hash_secret(owner_secret), secrets.token_hex(32), now, pairs_per_rater))
+        conn.execute("INSERT INTO studies (id, name, owner_hash, sign_key, created, pairs_per_rater, stimulus) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (study_id, name, _hash_secret(owner_secret), secrets.token_hex(32), now, pairs_per_rater,
+                      None if stimulus is None else json.dumps(stimulus, sort_keys=True)))
         conn.executemany("INSERT INTO systems VALUES (?, ?, ?)", [(study_id, n, f) for n, f in systems.items()])
         for position, pair in enumerate(pairs):
             image_a, image_b = new_id(), new_id()
@@ -338,59 +351,193 @@ def rater_image(conn: sqlite3.Connection, token: str, image_id: str) -> tuple[by
     if row is None:
         raise VoteRejected("No such image.", 404)
     if row["data"] is None:  # a study created before images were stored in the database
-        (data, media_type), = pixels_only([read_image(Path(row["path"]))])
-        return data, media_type
+        frames, durations = read_image(Path(row["path"]))
+        return stimulus(frames, durations, StimulusFormat.of_one(frames, durations)), MEDIA_TYPE
     return bytes(row["data"]), row["media_type"]
 
 
-def pair_images(path_a: str | Path, path_b: str | Path) -> list[tuple[bytes, str]]:
-    """Both images of a pair decoded and re-encoded from their pixels alone: [(bytes, media type)] * 2.
-    ValueError naming the file when one cannot be read."""
-    return pixels_only([read_image(Path(path_a)), read_image(Path(path_b))])
+@dataclass(frozen=True)
+class StimulusFormat:
+    """How every image of one study is served (see reports.study): `width` x `height` 8-bit sRGB RGB,
+    reached by `fit` ('pad': scaled to fit, centred on PAD_COLOUR; 'crop': scaled to cover, centre
+    cropped) with the Lanczos filter; `frames` frames of `frame_ms` each, looping forever (1: a still);
+    encoded as an uncompressed PNG (APNG for clips), so every stimulus of a study has `payload_bytes`."""
+    width: int
+    height: int
+    fit: str = "pad"
+    frames: int = 1
+    frame_ms: int = 0
+
+    def __post_init__(self):
+        if self.fit not in FITS:
+            raise ValueError(f"--fit {self.fit!r}: give one of {', '.join(FITS)}")
+        if self.width < 1 or self.height < 1 or self.frames < 1:
+            raise ValueError(f"stimulus size {self.width}x{self.height} with {self.frames} frames: give positive numbers")
+        if self.frames > 1 and self.frame_ms < MIN_FRAME_MS:
+            raise ValueError(f"--frame-ms {self.frame_ms}: browsers slow down frames shorter than {MIN_FRAME_MS} ms; "
+                             f"give at least {MIN_FRAME_MS}")
+
+    @classmethod
+    def of_one(cls, frames: list[np.ndarray], durations: list[float]) -> StimulusFormat:
+        """An image's own size, frame count and mean frame time (for images stored without a format)."""
+        clip = len(frames) > 1
+        return cls(frames[0].shape[1], frames[0].shape[0], frames=len(frames),
+                   frame_ms=max(MIN_FRAME_MS, round(sum(durations) / len(frames))) if clip else 0)
+
+    @property
+    def payload_bytes(self) -> int:
+        return len(encode_png([np.zeros((self.height, self.width, 3), np.uint8)] * self.frames, self.frame_ms))
+
+    def metadata(self) -> dict:
+        """What the study records about its stimuli (the `stimulus` column, the owner's page)."""
+        return {"width": self.width, "height": self.height, "fit": self.fit, "filter": RESAMPLE_NAME,
+                "pad_colour": list(PAD_COLOUR) if self.fit == "pad" else None, "colour": "8-bit sRGB RGB",
+                "frames": self.frames, "frame_ms": self.frame_ms if self.frames > 1 else None,
+                "loop": "forever" if self.frames > 1 else None,
+                "encoding": "uncompressed APNG" if self.frames > 1 else "uncompressed PNG",
+                "media_type": MEDIA_TYPE, "payload_bytes": self.payload_bytes}
 
 
-def pixels_only(images: list[tuple[list[np.ndarray], list[int]]]) -> list[tuple[bytes, str]]:
-    """Encode decoded images ((RGB frames, frame durations in ms) each) in one format and at one size:
-    GIF when any is animated, else PNG; the size of the largest (others resized, aspect kept, padded).
-    New images are built from the pixel arrays, so no ICC profile, transparency, text, comment or EXIF
-    of a source file can reach the output."""
-    size = max(((f[0].shape[1], f[0].shape[0]) for f, _ in images), key=lambda wh: wh[0] * wh[1])
-    animated = any(len(frames) > 1 for frames, _ in images)
-    out = []
-    for frames, durations in images:
-        fresh = [Image.fromarray(frame, "RGB") for frame in frames]
-        if fresh[0].size != size:
-            fresh = [ImageOps.pad(f, size, method=Image.Resampling.LANCZOS, color=PAD_COLOUR) for f in fresh]
-            fresh = [Image.fromarray(np.asarray(f), "RGB") for f in fresh]
-        buffer = io.BytesIO()
+def describe_stimulus(meta: dict) -> str:
+    """One line about a study's stimulus format (StimulusFormat.metadata())."""
+    fit = f"{meta['fit']} ({meta['filter']})"
+    motion = (f"{meta['frames']} frames x {meta['frame_ms']} ms, looping" if meta["frames"] > 1 else "still")
+    return (f"{meta['width']}x{meta['height']} {meta['colour']}, {fit}, {motion}, {meta['encoding']}, "
+            f"{meta['payload_bytes']:,} bytes each")
+
+
+def stimulus(frames: list[np.ndarray], durations: list[float], fmt: StimulusFormat) -> bytes:
+    """One decoded image (read_image) as the study serves it: resampled in time to `fmt.frames`
+    frames, resized to `fmt`'s size by its fit, encoded uncompressed. Built from pixel arrays alone, so
+    no ICC profile, transparency, text, comment, EXIF or timing of the source file reaches the output,
+    and its length is `fmt.payload_bytes` whatever the pixels."""
+    picks = resample_frames(durations, fmt.frames)
+    resized = {i: _resize(frames[i], fmt) for i in set(picks)}
+    return encode_png([resized[i] for i in picks], fmt.frame_ms)
+
+
+def resample_frames(durations: list[float], count: int) -> list[int]:
+    """Which source frame fills each of `count` equal output slots: the frame on screen at the slot's
+    middle when the source is stretched over the same total time (a still fills every slot)."""
+    ends = np.cumsum(np.asarray(durations, dtype=np.float64))
+    middles = (np.arange(count) + 0.5) / count * ends[-1]
+    return [int(i) for i in np.minimum(np.searchsorted(ends, middles, side="right"), len(durations) - 1)]
+
+
+def _resize(frame: np.ndarray, fmt: StimulusFormat) -> np.ndarray:
+    size = (fmt.width, fmt.height)
+    image = Image.fromarray(frame, "RGB")
+    if image.size == size:
+        return frame
+    if fmt.fit == "pad":
+        image = ImageOps.pad(image, size, method=RESAMPLE, color=PAD_COLOUR)
+    else:
+        image = ImageOps.fit(image, size, method=RESAMPLE)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def encode_png(frames: list[np.ndarray], frame_ms: int = 0) -> bytes:
+    """RGB frames (H x W x 3 uint8, one size) as a PNG, or an APNG looping forever with `frame_ms` per
+    frame: every frame whole, unfiltered and stored without compression, so the length depends only on
+    the size and the frame count (PIL's encoders compress, and its APNG writer drops repeated frames
+    and crops unchanged borders, all of which depend on the content)."""
+    height, width, _ = frames[0].shape
+    out = [b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))]
+    animated = len(frames) > 1
+    if animated:
+        out.append(_chunk(b"acTL", struct.pack(">II", len(frames), 0)))  # 0 plays: loop forever
+    sequence = 0
+    filter_none = np.zeros((height, 1), np.uint8)
+    for index, frame in enumerate(frames):
+        if frame.shape != (height, width, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"frame {index} is {frame.shape} {frame.dtype}; every frame must be {height}x{width}x3 uint8")
+        data = zlib.compress(np.concatenate([filter_none, frame.reshape(height, width * 3)], axis=1).tobytes(), 0)
         if animated:
-            fresh[0].save(buffer, format="GIF", save_all=True, append_images=fresh[1:], duration=durations, loop=0)
+            out.append(_chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, width, height, 0, 0, frame_ms, 1000, 0, 0)))
+            sequence += 1
+        if index == 0:
+            out.append(_chunk(b"IDAT", data))
         else:
-            fresh[0].save(buffer, format="PNG")
-        out.append((buffer.getvalue(), MEDIA_TYPES["GIF" if animated else "PNG"]))
-    return out
+            out.append(_chunk(b"fdAT", struct.pack(">I", sequence) + data))
+            sequence += 1
+    out.append(_chunk(b"IEND", b""))
+    return b"".join(out)
 
 
-def read_image(path: Path) -> tuple[list[np.ndarray], list[int]]:
-    """Every frame of an image file as RGB pixels (transparency composited on white) and its durations."""
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def read_image(path: Path) -> tuple[list[np.ndarray], list[float]]:
+    """Every frame of an image file as 8-bit sRGB RGB pixels, and its frame durations in ms (a GIF's 0 or
+    10 ms plays as 100 ms in browsers, and is read so). Conversion is faithful or refused:
+
+    - 16-bit samples (mode I;16*, and mode I within 0..65535) are scaled by 255/65535 and rounded;
+    - float samples (mode F) must be finite and within [0, 1]: scaled by 255 and rounded;
+    - other 32-bit integers, NaN, infinities and floats outside [0, 1] raise ValueError naming the file;
+    - transparency is composited on white, palette and greyscale expand to RGB, an embedded ICC profile
+      is converted to sRGB (one that cannot be applied is refused), EXIF orientation is applied."""
     try:
         if path.stat().st_size == 0:
             raise ValueError(f"{path} is empty (0 bytes); regenerate it or remove its line from samples.jsonl")
         frames, durations = [], []
         with Image.open(path) as image:
+            icc = image.info.get("icc_profile")
+            turn = ORIENTATION.get(image.getexif().get(0x0112))
+            transforms: dict[str, ImageCms.ImageCmsTransform] = {}
             for frame in ImageSequence.Iterator(image):
                 frame.load()
-                if frame.mode in ("RGBA", "LA", "PA") or "transparency" in frame.info:
-                    flat = Image.new("RGBA", frame.size, (255, 255, 255, 255))
-                    flat.alpha_composite(frame.convert("RGBA"))
-                    frame = flat
-                frames.append(np.array(frame.convert("RGB")))
-                durations.append(int(frame.info.get("duration", image.info.get("duration", 100)) or 100))
-    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as e:
+                pixels = _to_srgb(frame, path, icc, transforms)
+                frames.append(np.asarray(pixels.transpose(turn) if turn is not None else pixels, dtype=np.uint8))
+                duration = frame.info.get("duration", image.info.get("duration", 100)) or 100
+                durations.append(float(duration) if float(duration) > 10 else 100.0)
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else e
         raise ValueError(f"{path} is not a readable image ({reason}); regenerate it or remove its line from "
                          f"samples.jsonl") from e
     return frames, durations
+
+
+def _to_srgb(frame: Image.Image, path: Path, icc: bytes | None, transforms: dict) -> Image.Image:
+    """One decoded frame as an 8-bit sRGB RGB image (the rules of read_image)."""
+    mode = frame.mode
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(frame).astype(np.int64)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 65535:
+            raise ValueError(f"{path} has {mode} integer pixels from {low} to {high}, which have no defined white; "
+                             f"save it as 8- or 16-bit")
+        grey = np.rint(values * (255 / 65535)).astype(np.uint8)
+        key = frame.info.get("transparency")
+        if isinstance(key, int):
+            grey[values == key] = 255
+        frame = Image.fromarray(grey)
+    elif mode == "F":
+        values = np.asarray(frame, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError(f"{path} has NaN or infinite float pixels; it cannot be shown faithfully; regenerate it "
+                             f"or remove its line from samples.jsonl")
+        low, high = float(values.min()), float(values.max())
+        if low < 0 or high > 1:
+            raise ValueError(f"{path} has float pixels from {low:g} to {high:g}, outside [0, 1], so it cannot be "
+                             f"shown faithfully; save it scaled to [0, 1] or as 8-bit")
+        frame = Image.fromarray(np.rint(values * 255).astype(np.uint8))
+    elif mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in frame.info:
+        flat = Image.new("RGBA", frame.size, (255, 255, 255, 255))
+        flat.alpha_composite(frame.convert("RGBA"))
+        frame = flat.convert("RGB")
+    try:
+        if frame.mode not in ("RGB", "L", "CMYK"):
+            frame = frame.convert("RGB")
+        if not icc:
+            return frame.convert("RGB")
+        if frame.mode not in transforms:
+            transforms[frame.mode] = ImageCms.buildTransform(
+                ImageCms.ImageCmsProfile(io.BytesIO(icc)), SRGB, frame.mode, "RGB",
+                renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+        return ImageCms.applyTransform(frame, transforms[frame.mode])
+    except (ValueError, ImageCms.PyCMSError) as e:
+        raise ValueError(f"{path}: its {mode} pixels cannot be converted to sRGB ({e}); save it as 8-bit RGB") from e
 
 
 # ---------------------------------------------------------------- owner side
@@ -439,4 +586,11 @@ def study_summary(conn: sqlite3.Connection, study_id: str) -> dict:
             "raters": count("SELECT COUNT(*) FROM raters WHERE study_id = ?"),
             "votes": count("SELECT COUNT(*) FROM votes WHERE study_id = ?"),
             "raters_per_pair": (min(raters_per_pair, default=0), max(raters_per_pair, default=0)),
-            "pairs_repeated": len(repeated), "pairs_both_orders": sum(r["orders"] == 2 for r in repeated)}
+            "pairs_repeated": len(repeated), "pairs_both_orders": sum(r["orders"] == 2 for r in repeated),
+            "stimulus": study_stimulus(conn, study_id)}
+
+
+def study_stimulus(conn: sqlite3.Connection, study_id: str) -> dict | None:
+    """The study's StimulusFormat.metadata() as recorded at creation (None for older studies)."""
+    text = study_by_id(conn, study_id)["stimulus"]
+    return None if text is None else json.loads(text)

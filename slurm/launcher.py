@@ -14,51 +14,69 @@ come from squeue (which knows finished jobs for MinJobAge) and then from submiti
 """
 from __future__ import annotations
 
-import difflib
 import fcntl
 import logging
 import os
 import pickle
 import shlex
 import subprocess
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Literal, Optional
 
 import submitit
 import yaml
 from submitit.core.utils import JobPaths
 from submitit.slurm.slurm import SlurmInfoWatcher
 
+from gentron.errors import ConfigError
 from gentron.io import atomic_write_json, read_json
+from gentron.schema import parse
 
 log = logging.getLogger(__name__)
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 JOBS_FILE = "jobs.json"
-CLUSTERS = ("slurm", "local", "debug")
 
-# key -> (allowed types, default). None as a default means "not set" (the cluster's default).
-PROFILE_SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
-    "cluster": ((str,), "slurm"),
-    "partition": ((str, type(None)), None),
-    "account": ((str, type(None)), None),
-    "qos": ((str, type(None)), None),
-    "constraint": ((str, type(None)), None),
-    "nodes": ((int,), 1),
-    "tasks_per_node": ((int,), 1),
-    "gpus_per_node": ((int,), 0),
-    "cpus_per_task": ((int,), 1),
-    "mem_gb": ((int, float), 4),
-    "timeout_min": ((int,), 60),
-    "signal_delay_s": ((int,), 90),
-    "array_parallelism": ((int,), 64),
-    "max_num_timeout": ((int,), 3),
-    "setup": ((list,), []),
-    "additional_parameters": ((dict,), {}),
-    "python": ((str, type(None)), None),
-}
+
+@dataclass
+class SlurmProfile:
+    """A cluster profile (slurm/profiles/*.yaml), shaped like hydra-submitit-launcher's SlurmQueueConf.
+    None means "not set" (the cluster's default)."""
+    cluster: Literal["slurm", "local", "debug"] = "slurm"  # local: processes here; debug: in-process
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem_gb: float = 4
+    timeout_min: int = 60
+    signal_delay_s: int = 90
+    array_parallelism: int = 64
+    max_num_timeout: int = 3
+    setup: list[str] = field(default_factory=list)  # shell lines run before the job
+    additional_parameters: dict[str, Any] = field(default_factory=dict)  # other sbatch options
+    python: Optional[str] = None  # interpreter on the nodes; None: the one submitting
+
+    def check(self, where: str) -> None:
+        for key in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min", "array_parallelism"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"'{key}' must be at least 1, got {getattr(self, key)}")
+        for key in ("gpus_per_node", "signal_delay_s", "max_num_timeout"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"'{key}' must be >= 0, got {getattr(self, key)}")
+        if not 0 < self.mem_gb < float("inf"):  # also NaN
+            raise ConfigError(f"'mem_gb' must be a positive number of GB, got {self.mem_gb}")
+        if self.signal_delay_s >= self.timeout_min * 60:
+            raise ConfigError(f"'signal_delay_s' ({self.signal_delay_s} s) must be shorter than the time "
+                              f"limit 'timeout_min' ({self.timeout_min} min = {self.timeout_min * 60} s): the job "
+                              "is warned that long before its end to write a checkpoint")
 
 
 # ---- profiles ----------------------------------------------------------------------------------
@@ -67,7 +85,7 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
 
 
-def load_profile(name_or_path: str | os.PathLike) -> dict:
+def load_profile(name_or_path: str | os.PathLike) -> SlurmProfile:
     """A cluster profile by name (slurm/profiles/<name>.yaml) or path, validated, defaults filled."""
     path = Path(name_or_path)
     if not path.suffix:
@@ -83,68 +101,51 @@ def load_profile(name_or_path: str | os.PathLike) -> dict:
     return validate_profile(raw, source=str(path))
 
 
-def validate_profile(raw: dict, source: str = "profile") -> dict:
-    """Check keys and types against PROFILE_SCHEMA; return a new dict with every key set."""
-    profile = {}
-    for key, value in raw.items():
-        if key not in PROFILE_SCHEMA:
-            close = difflib.get_close_matches(key, PROFILE_SCHEMA, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {sorted(PROFILE_SCHEMA)}"
-            raise ValueError(f"{source}: unknown key {key!r}; {hint}")
-        types, _ = PROFILE_SCHEMA[key]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise ValueError(f"{source}: {key!r} must be {names}, got {value!r}")
-        profile[key] = value
-    for key, (_, default) in PROFILE_SCHEMA.items():
-        profile.setdefault(key, default.copy() if isinstance(default, (list, dict)) else default)
-    if profile["cluster"] not in CLUSTERS:
-        raise ValueError(f"{source}: 'cluster' must be one of {CLUSTERS}, got {profile['cluster']!r}")
-    if not all(isinstance(line, str) for line in profile["setup"]):
-        raise ValueError(f"{source}: 'setup' must be a list of shell lines (strings)")
-    return profile
+def validate_profile(raw: dict | SlurmProfile, source: str = "profile") -> SlurmProfile:
+    """The profile `raw` describes, validated by gentron.schema (unknown keys, types, ranges)."""
+    return parse(SlurmProfile, raw, source=source)
 
 
 # ---- executor and submission -------------------------------------------------------------------
 
-def make_executor(profile: dict, folder: Path, job_name: str) -> submitit.AutoExecutor:
+def make_executor(profile: SlurmProfile | dict, folder: Path, job_name: str) -> submitit.AutoExecutor:
     """A submitit executor for `profile`, logging to `folder` (which must be on shared storage)."""
     profile = validate_profile(profile)
-    cluster = profile["cluster"]
+    cluster = profile.cluster
     kwargs: dict[str, Any] = {}
     if cluster == "slurm":
-        kwargs = {"slurm_max_num_timeout": profile["max_num_timeout"]}
-        if profile["python"]:  # else submitit uses this interpreter: the project's venv
-            kwargs["slurm_python"] = shlex.quote(profile["python"])
+        kwargs = {"slurm_max_num_timeout": profile.max_num_timeout}
+        if profile.python:  # else submitit uses this interpreter: the project's venv
+            kwargs["slurm_python"] = shlex.quote(profile.python)
     try:
         executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **kwargs)
     except RuntimeError as e:  # submitit: 'Could not detect "srun"'
         raise RuntimeError(
-            f"profile asks for SLURM but this machine has no SLURM client ({e}); start the local "
-            "test cluster with `python -m slurm.cluster start` or use a profile with cluster: local"
+            f"profile asks for SLURM but this machine has no SLURM client ({e}); start the local test "
+            "cluster with `python -m tests.support.cluster start` in the checkout or use a profile with cluster: local"
         ) from e
     executor.update_parameters(
         name=job_name,
-        timeout_min=profile["timeout_min"],
-        nodes=profile["nodes"],
-        tasks_per_node=profile["tasks_per_node"],
-        cpus_per_task=profile["cpus_per_task"],
-        mem_gb=profile["mem_gb"],
-        **({"gpus_per_node": profile["gpus_per_node"]} if profile["gpus_per_node"] else {}),
+        timeout_min=profile.timeout_min,
+        nodes=profile.nodes,
+        tasks_per_node=profile.tasks_per_node,
+        cpus_per_task=profile.cpus_per_task,
+        mem_gb=profile.mem_gb,
+        **({"gpus_per_node": profile.gpus_per_node} if profile.gpus_per_node else {}),
     )
     if cluster == "slurm":
         executor.update_parameters(**_slurm_parameters(profile))
     return executor
 
 
-def _slurm_parameters(profile: dict) -> dict:
-    optional = {k: profile[k] for k in ("partition", "account", "qos", "constraint") if profile[k]}
+def _slurm_parameters(profile: SlurmProfile) -> dict:
+    optional = {k: getattr(profile, k) for k in ("partition", "account", "qos", "constraint") if getattr(profile, k)}
     return {f"slurm_{k}": v for k, v in {
         **optional,
-        "setup": list(profile["setup"]),
-        "signal_delay_s": profile["signal_delay_s"],
-        "array_parallelism": profile["array_parallelism"],
-        "additional_parameters": dict(profile["additional_parameters"]),
+        "setup": list(profile.setup),
+        "signal_delay_s": profile.signal_delay_s,
+        "array_parallelism": profile.array_parallelism,
+        "additional_parameters": dict(profile.additional_parameters),
     }.items()}
 
 
@@ -170,7 +171,7 @@ class CellTask(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(self, cell_dir)
 
 
-def submit_stage(profile: dict, folder: Path, stage: str, fn: Callable[[str], Any], args: list,
+def submit_stage(profile: SlurmProfile | dict, folder: Path, stage: str, fn: Callable[[str], Any], args: list,
                  after: list[submitit.Job] | None = None) -> list[submitit.Job]:
     """Submit `fn(arg)` for every arg (a cell directory) as one job array and return at once.
 
@@ -183,16 +184,16 @@ def submit_stage(profile: dict, folder: Path, stage: str, fn: Callable[[str], An
     profile = validate_profile(profile)
     executor = make_executor(profile, folder / "slurm" / stage, job_name=f"{folder.name}-{stage}")
     dependency = ""
-    if after and profile["cluster"] != "slurm":
+    if after and profile.cluster != "slurm":
         _wait_all(after)  # local/debug executors have no scheduler to hold the jobs
     elif dependency := _afterok(after or []):
         executor.update_parameters(slurm_dependency=dependency)
     cell_dirs = [str(a) for a in args]
     jobs = executor.map_array(CellTask(fn), cell_dirs)
-    if profile["cluster"] == "slurm":
+    if profile.cluster == "slurm":
         for job in jobs:
             _use_queue_watcher(job)
-    _record_jobs(folder, stage, jobs, cell_dirs, profile["cluster"])
+    _record_jobs(folder, stage, jobs, cell_dirs, profile.cluster)
     log.info("stage %s: submitted %d jobs (%s)%s", stage, len(jobs), jobs[0].job_id.split("_")[0],
              f" after {dependency}" if dependency else "")
     return jobs

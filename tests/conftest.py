@@ -5,4 +5,4 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from slurm_fixtures import slurm_cluster  # noqa: E402,F401  (session fixture: the local one-node SLURM)
+from tests.support.slurm_fixtures import slurm_cluster  # noqa: E402,F401  (session fixture: the local one-node SLURM)

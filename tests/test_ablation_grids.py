@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from ablations import launch, step_costs
+from ablations import costs as cost_model
+from ablations import launch
 from ablations.grid import plan
+from gentron.config import ClipSpec, T5Spec
 from gentron.errors import ConfigError
 
 TINY_ENCODERS = [f"encoders.{name}.{key}={value}" for name in ("clip", "t5")
@@ -35,11 +37,11 @@ def test_text_encoder_grid_trains_its_encoders_once_and_runs(tmp_path):
     assert {"axis.text_encoder", "mean", "ci_low", "ci_high"} <= set(results.columns)
     assert results["axis.text_encoder"].nunique() == 3
     # each arm loads the trained encoders as real weights: an open_clip folder, a transformers folder
-    configs = {c.arms["text_encoder"]: c.config["text_encoders"] for c in plan(
+    configs = {c.arms["text_encoder"]: c.config.text_encoders for c in plan(
         ["grid=text_encoder", f"runs_dir={tmp_path}", *TINY, *TINY_ENCODERS]).cells}
-    assert configs["clip"] == [{"kind": "clip", "model": f"local-dir:{store / folders[0]}", "pretrained": None}]
-    assert configs["t5"] == [{"kind": "t5", "path": str(store / folders[1])}]
-    assert [s["kind"] for s in configs["clip+t5"]] == ["clip", "t5"]
+    assert configs["clip"] == [ClipSpec(model=f"local-dir:{store / folders[0]}", pretrained=None)]
+    assert configs["t5"] == [T5Spec(path=str(store / folders[1]))]
+    assert [s.kind for s in configs["clip+t5"]] == ["clip", "t5"]
     # the scale grid names the same recipes: it reuses these folders
     scale = plan(["grid=scale", f"runs_dir={tmp_path}", *TINY, *TINY_ENCODERS]).cells
     assert {f for c in scale for f in c.encoders} == {str(store / f) for f in folders}
@@ -49,28 +51,29 @@ def test_scale_grid_runs(tmp_path):
     results = run_grid(tmp_path, "scale", *TINY_ENCODERS, "sample.prompt_sets=[compshapes_smoke]")
     assert results["axis.scale"].nunique() == 2
     cells = plan(["grid=scale", f"runs_dir={tmp_path}", *TINY, *TINY_ENCODERS]).cells
-    shapes = {c.arms["scale"]: c.config["model"] for c in cells}
+    shapes = {c.arms["scale"]: c.model() for c in cells}
     small, large = shapes["XL/2"], shapes["G/2"]
     # the paper's rule: depth, width and MLP grow together, MLP = 4 x width, same heads
-    assert large["depth"] > small["depth"] and large["hidden_size"] > small["hidden_size"]
-    assert small["mlp_hidden_size"] == 4 * small["hidden_size"] and large["mlp_hidden_size"] == 4 * large["hidden_size"]
-    assert large["num_heads"] == small["num_heads"]
-    assert {c.config["train"]["steps"] for c in cells} == {2}, "both sizes train the same number of steps"
+    assert large.depth > small.depth and large.hidden_size > small.hidden_size
+    assert small.mlp_hidden_size == 4 * small.hidden_size and large.mlp_hidden_size == 4 * large.hidden_size
+    assert large.num_heads == small.num_heads
+    assert {c.config.train.steps for c in cells} == {2}, "both sizes train the same number of steps"
 
 
+@pytest.mark.slow  # trains the conditioning grid, then the video grid from it
 def test_mfg_grid_starts_from_the_t2i_model_and_runs(tmp_path):
     run_grid(tmp_path, "conditioning")
     cells = plan(["grid=mfg", f"runs_dir={tmp_path}", *TINY]).cells
     source = next(c for c in plan(["grid=conditioning", f"runs_dir={tmp_path}", *TINY]).cells
                   if c.arms["conditioning"] == "cross_attn")
-    assert {c.config["train"]["init_from"] for c in cells} == {
+    assert {c.config.train.init_from for c in cells} == {
         str(tmp_path / "conditioning" / source.cell_id / "checkpoints" / "last.pt")}
     results = run_grid(tmp_path, "mfg")
     assert results["axis.mfg"].nunique() == 5
     motion = results[results["metric"].str.contains("motion")]
     assert not motion.empty and motion["mean"].notna().all()
     # cells that differ only in lambda_M train one model
-    keys = {c.arms["mfg"]: c.config["train"]["p_motion_free"] for c in cells}
+    keys = {c.arms["mfg"]: c.config.train.p_motion_free for c in cells}
     assert keys["off"] == 0.0 and {keys[a] for a in ("1.0", "1.1", "1.2", "1.3")} == {0.5}
 
 
@@ -84,11 +87,11 @@ def test_mfg_without_its_t2i_grid_fails_with_the_fix(tmp_path):
 
 
 def test_dry_run_prints_an_estimate_from_measured_costs(tmp_path, capsys):
-    costs = step_costs.load_costs()
-    assert costs, f"{step_costs.COSTS_FILE} holds the measured step costs (benchmarks/step_costs.py)"
+    costs = cost_model.load_costs()
+    assert costs, f"{cost_model.COSTS_FILE} holds the measured step costs (benchmarks/step_costs.py)"
     for grid in ("conditioning", "text_encoder", "scale", "mfg"):
         p = plan([f"grid={grid}", f"runs_dir={tmp_path}"])
-        e = step_costs.estimate(p, costs)
+        e = cost_model.estimate(p, costs)
         assert not e["missing"], f"grid {grid}: unmeasured step costs {e['missing']}"
         assert e["total_s"] > 0
         assert launch.main([f"grid={grid}", f"runs_dir={tmp_path}", "dry_run=true"]) == 0
@@ -98,15 +101,15 @@ def test_dry_run_prints_an_estimate_from_measured_costs(tmp_path, capsys):
 def test_estimate_packs_groups_onto_workers(tmp_path):
     p = plan(["grid=conditioning", f"runs_dir={tmp_path}"])
     (cell_a, cell_b) = p.cells
-    costs = {"train": {step_costs.train_key(c.config): 0.01 for c in p.cells},
-             "sample": {step_costs.sample_key(c.config): 0.0 for c in p.cells},
-             "data": {step_costs.data_key(p.cells[0].config): 0.0}}
-    one = step_costs.estimate(p, costs, workers=1)["total_s"]
-    two = step_costs.estimate(p, costs, workers=2)["total_s"]
-    steps = p.cells[0].config["train"]["steps"]
+    costs = {"train": {cost_model.train_cost_key(c): 0.01 for c in p.cells},
+             "sample": {cost_model.sample_cost_key(c): 0.0 for c in p.cells},
+             "data": {cost_model.data_key(p.cells[0].config): 0.0}}
+    one = cost_model.estimate(p, costs, workers=1)["total_s"]
+    two = cost_model.estimate(p, costs, workers=2)["total_s"]
+    steps = p.cells[0].config.train.steps
     assert one == pytest.approx(2 * 0.01 * steps) and two == pytest.approx(0.01 * steps)
-    del costs["train"][step_costs.train_key(cell_a.config)]
-    assert step_costs.estimate(p, costs, workers=2)["missing"]
+    del costs["train"][cost_model.train_cost_key(cell_a)]
+    assert cost_model.estimate(p, costs, workers=2)["missing"]
 
 
 def test_encoder_recipe_overrides_and_errors(tmp_path):
@@ -118,7 +121,7 @@ def test_encoder_recipe_overrides_and_errors(tmp_path):
     assert t5(base).cell_id == t5(changed).cell_id
     with pytest.raises(ConfigError, match="encoders.clip"):
         plan(["grid=text_encoder", f"runs_dir={tmp_path}", "encoders.bert.steps=10"])
-    with pytest.raises(ConfigError, match="unknown keys"):
+    with pytest.raises(ConfigError, match="did you mean 'encoders.clip.steps'"):
         plan(["grid=text_encoder", f"runs_dir={tmp_path}", "encoders.clip.stpes=10"])
 
 

@@ -26,7 +26,12 @@ from gentron.data import compshapes as cs
 
 REPO = Path(__file__).resolve().parent.parent
 MAINS = {"run": "ablations.launch", "train": "gentron.train", "generate": "gentron.generate", "judge": "eval.judge",
-         "compbench": "eval.compbench.__main__", "fid": "eval.fid", "clip_score": "eval.clip_score"}
+         "compbench": "eval.compbench.__main__", "fid": "eval.fid", "clip_score": "eval.clip_score",
+         "study": "reports.study"}
+
+# a study of two sample folders of the `paths` fixture, for the `study` rows
+STUDY = ["--db", "{tmp}/votes.sqlite", "create", "--name", "x", "--system", "a={tmp}/samples/good",
+         "--system", "b={tmp}/samples/grayscale"]
 
 # (command, argv, expected message). {tmp}, {config}, {prompts:<name>}, {samples:<name>} and {file} are
 # filled in by the `paths` fixture. `run` rows are dry runs (the plan checks everything: nothing may
@@ -67,7 +72,7 @@ ROWS = [
     ("run", ["train.ema_decay=2"], "train.ema_decay=2.0 must be in [0, 1]"),
     ("run", ["train.caption_dropout=-0.1"], "train.caption_dropout=-0.1 must be in [0, 1]"),
     ("run", ["vae.scaling_factor=0"], "vae.scaling_factor=0.0 must be positive"),
-    ("run", ["model.logsnr_shift=nan"], "model.logsnr_shift=nan must be a finite number"),
+    ("run", ["model.timestep_std=nan"], "model.timestep_std=nan must be a finite number"),
     ("run", ["seeds=[]"], "seeds=[] is empty"),
     ("run", ["seeds=[-1]"], "train.seed=-1 must be >= 0"),
     ("run", ["data.seed=-1"], "data.seed=-1 must be >= 0"),
@@ -125,6 +130,13 @@ ROWS = [
     ("fid", [], "the following arguments are required: samples_dir, --ref"),
     ("clip_score", [], "the following arguments are required: samples_dir"),
     ("compbench", [], "the following arguments are required: samples_dir"),
+    # a blind study's stimulus format (reports.study create)
+    ("study", [*STUDY, "--size", "0x64"], "'0x64' is not a size; give WIDTHxHEIGHT"),
+    ("study", [*STUDY, "--size", "64x"], "'64x' is not a size; give WIDTHxHEIGHT"),
+    ("study", [*STUDY, "--fit", "stretch"], "invalid choice: 'stretch'"),
+    ("study", [*STUDY, "--frames", "1"], "1 is too small; give a whole number of at least 2"),
+    ("study", [*STUDY, "--frame-ms", "5"], "5 is too small; give a whole number of at least 20"),
+    ("study", [*STUDY, "--frames", "8"], "--frames 8: every image of this study is a still"),
 ]
 
 

@@ -33,11 +33,12 @@ def test_inner_newlines_become_spaces_in_both_plan_files(tmp_path):
 
 def test_coco30k_is_one_image_per_caption_whatever_the_profile(tmp_path, monkeypatch):
     from ablations.stages import prompt_records
+    from gentron.config import SampleConfig
 
     rows = [{"prompt": f"caption {i}", "category": "coco", "prompt_id": i} for i in range(5)]
     (tmp_path / "captions30k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setenv("COCO30K_CAPTIONS", str(tmp_path / "captions30k.jsonl"))
-    records = prompt_records("coco30k", {"seeds": [42], "images_per_prompt": 10})  # the paper profile's 10
+    records = prompt_records("coco30k", SampleConfig(seeds=[42], images_per_prompt=10))  # the paper profile's 10
     assert len(records) == 5 and {r["seed"] for r in records} == {42}
 
 

@@ -8,7 +8,7 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
-from test_layers import imported_packages
+from tests.test_layers import imported_packages
 
 REPO = Path(__file__).resolve().parent.parent
 OWN = {"gentron", "ablations", "eval", "reports", "slurm", "benchmarks", "tests"}
@@ -27,12 +27,11 @@ def declared(extra: str | None) -> set[str]:
 
 
 def undeclared(folders: tuple[str, ...], allowed: set[str]) -> list[str]:
-    local = {p.stem for folder in folders for p in (REPO / folder).rglob("*.py")}  # fixtures imported by name
     distributions = metadata.packages_distributions()
     missing = []
     for folder in folders:
         for path in sorted((REPO / folder).rglob("*.py")):
-            for module in sorted(imported_packages(path) - OWN - local - set(sys.stdlib_module_names)):
+            for module in sorted(imported_packages(path) - OWN - set(sys.stdlib_module_names)):
                 owners = {_canonical(d) for d in distributions.get(module, [])}
                 if not owners & allowed:
                     missing.append(f"{path.relative_to(REPO)}: {module} (from {sorted(owners) or 'nowhere'})")

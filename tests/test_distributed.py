@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from gentron.checkpoint import load_checkpoint
 from gentron.distributed import DistInfo, local_slice
 from gentron.train import train
-from train_fixtures import tiny_config
+from tests.support.train_fixtures import tiny_config
 
 WORLD = 2
 
@@ -42,11 +42,12 @@ def test_local_slices_cover_the_global_batch():
         local_slice(7, DistInfo(0, 2))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one(tmp_path, strategy):
     cfg = tiny_config(tmp_path, train={"steps": 3, "strategy": strategy, "warmup_steps": 0, "lr": 1e-3})
-    single = load_checkpoint(train(cfg, tmp_path / "single"))
+    single = load_checkpoint(train(cfg, tmp_path / "single").checkpoint)
     mp.spawn(_rank_main, args=(cfg, tmp_path / strategy, _free_port()), nprocs=WORLD, join=True)
     multi = load_checkpoint(tmp_path / strategy / "checkpoints/last.pt")
 
@@ -57,11 +58,12 @@ def test_two_processes_match_one(tmp_path, strategy):
     assert multi["data"] == single["data"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_ranks_with_two_loader_workers_each_resume_exactly_mid_epoch(tmp_path):
     """Streamed data (encode=per_batch): 2 gloo ranks x 2 loader workers; a run stopped at step 2
     (a quarter of the epoch) and resumed ends bit-identical to the uninterrupted run."""
-    from train_fixtures import state_equal, with_changes
+    from tests.support.train_fixtures import state_equal, with_changes
 
     cfg = tiny_config(tmp_path, data={"encode": "per_batch", "num_workers": 2, "shuffle_buffer": 8},
                       train={"steps": 4, "ckpt_every": 100})

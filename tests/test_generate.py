@@ -10,7 +10,7 @@ from PIL import Image
 from eval.common import read_samples
 from gentron.generate import generate, prompt_set
 from gentron.train import train
-from train_fixtures import tiny_config, with_changes
+from tests.support.train_fixtures import tiny_config, with_changes
 
 RECORDS = [{"prompt": p, "seed": seed, "index": 0, "category": "color", "prompt_id": i}
            for i, (p, seed) in enumerate([("a red circle and a blue square", 1), ("a green square", 2),
@@ -21,7 +21,7 @@ RECORDS = [{"prompt": p, "seed": seed, "index": 0, "category": "color", "prompt_
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gen")
     cfg = tiny_config(tmp, train={"steps": 5})
-    return cfg, train(cfg, tmp / "cell")
+    return cfg, train(cfg, tmp / "cell").checkpoint
 
 
 def _pixels(folder, file):
@@ -73,7 +73,7 @@ def test_duplicate_files_are_rejected(trained, tmp_path):
 def test_video_writes_gif_and_frames(tmp_path):
     cfg = tiny_config(tmp_path, data={"video": True, "num_train": 8}, train={"steps": 2},
                       sample={"mfg_scale": 1.2})
-    ckpt = train(cfg, tmp_path / "cell")
+    ckpt = train(cfg, tmp_path / "cell").checkpoint
     records = prompt_set("compshapes_motion", [7])[:1]
     out = generate(cfg, ckpt, records, tmp_path / "s")
     row = json.loads((out / "samples.jsonl").read_text())
@@ -104,15 +104,14 @@ def test_bf16_text_encoder_generates_with_an_fp32_model(tmp_path):
 
     from gentron.checkpoint import save_checkpoint
     from gentron.model import GenTron
+    from gentron.config import resolve
     from gentron.text import build_text_encoder
-    from gentron.train import build_model_config
-    from gentron.vae import build_vae
-    from train_fixtures import local_t5
+    from tests.support.train_fixtures import local_t5
 
     encoder = {"kind": "t5", "path": str(local_t5(tmp_path / "t5")), "dtype": "bfloat16", "max_length": 32}
     cfg = tiny_config(tmp_path, text_encoders=[encoder])
     torch.manual_seed(0)
-    model = GenTron(build_model_config(cfg, [build_text_encoder(encoder)], build_vae({"kind": "identity"})))
+    model = GenTron(resolve(cfg, [build_text_encoder(encoder).shape]))
     ckpt = save_checkpoint(tmp_path / "last.pt", model_config=model.config.to_dict(), ema=model.state_dict())
     out = generate(cfg, ckpt, RECORDS[:1], tmp_path / "s")
     assert (out / "color/000000_1.png").exists()

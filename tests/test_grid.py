@@ -1,8 +1,10 @@
 """Grid composition, expansion, cell ids, the override grammar and its errors (no training)."""
 import pytest
 
-from ablations.grid import available_grids, cell_id, parse_args, plan
+from ablations.grid import available_grids, parse_args, plan
+from ablations.identity import cell_id
 from ablations.launch import main
+from gentron.config import CellConfig
 from gentron.errors import ConfigError
 
 
@@ -22,16 +24,16 @@ def test_cell_id_ignores_run_only_keys_and_tracks_the_rest():
     logged = plan(["grid=conditioning", "seeds=[0]", "train.log_every=1", "sample.batch_size=3"]).cells[0]
     longer = plan(["grid=conditioning", "seeds=[0]", "train.steps=7"]).cells[0]
     assert logged.cell_id == base.cell_id == cell_id(base.config)
-    assert longer.cell_id != base.cell_id and longer.config["train"]["steps"] == 7
+    assert longer.cell_id != base.cell_id and longer.config.train.steps == 7
 
 
 def test_cell_id_changes_with_the_cell_version(monkeypatch):
     """Code that computes something else for the same config bumps CELL_VERSION: old cells are not reused."""
-    import ablations.grid as grid
+    import ablations.identity as identity
 
     config = plan(["grid=conditioning", "seeds=[0]"]).cells[0].config
     before = cell_id(config)
-    monkeypatch.setattr(grid, "CELL_VERSION", grid.CELL_VERSION + 1)
+    monkeypatch.setattr(identity, "CELL_VERSION", identity.CELL_VERSION + 1)
     assert cell_id(config) != before
 
 
@@ -40,8 +42,9 @@ def test_the_issue_command_line_parses():
     assert (run.grid, list(run.seeds), run.launcher, run.slurm) == ("conditioning", [0, 1, 2], "slurm", "local")
     assert cell == {"train.steps": 500}
     p = plan(["grid=conditioning", "seeds=[0,1,2]", "train.steps=500", "launcher=slurm", "slurm=local"])
-    assert len(p.cells) == 6 and {c.config["train"]["steps"] for c in p.cells} == {500}
-    assert {c.config["model"]["conditioning"] for c in p.cells} == {"adaln", "cross_attn"}
+    assert all(isinstance(c.config, CellConfig) for c in p.cells)
+    assert len(p.cells) == 6 and {c.config.train.steps for c in p.cells} == {500}
+    assert {c.config.model.conditioning for c in p.cells} == {"adaln", "cross_attn"}
 
 
 def test_profiles_map_arms_and_label_them():
@@ -49,19 +52,19 @@ def test_profiles_map_arms_and_label_them():
     assert [c.arms["scale"] for c in embedded] == ["XL/2", "G/2"]
     assert all("embedded" in c.axes["scale"] for c in embedded)
     paper = plan(["grid=scale", "seeds=[0]", "profile=paper", "data.path=/shards"]).cells
-    assert [c.config["model"]["size"] for c in paper] == ["XL/2", "G/2"]
+    assert [c.config.model.size for c in paper] == ["XL/2", "G/2"]
     tiny = plan(["grid=text_encoder", "seeds=[0]"]).cells
     # the embedded arms load the tiny encoders trained on CompShapes as real weights load (gentron.text.pretrain)
-    assert [[e["kind"] for e in c.config["text_encoders"]] for c in tiny] == [["clip"], ["t5"], ["clip", "t5"]]
+    assert [[e.kind for e in c.config.text_encoders] for c in tiny] == [["clip"], ["t5"], ["clip", "t5"]]
     real = plan(["grid=text_encoder", "seeds=[0]", "profile=paper", "data.path=/shards"]).cells
     assert [c.axes["text_encoder"] for c in real] == ["CLIP-L", "T5-XXL", "CLIP-T5XXL"]
-    assert real[1].config["text_encoders"][0]["path"] == "google/flan-t5-xxl"
+    assert real[1].config.text_encoders[0].path == "google/flan-t5-xxl"
 
 
 def test_mfg_sweeps_lambda_m_at_lambda_t_7_5():
     cells = plan(["grid=mfg", "seeds=[0]"]).cells
-    assert [c.config["sample"]["mfg_scale"] for c in cells] == [None, 1.0, 1.1, 1.2, 1.3]
-    assert {c.config["sample"]["cfg_scale"] for c in cells} == {7.5}
+    assert [c.config.sample.mfg_scale for c in cells] == [None, 1.0, 1.1, 1.2, 1.3]
+    assert {c.config.sample.cfg_scale for c in cells} == {7.5}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -106,12 +109,72 @@ def test_paper_sizes_are_refused_on_a_cpu(tmp_path, capsys):
 
 
 def test_the_refusal_counts_parameters_exactly():
-    """The CPU refusal uses gentron.sizes' exact count (XL/2 adaLN with CLIP-L: DiT-XL/2's blocks)."""
-    from ablations.launch import estimate_params
+    """The CPU refusal counts the cell's own model exactly (gentron.sizes; XL/2 adaLN with CLIP-L: DiT-XL/2's
+    blocks), the model gentron.config.resolve derives from the cell."""
+    from ablations import costs
 
-    model = {"size": "XL/2", "conditioning": "adaln", "depth": None, "hidden_size": None, "mlp_hidden_size": None,
-             "num_heads": None}
-    assert estimate_params({"model": model, "text_encoders": [{"kind": "clip"}]}) == 674_567_456
+    p = plan(["grid=conditioning", "profile=paper", "data.path=/shards"])
+    adaln = next(c for c in p.cells if c.arms["conditioning"] == "adaln")
+    assert costs.counts(adaln).params == 674_567_456
+    assert costs.too_big_for_cpu(p) == {"XL/2": costs.counts(p.cells[1]).params}
+
+
+def test_trained_encoders_are_counted_at_their_recipes_width():
+    """A text encoder the grid trains itself has no folder at plan time: its recipe gives its shape
+    (a 64-wide tower), not CLIP-L's 768 that a missing folder would fall back to."""
+    from gentron import sizes
+    from gentron.config import resolve
+
+    cells = {c.arms["text_encoder"]: c for c in plan(["grid=text_encoder"]).cells}
+    for cell in cells.values():
+        assert all(s.width == 64 and s.pooled_width == 64 for s in cell.shapes())
+    assert [s.tokens for s in cells["clip+t5"].shapes()] == [32, 64]  # CLIP context_length, T5 max_length
+    model = cells["clip"].model()
+    assert model.text_widths == (64,) and model == resolve(cells["clip"].config, cells["clip"].shapes())
+    from ablations import costs
+
+    assert costs.counts(cells["clip"]).params == sizes.count_params(model)["total"]
+
+
+# Typos in any nested option of a cell, a grid file or a grid's macros fail at plan time, in one line
+# that names the key.
+@pytest.mark.parametrize("argv, key", [
+    (["text_encoders=[{kind:tiny_clip,sed:0}]"], "text_encoders[0].sed"),
+    (["grid=text_encoder", "encoders.clip.stpes=3"], "encoders.clip.stpes"),
+    (["grid=text_encoder", "encoders.bert.steps=3"], "encoders.bert.steps"),
+])
+def test_a_typo_in_a_nested_option_fails_at_plan_time(argv, key, tmp_path):
+    with pytest.raises(ConfigError) as error:
+        plan([*argv, f"runs_dir={tmp_path}"])
+    message = str(error.value)
+    assert key in message and "\n" not in message
+
+
+@pytest.mark.parametrize("text, key, hint", [
+    ("base: {text_encoders: [{trained: clip, extra: 1}]}", "text_encoders[0].extra", "trained"),
+    ("base: {train.init_from: {grid: conditioning, arm: {conditioning: adaln}}}", "train.init_from.arm",
+     "did you mean 'train.init_from.arms'"),
+    ("base: {train.init_from: {arms: {conditioning: adaln}}}", "train.init_from.grid is required", ""),
+    ("evaluation: {metric: [compshapes_judge]}", "evaluation.metric", "did you mean 'evaluation.metrics'"),
+    ("profiles: {embedded: {bse: {}}}", "profiles.embedded.bse", "did you mean 'profiles.embedded.base'"),
+    ("sedes: [0]", "sedes", "did you mean 'seeds'"),
+])
+def test_a_typo_in_a_grid_file_fails_at_plan_time(text, key, hint, tmp_path, monkeypatch):
+    import ablations.grid as grid
+
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    for name in ("conditioning",):
+        (grids / f"{name}.yaml").write_text((grid.GRIDS_DIR / f"{name}.yaml").read_text())
+    profiles = "" if text.startswith("profiles:") else "profiles: {embedded: {}}\n"
+    (grids / "typo.yaml").write_text("encoders: {clip: {objective: clip_contrastive}}\n"
+                                     "axes: {conditioning: {adaln: {model.conditioning: adaln}}}\n"
+                                     + profiles + text + "\n")
+    monkeypatch.setattr(grid, "GRIDS_DIR", grids)
+    with pytest.raises(ConfigError) as error:
+        plan(["grid=typo", f"runs_dir={tmp_path}"])
+    message = str(error.value)
+    assert key in message and hint in message and "\n" not in message
 
 
 def test_the_closing_hints_name_the_runs_folder_and_reproduce_the_cells(tmp_path, capsys):
@@ -169,3 +232,26 @@ def test_the_plan_says_stopped_for_a_stage_whose_process_is_gone(tmp_path):
     (cell_dir / manifest_mod.MANIFEST).write_text(json.dumps({"status": "running", "stages": {"train": entry}}))
     row = plan_table(p).set_index("cell").loc[p.cells[0].cell_id]
     assert row["train"] == "stopped" and row["sample"] == "pending"
+
+
+def test_the_runner_writes_a_cells_config_once_and_the_stages_read_it_back(tmp_path):
+    """config.yaml is written when the cell is planned into its folder and not again while it is the
+    same; the stages read back the CellConfig the plan made."""
+    from ablations import stages
+    from ablations.launch import prepare
+
+    p = plan(["grid=conditioning", f"runs_dir={tmp_path}"])
+    prepare(p)
+    path = p.grid_dir / p.cells[0].cell_id / "config.yaml"
+    before = path.stat().st_mtime_ns
+    prepare(p)
+    assert path.stat().st_mtime_ns == before
+    _, config, info = stages.load(path.parent)
+    assert config == p.cells[0].config and info["cell_id"] == p.cells[0].cell_id
+
+
+def test_the_rerun_command_keeps_encoder_recipe_overrides(tmp_path):
+    """encoders.<name>.<key> changes the cells (another encoder folder): the plan's arguments keep it."""
+    p = plan(["grid=text_encoder", "encoders.clip.steps=10", "local.workers=1", f"runs_dir={tmp_path}"])
+    assert p.args == ["grid=text_encoder", "profile=embedded", "encoders.clip.steps=10"]
+    assert [c.cell_id for c in plan([*p.args, f"runs_dir={tmp_path}"]).cells] == [c.cell_id for c in p.cells]

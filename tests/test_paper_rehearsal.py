@@ -256,6 +256,7 @@ def wait_for_grid(grid_dir: Path, requeue_cell: str, timeout: float = 1500) -> i
 def test_paper_profile_rehearsed_end_to_end(slurm_cluster, paper_assets, tmp_path):
     from ablations.grid import plan
     from gentron.checkpoint import load_checkpoint
+    from gentron.config import T5Spec, load_config
 
     a, runs = paper_assets, tmp_path / "runs"
     t2i = [*T2I, f"data.path='{a['shards']}'", f"vae.path={a['vae']}", f"runs_dir={runs}"]
@@ -289,8 +290,8 @@ def test_paper_profile_rehearsed_end_to_end(slurm_cluster, paper_assets, tmp_pat
             keys = [state["model"][f"blocks.{i}.cross_attn.kv.weight"].shape[1] for i in range(4)]
             assert keys == [CLIP_WIDTH, T5_WIDTH, CLIP_WIDTH, T5_WIDTH]
         if "t5" in arm:
-            t5 = next(s for s in config["text_encoders"] if s["kind"] == "t5")
-            assert t5 == {"kind": "t5", "path": a["env"]["GENTRON_T5_XXL"], "dtype": "bfloat16"}
+            t5 = next(s for s in load_config(config).text_encoders if s.kind == "t5")
+            assert t5 == T5Spec(path=a["env"]["GENTRON_T5_XXL"], dtype="bfloat16")
         # streamed by 2 ranks (FSDP2), every shard read, the corrupt sample skipped
         streams = state["data"]["streams"]["images"]
         assert len(streams) == 2
@@ -364,17 +365,17 @@ def test_paper_weights_come_from_the_environment(monkeypatch):
     name local copies; XS/2 is built by XL/2's layout (MLP 4x width, patch 2)."""
     from ablations.grid import plan
     from gentron import sizes
+    from gentron.config import ClipSpec, T5Spec
 
     base = ["grid=text_encoder", "profile=paper", "data.path='/data/{0..9}.tar'", "seeds=[0]"]
     for key in ("GENTRON_CLIP_L", "GENTRON_CLIP_L_WEIGHTS", "GENTRON_T5_XXL"):
         monkeypatch.delenv(key, raising=False)
-    both = plan(base).cells[2].config["text_encoders"]
-    assert both == [{"kind": "clip", "model": "ViT-L-14", "pretrained": "openai"},
-                    {"kind": "t5", "path": "google/flan-t5-xxl", "dtype": "bfloat16"}]
+    both = plan(base).cells[2].config.text_encoders
+    assert both == [ClipSpec(model="ViT-L-14", pretrained="openai"), T5Spec(path="google/flan-t5-xxl", dtype="bfloat16")]
     monkeypatch.setenv("GENTRON_T5_XXL", "/weights/flan-t5-xxl")
     monkeypatch.setenv("GENTRON_CLIP_L_WEIGHTS", "/weights/vit-l-14.pt")
-    both = plan(base).cells[2].config["text_encoders"]
-    assert both[0]["pretrained"] == "/weights/vit-l-14.pt" and both[1]["path"] == "/weights/flan-t5-xxl"
+    both = plan(base).cells[2].config.text_encoders
+    assert both[0].pretrained == "/weights/vit-l-14.pt" and both[1].path == "/weights/flan-t5-xxl"
     xl, xs = sizes.SIZES["XL/2"], sizes.SIZES["XS/2"]
     assert xs[1] == xl[1] == 2
     assert xs[0].mlp_hidden_size / xs[0].hidden_size == xl[0].mlp_hidden_size / xl[0].hidden_size == 4
@@ -422,7 +423,8 @@ def test_dry_run_names_every_missing_input_with_its_fix(tmp_path, monkeypatch, c
 def test_plan_prints_parameters_gpus_and_gpu_hours(tmp_path, capsys):
     """Parameters counted exactly by gentron.sizes; GPU-hours from DiT-XL/2's published throughput
     scaled by forward FLOPs (adaLN XL/2 with CLIP-L is DiT-XL/2's compute: exactly its throughput)."""
-    from ablations import launch, preflight
+    from ablations import costs as cost_model
+    from ablations import launch
     from ablations.grid import plan
     from gentron import sizes
 
@@ -430,12 +432,12 @@ def test_plan_prints_parameters_gpus_and_gpu_hours(tmp_path, capsys):
             f"runs_dir={tmp_path}"]
     p = plan(args)
     adaln = next(c for c in p.cells if c.arms["conditioning"] == "adaln")
-    costs = preflight.cell_costs(adaln.config, gpus=8)
+    costs = cost_model.cell_costs(adaln, gpus=8)
     assert costs["params"] == sizes.count_params(sizes.paper_config("XL/2", "adaln", "CLIP-L"))["total"]
-    images = adaln.config["train"]["steps"] * adaln.config["train"]["batch_size"]
+    images = adaln.config.train.steps * adaln.config.train.batch_size
     assert costs["gpu_hours"] == pytest.approx(images / (0.81 * 256 / 8) / 3600)
     assert costs["hours"] == pytest.approx(costs["gpu_hours"] / 8)
-    cross = preflight.cell_costs(next(c for c in p.cells if c.arms["conditioning"] == "cross_attn").config, gpus=8)
+    cross = cost_model.cell_costs(next(c for c in p.cells if c.arms["conditioning"] == "cross_attn"), gpus=8)
     assert cross["params"] > costs["params"] and cross["gpu_hours"] > costs["gpu_hours"]
     launch.main([*args, "dry_run=true"])
     out = capsys.readouterr().out

@@ -134,12 +134,12 @@ def test_video_folder_samples_frames_at_the_requested_fps(tmp_path):
 
 def test_training_on_an_image_folder(tmp_path):
     from gentron.train import train
-    from train_fixtures import tiny_config
+    from tests.support.train_fixtures import tiny_config
 
     root = _folder(tmp_path)
     cfg = tiny_config(tmp_path, data={"kind": "image_folder", "path": str(root)}, train={"steps": 2})
     assert build_real_dataset(cfg.data).path == root
-    state = torch.load(train(cfg, tmp_path / "run"), weights_only=False)
+    state = torch.load(train(cfg, tmp_path / "run").checkpoint, weights_only=False)
     assert state["data"]["images"] == 16
     with pytest.raises(ValueError, match="needs data.path"):
         load_config({"data": {"kind": "manifest"}})
@@ -174,18 +174,18 @@ def test_streamed_training_on_a_folder_manifests_and_shards_resumes_exactly(tmp_
     import shutil
 
     from gentron.train import train
-    from train_fixtures import state_equal, tiny_config, with_changes
+    from tests.support.train_fixtures import state_equal, tiny_config, with_changes
 
     paths = _many(tmp_path)
     for kind, path in paths.items():
         data = {"kind": "manifest" if kind == "jsonl" else kind, "path": path, "encode": "per_batch",
                 "num_workers": 2, "shuffle_buffer": 4}
         cfg = tiny_config(tmp_path, data=data, train={"steps": 4, "batch_size": 4, "ckpt_every": 2})
-        straight = torch.load(train(cfg, tmp_path / kind / "straight"), weights_only=False)
+        straight = torch.load(train(cfg, tmp_path / kind / "straight").checkpoint, weights_only=False)
         run = tmp_path / kind / "resumed"
         train(with_changes(cfg, train={"steps": 2}), run)  # 8 of 16 samples: mid-epoch
         shutil.copy(run / "checkpoints/last.pt", tmp_path / "step2.pt")
-        resumed = torch.load(train(cfg, run), weights_only=False)
+        resumed = torch.load(train(cfg, run).checkpoint, weights_only=False)
         for key in ("model", "ema", "optimizer", "data"):
             assert state_equal(straight[key], resumed[key]), (kind, key)
         assert straight["data"]["images"] == 16
@@ -195,7 +195,7 @@ def test_streamed_training_on_a_folder_manifests_and_shards_resumes_exactly(tmp_
 def test_training_streams_feature_shards_from_the_encode_stage(tmp_path, caplog):
     from gentron.data.encode import encode_shards
     from gentron.train import train
-    from train_fixtures import tiny_config
+    from tests.support.train_fixtures import tiny_config
 
     paths = _many(tmp_path)
     cfg = tiny_config(tmp_path, data={"kind": "webdataset", "path": paths["webdataset"]})
@@ -209,4 +209,4 @@ def test_training_streams_feature_shards_from_the_encode_stage(tmp_path, caplog)
     shards = tiny_config(tmp_path, data={"kind": "webdataset", "path": paths["webdataset"], "encode": "shards",
                                          "features_dir": str(tmp_path / "features"), "num_workers": 2},
                          train={"steps": 2})
-    assert torch.load(train(shards, tmp_path / "run"), weights_only=False)["data"]["images"] == 16
+    assert torch.load(train(shards, tmp_path / "run").checkpoint, weights_only=False)["data"]["images"] == 16

@@ -18,9 +18,9 @@ import pytest
 import streamlit
 from streamlit.testing.v1 import AppTest
 
-from report_fixtures import REPO, build_cell, build_grid, build_planned_grid
 from ablations import runfolder
 from reports import paper, results
+from tests.support.report_fixtures import REPO, build_cell, build_grid, build_planned_grid
 
 APP = str(Path(__file__).resolve().parents[1] / "reports" / "page.py")  # the page that reports/app.py serves
 

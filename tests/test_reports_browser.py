@@ -8,9 +8,9 @@ import sqlite3
 
 import pytest
 
-from report_fixtures import (ARTIFACTS, build_grid, chromium, prompts, write_sample_folder)
 from reports import study
 from reports.serving import results_browser, vote_app
+from tests.support.report_fixtures import ARTIFACTS, build_grid, chromium, prompts, write_sample_folder
 
 pytestmark = pytest.mark.browser
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from report_fixtures import PROMPT_SET, build_grid
 from reports.sheet import CELL, CAPTION_WIDTH, GAP, main, sheet_rows
+from tests.support.report_fixtures import PROMPT_SET, build_grid
 
 
 def test_sheet_pairs_the_same_prompt_and_seed_across_arms(tmp_path):
@@ -57,9 +57,9 @@ def test_sheet_of_a_video_grid_is_an_animated_gif(tmp_path):
 
 def test_sheet_leaves_out_stale_cells(tmp_path):
     """A cell the grid's plan no longer names (an earlier setting, samples or not) is not an arm."""
-    from report_fixtures import build_cell
-
     import yaml
+
+    from tests.support.report_fixtures import build_cell
 
     grid_dir = build_grid(tmp_path, "conditioning")
     record = yaml.safe_load((grid_dir / "grid.yaml").read_text())  # the plan names the grid's cells

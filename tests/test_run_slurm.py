@@ -1,4 +1,4 @@
-"""The tiny grid through the real local SLURM (slurm.cluster): same numbers as the local launcher,
+"""The tiny grid through the real local SLURM (tests.support.cluster): same numbers as the local launcher,
 and a training job requeued mid-run (`scontrol requeue`) resumes and ends with the same result."""
 import json
 import subprocess

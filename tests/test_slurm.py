@@ -1,8 +1,8 @@
 """slurm.launcher against the real one-node SLURM cluster (fixture `slurm_cluster`, started as root).
 
-The job functions below live in this test module, which jobs cannot import by name (tests/ is not
-a package), so cloudpickle ships them by value; everything they import (gentron, slurm) comes from
-the project's editable install, exactly as in the grid's real jobs.
+The job functions below live in this test module, which jobs cannot import by name (the checkout is
+not on their import path), so cloudpickle ships them by value; everything they import (gentron,
+slurm) comes from the project's editable install, exactly as in the grid's real jobs.
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def wait_stage_done(folder: Path, stage: str, timeout: float = 60) -> dict[str, 
 
 
 @pytest.fixture
-def profile(slurm_cluster) -> dict:
+def profile(slurm_cluster):
     """The local cluster's profile; requesting it starts the cluster (tests marked `slurm`)."""
     return load_profile("local")
 
@@ -119,11 +119,15 @@ def test_distributed_init_is_a_no_op_outside_slurm(monkeypatch):
 
 
 def test_profiles_validate():
-    assert load_profile("example")["gpus_per_node"] == 8
-    with pytest.raises(ValueError, match="did you mean 'partition'"):
+    assert load_profile("example").gpus_per_node == 8
+    with pytest.raises(ValueError, match="profile: unknown config key 'partiton'; did you mean 'partition'"):
         validate_profile({"partiton": "debug"})
-    with pytest.raises(ValueError, match="'nodes' must be int"):
+    with pytest.raises(ValueError, match="profile: nodes='2' must be of type int"):
         validate_profile({"nodes": "2"})
+    with pytest.raises(ValueError, match="profile: cluster='slrum' is not allowed .did you mean 'slurm'"):
+        validate_profile({"cluster": "slrum"})
+    with pytest.raises(ValueError, match="'tasks_per_node' must be at least 1"):
+        validate_profile({"tasks_per_node": 0})
     with pytest.raises(FileNotFoundError, match="available"):
         load_profile("no-such-profile")
 

@@ -108,13 +108,13 @@ def test_recipe_key_follows_every_field():
 
 
 def test_bad_recipes_are_refused():
-    with pytest.raises(ConfigError, match="unknown keys"):
+    with pytest.raises(ConfigError, match="unknown config key 'recipe.stpes'; did you mean 'recipe.steps'"):
         load_recipe({"objective": "clip_contrastive", "stpes": 3})
     with pytest.raises(ConfigError, match="objective"):
         load_recipe({"objective": "bert"})
     with pytest.raises(ConfigError, match="multiple of heads"):
         load_recipe({"width": 30, "heads": 4})
-    with pytest.raises(ConfigError, match="non-negative integer"):
+    with pytest.raises(ConfigError, match="recipe.steps=2.5 must be of type int"):
         load_recipe({"steps": 2.5})
     with pytest.raises(ConfigError, match="noise_density"):
         load_recipe({"objective": "t5_span", "noise_density": 1.0})

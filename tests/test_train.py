@@ -13,9 +13,8 @@ import torch
 from gentron.checkpoint import load_checkpoint
 from gentron.config import default_config, load_config
 from gentron.errors import ConfigError
-from gentron.train import TrainingDiverged, train
-from train_fixtures import state_equal, tiny_config, with_changes
-
+from gentron.train import TrainingDiverged, TrainResult, train
+from tests.support.train_fixtures import state_equal, tiny_config, with_changes
 
 # --- config -------------------------------------------------------------------------------------
 
@@ -42,8 +41,6 @@ def test_wrong_type_and_value_name_key_value_and_allowed():
         load_config({"train": {"caption_dropout": 1.5}})
     with pytest.raises(ConfigError, match="did you mean 'T/4'"):
         load_config({"model": {"size": "T4"}})
-    with pytest.raises(ConfigError, match=r"model\.min_snr_gamma=0\.0 must be positive"):
-        load_config({"model": {"min_snr_gamma": 0.0}})
     with pytest.raises(ConfigError, match=r"model\.timestep_std=-1\.0 must be positive"):
         load_config({"model": {"timestep_std": -1.0}})
 
@@ -56,7 +53,7 @@ def _log_steps(run_dir):
 
 def test_resume_is_bit_identical_and_does_not_duplicate_log_lines(tmp_path):
     cfg = tiny_config(tmp_path, train={"steps": 6, "ckpt_every": 3})
-    straight = load_checkpoint(train(cfg, tmp_path / "straight"))
+    straight = load_checkpoint(train(cfg, tmp_path / "straight").checkpoint)
 
     # Stop at step 3, keep that checkpoint, go on to 6, then "crash" back to the step-3 checkpoint
     # (as if the process died after logging steps 4-6) and resume from there.
@@ -65,7 +62,7 @@ def test_resume_is_bit_identical_and_does_not_duplicate_log_lines(tmp_path):
     shutil.copy(run / "checkpoints/last.pt", tmp_path / "step3.pt")
     train(cfg, run)
     shutil.copy(tmp_path / "step3.pt", run / "checkpoints/last.pt")
-    resumed = load_checkpoint(train(cfg, run))
+    resumed = load_checkpoint(train(cfg, run).checkpoint)
 
     for key in ("model", "ema", "optimizer", "step", "data"):
         assert state_equal(straight[key], resumed[key]), key
@@ -74,7 +71,7 @@ def test_resume_is_bit_identical_and_does_not_duplicate_log_lines(tmp_path):
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, train={"steps": 2})
-    ckpt = train(cfg, tmp_path / "run")
+    ckpt = train(cfg, tmp_path / "run").checkpoint
     digest = hashlib.sha1(ckpt.read_bytes()).hexdigest()
 
     import gentron.diffusion
@@ -93,9 +90,9 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
 
 def test_stage_two_at_a_higher_resolution_keeps_weights_and_optimizer_state(tmp_path):
     stage1 = tiny_config(tmp_path, train={"steps": 3})
-    first = load_checkpoint(train(stage1, tmp_path / "s1"))
+    first = load_checkpoint(train(stage1, tmp_path / "s1").checkpoint)
     stage2 = with_changes(stage1, data={"resolution": 32}, train={"steps": 2, "init_from": str(tmp_path / "s1/checkpoints/last.pt")})
-    second = load_checkpoint(train(stage2, tmp_path / "s2"))
+    second = load_checkpoint(train(stage2, tmp_path / "s2").checkpoint)
     assert second["model_config"]["input_size"] == 32 and first["model_config"]["input_size"] == 16
     assert second["step"] == 2
     # AdamW's per-parameter step counts carry on from stage 1: its state was kept, not reset.
@@ -104,10 +101,10 @@ def test_stage_two_at_a_higher_resolution_keeps_weights_and_optimizer_state(tmp_
 
 def test_t2v_starts_from_t2i_and_mixes_motion_free_image_steps_with_clips(tmp_path):
     t2i = tiny_config(tmp_path, train={"steps": 2})
-    image_ckpt = load_checkpoint(train(t2i, tmp_path / "t2i"))
+    image_ckpt = load_checkpoint(train(t2i, tmp_path / "t2i").checkpoint)
     t2v = with_changes(t2i, data={"video": True, "num_train": 16},
                        train={"steps": 6, "p_motion_free": 0.5, "init_from": str(tmp_path / "t2i/checkpoints/last.pt")})
-    video_ckpt = load_checkpoint(train(t2v, tmp_path / "t2v"))
+    video_ckpt = load_checkpoint(train(t2v, tmp_path / "t2v").checkpoint)
     assert video_ckpt["model_config"]["temporal"]
     assert any(".temporal_" in k for k in video_ckpt["model"])
     assert video_ckpt["data"]["images"] > 0 and video_ckpt["data"]["clips"] > 0
@@ -120,7 +117,7 @@ def test_t2v_init_loads_the_t2i_weights(tmp_path):
     from gentron.train import _init_from
 
     t2i = tiny_config(tmp_path, train={"steps": 2})
-    path = train(t2i, tmp_path / "t2i")
+    path = train(t2i, tmp_path / "t2i").checkpoint
     state = load_checkpoint(path)
     model = GenTron(GenTronConfig(**{**state["model_config"], "temporal": True}))
     ema = {k: v.detach().clone() for k, v in model.named_parameters()}
@@ -136,7 +133,7 @@ def test_end_to_end_train_generate_judge(tmp_path):
     from gentron.generate import generate, prompt_set
 
     cfg = tiny_config(tmp_path, train={"steps": 50, "log_every": 10, "tensorboard": True}, data={"resolution": 32})
-    ckpt = train(cfg, tmp_path / "cell")
+    ckpt = train(cfg, tmp_path / "cell").checkpoint
     records = [r for r in prompt_set("compshapes_test", [42]) if r["prompt_id"] < 1]
     out = generate(cfg, ckpt, records, tmp_path / "cell/samples/smoke")
     result = evaluate(out)
@@ -150,7 +147,7 @@ def test_encoded_data_cache_follows_what_compshapes_draws(tmp_path, monkeypatch)
     """Data encoded before CompShapes changed what it draws (its VERSION) is not reused."""
     from gentron import distributed as D
     from gentron.data import compshapes
-    from gentron.train import load_training_set
+    from gentron.data.training import load_training_set
     from gentron.vae import build_vae
 
     cfg = tiny_config(tmp_path)
@@ -166,7 +163,7 @@ def test_encoded_data_cache_follows_what_compshapes_draws(tmp_path, monkeypatch)
 def test_cells_starting_together_encode_the_shared_data_once(tmp_path, monkeypatch):
     """Two cells of a grid start at once on an empty shared cache: one encodes, the other waits."""
     from gentron import distributed as D
-    from gentron import train as T
+    from gentron.data import training as T
     from gentron.vae import build_vae
 
     cfg, encodes = tiny_config(tmp_path), []
@@ -194,9 +191,9 @@ def test_cells_starting_together_encode_the_shared_data_once(tmp_path, monkeypat
 
 def test_rerunning_a_finished_run_changes_nothing(tmp_path):
     cfg = tiny_config(tmp_path, train={"steps": 2})
-    ckpt = train(cfg, tmp_path / "run")
+    ckpt = train(cfg, tmp_path / "run").checkpoint
     stamp = ckpt.stat().st_mtime_ns
-    assert train(cfg, tmp_path / "run") == ckpt
+    assert train(cfg, tmp_path / "run") == TrainResult(ckpt, step=2, steps=2, stopped=False)
     assert ckpt.stat().st_mtime_ns == stamp and _log_steps(tmp_path / "run") == [1, 2]
 
 
@@ -205,11 +202,11 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path):
 def test_bf16_text_features_train_an_fp32_model(tmp_path):
     """A T5 encoder loaded in bfloat16 (the paper profile's T5-XXL) feeds the fp32 model: its
     features are cast to the model's dtype, not passed on as bf16."""
-    from train_fixtures import local_t5
+    from tests.support.train_fixtures import local_t5
 
     encoder = {"kind": "t5", "path": str(local_t5(tmp_path / "t5")), "dtype": "bfloat16", "max_length": 32}
     cfg = tiny_config(tmp_path, text_encoders=[encoder], train={"steps": 2})
-    state = load_checkpoint(train(cfg, tmp_path / "run"))
+    state = load_checkpoint(train(cfg, tmp_path / "run").checkpoint)
     assert state["step"] == 2
     assert all(v.dtype == torch.float32 for v in state["model"].values())
 
@@ -222,7 +219,7 @@ def test_init_from_puts_the_ema_where_the_model_is(tmp_path):
     from gentron.model import GenTron, GenTronConfig
     from gentron.train import _init_from
 
-    path = train(tiny_config(tmp_path, train={"steps": 1}), tmp_path / "s1")
+    path = train(tiny_config(tmp_path, train={"steps": 1}), tmp_path / "s1").checkpoint
     state = load_checkpoint(path)
     for temporal in (False, True):
         with torch.device("meta"):
@@ -236,23 +233,37 @@ def test_init_from_puts_the_ema_where_the_model_is(tmp_path):
 
 def test_model_size_alone_sets_depth_and_width():
     """`model.size: B/2` means DiT-B's depth and width; the embedded model has its own size name."""
+    from gentron.config import EncoderShape, resolve
     from gentron.sizes import SIZES
-    from gentron.train import build_model_config
-    from gentron.vae import build_vae
 
-    class Encoder:
-        width, pooled_width = 32, 32
-
-    vae = build_vae({"kind": "identity"})
-    b2 = build_model_config(load_config({"model": {"size": "B/2"}}), [Encoder()], vae)
+    shapes = [EncoderShape(32, 32, 77)]
+    b2 = resolve(load_config({"model": {"size": "B/2"}}), shapes)
     assert (b2.depth, b2.hidden_size, b2.mlp_hidden_size, b2.num_heads) == (12, 768, 3072, 12)
-    default = build_model_config(load_config({}), [Encoder()], vae)
+    assert (b2.text_widths, b2.in_channels, b2.input_size) == ((32,), 3, 20)
+    default = resolve(load_config({}))
     size, patch = SIZES[default_config().model.size]
     assert (default.depth, default.hidden_size, default.mlp_hidden_size, default.num_heads, default.patch_size) == (
         size.depth, size.hidden_size, size.mlp_hidden_size, size.num_heads, patch) == (6, 48, 96, 3, 2)
-    wider = build_model_config(load_config({"model": {"size": "B/2", "hidden_size": 64, "num_heads": 4}}),
-                               [Encoder()], vae)
+    assert default.text_widths == (64,)  # the tiny CLIP spec's own width, known without building it
+    wider = resolve(load_config({"model": {"size": "B/2", "hidden_size": 64, "num_heads": 4}}), shapes)
     assert (wider.depth, wider.hidden_size, wider.num_heads) == (12, 64, 4)  # explicit overrides still apply
+
+
+def test_specs_know_the_shape_their_weights_have(tmp_path):
+    """A spec's shape (no weights loaded) equals the built encoder's, and the model resolved from the
+    specs equals the one resolved from the built encoders and VAE."""
+    from gentron.config import resolve
+    from gentron.text import build_text_encoders
+    from gentron.vae import build_vae
+    from tests.support.train_fixtures import local_t5
+
+    t5 = {"kind": "t5", "path": str(local_t5(tmp_path / "t5")), "max_length": 32}
+    cfg = load_config({"text_encoders": [{"kind": "tiny_clip", "width": 32, "pooled_width": 16}, t5,
+                                         {"kind": "tiny_t5", "width": 48, "heads": 4}]})
+    encoders = build_text_encoders(cfg.text_encoders)
+    assert [s.shape() for s in cfg.text_encoders] == [e.shape for e in encoders]
+    vae = build_vae(cfg.vae)
+    assert resolve(cfg) == resolve(cfg, [e.shape for e in encoders], (vae.channels, vae.downsample))
 
 
 def test_lr_schedule_against_libraries():
@@ -261,7 +272,7 @@ def test_lr_schedule_against_libraries():
     are not bit-equal; either would change the embedded default's result."""
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
-    from gentron.train import lr_at
+    from gentron.optim import lr_at
 
     cfg = load_config({"train": {"steps": 300, "warmup_steps": 10}})
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.train.lr)
@@ -272,7 +283,7 @@ def test_lr_schedule_against_libraries():
         torch.optim.lr_scheduler.CosineAnnealingLR(chained, cfg.train.steps - 10)], milestones=[10])
     ours, theirs, torchs = [], [], []
     for step in range(cfg.train.steps):
-        ours.append(lr_at(step, cfg))
+        ours.append(lr_at(step, cfg.train.lr, cfg.train.steps, cfg.train.warmup_steps, cfg.train.lr_schedule))
         theirs.append(optimizer.param_groups[0]["lr"])
         torchs.append(chained.param_groups[0]["lr"])
         optimizer.step(), diffusers_lr.step(), chained.step(), torch_lr.step()
@@ -284,9 +295,61 @@ def test_lr_schedule_against_libraries():
 def test_streamed_joint_image_video_training_draws_from_both_streams(tmp_path):
     cfg = tiny_config(tmp_path, data={"video": True, "num_train": 16, "encode": "per_batch", "num_workers": 1},
                       train={"steps": 4, "p_motion_free": 0.5})
-    data = load_checkpoint(train(cfg, tmp_path / "run"))["data"]
+    data = load_checkpoint(train(cfg, tmp_path / "run").checkpoint)["data"]
     assert data["images"] > 0 and data["clips"] > 0 and data["images"] + data["clips"] == 4 * 8
     assert set(data["streams"]) == {"images", "clips"}
+
+
+def test_memory_and_streamed_data_make_the_same_draws(tmp_path):
+    """Both encodings draw a step's random numbers alike (the motion-free coin, then caption dropout for
+    the global batch): `data.encode` changes which samples a step sees, never the run's random numbers.
+    A motion-free step's input is images as still clips."""
+    from gentron import distributed as D
+    from gentron.data.training import build_training_data
+    from gentron.text import build_text_encoders
+    from gentron.vae import build_vae
+
+    cfg = tiny_config(tmp_path, data={"video": True, "num_train": 16, "num_workers": 0},
+                      train={"p_motion_free": 0.5, "caption_dropout": 0.5})
+    encoders, vae = build_text_encoders(cfg.text_encoders), build_vae({"kind": "identity"})
+    memory = build_training_data(cfg, D.DistInfo(), "cpu", torch.float32, vae, encoders, tmp_path / "cache", None)
+    streamed = build_training_data(with_changes(cfg, data={"encode": "per_batch"}), D.DistInfo(), "cpu",
+                                   torch.float32, vae, encoders, tmp_path / "cache", None)
+    generators = [torch.Generator().manual_seed(3) for _ in range(2)]
+    steps = []
+    for _ in range(8):
+        (x, _, motion_free), (y, _, streamed_motion_free) = (
+            data.next_batch(g) for data, g in zip((memory, streamed), generators))
+        assert torch.equal(motion_free, streamed_motion_free) and x.shape == y.shape == (8, 4, 3, 16, 16)
+        steps.append(bool(motion_free[0]))
+        assert [bool((z[:, 1:] == z[:, :1]).all()) for z in (x, y)] == [steps[-1]] * 2  # still clips
+    streamed.close()
+    assert torch.equal(generators[0].get_state(), generators[1].get_state())  # as many draws
+    assert len(set(steps)) == 2 and memory.consumed == streamed.consumed
+
+
+def test_a_stop_signal_checkpoints_the_step_and_the_result_says_so(tmp_path, monkeypatch):
+    import signal
+
+    import gentron.train as T
+
+    cfg = tiny_config(tmp_path, train={"steps": 4})
+    straight = load_checkpoint(train(cfg, tmp_path / "straight").checkpoint)
+    real, calls = T.update_ema, []
+
+    def stop_at_step_two(ema, model, decay):
+        real(ema, model, decay)
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGTERM)  # as the launcher sends it: caught, the run stops after the step
+
+    monkeypatch.setattr(T, "update_ema", stop_at_step_two)
+    stopped = train(cfg, tmp_path / "run")
+    assert stopped == TrainResult(tmp_path / "run/checkpoints/last.pt", step=2, steps=4, stopped=True)
+    assert load_checkpoint(stopped.checkpoint)["step"] == 2
+    monkeypatch.undo()
+    assert train(cfg, tmp_path / "run").stopped is False
+    assert state_equal(straight["model"], load_checkpoint(tmp_path / "run/checkpoints/last.pt")["model"])
 
 
 # --- checkpoints you can trust ------------------------------------------------------------------
@@ -306,7 +369,7 @@ def test_the_previous_checkpoints_are_kept_next_to_last(tmp_path):
 
 def test_a_corrupt_last_checkpoint_is_refused_and_the_advice_resumes_exactly(tmp_path):
     cfg = tiny_config(tmp_path, train={"steps": 6, "ckpt_every": 2})
-    straight = load_checkpoint(train(cfg, tmp_path / "straight"))
+    straight = load_checkpoint(train(cfg, tmp_path / "straight").checkpoint)
     run = tmp_path / "run"
     train(with_changes(cfg, train={"steps": 4}), run)
     last = run / "checkpoints/last.pt"
@@ -320,7 +383,7 @@ def test_a_corrupt_last_checkpoint_is_refused_and_the_advice_resumes_exactly(tmp
     assert str(last) in message and "step-00000002.pt" in message and "\n" not in message
     # The advice: move it aside and rerun; training resumes from step 2 and ends as if never stopped.
     last.rename(run / "checkpoints/last.pt.corrupt")
-    resumed = load_checkpoint(train(cfg, run))
+    resumed = load_checkpoint(train(cfg, run).checkpoint)
     for key in ("model", "ema", "optimizer", "step", "data"):
         assert state_equal(straight[key], resumed[key]), key
     assert _log_steps(run) == [1, 2, 3, 4, 5, 6]
@@ -350,7 +413,7 @@ def _poison_after_step(monkeypatch, at_step: int, target: str, value: float):
 @pytest.mark.parametrize("target,value", [("model", float("inf")), ("ema", float("nan")), ("model", 1e12)])
 def test_poisoned_weights_never_become_the_last_good_checkpoint(tmp_path, monkeypatch, target, value):
     cfg = tiny_config(tmp_path, train={"steps": 2})
-    ckpt = train(cfg, tmp_path / "run")
+    ckpt = train(cfg, tmp_path / "run").checkpoint
     digest = hashlib.sha1(ckpt.read_bytes()).hexdigest()
     _poison_after_step(monkeypatch, 1, target, value)
     with pytest.raises(TrainingDiverged, match=rf"{target}.*last good checkpoint.*step 2\)"):
@@ -373,7 +436,7 @@ def test_a_torn_last_log_line_is_repaired_with_a_message(tmp_path, caplog):
 
 def test_a_truncated_data_or_prompt_cache_is_rebuilt_with_a_message(tmp_path, caplog):
     cfg = tiny_config(tmp_path, train={"steps": 4, "ckpt_every": 2})
-    straight = load_checkpoint(train(cfg, tmp_path / "straight"))
+    straight = load_checkpoint(train(cfg, tmp_path / "straight").checkpoint)
     run = tmp_path / "run"
     train(with_changes(cfg, train={"steps": 2}), run)
     [data_cache] = (tmp_path / "cache").glob("data-*.pt")
@@ -381,7 +444,7 @@ def test_a_truncated_data_or_prompt_cache_is_rebuilt_with_a_message(tmp_path, ca
     for path in (data_cache, shards[0]):
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with caplog.at_level("WARNING"):
-        resumed = load_checkpoint(train(cfg, run))
+        resumed = load_checkpoint(train(cfg, run).checkpoint)
     assert str(data_cache) in caplog.text and str(shards[0]) in caplog.text
     assert "checkpoint" not in caplog.text.lower().split(str(data_cache))[1].splitlines()[0]
     for key in ("model", "ema", "optimizer", "step"):
@@ -420,7 +483,7 @@ def test_a_run_folder_refuses_a_changed_config_unless_forced(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.steps: 2 -> 4"):
         train(with_changes(cosine, train={"steps": 4}), tmp_path / "cosine")
     # Asked for: the run goes on with the new config, which config.yaml now records.
-    state = load_checkpoint(train(with_changes(cfg, train={"resume": "force", "steps": 4, "lr": 1e-3}), tmp_path / "run"))
+    state = load_checkpoint(train(with_changes(cfg, train={"resume": "force", "steps": 4, "lr": 1e-3}), tmp_path / "run").checkpoint)
     assert state["step"] == 4 and state["config"]["train"]["lr"] == 1e-3
     assert load_config(tmp_path / "run/config.yaml").train.lr == 1e-3
     train(with_changes(cfg, train={"steps": 4, "lr": 1e-3}), tmp_path / "run")  # the new config is now the run's

@@ -33,7 +33,7 @@ def test_identity_vae():
 def test_autoencoder_kl_loads_by_path_and_round_trips_shapes(vae_dir):
     from diffusers import AutoencoderKL
 
-    vae = build_vae({"kind": "autoencoder_kl", "path": str(vae_dir), "batch_size": 3})
+    vae = build_vae({"kind": "autoencoder_kl", "path": str(vae_dir), "batch_size": 3, "scaling_factor": None})
     assert (vae.channels, vae.downsample, vae.scaling_factor) == (4, 2, 0.5)  # scaling from the config
     assert not any(p.requires_grad for p in vae.parameters())
     vae.train()
@@ -67,7 +67,7 @@ def test_autoencoder_kl_spec_options(vae_dir):
 
 
 def test_vae_spec_errors():
-    with pytest.raises(ValueError, match="autoencoder_kl.*identity"):
+    with pytest.raises(ValueError, match="vqgan.*not allowed.*identity.*autoencoder_kl"):
         build_vae({"kind": "vqgan"})
     with pytest.raises(ValueError, match="subfolder"):
         build_vae({"kind": "identity", "subfolder": "vae"})

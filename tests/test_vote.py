@@ -15,10 +15,10 @@ import requests
 from PIL import Image
 from starlette.testclient import TestClient
 
-from report_fixtures import prompts, write_sample_folder
 from reports import study, vote_stats, votes
 from reports.serving import vote_app
 from reports.voteapp import create_app
+from tests.support.report_fixtures import prompts, write_sample_folder
 
 SYSTEMS = {"xattn_ours": 0.9, "adaln_baseline": 0.4}
 N_PROMPTS = 5

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from report_fixtures import (ARTIFACTS, chromium, prompts, write_sample_folder)
 from reports import study
 from reports.serving import vote_app
+from tests.support.report_fixtures import ARTIFACTS, chromium, prompts, write_sample_folder
 
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True, "device_scale_factor": 2}
 DESKTOP = {"viewport": {"width": 1400, "height": 900}}

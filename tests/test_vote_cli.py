@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from report_fixtures import REPO, prompts, write_sample_folder
 from reports import study, voteapp
+from tests.support.report_fixtures import REPO, prompts, write_sample_folder
 
 
 @pytest.fixture
@@ -61,6 +61,12 @@ STUDY_CASES = [
     (["--pairs-per-rater", "0"], ["--pairs-per-rater", "at least 1"]),
     (["--pairs-per-rater", "9"], ["--pairs-per-rater 9", "4 compare pairs", "at most 4"]),
     (["--checks", "1", "--system", "c=/nonexistent/folder"], ["/nonexistent/folder"]),
+    (["--size", "0x64"], ["--size", "'0x64' is not a size", "WIDTHxHEIGHT", "8-4096"]),
+    (["--size", "big"], ["--size", "'big' is not a size"]),
+    (["--fit", "stretch"], ["--fit", "'stretch'", "pad", "crop"]),
+    (["--frames", "1"], ["--frames", "at least 2"]),
+    (["--frame-ms", "5"], ["--frame-ms", "at least 20"]),
+    (["--frames", "8"], ["--frames 8", "every image of this study is a still", "leave --frames out"]),
 ]
 
 
@@ -145,7 +151,8 @@ def test_vote_server_bad_arguments(tmp_path, capsys):
 
 def test_help_works_for_every_entry_point(capsys):
     for main, argv, words in [(study.main, ["--help"], ["create", "add-raters"]),
-                              (study.main, ["create", "--help"], ["--pairs-per-rater", "--raters", "--checks"]),
+                              (study.main, ["create", "--help"], ["--pairs-per-rater", "--raters", "--checks",
+                                                                  "--size", "--fit", "--frames", "--frame-ms"]),
                               (study.main, ["add-raters", "--help"], ["--count"]),
                               (voteapp.main, ["--help"], ["--db", "--port"])]:
         with pytest.raises(SystemExit) as exit_:

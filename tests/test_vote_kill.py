@@ -15,9 +15,9 @@ import time
 
 import requests
 
-from report_fixtures import REPO, prompts, write_sample_folder
 from reports import study
 from reports.serving import free_port
+from tests.support.report_fixtures import REPO, prompts, write_sample_folder
 
 RATERS, PAIRS = 20, 6
 KILLS = int(os.environ.get("GENTRON_VOTE_KILLS", "3"))

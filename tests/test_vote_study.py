@@ -11,9 +11,9 @@ from collections import Counter
 import pytest
 from starlette.testclient import TestClient
 
-from report_fixtures import prompts, write_sample_folder
 from reports import study, vote_stats, votes
 from reports.voteapp import create_app
+from tests.support.report_fixtures import prompts, write_sample_folder
 
 
 def make_study(tmp_path, systems=("xattn", "adaln"), n_prompts=10, raters=8, checks=0, pairs_per_rater=None,

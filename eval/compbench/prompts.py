@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from eval.common import OFFICIAL_BASE_SEED, Sample, load_samples
 from gentron.io import atomic_write_text

@@ -71,14 +71,6 @@ def _spacy_pipeline():
                             f"{INSTALL_HINT}")
 
 
-def spacy_available() -> bool:
-    try:
-        _spacy_pipeline()
-    except FileNotFoundError:
-        return False
-    return True
-
-
 def language_model() -> dict:
     """What parses the prompts: spaCy and model versions, recorded in every result's protocol."""
     nlp, package = _spacy_pipeline()

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from eval import weights
 from eval.clip_score import ClipEmbedder
-from eval.common import batched, image_row, load_image, resolve_device, result
+from eval.common import batched, image_row, load_image, refuse_damaged_images, resolve_device, result
 from eval.compbench import complex as complex_
 from eval.compbench import nonspatial, questions
 from eval.compbench.prompts import ATTRIBUTE, complex_parts, compbench_samples
@@ -95,6 +95,7 @@ def evaluate(samples_dir, category: str | None = None, blip: str = weights.BLIP_
              allow_random_clip: bool = False) -> dict:
     """T2I-CompBench scores of a sample folder (every category present, or --category)."""
     samples, excluded = compbench_samples(samples_dir, category, checkout)
+    refuse_damaged_images([Path(samples_dir) / s.file for s in samples], "sample", fix="regenerate them")
     categories = sorted({s.category for s in samples})
     parts = None
     if "complex" in categories:
@@ -103,6 +104,9 @@ def evaluate(samples_dir, category: str | None = None, blip: str = weights.BLIP_
                              "(complex_val_spatial.txt, complex_val_action.txt): pass --checkout")
         parts = complex_parts(checkout)
     language_model = questions.language_model()  # fails early, with the install command, without a model
+    _check_models(categories, blip, detector, clip, clip_pretrained)
+    if official_dir and Path(official_dir).exists() and not Path(official_dir).is_dir():
+        raise NotADirectoryError(f"--official-dir {official_dir} is a file; give a folder for the official result files")
     models = Models(blip, detector, clip, clip_pretrained, resolve_device(device), detector_confidence,
                     vqa_image_size, allow_random_clip)
     official = Path(official_dir) if official_dir else Path(samples_dir) / "eval" / "compbench_official"
@@ -126,6 +130,18 @@ def evaluate(samples_dir, category: str | None = None, blip: str = weights.BLIP_
                 "excluded_categories": excluded, "official_dir": str(official), "comparable_by_category": comparable}
     return result("t2i_compbench", per_image, protocol, all(comparable.values()),
                   {"official_averages": averages})
+
+
+def _check_models(categories: list[str], blip: str, detector: str, clip: str, clip_pretrained: str | None) -> None:
+    """Name a model that is neither a local folder nor cached before any image is scored (they load lazily)."""
+    from eval.clip_score import _is_open_clip_name
+
+    if set(categories) & {*ATTRIBUTE, "complex"}:
+        weights.hf_model_path(blip, "BLIP-VQA model (--blip)")
+    if set(categories) & {"spatial", "complex"}:
+        weights.hf_model_path(detector, "zero-shot object detector (--detector)")
+    if set(categories) & {"non_spatial", "complex"} and clip_pretrained is None and not _is_open_clip_name(clip):
+        weights.hf_model_path(clip, "CLIP model (--clip)")
 
 
 def _comparable(categories: set[str], blip: str, clip: str, clip_pretrained: str | None) -> dict[str, bool]:

@@ -79,7 +79,10 @@ class Detector:
     def __init__(self, path: str = weights.OWLVIT, device: str = "cpu", confidence: float = CONFIDENCE):
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-        folder = weights.hf_model_path(path, "zero-shot object detector")
+        if not 0.0 <= confidence <= 1.0:  # also NaN
+            raise ValueError(f"--detector-confidence {confidence} is not a probability; give a number in [0, 1] "
+                             f"(official: {CONFIDENCE})")
+        folder = weights.hf_model_path(path, "zero-shot object detector (--detector)")
         log.info("loading detector from %s", folder)
         self.processor = AutoProcessor.from_pretrained(folder)
         self.model = AutoModelForZeroShotObjectDetection.from_pretrained(folder).eval().to(device)

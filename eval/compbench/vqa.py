@@ -1,6 +1,9 @@
 """Attribute binding by BLIP-VQA: per question p = P(yes) / (P(yes) + P(no)) from the first answer token,
 image score = product over the prompt's questions (1 when it has none), images resized to 480x480 bicubic
 (BLIP's VQA resolution; position embeddings interpolated when the checkpoint's config says 384).
+As in the official code, each question's p is rounded to 4 decimals before the product (BLIP's `vqa_prob`
+answers are '%.4f' strings) and the product is taken in float32 in question order (its reward tensor);
+the image score is then stored as '%.4f' (eval.compbench.run.official_vqa).
 
 The question goes to the text encoder as official BLIP gives it: tokenized to at most 35 tokens, its
 first token [CLS] replaced by [ENC]. The transformers port keeps [CLS]; its checkpoints carry the [ENC]
@@ -33,7 +36,7 @@ class BlipVqa:
     def __init__(self, path: str = weights.BLIP_VQA, device: str = "cpu", image_size: int = IMAGE_SIZE):
         from transformers import BlipForQuestionAnswering, BlipProcessor
 
-        folder = weights.hf_model_path(path, "BLIP-VQA model")
+        folder = weights.hf_model_path(path, "BLIP-VQA model (--blip)")
         log.info("loading BLIP-VQA from %s", folder)
         self.processor = BlipProcessor.from_pretrained(folder)
         self.model = BlipForQuestionAnswering.from_pretrained(folder).eval().to(device)
@@ -45,6 +48,10 @@ class BlipVqa:
         if self.enc >= self.model.config.text_config.vocab_size:
             raise ValueError(f"{path}: its text model has no [ENC] embedding (id {self.enc} >= vocabulary "
                              f"{self.model.config.text_config.vocab_size}); use a BLIP-VQA checkpoint")
+        patch = self.model.config.vision_config.patch_size
+        if image_size < patch:
+            raise ValueError(f"--vqa-image-size {image_size} is smaller than one {patch}-pixel patch of {path}; "
+                             f"use {IMAGE_SIZE}, BLIP's VQA resolution")
         processor = self.processor.image_processor
         self.mean = torch.tensor(processor.image_mean).view(3, 1, 1)
         self.std = torch.tensor(processor.image_std).view(3, 1, 1)
@@ -83,10 +90,21 @@ class BlipVqa:
         return out
 
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
-        """Attribute-binding score per image: the product of its questions' p(yes)."""
-        return [float(np.prod(ps)) for ps in self.p_yes(images, [vqa_questions(p) for p in prompts])]
+        """Attribute-binding score per image: the product of its questions' p(yes), each rounded first."""
+        return [official_product(ps) for ps in self.p_yes(images, [vqa_questions(p) for p in prompts])]
 
     def protocol(self) -> dict:
         return {"vqa_model": self.path, "vqa_image_size": self.image_size, "vqa_resize": "PIL bicubic, square",
-                "vqa_score": "prod over noun-chunk questions of P(yes)/(P(yes)+P(no)), first answer token",
+                "vqa_score": "prod over noun-chunk questions of P(yes)/(P(yes)+P(no)) (first answer token), each "
+                             "rounded to 4 decimals before the float32 product, as the official code",
                 "vqa_question_tokens": f"[ENC] first (id {self.enc}), at most {QUESTION_MAX_LENGTH} tokens"}
+
+
+def official_product(probabilities) -> float:
+    """The official image score from its questions' P(yes): each rounded to 4 decimals ('%.4f', the answer
+    string of BLIP's vqa_prob) and multiplied in float32, in question order (BLIP_vqa.py's reward tensor);
+    1 for no question."""
+    product = np.float32(1.0)
+    for p in probabilities:
+        product = np.float32(product * np.float32(float(f"{p:.4f}")))  # str -> float -> float32, as official
+    return float(product)

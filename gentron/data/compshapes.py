@@ -147,7 +147,7 @@ class ShapeObject:
     center: tuple[float, float] = (0.5, 0.5)
     velocity: tuple[float, float] = (0.0, 0.0)
 
-    def at_frame(self, frame: int) -> "ShapeObject":
+    def at_frame(self, frame: int) -> ShapeObject:
         x, y = self.center
         vx, vy = self.velocity
         return replace(self, center=(x + vx * frame, y + vy * frame))

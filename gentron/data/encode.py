@@ -20,8 +20,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from gentron.config import load_config
 from gentron.data.real import BadSample
+from gentron.data.sources import as_source, open_dataset
 from gentron.io import atomic_torch_save
+from gentron.vae import build_vae
 
 log = logging.getLogger(__name__)
 
@@ -48,29 +51,15 @@ class FeatureShards:
         return entry
 
 
-def _source(cfg):
-    from gentron.config import to_dict
-    from gentron.data import compshapes
-    from gentron.data.real import build_real_dataset
-    from gentron.data.stream import IndexedSource
-
-    if cfg.data.kind == "compshapes":
-        return IndexedSource(compshapes.from_config(to_dict(cfg)["data"]))
-    return build_real_dataset(cfg.data)
-
-
 @torch.no_grad()
 def encode_shards(cfg, out_dir: str | os.PathLike, task: int = 0, tasks: int = 1, batch_size: int = 64,
                   device: str | torch.device | None = None) -> list[Path]:
     """Write this task's feature shards (see the module docstring); returns their paths."""
-    from gentron.config import load_config, to_dict
-    from gentron.vae import build_vae
-
     cfg = load_config(cfg)
     if not 0 <= task < tasks:
         raise ValueError(f"--task {task} must be in [0, --tasks {tasks})")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    source = _source(cfg)
+    source = as_source(open_dataset(cfg, video=cfg.data.video))
     units = source.units()
     out_dir = Path(out_dir)
     vae = None
@@ -80,7 +69,7 @@ def encode_shards(cfg, out_dir: str | os.PathLike, task: int = 0, tasks: int = 1
         written.append(path)
         if path.exists():
             continue
-        vae = vae or build_vae(to_dict(cfg)["vae"]).to(device)
+        vae = vae or build_vae(cfg.vae).to(device)
         latents, captions, pending, skipped = [], [], [], 0
 
         def flush():

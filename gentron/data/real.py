@@ -31,7 +31,7 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

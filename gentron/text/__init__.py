@@ -1,8 +1,9 @@
 """Text encoders (frozen) and the prompt cache that keeps them off the training hot path."""
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable
+import dataclasses
+from typing import Any
+from collections.abc import Callable
 
 from gentron.text.base import TextEmbedding
 from gentron.text.cache import PromptCache
@@ -19,19 +20,18 @@ BUILDERS: dict[str, Callable[..., TextEncoder]] = {
 }
 
 
-def build_text_encoder(spec: dict[str, Any]) -> TextEncoder:
-    """Build an encoder from a config dict: `kind` picks the builder, the other keys are its
-    arguments, e.g. {kind: t5, path: google/flan-t5-xxl} or {kind: tiny_clip, seed: 0}."""
-    spec = dict(spec)
-    kind = spec.pop("kind", None)
-    if kind not in BUILDERS:
-        raise ValueError(f"text encoder kind {kind!r} is unknown; choose one of {sorted(BUILDERS)}")
-    builder = BUILDERS[kind]
-    allowed = set(inspect.signature(builder).parameters)
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        raise ValueError(f"text encoder {kind!r} does not take {unknown}; its options are {sorted(allowed)}")
-    return builder(**spec)
+def build_text_encoder(spec: Any) -> TextEncoder:
+    """Build an encoder from its spec (gentron.config: ClipSpec, T5Spec, ...) or a mapping such as
+    {kind: t5, path: google/flan-t5-xxl}, validated by the same schema as a cell config."""
+    from gentron.config import text_encoder_spec
+
+    options = dataclasses.asdict(text_encoder_spec(spec))
+    return BUILDERS[options.pop("kind")](**options)
 
 
-__all__ = ["BUILDERS", "PromptCache", "TextEmbedding", "TextEncoder", "build_text_encoder"]
+def build_text_encoders(specs: list, device: Any = "cpu") -> list[TextEncoder]:
+    """A cell's text encoders (`cfg.text_encoders`), frozen, on `device`."""
+    return [build_text_encoder(spec).to(device) for spec in specs]
+
+
+__all__ = ["build_text_encoders", "BUILDERS", "PromptCache", "TextEmbedding", "TextEncoder", "build_text_encoder"]

@@ -21,14 +21,14 @@ class TextEmbedding:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def to(self, *args, **kwargs) -> "TextEmbedding":
+    def to(self, *args, **kwargs) -> TextEmbedding:
         mask = self.mask.to(device=self.tokens.to(*args, **kwargs).device)
         return TextEmbedding(self.tokens.to(*args, **kwargs), mask, self.pooled.to(*args, **kwargs))
 
-    def __getitem__(self, index) -> "TextEmbedding":
+    def __getitem__(self, index) -> TextEmbedding:
         return TextEmbedding(self.tokens[index], self.mask[index], self.pooled[index])
 
-    def repeat_interleave(self, repeats: int) -> "TextEmbedding":
+    def repeat_interleave(self, repeats: int) -> TextEmbedding:
         return TextEmbedding(
             self.tokens.repeat_interleave(repeats, 0),
             self.mask.repeat_interleave(repeats, 0),
@@ -36,7 +36,7 @@ class TextEmbedding:
         )
 
     @staticmethod
-    def cat(parts: list["TextEmbedding"]) -> "TextEmbedding":
+    def cat(parts: list[TextEmbedding]) -> TextEmbedding:
         """Concatenate along the batch, right-padding token sequences to the longest one."""
         length = max(p.tokens.shape[1] for p in parts)
         tokens = [F.pad(p.tokens, (0, 0, 0, length - p.tokens.shape[1])) for p in parts]

@@ -96,7 +96,7 @@ class HFCLIPTextEncoder(HFTextEncoder):
         return TextEmbedding(out.last_hidden_state, batch["attention_mask"].bool(), pooled)
 
 
-def build_openclip(model: str = "ViT-L-14", pretrained: str | None = "openai", dtype: str = "float32") -> OpenCLIPTextEncoder:
+def build_openclip(*, model: str, pretrained: str | None, dtype: str) -> OpenCLIPTextEncoder:
     """An open_clip model by name, with weights from a pretrained tag (e.g. 'openai') or a local
     checkpoint file. `model` may also use open_clip's 'local-dir:' / 'hf-hub:' schemas (a folder or
     hub repository with open_clip_config.json): their own weights load with `pretrained: null`, or
@@ -142,7 +142,7 @@ def build_openclip(model: str = "ViT-L-14", pretrained: str | None = "openai", d
     return OpenCLIPTextEncoder(tower, tokenizer, name).to(parse_dtype(dtype))
 
 
-def build_hf_clip(path: str, tokenizer: str | None = None, max_length: int = 77, dtype: str = "float32") -> HFCLIPTextEncoder:
+def build_hf_clip(*, path: str, tokenizer: str | None, max_length: int, dtype: str) -> HFCLIPTextEncoder:
     """A transformers CLIP text model from a local folder or a hub name (e.g.
     openai/clip-vit-large-patch14), with its projection if the checkpoint has one. `tokenizer`
     defaults to `path` (diffusers pipelines keep it in a sibling `tokenizer/` folder)."""
@@ -158,8 +158,8 @@ def build_hf_clip(path: str, tokenizer: str | None = None, max_length: int = 77,
     return HFCLIPTextEncoder(model, tokenizer, name, max_length).to(parse_dtype(dtype))
 
 
-def build_tiny_clip(width: int = 64, layers: int = 2, heads: int = 4, pooled_width: int | None = None, seed: int = 0,
-                    embed_std: float = 1.0, position_std: float = 0.3, window: int | None = 2) -> OpenCLIPTextEncoder:
+def build_tiny_clip(*, width: int, layers: int, heads: int, pooled_width: int | None, seed: int,
+                    embed_std: float, position_std: float, window: int | None) -> OpenCLIPTextEncoder:
     """A small random open_clip text tower with CLIP's real BPE tokenizer (no download), frozen.
 
     A random stand-in must still tell words apart, as a trained CLIP does. At open_clip's own init

@@ -4,7 +4,8 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -27,11 +28,11 @@ class TextEncoder(nn.Module):
     width: int
     pooled_width: int
 
-    def freeze(self) -> "TextEncoder":
+    def freeze(self) -> TextEncoder:
         self.requires_grad_(False)
         return self.eval()
 
-    def train(self, mode: bool = True) -> "TextEncoder":
+    def train(self, mode: bool = True) -> TextEncoder:
         # Frozen encoders stay in eval mode even inside a module that the trainer puts in train mode.
         return super().train(False)
 
@@ -48,6 +49,13 @@ class TextEncoder(nn.Module):
 
     def _encode(self, prompts: list[str]) -> TextEmbedding:
         raise NotImplementedError
+
+    @property
+    def shape(self):
+        """Token width, pooled width and tokens per prompt (gentron.config.EncoderShape)."""
+        from gentron.config import EncoderShape
+
+        return EncoderShape(self.width, self.pooled_width, getattr(self, "max_length", 77))
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, width={self.width}, pooled_width={self.pooled_width}"

@@ -27,9 +27,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +37,10 @@ import numpy as np
 import torch
 from filelock import FileLock
 
+from gentron import schema
 from gentron.errors import ConfigError
 from gentron.io import atomic_torch_save, atomic_write_json
+from gentron.optim import lr_at
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,19 @@ class EncoderRecipe:
     max_length: int = 64  # T5 bytes per caption (the longest CompShapes caption is 50)
     ckpt_every: int = 250
 
+    def check(self, where: str) -> None:
+        for key in ("width", "layers", "heads", "steps", "batch_size", "ckpt_every", "resolution", "num_pairs",
+                    "context_length", "patch_size", "max_length"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}: {key}={getattr(self, key)} must be at least 1")
+        for key in ("seed", "data_seed", "warmup_steps", "lr", "weight_decay", "mean_span_length"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{where}: {key}={getattr(self, key)} must be >= 0")
+        if self.width % self.heads:
+            raise ConfigError(f"{where}: width {self.width} must be a multiple of heads {self.heads}")
+        if not 0 < self.noise_density < 1:
+            raise ConfigError(f"{where}: noise_density={self.noise_density} must lie in (0, 1)")
+
     def key(self) -> str:
         """A 10-hex hash of the recipe and VERSION: the folder name's suffix."""
         canonical = json.dumps({**dataclasses.asdict(self), "version": VERSION}, sort_keys=True)
@@ -83,40 +96,10 @@ class EncoderRecipe:
         return f"{self.objective}-{self.key()}"
 
 
-def load_recipe(values: dict[str, Any] | EncoderRecipe) -> EncoderRecipe:
-    """A validated recipe from a dict (unknown keys and bad values raise ConfigError)."""
-    if isinstance(values, EncoderRecipe):
-        return values
-    if not isinstance(values, dict):
-        raise ConfigError(f"an encoder recipe must be a mapping, got {values!r}")
-    names = {f.name: f for f in dataclasses.fields(EncoderRecipe)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ConfigError(f"encoder recipe: unknown keys {unknown}; known: {sorted(names)}")
-    if values.get("objective", "clip_contrastive") not in OBJECTIVES:
-        raise ConfigError(f"encoder recipe: objective={values.get('objective')!r}; choose one of {list(OBJECTIVES)}")
-    kwargs = {}
-    for key, value in values.items():
-        default = names[key].default
-        if isinstance(default, bool) or not isinstance(default, (int, float)) or key == "objective":
-            kwargs[key] = value
-        elif isinstance(default, int) and not isinstance(default, bool):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"encoder recipe: {key}={value!r} must be a non-negative integer")
-            kwargs[key] = value
-        else:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"encoder recipe: {key}={value!r} must be a non-negative number")
-            kwargs[key] = float(value)
-    recipe = EncoderRecipe(**kwargs)
-    for key in ("width", "layers", "heads", "steps", "batch_size", "ckpt_every"):
-        if getattr(recipe, key) < 1:
-            raise ConfigError(f"encoder recipe: {key} must be at least 1")
-    if recipe.width % recipe.heads:
-        raise ConfigError(f"encoder recipe: width {recipe.width} must be a multiple of heads {recipe.heads}")
-    if not 0 < recipe.noise_density < 1:
-        raise ConfigError(f"encoder recipe: noise_density={recipe.noise_density} must lie in (0, 1)")
-    return recipe
+def load_recipe(values: dict[str, Any] | EncoderRecipe, where: str = "recipe") -> EncoderRecipe:
+    """A validated recipe from a mapping (gentron.schema: unknown keys and bad values raise ConfigError
+    naming `where`, e.g. a grid's `encoders.clip`)."""
+    return schema.parse(EncoderRecipe, values, where)
 
 
 def encoder_spec(recipe: EncoderRecipe, store: str | os.PathLike) -> dict:
@@ -161,19 +144,7 @@ def ensure_trained(recipe: EncoderRecipe | dict, store: str | os.PathLike, stop_
     return folder
 
 
-def training_history(folder: str | os.PathLike) -> list[dict]:
-    path = Path(folder) / "training.json"
-    return json.loads(path.read_text(encoding="utf-8"))["history"] if path.exists() else []
-
-
 # --- the loop -----------------------------------------------------------------------------------
-
-def _lr(recipe: EncoderRecipe, step: int) -> float:
-    if step < recipe.warmup_steps:
-        return recipe.lr * (step + 1) / recipe.warmup_steps
-    progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
-    return recipe.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
 
 def _train_loop(recipe: EncoderRecipe, trainer, partial: Path, stop_after: int | None = None) -> list[dict] | None:
     torch.manual_seed(recipe.seed)
@@ -200,7 +171,7 @@ def _train_loop(recipe: EncoderRecipe, trainer, partial: Path, stop_after: int |
         # uninterrupted one would.
         generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
         for group in optimizer.param_groups:
-            group["lr"] = _lr(recipe, step)
+            group["lr"] = lr_at(step, recipe.lr, recipe.steps, recipe.warmup_steps)
         loss = trainer.loss(generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

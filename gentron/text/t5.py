@@ -24,7 +24,7 @@ class T5TextEncoder(HFTextEncoder):
         return TextEmbedding(tokens, mask, masked_mean(tokens, mask))
 
 
-def build_t5(path: str = "google/flan-t5-xxl", tokenizer: str | None = None, max_length: int = 120, dtype: str = "float32") -> T5TextEncoder:
+def build_t5(*, path: str, tokenizer: str | None, max_length: int, dtype: str) -> T5TextEncoder:
     """The encoder half of a T5 checkpoint, from a local folder or a hub name. max_length 120 is
     PixArt-alpha's choice for T5-XXL captions."""
     from transformers import AutoTokenizer, T5EncoderModel
@@ -36,7 +36,7 @@ def build_t5(path: str = "google/flan-t5-xxl", tokenizer: str | None = None, max
     return T5TextEncoder(model, tok, name, max_length).to(parse_dtype(dtype))
 
 
-def build_tiny_t5(width: int = 64, layers: int = 2, heads: int = 4, max_length: int = 128, seed: int = 0) -> T5TextEncoder:
+def build_tiny_t5(*, width: int, layers: int, heads: int, max_length: int, seed: int) -> T5TextEncoder:
     """A small random T5 encoder over bytes (ByT5 tokenizer: 256 bytes + 3 specials + 125 extra ids)."""
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 

@@ -1,9 +1,9 @@
-"""A real one-node SLURM cluster on this machine, for the tests and for laptops.
+"""A real one-node SLURM cluster on this machine, for the tests and for laptops. From the checkout:
 
-    python -m slurm.cluster install  # apt-get install slurm-wlm munge (when missing)
-    python -m slurm.cluster start    # munge key + munged, /etc/slurm/slurm.conf, slurmctld, slurmd
-    python -m slurm.cluster status
-    python -m slurm.cluster stop     # stops slurmctld and slurmd (munged is left running)
+    python -m tests.support.cluster install  # apt-get install slurm-wlm munge (when missing)
+    python -m tests.support.cluster start    # munge key + munged, /etc/slurm/slurm.conf, slurmctld, slurmd
+    python -m tests.support.cluster status
+    python -m tests.support.cluster stop     # stops slurmctld and slurmd (munged is left running)
 
 Needs root and the Debian packages `slurm-wlm` and `munge`. The config is written to the default
 path /etc/slurm/slurm.conf so that every client (sbatch, squeue, scontrol, submitit's calls, jobs)
@@ -26,10 +26,12 @@ from pathlib import Path
 
 from gentron.io import atomic_write_bytes, atomic_write_text
 
-log = logging.getLogger("slurm.cluster")
+log = logging.getLogger("tests.support.cluster")  # its name under `python -m` too
 
 CONF_PATH = Path("/etc/slurm/slurm.conf")
-MARKER = "# Written by gentron's slurm.cluster: a one-node test cluster."
+MARKER = "# Written by gentron's one-node test cluster (tests/support/cluster.py)."
+# Every marker this file has written starts so: a config written by an older checkout is still ours.
+OURS = "# Written by gentron's "
 STATE_DIR = Path("/var/lib/gentron-slurm")
 LOG_DIR = Path("/var/log/gentron-slurm")
 RUN_DIR = Path("/run/gentron-slurm")
@@ -71,9 +73,9 @@ def check_can_run() -> None:
     missing = missing_programs()
     if missing:
         raise ClusterError(f"missing programs {', '.join(missing)}: {INSTALL_HINT}")
-    if CONF_PATH.exists() and MARKER not in CONF_PATH.read_text():
+    if CONF_PATH.exists() and not CONF_PATH.read_text().startswith(OURS):
         raise ClusterError(
-            f"{CONF_PATH} exists and was not written by slurm.cluster: this machine has its own "
+            f"{CONF_PATH} exists and was not written by tests/support/cluster.py: this machine has its own "
             "SLURM; use it directly (profile 'example') instead of the local test cluster"
         )
 
@@ -136,7 +138,7 @@ def render_conf(node: dict[str, str]) -> str:
     host = node["NodeName"]
     hardware = " ".join(f"{k}={v}" for k, v in node.items() if k != "NodeName")
     return f"""{MARKER}
-# `python -m slurm.cluster stop` stops it; delete this file to let a real SLURM config take its place.
+# `python -m tests.support.cluster stop` stops it; delete this file to let a real SLURM config take its place.
 ClusterName=gentron-local
 SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
@@ -289,17 +291,8 @@ def status() -> dict:
             "controller_up": up, "node_state": node_state() if up else ""}
 
 
-def is_running() -> bool:
-    """True when our cluster's controller answers and its node accepts jobs."""
-    if missing_programs() or not CONF_PATH.exists() or MARKER not in CONF_PATH.read_text():
-        return False
-    info = status()
-    return info["controller_up"] and info["node_state"].rstrip("*~#") in (
-        "idle", "mixed", "allocated", "completing")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m slurm.cluster", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tests.support.cluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["install", "start", "stop", "status"])
     args = parser.parse_args(argv)

@@ -199,11 +199,12 @@ def _evaluation(plist: list[dict], strength: float, seed: int, video: bool, metr
     return result(metric, per_image, {"judge": "compshapes-oracle", "resolution": 32}, comparable_to_paper=False)
 
 
-def _write_manifest(cell_dir: Path, seed: int, status: str, done: list[str] = RUN_STAGES.values(),
+def _write_manifest(cell_dir: Path, seed: int, status: str, done: list[str] | None = None,
                     metric: str = METRIC) -> None:
-    """A manifest in the grid runner's format (ablations.manifest): stages listed in `done` are done."""
+    """A manifest in the grid runner's format (ablations.manifest): stages listed in `done` (default:
+    all) are done."""
     stages = {s: {"status": "done", "start": "2025-01-01T00:00:00Z", "end": "2025-01-01T00:05:00Z",
-                  "seconds": 300.0} for s in done}
+                  "seconds": 300.0} for s in (RUN_STAGES.values() if done is None else done)}
     if "evaluate" in stages:
         stages["evaluate"]["metrics"] = [metric]
     atomic_write_json(cell_dir / "manifest.json", {
@@ -246,11 +247,11 @@ def build_planned_grid(runs_dir: Path, argv: list[str], *, n_prompts: int = 12, 
     planned = plan([*argv, f"runs_dir={runs_dir}"])
     prepare(planned)
     for cell in planned.cells:
-        axes = {**cell.axes, "mfg_scale": cell.config["sample"]["mfg_scale"],
-                "conditioning": cell.config["model"]["conditioning"]}  # what arm_strength reads
+        axes = {**cell.axes, "mfg_scale": cell.config.sample.mfg_scale,
+                "conditioning": cell.config.model.conditioning}  # what arm_strength reads
         fill_cell(planned.grid_dir / cell.cell_id, axes, n_prompts=n_prompts, images=images,
-                  video=cell.config["data"]["video"], stop_after=stop_after, log_steps=log_steps,
-                  prompt_set=cell.config["sample"]["prompt_sets"][0], metric=cell.config["eval"]["metrics"][0])
+                  video=cell.config.data.video, stop_after=stop_after, log_steps=log_steps,
+                  prompt_set=cell.config.sample.prompt_sets[0], metric=cell.config.eval.metrics[0])
     grid_results.write_results(planned.grid_dir)
     return planned.grid_dir
 
@@ -294,7 +295,7 @@ def build_big_grid(runs_dir: Path, n_cells: int = 1000, grid: str = "big") -> Pa
 
 # ---------------------------------------------------------------- servers for browser/HTTP tests
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --- Debian's Chromium through Playwright (reports.serving.CHROMIUM; never a downloaded browser) ----

@@ -1,6 +1,6 @@
-"""The `slurm_cluster` session fixture: a real one-node SLURM on this machine (slurm.cluster).
+"""The `slurm_cluster` session fixture: a real one-node SLURM on this machine (tests.support.cluster).
 
-Wired into the suite by tests/conftest.py (`from slurm_fixtures import slurm_cluster`). The cluster
+Wired into the suite by tests/conftest.py (`from tests.support.slurm_fixtures import slurm_cluster`). The cluster
 is left running after the session: starting it again is a no-op, and other sessions may use it.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from slurm import cluster
+from tests.support import cluster
 
 
 @pytest.fixture(scope="session")
