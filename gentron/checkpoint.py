@@ -185,7 +185,9 @@ def _keep_as(source: Path, target: Path) -> None:
 # --- reading ------------------------------------------------------------------------------------
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The payload of a checkpoint, its checksum verified (without the checksum key)."""
+    """The payload of a checkpoint, its checksum verified (without the checksum key) and every weight
+    finite: a checkpoint of a diverged run is refused wherever it is loaded (resume, init_from,
+    generation), naming the tensor and the newest earlier checkpoint."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train first (python -m gentron.train ...)")
@@ -205,7 +207,37 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     elif stored != checksum(payload):
         raise ValueError(f"checkpoint {path} is corrupt: its contents no longer match the checksum written "
                          f"with it (a disk or copy error); {_advice(path)}")
+    problem = non_finite(payload)
+    if problem:
+        raise PoisonedCheckpoint(f"checkpoint {path} holds non-finite weights ({problem}): the run had diverged "
+                                 f"when it was written; {_advice(path)}, or pass train.resume=last_good to resume "
+                                 "from the newest checkpoint whose weights are all finite")
     return payload
+
+
+class PoisonedCheckpoint(ValueError):
+    """A checkpoint whose checksum holds but whose weights include NaN or inf."""
+
+
+def non_finite(payload: dict[str, Any]) -> str | None:
+    """The first NaN/inf tensor of a checkpoint's model, EMA or optimizer state, as `ema[blocks.0.attn...]`
+    with its count, or None."""
+    groups = {"model": payload.get("model") or {}, "ema": payload.get("ema") or {},
+              "optimizer": dict(_tensors((payload.get("optimizer") or {}).get("state", {}), ""))}
+    for group, tensors in groups.items():
+        for name, t in tensors.items():
+            if torch.is_tensor(t) and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                return f"{group}[{name}] has {bad} of {t.numel()} values NaN or inf"
+    return None
+
+
+def _tensors(tree: Any, prefix: str):
+    if torch.is_tensor(tree):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key))
 
 
 def _short(error: BaseException) -> str:
@@ -229,10 +261,17 @@ def _advice(path: Path) -> str:
 
 def resume_state(cfg: CellConfig, run_dir: str | Path) -> dict | None:
     """The checkpoint a run folder resumes from (resume_checkpoint), loaded, or None for a fresh start;
-    refuses a folder trained with another config than `cfg` (check_same_run)."""
+    refuses a folder trained with another config than `cfg` (check_same_run). A checkpoint with
+    non-finite weights is refused, unless train.resume=last_good asks to go back to the newest one
+    whose weights are all finite."""
     run_dir = Path(run_dir)
     source = resume_checkpoint(checkpoint_dir(run_dir))
-    state = load_checkpoint(source) if source is not None else None
+    try:
+        state = load_checkpoint(source) if source is not None else None
+    except PoisonedCheckpoint:
+        if cfg.train.resume != "last_good":
+            raise
+        source, state = _last_good(checkpoint_dir(run_dir))
     if state is not None and "config" in state:
         check_same_run(cfg, state["config"], source)
     elif (run_dir / CONFIG_FILE).exists():
@@ -240,6 +279,20 @@ def resume_state(cfg: CellConfig, run_dir: str | Path) -> dict | None:
     if state is not None:
         log.info("resuming %s at step %d from %s", run_dir, state["step"], source)
     return state
+
+
+def _last_good(folder: Path) -> tuple[Path | None, dict | None]:
+    for path in kept_checkpoints(folder):
+        try:
+            state = load_checkpoint(path)
+        except ValueError as e:
+            log.warning("train.resume=last_good: skipping %s (%s)", path, str(e).split(";")[0])
+            continue
+        log.warning("train.resume=last_good: resuming from %s (step %d), the newest checkpoint with finite "
+                    "weights", path, state["step"])
+        return path, state
+    log.warning("train.resume=last_good: no kept checkpoint of %s has finite weights; training from the start", folder)
+    return None, None
 
 
 def check_same_run(cfg: CellConfig, stored: dict, source: Path) -> None:
@@ -261,7 +314,7 @@ def config_changes(cfg: CellConfig, stored: dict) -> list[str]:
     trained with, except keys that change how the run is carried out (RUN_ONLY_KEYS, RUN_ONLY_SECTIONS),
     and train.steps under a constant learning rate (it only says where the run stops). Keys the stored
     config lacks take their defaults."""
-    old = {**_flatten(to_dict(default_config())), **_flatten(stored)}
+    old = {**_flatten(to_dict(default_config())), **_flatten(_current_form(stored))}
     new = _flatten(to_dict(cfg))
     steps_matter = cfg.train.lr_schedule != "constant" or old.get("train.lr_schedule") != "constant"
     changes = []
@@ -271,6 +324,30 @@ def config_changes(cfg: CellConfig, stored: dict) -> list[str]:
         if old.get(key, "(absent)") != new.get(key, "(absent)"):
             changes.append(f"{key}: {old.get(key, '(absent)')} -> {new.get(key, '(absent)')}")
     return changes
+
+
+# Options gentron no longer has, with the value that meant "off": a run stored with that value computed
+# what today's code computes; any other value did not.
+RETIRED = {"model.logsnr_shift": 0.0, "model.min_snr_gamma": None}
+
+
+def _current_form(stored: dict) -> dict:
+    """A stored config in today's form: text-encoder specs with every key filled in, retired options
+    dropped where they held their "off" value."""
+    from gentron.config import text_encoder_spec
+
+    stored = {k: dict(v) if isinstance(v, dict) else v for k, v in stored.items()}
+    specs = stored.get("text_encoders")
+    if isinstance(specs, list):
+        try:
+            stored["text_encoders"] = [to_dict(text_encoder_spec(s)) for s in specs]
+        except ValueError:
+            pass  # left as stored: it then differs, and the difference is named
+    for key, off in RETIRED.items():
+        section, name = key.split(".")
+        if isinstance(stored.get(section), dict) and stored[section].get(name, off) == off:
+            stored[section].pop(name, None)
+    return stored
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

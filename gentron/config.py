@@ -267,7 +267,8 @@ class TrainConfig:
     keep_last: int = 2  # checkpoints kept: checkpoints/last.pt and keep_last - 1 earlier step-<step>.pt
     # A run folder resumes only with the config it was trained with (up to keys that change how it
     # runs, not what it computes); `force` continues it with this config instead (gentron.train).
-    resume: Literal["auto", "force"] = "auto"
+    # last_good: go back to the newest kept checkpoint whose weights are all finite.
+    resume: Literal["auto", "force", "last_good"] = "auto"
 
 
 @dataclass

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import submitit
 import yaml
@@ -47,10 +47,10 @@ class SlurmProfile:
     """A cluster profile (slurm/profiles/*.yaml), shaped like hydra-submitit-launcher's SlurmQueueConf.
     None means "not set" (the cluster's default)."""
     cluster: Literal["slurm", "local", "debug"] = "slurm"  # local: processes here; debug: in-process
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
     nodes: int = 1
     tasks_per_node: int = 1
     gpus_per_node: int = 0
@@ -62,7 +62,7 @@ class SlurmProfile:
     max_num_timeout: int = 3
     setup: list[str] = field(default_factory=list)  # shell lines run before the job
     additional_parameters: dict[str, Any] = field(default_factory=dict)  # other sbatch options
-    python: Optional[str] = None  # interpreter on the nodes; None: the one submitting
+    python: str | None = None  # interpreter on the nodes; None: the one submitting
 
     def check(self, where: str) -> None:
         for key in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min", "array_parallelism"):

@@ -279,9 +279,6 @@ def test_cosine_schedule_follows_its_closed_form():
         Diffusion(schedule="quadratic")
 
 
-    assert plain.training_loss(zero, x0, [], t=t, noise=eps)["loss"] == pytest.approx(per_sample.mean().item())
-
-
 def test_logit_normal_timesteps_train_the_middle_of_the_schedule():
     """Uniform by default (the same draws as torch.randint, so default runs are unchanged);
     logit-normal(0, 1) puts P(|z| < logit(3/4)) = 0.73 of the timesteps in [T/4, 3T/4), uniform 0.5."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gentron.checkpoint import load_checkpoint
-from gentron.config import default_config, load_config
+from gentron.config import default_config, load_config, to_dict
 from gentron.errors import ConfigError
 from gentron.train import TrainingDiverged, TrainResult, train
 from tests.support.train_fixtures import state_equal, tiny_config, with_changes
@@ -512,3 +512,63 @@ def test_cli_user_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.lr" in err[0] and "Traceback" not in err[0]
+
+
+def _poison_on_disk(path, group: str = "ema"):
+    """Rewrite a checkpoint with one NaN in a weight and a valid checksum: only a value check finds it."""
+    from gentron.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(path)
+    name = next(iter(state[group]))
+    state[group][name].view(-1)[0] = float("nan")
+    save_checkpoint(path, **state)
+    return name
+
+
+def test_a_nan_checkpoint_is_refused_everywhere_it_loads_and_last_good_goes_back(tmp_path):
+    """One NaN in the EMA of last.pt (checksum valid): resume, init_from and generation refuse it, naming
+    the tensor and the good step file beside it; train.resume=last_good resumes from that file."""
+    from gentron.checkpoint import checkpoint_dir, load_checkpoint
+    from gentron.generate import generate
+
+    cfg = tiny_config(tmp_path, train={"steps": 4, "ckpt_every": 2})
+    train(cfg, tmp_path / "run")
+    last = checkpoint_dir(tmp_path / "run") / "last.pt"
+    name = _poison_on_disk(last)
+    step_file = checkpoint_dir(tmp_path / "run") / "step-00000002.pt"
+    assert step_file.exists()
+    expected = rf"non-finite weights \(ema\[{name}\] has 1 of \d+ values NaN or inf\).*{step_file.name}.*last_good"
+    more = with_changes(cfg, train={"steps": 6})
+    with pytest.raises(ValueError, match=expected):
+        train(more, tmp_path / "run")
+    with pytest.raises(ValueError, match=expected):
+        train(with_changes(cfg, train={"init_from": str(last)}), tmp_path / "stage2")
+    with pytest.raises(ValueError, match=expected):
+        generate(cfg, last, [{"prompt": "a red circle", "seed": 1, "index": 0}], tmp_path / "samples")
+    assert not (tmp_path / "samples" / "samples.jsonl").exists()
+
+    result = train(with_changes(more, train={"resume": "last_good"}), tmp_path / "run")
+    assert result.step == 6
+    healthy = load_checkpoint(result.checkpoint)
+    assert all(bool(torch.isfinite(v).all()) for v in healthy["ema"].values())
+    # It went back to step 2, not on from the poisoned step 4: the same as a clean run resumed at step 2.
+    reference = tmp_path / "reference"
+    train(with_changes(cfg, train={"steps": 2, "ckpt_every": 2}), reference)
+    train(with_changes(more, train={"ckpt_every": 2}), reference)
+    assert state_equal(healthy["model"], load_checkpoint(checkpoint_dir(reference) / "last.pt")["model"])
+
+
+def test_runs_stored_before_specs_were_typed_resume(tmp_path):
+    """A run folder whose stored config has the short text-encoder spec ({kind, seed}) and the retired
+    model options at their off values resumes: the same config, written the old way."""
+    from gentron.checkpoint import config_changes
+
+    cfg = tiny_config(tmp_path)
+    stored = to_dict(cfg)
+    stored["text_encoders"] = [{"kind": "tiny_clip", "seed": 0, "width": 32, "layers": 1, "heads": 2}]
+    stored["model"].update(logsnr_shift=0.0, min_snr_gamma=None)
+    for key in ("subfolder", "sample", "batch_size", "dtype"):
+        stored["vae"].pop(key)
+    assert config_changes(cfg, stored) == []
+    stored["model"]["min_snr_gamma"] = 5.0
+    assert config_changes(cfg, stored) == ["model.min_snr_gamma: 5.0 -> (absent)"]
