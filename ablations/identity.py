@@ -21,8 +21,7 @@ CELL_SECTIONS = tuple(f.name for f in fields(CellConfig))
 # Keys that change how a cell runs, not what it computes: excluded from the cell id, so a rerun with
 # more logging, another batch size for sampling or an extra metric finds the same cell.
 RUN_ONLY_KEYS = (*TRAIN_RUN_ONLY_KEYS, "sample.batch_size", "eval.metrics")
-# Bump when the same cell config would now train, sample or score differently: every cell gets a new id
-# and is recomputed instead of an old run folder's cell being reused as if current.
+# Bump when the same config would now train, sample or score differently: every cell gets a new id.
 CELL_VERSION = 5
 ID_LENGTH = 10
 TRAIN_ONLY = ("sample", "eval")  # sections that do not change the trained model

@@ -9,7 +9,7 @@ import platform
 import socket
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -26,7 +26,7 @@ SIMD_FLAGS = ("avx2", "avx512", "amx", "fma")
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @lru_cache(maxsize=1)

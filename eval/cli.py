@@ -13,6 +13,7 @@ EVALUATORS = {
     "fid": ("eval.fid", "FID / KID with clean-fid (subcommands make-stats, shard)"),
     "clip_score": ("eval.clip_score", "CLIP score (torchmetrics' formula) and the raw cosine"),
     "coco": ("eval.coco", "COCO-30K captions and references: plan, shard, refs"),
+    "geneval": ("eval.geneval.__main__", "GenEval: Mask2Former detections, CLIP colours, the official rules"),
 }
 
 

@@ -90,10 +90,11 @@ def read_samples(folder: str | Path) -> list[Sample]:
                                  "paths are relative to it and stay in it, e.g. color/000012_42.png")
         if not (folder / sample.file).exists():
             raise FileNotFoundError(f"{manifest}:{lineno} names {sample.file}, which is not in {folder}")
-        key = Path(sample.file).as_posix().removeprefix("./")
+        key = (Path(sample.file).as_posix(), sample.frames, sample.seed, sample.index)
         if key in first_line:
-            raise ValueError(f"{manifest}:{lineno} lists {sample.file} again (first on line {first_line[key]}); every "
-                             f"image is listed once, or it would count twice: delete the repeated line")
+            raise ValueError(f"{manifest}:{lineno} lists {sample.file} (seed {sample.seed}) again (first on line "
+                             f"{first_line[key]}); every image is listed once, or it would count twice: delete the "
+                             f"repeated line")
         first_line[key] = lineno
         samples.append(sample)
     if not samples:

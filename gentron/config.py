@@ -154,7 +154,6 @@ class TinyT5Spec:
 
 
 TextEncoderSpec = Annotated[ClipSpec | HFClipSpec | T5Spec | TinyClipSpec | TinyT5Spec, TaggedUnion]
-TEXT_ENCODER_KINDS = ("clip", "hf_clip", "t5", "tiny_clip", "tiny_t5")
 
 
 def _check_tower(spec, where: str) -> None:

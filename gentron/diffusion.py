@@ -16,7 +16,8 @@ fully conditioned branch as DiT does), while DDIM and DPM-Solver++ are fixed-var
 use the guided epsilon only.
 
 Tensors are images (B, C, H, W) or videos (B, T, C, H, W); the channel axis is dim -3 in both, and
-a video clip gets one timestep.
+a video clip gets one timestep. `Diffusion.to(device)` puts the schedule's lookup tables on the
+training device once, so a training step's lookups are device-side gathers with no transfer.
 """
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ def make_betas(schedule: str, num_timesteps: int, beta_start: float, beta_end: f
 
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
+# The float32 tables the loss and the samplers look up per timestep (Diffusion._at).
+_TABLES = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+           "sqrt_recipm1_alphas_cumprod", "posterior_log_variance_clipped", "log_betas", "posterior_mean_coef1",
+           "posterior_mean_coef2")
 
 
 class Diffusion:
@@ -77,6 +82,27 @@ class Diffusion:
         self.log_betas = betas.log().float()
         self.posterior_mean_coef1 = (betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod)).float()
         self.posterior_mean_coef2 = ((1 - alphas_cumprod_prev) * (1 - betas).sqrt() / (1 - alphas_cumprod)).float()
+        self._tables: dict[torch.device, dict[str, torch.Tensor]] = {}  # per device: the lookup tables
+
+    def to(self, device: torch.device | str) -> Diffusion:
+        """Copy the lookup tables to `device` once (the CPU attributes stay), so the per-step lookups
+        there index a resident table and copy nothing (a blocking transfer per lookup otherwise);
+        returns self. A lookup on a device not prepared so copies its tables there on first use."""
+        self._tables_on(torch.empty(0, device=device).device)  # 'cuda' -> 'cuda:0', as tensors report it
+        return self
+
+    def _tables_on(self, device: torch.device) -> dict[str, torch.Tensor]:
+        tables = self._tables.get(device)
+        if tables is None:
+            tables = self._tables[device] = {name: getattr(self, name).to(device) for name in _TABLES}
+        return tables
+
+    def _at(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Table `name` at timesteps t, shaped to broadcast over `like` (B, ...)."""
+        out = self._tables_on(t.device)[name][t]
+        if out.dtype != like.dtype:
+            out = out.to(like.dtype)
+        return out.reshape(-1, *([1] * (like.ndim - 1)))
 
     # --- the forward process ---------------------------------------------------------------------
 
@@ -88,21 +114,21 @@ class Diffusion:
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, one t per sample (per clip for video)."""
-        return _at(self.sqrt_alphas_cumprod, t, x0) * x0 + _at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        return self._at("sqrt_alphas_cumprod", t, x0) * x0 + self._at("sqrt_one_minus_alphas_cumprod", t, x0) * noise
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and clipped log-variance of q(x_{t-1} | x_t, x0)."""
-        mean = _at(self.posterior_mean_coef1, t, x0) * x0 + _at(self.posterior_mean_coef2, t, x0) * x_t
-        return mean, _at(self.posterior_log_variance_clipped, t, x0)
+        mean = self._at("posterior_mean_coef1", t, x0) * x0 + self._at("posterior_mean_coef2", t, x0) * x_t
+        return mean, self._at("posterior_log_variance_clipped", t, x0)
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return _at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - _at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        return self._at("sqrt_recip_alphas_cumprod", t, x_t) * x_t - self._at("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
 
     def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """What the network regresses: epsilon, or v = sqrt(abar) eps - sqrt(1 - abar) x0."""
         if self.prediction == "epsilon":
             return noise
-        return _at(self.sqrt_alphas_cumprod, t, x0) * noise - _at(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+        return self._at("sqrt_alphas_cumprod", t, x0) * noise - self._at("sqrt_one_minus_alphas_cumprod", t, x0) * x0
 
     def to_eps(self, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor, clip_x0: bool = False) -> torch.Tensor:
         """The network's prediction as epsilon (what the samplers take).
@@ -111,7 +137,7 @@ class Diffusion:
         epsilon of the clipped x0 (ADM's clip_denoised), so an early step's wild x0 estimate cannot
         push x_t off the data range for good. Latents are unbounded: never clip them.
         """
-        signal, sigma = _at(self.sqrt_alphas_cumprod, t, x_t), _at(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        signal, sigma = self._at("sqrt_alphas_cumprod", t, x_t), self._at("sqrt_one_minus_alphas_cumprod", t, x_t)
         eps = pred if self.prediction == "epsilon" else signal * pred + sigma * x_t
         if not clip_x0:
             return eps
@@ -166,7 +192,7 @@ class Diffusion:
         """Per-sample KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) in bits, and at t = 0 the decoder NLL."""
         true_mean, true_log_var = self.q_posterior(x0, x_t, t)
         frac = (var_values + 1) / 2
-        model_log_var = frac * _at(self.log_betas, t, x0) + (1 - frac) * _at(self.posterior_log_variance_clipped, t, x0)
+        model_log_var = frac * self._at("log_betas", t, x0) + (1 - frac) * self._at("posterior_log_variance_clipped", t, x0)
         model_mean, _ = self.q_posterior(self.predict_x0(x_t, t, eps), x_t, t)
         kl = _mean_flat(normal_kl(true_mean, true_log_var, model_mean, model_log_var)) / math.log(2.0)
         nll = -_mean_flat(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var)) / math.log(2.0)
@@ -229,6 +255,7 @@ class Diffusion:
         null_text = [(n if len(n) == batch else n.repeat_interleave(batch)).to(device) for n in null_text]
         if any(len(e) != batch for e in text) or any(len(n) != batch for n in null_text):
             raise ValueError(f"text and null_text need {batch} rows (null_text may have 1)")
+        self.to(device)
         x = initial_noise(shape, generator).to(device)
         scheduler.set_timesteps(steps, device=device)
         for t in scheduler.timesteps:
@@ -294,12 +321,6 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.T
 def _randint(high: int, size: int, generator: torch.Generator | None) -> torch.Tensor:
     device = generator.device if generator is not None else "cpu"
     return torch.randint(0, high, (size,), generator=generator, device=device)
-
-
-def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """values[t], shaped to broadcast over `like` (B, ...)."""
-    out = values.to(t.device)[t].to(like.dtype)
-    return out.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def _mean_flat(x: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """Multi-process training: process-group setup, DDP / FSDP2 wrapping, full state dicts, batch split.
 
 One process per device. The trainer is written for a *global* batch: every rank draws the same
-random numbers for the whole batch (same seed, same generator) and keeps its own contiguous slice,
-so N ranks reproduce the single-process run up to floating-point reduction order.
+random numbers for the data of the whole batch (same seed, same generator) and keeps its own
+contiguous slice. On CPUs the timesteps and noise are drawn for the global batch too, so N ranks
+reproduce the single-process run up to floating-point reduction order; on GPUs each rank draws its
+own on its device (gentron.train_step.StepNoise), which keeps the step free of host transfers.
 
 Launch with torchrun (RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR in the environment) or under
 SLURM (srun; init_distributed_from_slurm reads SLURM_PROCID and friends).
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -71,9 +75,11 @@ def init_distributed() -> DistInfo:
     return info
 
 
-def wrap_model(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
+def wrap_model(model: nn.Module, info: DistInfo, strategy: str, bf16: bool = False) -> nn.Module:
     """DDP (replicated weights) or FSDP2 (weights, grads and optimizer state sharded per block).
 
+    bf16 (FSDP2): gather the weights in bfloat16 for compute and reduce the gradients in float32
+    (MixedPrecisionPolicy); the sharded weights, the optimizer and the EMA stay float32.
     Activation checkpointing is the model's own switch (GenTronConfig.grad_checkpointing), so it
     works the same wrapped or not."""
     if not info.enabled:
@@ -84,14 +90,51 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
         device_ids = [info.local_rank] if torch.cuda.is_available() else None
         return DistributedDataParallel(model, device_ids=device_ids)
     if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
+            else MixedPrecisionPolicy()
         # Shard each transformer block, then the rest (embedders, final layer) at the root.
         for block in model.blocks:
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
         return model
     raise ValueError(f"unknown strategy {strategy!r}; choose ddp or fsdp")
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether the model's weights are FSDP2 shards (DTensors)."""
+    return any(hasattr(p, "device_mesh") for p in model.parameters())
+
+
+@contextmanager
+def gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
+    """Backward passes in this block reduce gradients across ranks only when `sync`: the micro-batches
+    of an accumulated step before the last keep theirs local (DDP no_sync, FSDP2
+    set_requires_gradient_sync)."""
+    if sync:
+        yield
+    elif hasattr(model, "no_sync"):  # DDP
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without waiting for it: on CUDA through pinned memory with a
+    non-blocking copy (a pageable copy blocks the host until the device has drained its queue)."""
+    if x.device == device or device.type != "cuda":
+        return x.to(device)
+    if not x.is_pinned():
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -135,6 +178,22 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
         dist.all_reduce(value)
         value /= info.world_size
     return value
+
+
+def all_reduce_max(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
+def all_gather_object(value, info: DistInfo) -> list:
+    """Every rank's `value`, in rank order (a list of one without ranks)."""
+    if not info.enabled:
+        return [value]
+    gathered = [None] * info.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def barrier(info: DistInfo) -> None:

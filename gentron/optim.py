@@ -32,5 +32,6 @@ def ema_decay_at(step: int, decay: float) -> float:
 
 @torch.no_grad()
 def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
-    for name, p in D.unwrap(model).named_parameters():
-        ema[name].lerp_(p.detach(), 1 - decay)
+    """ema <- ema + (1 - decay) (weights - ema), every tensor in one fused call (FSDP2: each rank its shards)."""
+    names, params = zip(*D.unwrap(model).named_parameters())
+    torch._foreach_lerp_([ema[name] for name in names], [p.detach() for p in params], 1 - decay)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from gentron.config import load_config
-from gentron.data.real import (BadSample, ImageTextFolder, Manifest, VideoFolder, WebDatasetShards,
+from gentron.data.real import (BadSample, BadUnit, ImageTextFolder, Manifest, VideoFolder, WebDatasetShards,
                                build_real_dataset, center_crop_resize)
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
@@ -192,21 +192,109 @@ def test_streamed_training_on_a_folder_manifests_and_shards_resumes_exactly(tmp_
         assert sum(w["unit"] for w in straight["data"]["streams"]["images"][0]["workers"].values()) > 0
 
 
-def test_training_streams_feature_shards_from_the_encode_stage(tmp_path, caplog):
+def test_training_streams_feature_shards_from_the_encode_stage(tmp_path):
+    """A WebDataset set encoded by a 2-task array (one shard per task) trains from its shards."""
     from gentron.data.encode import encode_shards
     from gentron.train import train
     from tests.support.train_fixtures import tiny_config
 
     paths = _many(tmp_path)
-    cfg = tiny_config(tmp_path, data={"kind": "webdataset", "path": paths["webdataset"]})
+    cfg = tiny_config(tmp_path, data={"kind": "webdataset", "path": paths["webdataset"], "encode": "shards",
+                                      "features_dir": str(tmp_path / "features"), "num_workers": 2},
+                      train={"steps": 2})
     done = [encode_shards(cfg, tmp_path / "features", task, 2) for task in range(2)]  # a 2-task job array
-    assert sorted(p.name for p in sum(done, [])) == [f"features-{i:06d}.pt" for i in range(4)]
-    shard = torch.load(done[0][0], weights_only=True)
-    assert shard["latents"].shape == (4, 3, 16, 16) and len(shard["captions"]) == 4
-    stamp = done[0][0].stat().st_mtime_ns
-    encode_shards(cfg, tmp_path / "features", 0, 2)  # present: skipped
-    assert done[0][0].stat().st_mtime_ns == stamp
-    shards = tiny_config(tmp_path, data={"kind": "webdataset", "path": paths["webdataset"], "encode": "shards",
-                                         "features_dir": str(tmp_path / "features"), "num_workers": 2},
-                         train={"steps": 2})
-    assert torch.load(train(shards, tmp_path / "run").checkpoint, weights_only=False)["data"]["images"] == 16
+    assert [p.name for p in done] == ["features-000000.pt", "features-000001.pt"]
+    shard = torch.load(done[0], weights_only=True)
+    assert shard["latents"].shape == (8, 3, 16, 16) and len(shard["captions"]) == 8  # tar shards 0 and 2
+    assert shard["text"][0]["pooled"].shape == (8, 32) and shard["text"][0]["lengths"].shape == (8,)
+    stamp = done[0].stat().st_mtime_ns
+    encode_shards(cfg, tmp_path / "features", 0, 2)  # complete: skipped
+    assert done[0].stat().st_mtime_ns == stamp
+    assert torch.load(train(cfg, tmp_path / "run").checkpoint, weights_only=False)["data"]["images"] == 16
+
+
+# --- bad shards: skipped with their path in the log, counted per rank, found up front -------------
+
+def _bad_shards(tmp_path) -> dict[str, str]:
+    """Four good shards (16 samples) and, beside them, a truncated tar, a file that is not a tar and
+    an empty file; returns {kind: path} of the bad ones."""
+    _many(tmp_path)
+    good = (tmp_path / "many-0.tar").read_bytes()
+    bad = {"truncated": tmp_path / "many-4.tar", "not a tar": tmp_path / "many-5.tar", "empty": tmp_path / "many-6.tar"}
+    bad["truncated"].write_bytes(good[:len(good) // 2])  # cut inside a member's data
+    bad["not a tar"].write_bytes(b"<html>503 Service Unavailable</html>\n" * 40)
+    bad["empty"].write_bytes(b"")
+    return {kind: str(path) for kind, path in bad.items()}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_shards_are_skipped_logged_and_counted(tmp_path, caplog, workers):
+    from gentron.data.stream import Readers, ResumableLoader
+
+    bad = _bad_shards(tmp_path)
+    source = WebDatasetShards(str(tmp_path / "many-{0..6}.tar"), 8)
+    loader = ResumableLoader(source, 2, seed=0, readers=Readers(0, 1, workers), buffer_size=4)
+    captions = [c for _ in range(20) for c in loader.next()["caption"]]  # 40 samples: past every reader's epoch
+    loader.close()
+    assert {f"a {c} image {i}" for i, c in ((i, list(COLORS)[i % 3]) for i in range(16))} <= set(captions)
+    # each bad shard once per epoch (this reader is into its second), summed over this rank's workers
+    assert loader.skipped_units >= 3
+    assert loader.skipped_units == sum(w["skipped_units"] for w in loader.state_dict()["workers"].values())
+    if not workers:  # (a worker process logs to its own handlers)
+        assert all(f"skipping the rest of shard {path}" in caplog.text for path in bad.values())
+    dataset = WebDatasetShards(str(tmp_path / "many-{0..6}.tar"), 8)  # encode=memory reads them in one pass
+    # the truncated copy of shard 0 gives the 2 whole samples before the cut
+    assert len(list(dataset)) == 16 + 2 and dataset.skipped_units == 3 and dataset.skipped == 0
+    with pytest.raises(ValueError, match="many-4.tar: truncated"):  # the first bad shard, by name
+        list(WebDatasetShards(str(tmp_path / "many-{0..6}.tar"), 8, on_error="raise"))
+
+
+def test_bad_shards_do_not_stop_training_and_the_counts_sum_over_ranks(tmp_path):
+    """A streamed run over a pattern with bad shards trains; the checkpoint's data state holds each
+    rank's skipped counts and `summed_skipped` is what the train log reports."""
+    from gentron import distributed as D
+    from gentron.data.training import build_training_data, summed_skipped
+    from gentron.text import build_text_encoders
+    from gentron.train import train
+    from gentron.vae import build_vae
+    from tests.support.train_fixtures import tiny_config
+
+    _bad_shards(tmp_path)
+    cfg = tiny_config(tmp_path, data={"kind": "webdataset", "path": str(tmp_path / "many-{0..6}.tar"),
+                                      "encode": "per_batch", "num_workers": 0, "shuffle_buffer": 4},
+                      train={"steps": 3, "batch_size": 8})
+    state = torch.load(train(cfg, tmp_path / "run").checkpoint, weights_only=False)["data"]
+    (shards,), (samples,) = state["skipped"]["skipped_shards"], state["skipped"]["skipped"]  # one rank
+    assert state["images"] == 24 and shards >= 3  # 24 samples: past the first epoch of 16
+    encoders, vae = build_text_encoders(cfg.text_encoders), build_vae(cfg.vae)
+    data = build_training_data(cfg, D.DistInfo(), "cpu", torch.float32, vae, encoders, tmp_path / "cache", state)
+    assert summed_skipped(data, D.DistInfo()) == {"skipped": samples, "skipped_shards": shards}  # resumed
+    data.next_batch(torch.Generator().manual_seed(0))
+    assert summed_skipped(data, D.DistInfo())["skipped_shards"] >= shards
+    data.close()
+
+
+def test_check_shards_reads_headers_and_names_every_bad_shard(tmp_path):
+    from gentron.data.real import check_shards
+
+    bad = _bad_shards(tmp_path)
+    good = (tmp_path / "many-0.tar").read_bytes()
+    cut = tmp_path / "many-7.tar"  # cut at a member boundary: tarfile alone would read it as complete
+    cut.write_bytes(_cut_at_member(good, 2))
+    report = check_shards(str(tmp_path / "many-{0..8}.tar"))
+    assert report.shards == 9 and report.ok == 4 and report.samples == 16 and report.incomplete == 0
+    kinds = {path: kind for path, kind, _ in report.bad}
+    assert kinds == {bad["truncated"]: "truncated", bad["not a tar"]: "not a tar", bad["empty"]: "empty",
+                     str(cut): "truncated", str(tmp_path / "many-8.tar"): "missing"}
+    assert report.summary() == (f"9 shards: 4 ok, 5 bad (1 empty, 1 missing, 1 not a tar, 2 truncated); 16 samples "
+                                f"(0 without an image and a caption); {report.bytes / 1e9:.2f} GB: "
+                                f"{tmp_path / 'many-{0..8}.tar'}")
+    with pytest.raises(BadUnit, match="truncated"):  # training reads that cut shard as damaged too
+        list(WebDatasetShards(str(cut), 8).entries(str(cut)))
+
+
+def _cut_at_member(tar_bytes: bytes, members: int) -> bytes:
+    """The first `members` members of an uncompressed tar, without its end-of-archive marker."""
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        info = tar.getmembers()[members]
+    return tar_bytes[:info.offset]

@@ -76,3 +76,27 @@ def test_bad_samples_are_skipped_and_counted():
 def test_too_few_units_for_the_readers_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"1 unit\(s\).*4 readers.*lower data.num_workers"):
         ResumableLoader(IndexedSource(Numbers(1)), 1, 0, Readers(0, 2, 2))
+
+
+def test_loader_workers_ignore_sigterm_and_sigusr2_and_the_loader_keeps_yielding():
+    """slurmstepd signals every process of the job step; the main process owns shutdown (it finishes
+    the step and checkpoints), so a signal to a loader worker must not kill the loader under it."""
+    import os
+    import signal
+    import time
+
+    main_handler = signal.getsignal(signal.SIGTERM)
+    loader = ResumableLoader(IndexedSource(Numbers(400), unit_size=10), 2, seed=0, readers=Readers(0, 1, 2),
+                             buffer_size=4)
+    seen = [i for _ in range(4) for i in _ids(loader.next())]
+    workers = list(loader._iter._workers)
+    assert len(workers) == 2
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGTERM)
+        os.kill(worker.pid, signal.SIGUSR2)
+    time.sleep(0.5)
+    assert all(worker.is_alive() for worker in workers)
+    seen += [i for _ in range(60) for i in _ids(loader.next())]  # far past what was prefetched
+    assert len(set(seen)) > 100 and signal.getsignal(signal.SIGTERM) == main_handler
+    loader.close()
+    assert not any(worker.is_alive() for worker in workers)

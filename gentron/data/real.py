@@ -23,13 +23,21 @@ Bad samples (an unreadable image, a missing caption, a video too short for a cli
 `on_error: skip` (default) each is skipped with a warning and counted in `dataset.skipped`, and a
 summary is logged at the end of a pass, because one bad file in millions should not stop a run; with
 `on_error: raise` the first one stops with an error naming the file. A path that does not exist is
-always an error.
+always an error. A bad shard (a truncated tar, a file that is not a tar, an empty one; BadUnit) is
+skipped from the point of damage on, logged with its path and counted as a skipped shard;
+`check_shards(pattern)` finds them all up front from the tar headers alone.
 """
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import os
+import tarfile
+import zlib
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterator
 
@@ -63,6 +71,16 @@ class BadSample(ValueError):
     """One sample that cannot be used; skipped or raised according to on_error."""
 
 
+class BadUnit(ValueError):
+    """A whole unit (a shard) that cannot be read on: a truncated tar, a file that is not a tar, an
+    empty or vanished file. The whole samples read before the damage stand; the rest of the unit is
+    skipped (counted as a skipped shard) or raised according to on_error."""
+
+    def __init__(self, path: str, kind: str, detail: str):
+        super().__init__(f"{path}: {kind} ({detail})")
+        self.path, self.kind, self.detail = path, kind, detail
+
+
 class _Streaming(torch.utils.data.IterableDataset):
     """Shared skip/raise handling and per-worker splitting of the sample list."""
 
@@ -71,6 +89,7 @@ class _Streaming(torch.utils.data.IterableDataset):
             raise ValueError(f"on_error={on_error!r}; choose skip or raise")
         self.path, self.resolution, self.on_error = Path(path), resolution, on_error
         self.skipped = 0
+        self.skipped_units = 0
         if not self.path.exists():
             raise FileNotFoundError(f"data.path {self.path} does not exist")
 
@@ -85,8 +104,15 @@ class _Streaming(torch.utils.data.IterableDataset):
         raise NotImplementedError
 
     def _entries(self) -> Iterator:
+        self.skipped_units = 0
         for unit in self.units():
-            yield from self.entries(unit)
+            try:
+                yield from self.entries(unit)
+            except BadUnit as e:
+                if self.on_error == "raise":
+                    raise
+                self.skipped_units += 1
+                log.warning("skipping the rest of shard %s", e)
 
     def _load(self, entry) -> dict:
         raise NotImplementedError
@@ -108,9 +134,9 @@ class _Streaming(torch.utils.data.IterableDataset):
                     raise
                 self.skipped += 1
                 log.warning("skipping %s", e)
-        if self.skipped:
-            log.warning("%s: skipped %d bad sample(s) in this pass (data.on_error=raise stops at the first)",
-                        self.path, self.skipped)
+        if self.skipped or self.skipped_units:
+            log.warning("%s: skipped %d bad sample(s) and %d bad shard(s) in this pass (data.on_error=raise "
+                        "stops at the first)", self.path, self.skipped, self.skipped_units)
 
 
 def _caption(path: Path) -> str:
@@ -220,34 +246,33 @@ class WebDatasetShards(_Streaming):
 
     def entries(self, url: str):
         """The samples of one shard: consecutive tar members grouped by key (WebDataset's rule:
-        the name up to the first dot of its base name)."""
-        import tarfile
-
-        from webdataset import gopen
-
-        stream = open(url, "rb") if "://" not in url and not url.startswith("pipe:") else gopen(url, "rb")
-        with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-            sample: dict = {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                directory, _, base = member.name.rpartition("/")
-                stem, dot, suffix = base.partition(".")
-                key = f"{directory}/{stem}" if directory else stem
-                if not dot:
-                    continue
-                if sample and sample["__key__"] != key:
-                    yield sample
-                    sample = {}
-                sample.setdefault("__key__", key)
-                sample["__url__"] = url
-                sample[suffix.lower()] = tar.extractfile(member).read()
-            if sample:
-                yield sample
+        the name up to the first dot of its base name). A shard that cannot be read on (see
+        BadUnit) raises BadUnit after the samples read before the damage."""
+        sample: dict = {}
+        files = 0
+        try:
+            with _open_shard(url) as stream, tarfile.open(fileobj=stream, mode="r|*", tarinfo=_CheckedTarInfo) as tar:
+                for member in tar:
+                    key, suffix = _member_key(member)
+                    if key is None:
+                        continue
+                    files += 1
+                    if sample and sample["__key__"] != key:
+                        yield sample
+                        sample = {}
+                    sample.setdefault("__key__", key)
+                    sample["__url__"] = url
+                    sample[suffix] = tar.extractfile(member).read()
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+            raise BadUnit(url, *_tar_problem(e)) from e  # the sample being read may be cut short: dropped
+        if not files:
+            raise BadUnit(url, "empty", "no samples")
+        if sample:
+            yield sample
 
     def _load(self, sample: dict) -> dict:
         key = sample.get("__key__", "?")
-        image_key = next((k for k in ("jpg", "jpeg", "png", "webp") if k in sample), None)
+        image_key = next((k for k in IMAGE_KEYS if k in sample), None)
         if image_key is None or "txt" not in sample:
             raise BadSample(f"{sample.get('__url__', self.pattern)}:{key}: needs an image and a .txt caption, "
                             f"has {sorted(k for k in sample if not k.startswith('__'))}")
@@ -296,6 +321,142 @@ class VideoFolder(_Files):
             raise BadSample(f"{path}: too short for {self.num_frames} frames at {self.fps} fps "
                             f"(covers {len(clip)})")
         return clip
+
+
+# --- tar shards: reading headers, telling damage apart, the pre-flight check ----------------------
+
+class _CheckedTarInfo(tarfile.TarInfo):
+    """tarfile ends an archive silently at a short, empty or garbled header after the first member
+    (only a zero block is a proper end); these raise instead, so a shard truncated at a member
+    boundary is not mistaken for a complete one."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as e:
+            if tar.offset == 0:
+                raise
+            raise _Truncated(f"no end-of-archive marker: {e} at byte {tar.offset}") from None
+
+
+class _Truncated(tarfile.ReadError):
+    pass
+
+
+def _open_shard(url: str):
+    from webdataset import gopen
+
+    return open(url, "rb") if "://" not in url and not url.startswith("pipe:") else gopen(url, "rb")
+
+
+def _member_key(member: tarfile.TarInfo) -> tuple[str | None, str]:
+    """(WebDataset sample key, lower-case suffix) of a tar member; (None, "") for members that are no
+    sample's file (folders, names without a dot)."""
+    if not member.isfile():
+        return None, ""
+    directory, _, base = member.name.rpartition("/")
+    stem, dot, suffix = base.partition(".")
+    if not dot:
+        return None, ""
+    return (f"{directory}/{stem}" if directory else stem), suffix.lower()
+
+
+def _tar_problem(e: BaseException) -> tuple[str, str]:
+    """(kind, detail) of a tar shard that could not be read: empty, truncated, not a tar, unreadable."""
+    detail = " ".join(str(e).split())[:200] or type(e).__name__
+    if isinstance(e, _Truncated) or "unexpected end of data" in detail or isinstance(e, EOFError):
+        return "truncated", detail
+    if "empty file" in detail:
+        return "empty", "0 bytes"
+    if isinstance(e, (tarfile.TarError, zlib.error)):
+        if "could not be opened successfully" in detail:
+            detail = "no tar header (nor a compressed tar) at its start"
+        return "not a tar", detail
+    return "unreadable", detail
+
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass
+class ShardReport:
+    """What `check_shards` found: per pattern, the shards, their samples, and every bad shard as
+    (path, kind, detail) with kind one of `missing`, `empty`, `truncated`, `not a tar`, `unreadable`."""
+    pattern: str
+    shards: int = 0
+    samples: int = 0  # sample keys with an image and a .txt caption
+    incomplete: int = 0  # sample keys lacking an image or a caption (skipped in training)
+    bytes: int = 0
+    bad: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> int:
+        return self.shards - len(self.bad)
+
+    def summary(self) -> str:
+        kinds = Counter(kind for _, kind, _ in self.bad)
+        bad = f" ({', '.join(f'{n} {kind}' for kind, n in sorted(kinds.items()))})" if kinds else ""
+        return (f"{self.shards} shards: {self.ok} ok, {len(self.bad)} bad{bad}; {self.samples:,} samples "
+                f"({self.incomplete:,} without an image and a caption); {self.bytes / 1e9:.2f} GB: {self.pattern}")
+
+
+def check_shards(pattern: str, workers: int = 8) -> ShardReport:
+    """Check every tar shard of a WebDataset brace pattern before a long run, reading tar headers only
+    (local files: each member's data is seeked over, not read; URLs and pipes are streamed through).
+
+    A shard is bad when it is missing, empty (0 bytes or no members), truncated (a member's data or
+    the end-of-archive marker cut off), not a tar, or unreadable; training skips such a shard, logs
+    its path and counts it, so this check is where to find them up front. `report.summary()` is one
+    line:
+
+        "<N> shards: <ok> ok, <bad> bad (<n> <kind>, ...); <samples> samples (<m> without an image
+        and a caption); <size> GB: <pattern>"
+
+    and `report.bad` lists (path, kind, detail) per bad shard. Shards are checked `workers` at a time."""
+    import braceexpand
+
+    urls = list(braceexpand.braceexpand(str(pattern)))
+    report = ShardReport(str(pattern), shards=len(urls))
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for url, (samples, incomplete, size, problem) in zip(urls, pool.map(_check_shard, urls)):
+            report.samples += samples
+            report.incomplete += incomplete
+            report.bytes += size
+            if problem:
+                report.bad.append((url, *problem))
+    return report
+
+
+def _check_shard(url: str) -> tuple[int, int, int, tuple[str, str] | None]:
+    """(complete samples, incomplete samples, bytes, problem or None) of one shard."""
+    local = "://" not in url and not url.startswith("pipe:")
+    size = 0
+    if local:
+        try:
+            size = os.path.getsize(url)
+        except FileNotFoundError:
+            return 0, 0, 0, ("missing", "no such file")
+        except OSError as e:
+            return 0, 0, 0, _tar_problem(e)
+        if size == 0:
+            return 0, 0, 0, ("empty", "0 bytes")
+    suffixes: dict[str, set[str]] = {}
+    try:
+        # Random access for a local file: tarfile reads each header and seeks past the data (and
+        # checks a byte of it is there); a stream has to be read through.
+        with _open_shard(url) as stream, tarfile.open(fileobj=stream, mode="r:*" if local else "r|*",
+                                                      tarinfo=_CheckedTarInfo) as tar:
+            for member in tar:
+                key, suffix = _member_key(member)
+                if key is not None:
+                    suffixes.setdefault(key, set()).add(suffix)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        return 0, 0, size, _tar_problem(e)
+    if not suffixes:
+        return 0, 0, size, ("empty", "no samples")
+    complete = sum(1 for s in suffixes.values() if "txt" in s and any(k in s for k in IMAGE_KEYS))
+    return complete, len(suffixes) - complete, size, None
 
 
 def build_real_dataset(data) -> _Streaming:

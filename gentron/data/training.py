@@ -6,7 +6,11 @@ The data reaches the step through one interface, TrainingData.next_batch (`data.
   every training prompt once by the frozen text encoders (PromptCache): a step is a gather;
 - `per_batch` (paper scale): loader workers stream samples (gentron.data.stream: split by rank and
   worker, shuffled per epoch through a bounded buffer, resumable) and the VAE and text encoders run
-  on each batch on the device; `shards` streams latents written by gentron.data.encode instead.
+  on each batch on the device;
+- `shards` (encode once, train many times): the same streaming over feature shards that
+  gentron.data.encode wrote (gentron.data.shards: VAE latents and every encoder's text features);
+  no VAE and no text encoder is built (`needs_vae`, `needs_encoders`), a dropped caption takes the
+  empty prompt's stored features.
 Either way features meet the model's dtype in gentron.data.features.to_model_dtype.
 
 A video cell trains on clips, and on motion-free steps (probability `train.p_motion_free`) on images
@@ -35,8 +39,8 @@ from tqdm import tqdm
 from gentron import distributed as D
 from gentron.config import CellConfig, EncoderShape, to_dict
 from gentron.data import compshapes
-from gentron.data.encode import FeatureShards
 from gentron.data.features import to_model_dtype
+from gentron.data.shards import NOT_IN_DATA_KEY, FeatureShards
 from gentron.data.sources import as_source, open_datasets
 from gentron.data.stream import Readers, ResumableLoader
 from gentron.io import atomic_torch_save, remove_stale_temporaries
@@ -46,8 +50,16 @@ from gentron.text.base import TextEmbedding
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # bump when the cached-data layout changes (what CompShapes draws: its VERSION)
-# Data settings that do not change what an encoded data set holds.
-NOT_IN_DATA_KEY = ("cache_dir", "on_error", "encode", "num_workers", "shuffle_buffer", "features_dir")
+
+
+def needs_encoders(cfg: CellConfig) -> bool:
+    """Whether training this cell runs the text encoders (not when it streams feature shards)."""
+    return cfg.data.encode != "shards"
+
+
+def needs_vae(cfg: CellConfig) -> bool:
+    """Whether training this cell runs the VAE (not when it streams feature shards)."""
+    return cfg.data.encode != "shards"
 
 
 def default_cache_dir(cfg: CellConfig, run_dir: Path) -> Path:
@@ -193,8 +205,9 @@ class TrainingData:
     """What the trainer draws each step, however the data is stored: `next_batch(generator)` ->
     (x0, text, motion_free) for this rank, on the device, in the model's dtype. It makes the step's
     first random draws from `generator`, in this order: the motion-free coin (video), then caption
-    dropout for the whole global batch. `shapes` are the text features' shapes (EncoderShape per encoder)
-    and `latent` the (channels, downsampling) of what the model sees, as this data holds them."""
+    dropout for the whole global batch. `shapes` are the text features' shapes (EncoderShape per encoder),
+    `latent` the (channels, downsampling) of what the model sees, as this data holds them, and
+    `encoder_names` the text encoders' fingerprints (TextEncoder.name) its features come from."""
 
     def __init__(self, cfg: CellConfig, info: D.DistInfo, device, dtype: torch.dtype):
         self.cfg, self.info, self.device, self.dtype = cfg, info, device, dtype
@@ -202,6 +215,7 @@ class TrainingData:
         self.consumed = {"images": 0, "clips": 0}
         self.shapes: list[EncoderShape] = []
         self.latent: tuple[int, int] | None = None
+        self.encoder_names: list[str] = []
         self.wait_s = 0.0  # seconds blocked waiting for batches (the loader), since the last log row
         self.encode_s = 0.0  # seconds in the frozen encoders per batch, since the last log row
 
@@ -223,7 +237,13 @@ class TrainingData:
 
     @property
     def skipped(self) -> int:
-        return 0
+        """Bad samples this rank skipped so far (skipped_counts()["skipped"])."""
+        return self.skipped_counts()["skipped"]
+
+    def skipped_counts(self) -> dict[str, int]:
+        """This rank's skipped counts so far: bad samples and bad shards (each encounter: a bad shard
+        is met again every epoch). Sum them over ranks with `summed_skipped`."""
+        return {"skipped": 0, "skipped_shards": 0}
 
     def state_dict(self) -> dict:
         return dict(self.consumed)
@@ -246,6 +266,7 @@ class InMemoryData(TrainingData):
         self.vae = vae
         self.data = load_training_set(cfg, vae, cache_dir, info, device)
         self.table = PromptTable(PromptCache(encoders, cache_dir / "prompts"), self.data.prompts, device, dtype)
+        self.encoder_names = [e.name for e in encoders]
         self.shapes = [EncoderShape(e.tokens.shape[-1], e.pooled.shape[-1], e.tokens.shape[1])
                        for e in self.table.embeddings]
         self.latent = (vae.channels, vae.downsample)
@@ -277,30 +298,41 @@ class InMemoryData(TrainingData):
 
 
 class StreamingData(TrainingData):
-    """Large data: local batches streamed by loader workers (gentron.data.stream); the VAE (unless
-    the stream holds latents) and the text encoders run on each batch, on the device, under no_grad,
-    in their own dtype, and their outputs meet the model's dtype in `to_model_dtype`."""
+    """Large data: local batches streamed by loader workers (gentron.data.stream). With `per_batch`
+    the VAE and the text encoders run on each batch, on the device, under no_grad, in their own dtype;
+    with `shards` the batch brings its latents and text features (`vae` and `encoders` may be None).
+    Either way the features meet the model's dtype in `to_model_dtype`."""
 
     def __init__(self, cfg, info, device, dtype, vae, encoders, state: dict | None):
         super().__init__(cfg, info, device, dtype)
-        self.vae, self.encoders = vae, encoders
-        self.shapes = [e.shape for e in encoders]
-        self.latent = (vae.channels, vae.downsample)
+        self.features = None
+        if cfg.data.encode == "shards":
+            self.features = FeatureShards(cfg.data.features_dir, cfg, encoders)
+            self.vae, self.encoders = None, []
+            self.shapes, self.latent = self.features.shapes, self.features.latent
+            self.encoder_names = self.features.names
+            self.empty = [(t.to(device), p.to(device)) for t, p in self.features.empty]
+        else:
+            self.vae, self.encoders = vae, encoders
+            self.shapes = [e.shape for e in encoders]
+            self.latent = (vae.channels, vae.downsample)
+            self.encoder_names = [e.name for e in encoders]
         readers = Readers(info.rank, info.world_size, cfg.data.num_workers)
         state = state or {}
         self.consumed = {"images": state.get("images", 0), "clips": state.get("clips", 0)}
         saved = state.get("streams", {})
         per_rank = self.local.stop - self.local.start
+        pin = torch.device(device).type == "cuda"
         self.streams = {}
-        for name, source in streaming_sources(cfg).items():
+        for name, source in streaming_sources(cfg, self.features).items():
             own = saved.get(name)
             self.streams[name] = ResumableLoader(
                 source, per_rank, cfg.train.seed + (1 if name == "clips" else 0), readers,
-                cfg.data.shuffle_buffer, own[info.rank] if own else None)
+                cfg.data.shuffle_buffer, own[info.rank] if own else None, pin_memory=pin)
 
-    @property
-    def skipped(self) -> int:
-        return sum(s.skipped for s in self.streams.values())
+    def skipped_counts(self) -> dict[str, int]:
+        return {"skipped": sum(s.skipped for s in self.streams.values()),
+                "skipped_shards": sum(s.skipped_units for s in self.streams.values())}
 
     def next_batch(self, generator):
         motion_free = self.motion_free_step(generator)
@@ -311,55 +343,97 @@ class StreamingData(TrainingData):
         started = time.perf_counter()
         self.consumed[name] += self.cfg.train.batch_size
         keep = self.keep_captions(generator)[self.local]
-        captions = [c if k else "" for c, k in zip(batch["caption"], keep.tolist())]
         x0 = self._latents(batch)
         if motion_free and x0.ndim == 5:  # clips only: their middle frames stand in for images
             x0 = still_clips(middle_frames(x0), x0.shape[1])
         elif motion_free:
             x0 = still_clips(x0, self.cfg.data.num_frames)
-        with torch.no_grad():
-            text = [encoder.encode(captions) for encoder in self.encoders]
+        if "text" in batch:
+            text = [self._stored_text(part, empty, keep) for part, empty in zip(batch["text"], self.empty)]
+        else:
+            captions = [c if k else "" for c, k in zip(batch["caption"], keep.tolist())]
+            with torch.no_grad():
+                text = [encoder.encode(captions) for encoder in self.encoders]
         text = to_model_dtype(text, self.dtype, self.device)
         self.encode_s += time.perf_counter() - started
         return x0, text, self.motion_free_mask(motion_free)
 
+    def _stored_text(self, part: dict, empty: tuple[torch.Tensor, torch.Tensor], keep: torch.Tensor) -> TextEmbedding:
+        """A batch's stored features of one encoder, the dropped captions' rows replaced by the empty
+        prompt's, padded to the longest prompt left (as the encoder pads a batch)."""
+        tokens, lengths, pooled = (part[k].to(self.device, non_blocking=True) for k in ("tokens", "lengths", "pooled"))
+        keep = keep.to(self.device)
+        if not bool(keep.all()):
+            empty_tokens, empty_pooled = empty
+            lengths = torch.where(keep, lengths, len(empty_tokens))
+            length = max(int(lengths.max()), 1)
+            padded = tokens.new_zeros(len(tokens), length, tokens.shape[-1])
+            shared = min(length, tokens.shape[1])
+            padded[:, :shared] = tokens[:, :shared] * keep[:, None, None].to(tokens.dtype)
+            padded[~keep, :len(empty_tokens)] = empty_tokens.to(tokens.dtype)
+            tokens = padded
+            pooled = torch.where(keep[:, None], pooled, empty_pooled.to(pooled.dtype))
+        mask = torch.arange(tokens.shape[1], device=self.device)[None] < lengths[:, None]
+        return TextEmbedding(tokens, mask, pooled)
+
     @torch.no_grad()
     def _latents(self, batch: dict) -> torch.Tensor:
         if "latent" in batch:
-            z = batch["latent"].to(self.device)
+            z = batch["latent"].to(self.device, non_blocking=True)
         elif "video" in batch:
-            x = batch["video"].to(self.device)
+            x = batch["video"].to(self.device, non_blocking=True)
             z = self.vae.encode(x.flatten(0, 1)).unflatten(0, x.shape[:2])
         else:
-            z = self.vae.encode(batch["image"].to(self.device))
+            z = self.vae.encode(batch["image"].to(self.device, non_blocking=True))
         return z.to(self.dtype)
 
     def state_dict(self) -> dict:
         streams = {name: s.state_dict() for name, s in self.streams.items()}
+        skipped = self.skipped_counts()
         if self.info.enabled:  # every rank's loader position: rank 0 writes them all
             import torch.distributed as dist
 
             gathered = [None] * self.info.world_size
-            dist.all_gather_object(gathered, streams)
-            streams = {name: [g[name] for g in gathered] for name in streams}
+            dist.all_gather_object(gathered, (streams, skipped))
+            streams = {name: [g[0][name] for g in gathered] for name in streams}
+            skipped = {k: [g[1][k] for g in gathered] for k in skipped}
         else:
             streams = {name: [s] for name, s in streams.items()}
-        return {**self.consumed, "streams": streams}
+            skipped = {k: [v] for k, v in skipped.items()}
+        # `skipped`: each rank's counts, for reading; the streams' worker states are what resumes.
+        return {**self.consumed, "streams": streams, "skipped": skipped}
 
     def close(self) -> None:
         for s in self.streams.values():
             s.close()
 
 
-def streaming_sources(cfg: CellConfig) -> dict:
+def summed_skipped(data: TrainingData, info: D.DistInfo) -> dict[str, int]:
+    """`data.skipped_counts()` summed over all ranks: the train log's skipped samples and shards. A
+    collective when distributed: every rank calls it at the same step."""
+    counts = data.skipped_counts()
+    if info.enabled:
+        import torch.distributed as dist
+
+        total = torch.tensor(list(counts.values()), dtype=torch.long, device=info.device())
+        dist.all_reduce(total)
+        counts = dict(zip(counts, (int(v) for v in total.tolist())))
+    return counts
+
+
+def streaming_sources(cfg: CellConfig, features: FeatureShards | None = None) -> dict:
     """{"images": source, "clips": source} a streamed cell reads (either may be absent)."""
     if cfg.data.encode == "shards":
-        return {"clips" if cfg.data.video else "images": FeatureShards(cfg.data.features_dir)}
+        features = features or FeatureShards(cfg.data.features_dir, cfg)
+        return {"clips" if features.media == "video" else "images": features}
     return {name: as_source(dataset) for name, dataset in open_datasets(cfg).items()}
 
 
 def build_training_data(cfg: CellConfig, info: D.DistInfo, device, dtype, vae, encoders, cache_dir: Path,
                         state: dict | None) -> TrainingData:
+    """The cell's training data. `vae` and `encoders` may be None where `needs_vae(cfg)` /
+    `needs_encoders(cfg)` say they are not needed; given anyway with feature shards, the encoders'
+    fingerprints are checked against the shards'."""
     if cfg.data.encode == "memory":
         return InMemoryData(cfg, info, device, dtype, vae, encoders, cache_dir, state)
     return StreamingData(cfg, info, device, dtype, vae, encoders, state)
