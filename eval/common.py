@@ -51,6 +51,10 @@ def read_samples(folder: str | Path) -> list[Sample]:
     manifest = folder / MANIFEST
     if problem := _folder_problem(folder):
         raise FileNotFoundError(problem)
+    inner = sorted(p for p in (folder / "samples").glob("*") if (p / MANIFEST).is_file())
+    if not manifest.exists() and inner:
+        raise FileNotFoundError(f"{folder} is a cell folder, not a sample folder; give one of its sample folders: "
+                                f"{', '.join(str(p) for p in inner)}")
     if not manifest.exists():
         raise FileNotFoundError(
             f"{manifest} not found: a sample folder needs a {MANIFEST} with one JSON line per image "

@@ -3,7 +3,8 @@
 A checkpoint is one torch file with everything an exact resume needs:
   model, ema, optimizer           state dicts (full, unsharded: rank 0 gathers them)
   step                            optimizer steps taken
-  rng                             torch / numpy / python global states and the trainer's generator
+  rng                             torch / numpy / python global states, the trainer's generator and,
+                                  when each rank draws its noise on its device, every rank's stream
   data                            the data position (samples consumed)
   config, model_config            the resolved cell config and the GenTronConfig, so generation can
                                   rebuild the model without re-deriving it
@@ -15,6 +16,14 @@ A checkpoint is one torch file with everything an exact resume needs:
 A run's `checkpoints/` folder holds `last.pt` (the newest) and the `train.keep_last - 1` checkpoints
 before it as `step-<step>.pt`. When `last.pt` is missing (moved aside because it is corrupt, or a save
 was killed between its two renames), training resumes from the newest `step-<step>.pt`.
+
+FSDP runs (train.strategy=fsdp on several ranks) write sharded checkpoints instead,
+`checkpoints/sharded-<step>/` (gentron.sharded: each rank its own shards, a digest per shard file,
+the newest train.keep_last kept), and `last.pt` only as a consolidated full file: at the end of
+training, or on request (`python -m gentron.checkpoint consolidate RUN_DIR`), for generation and
+export. `load_checkpoint` reads either format; resuming picks the newest checkpoint of either
+(an FSDP run prefers the sharded one of the same step, which it loads shard by shard). The same
+checks hold for both: a digest mismatch is refused as corrupt, a non-finite weight as poisoned.
 
 A run folder resumes only with the config it was trained with (`resume_state`): the one in its
 checkpoint, or its `config.yaml` before the first checkpoint. Settings that change how the run is
@@ -39,8 +48,9 @@ import torch
 import yaml
 
 from gentron.config import RUN_ONLY_KEYS, CellConfig, default_config, to_dict
-from gentron.errors import ConfigError
+from gentron.errors import ConfigError, exits_on_user_error
 from gentron.io import atomic_torch_save
+from gentron.sharded import META, sharded_checkpoints, sharded_step
 
 log = logging.getLogger(__name__)
 
@@ -69,22 +79,42 @@ def earlier_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def kept_checkpoints(folder: str | Path) -> list[Path]:
-    """Every checkpoint a folder keeps, newest first: last.pt, then the step files."""
+def kept_checkpoints(folder: str | Path, prefer_sharded: bool = False) -> list[Path]:
+    """Every checkpoint a folder keeps, newest first: last.pt, then the step files; sharded folders
+    (gentron.sharded) by their step among them, before the file of the same step when
+    `prefer_sharded` (an FSDP run), after it otherwise."""
     last = Path(folder) / LAST
-    return ([last] if last.exists() else []) + [p for _, p in earlier_checkpoints(folder)]
+    files = ([last] if last.exists() else []) + [p for _, p in earlier_checkpoints(folder)]
+    shards = sharded_checkpoints(folder)
+    if not shards:
+        return files
+    entries = [(checkpoint_step(p), 0 if prefer_sharded else 1, p) for p in files]
+    entries += [(step, 1 if prefer_sharded else 0, p) for step, p in shards]
+    return [p for _, _, p in sorted(entries, key=lambda e: (-e[0], -e[1]))]
 
 
-def resume_checkpoint(folder: str | Path) -> Path | None:
-    """What training resumes from: last.pt, or the newest step file when last.pt is missing."""
+def checkpoint_step(path: Path) -> float:
+    """A checkpoint file's step, read without its tensors (inf for an unreadable file: resuming then
+    tries it first and refuses it by name instead of skipping it)."""
+    m = _STEP_FILE.fullmatch(path.name)
+    if m:
+        return int(m.group(1))
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["step"])
+    except Exception:  # corrupt or foreign: load_checkpoint says what is wrong with it
+        return float("inf")
+
+
+def resume_checkpoint(folder: str | Path, prefer_sharded: bool = False) -> Path | None:
+    """What training resumes from: the newest checkpoint (kept_checkpoints); without last.pt, the
+    newest step file or sharded folder."""
+    kept = kept_checkpoints(folder, prefer_sharded)
+    if not kept:
+        return None
     last = Path(folder) / LAST
-    if last.exists():
-        return last
-    earlier = earlier_checkpoints(folder)
-    if earlier:
-        log.warning("%s is missing; resuming from the newest earlier checkpoint %s", last, earlier[0][1])
-        return earlier[0][1]
-    return None
+    if not last.exists():
+        log.warning("%s is missing; resuming from the newest earlier checkpoint %s", last, kept[0])
+    return kept[0]
 
 
 def capture_rng(generator: torch.Generator) -> dict[str, Any]:
@@ -184,13 +214,57 @@ def _keep_as(source: Path, target: Path) -> None:
 
 # --- reading ------------------------------------------------------------------------------------
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, ranks=None) -> dict[str, Any]:
     """The payload of a checkpoint, its checksum verified (without the checksum key) and every weight
     finite: a checkpoint of a diverged run is refused wherever it is loaded (resume, init_from,
-    generation), naming the tensor and the newest earlier checkpoint."""
+    generation), naming the tensor and the newest earlier checkpoint.
+
+    A sharded checkpoint (a `sharded-<step>` folder) loads the same, its shards assembled in this
+    process; with `ranks` (the DistInfo of an FSDP run, every rank calling) the ranks share the
+    checks and get the payload without model, ema and optimizer but with `sharded`: the folder, to
+    load into the model in place (gentron.sharded.load_into)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train first (python -m gentron.train ...)")
+    if path.is_dir():
+        return _load_sharded(path, ranks)
+    payload = _read_file(path)
+    problem = non_finite(payload)
+    if problem:
+        raise _poisoned(path, problem)
+    return payload
+
+
+def _load_sharded(path: Path, ranks) -> dict[str, Any]:
+    from gentron import sharded
+
+    if not (path / sharded.META).is_file():
+        raise ValueError(f"{path} is not a sharded checkpoint (it has no {sharded.META}); pass a checkpoint file or "
+                         "a checkpoints/sharded-<step> folder written by python -m gentron.train")
+    payload = _read_file(path / sharded.META)
+    bad = sharded.verify(path, payload.pop(sharded.SHARDS, {}), ranks)
+    if bad:
+        raise ValueError(f"checkpoint {path} is corrupt: {bad} no longer matches the checksum written with it "
+                         f"(a disk or copy error); {_advice(path)}")
+    if ranks is not None:
+        problem = sharded.scan(path, ranks)
+        payload["sharded"] = str(path)
+    else:
+        payload.update(sharded.read_full(path))
+        problem = non_finite(payload)
+    if problem:
+        raise _poisoned(path, problem)
+    return payload
+
+
+def _poisoned(path: Path, problem: str) -> PoisonedCheckpoint:
+    return PoisonedCheckpoint(f"checkpoint {path} holds non-finite weights ({problem}): the run had diverged "
+                              f"when it was written; {_advice(path)}, or pass train.resume=last_good to resume "
+                              "from the newest checkpoint whose weights are all finite")
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    """A checkpoint file's payload, its checksum verified and removed."""
     try:
         # Our own files only: they hold numpy RNG state and plain dicts, which weights_only rejects.
         payload = torch.load(path, map_location="cpu", weights_only=False)
@@ -205,13 +279,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         log.warning("checkpoint %s has no checksum (written by an older gentron): its contents are not verified",
                     path)
     elif stored != checksum(payload):
-        raise ValueError(f"checkpoint {path} is corrupt: its contents no longer match the checksum written "
-                         f"with it (a disk or copy error); {_advice(path)}")
-    problem = non_finite(payload)
-    if problem:
-        raise PoisonedCheckpoint(f"checkpoint {path} holds non-finite weights ({problem}): the run had diverged "
-                                 f"when it was written; {_advice(path)}, or pass train.resume=last_good to resume "
-                                 "from the newest checkpoint whose weights are all finite")
+        where = path.parent if path.name == META and sharded_step(path.parent) is not None else path
+        raise ValueError(f"checkpoint {where} is corrupt: its contents no longer match the checksum written "
+                         f"with it (a disk or copy error); {_advice(where)}")
     return payload
 
 
@@ -248,7 +318,9 @@ def _short(error: BaseException) -> str:
 def _advice(path: Path) -> str:
     """What to do about a bad checkpoint: resume from the previous one kept next to it."""
     own = _STEP_FILE.fullmatch(path.name)
-    earlier = [(s, p) for s, p in earlier_checkpoints(path.parent) if p != path and (not own or s < int(own.group(1)))]
+    own_step = int(own.group(1)) if own else sharded_step(path)
+    others = earlier_checkpoints(path.parent) + sharded_checkpoints(path.parent)
+    earlier = sorted(((s, p) for s, p in others if p != path and (own_step is None or s < own_step)), reverse=True)
     if not earlier:
         return ("no earlier checkpoint is kept next to it: delete it to train from the start "
                 "(train.keep_last keeps earlier ones)")
@@ -259,19 +331,19 @@ def _advice(path: Path) -> str:
 
 # --- resuming: from what, and only the same run -------------------------------------------------
 
-def resume_state(cfg: CellConfig, run_dir: str | Path) -> dict | None:
+def resume_state(cfg: CellConfig, run_dir: str | Path, ranks=None) -> dict | None:
     """The checkpoint a run folder resumes from (resume_checkpoint), loaded, or None for a fresh start;
     refuses a folder trained with another config than `cfg` (check_same_run). A checkpoint with
     non-finite weights is refused, unless train.resume=last_good asks to go back to the newest one
-    whose weights are all finite."""
+    whose weights are all finite. `ranks`: an FSDP run's DistInfo (see load_checkpoint)."""
     run_dir = Path(run_dir)
-    source = resume_checkpoint(checkpoint_dir(run_dir))
+    source = resume_checkpoint(checkpoint_dir(run_dir), prefer_sharded=ranks is not None)
     try:
-        state = load_checkpoint(source) if source is not None else None
+        state = load_checkpoint(source, ranks) if source is not None else None
     except PoisonedCheckpoint:
         if cfg.train.resume != "last_good":
             raise
-        source, state = _last_good(checkpoint_dir(run_dir))
+        source, state = _last_good(checkpoint_dir(run_dir), ranks)
     if state is not None and "config" in state:
         check_same_run(cfg, state["config"], source)
     elif (run_dir / CONFIG_FILE).exists():
@@ -281,10 +353,10 @@ def resume_state(cfg: CellConfig, run_dir: str | Path) -> dict | None:
     return state
 
 
-def _last_good(folder: Path) -> tuple[Path | None, dict | None]:
-    for path in kept_checkpoints(folder):
+def _last_good(folder: Path, ranks=None) -> tuple[Path | None, dict | None]:
+    for path in kept_checkpoints(folder, prefer_sharded=ranks is not None):
         try:
-            state = load_checkpoint(path)
+            state = load_checkpoint(path, ranks)
         except ValueError as e:
             log.warning("train.resume=last_good: skipping %s (%s)", path, str(e).split(";")[0])
             continue
@@ -371,3 +443,44 @@ def _read_yaml(path: Path) -> dict:
         raise ValueError(f"{path} is not a config mapping; restore it or delete it to train this folder with the "
                          "given config")
     return stored
+
+
+# --- consolidating a sharded checkpoint ---------------------------------------------------------
+
+def consolidate(source: str | Path) -> Path:
+    """Write `checkpoints/last.pt`, a full single-file checkpoint (generation and export read it), from
+    a run folder's newest sharded checkpoint, or from the `sharded-<step>` folder given. Reads the
+    shards in this process (verified and checked like any load)."""
+    source = Path(source)
+    if sharded_step(source) is not None:
+        shards, folder = source, source.parent
+    else:
+        folder = checkpoint_dir(source) if checkpoint_dir(source).is_dir() else source
+        found = sharded_checkpoints(folder)
+        if not found:
+            raise FileNotFoundError(f"{source} has no sharded checkpoint (checkpoints/sharded-<step>/); only FSDP runs "
+                                    "write them, and other runs' checkpoints/last.pt is already a full file")
+        shards = found[0][1]
+    state = load_checkpoint(shards)
+    path = save_checkpoint(folder / LAST, **state)
+    log.info("consolidated %s (step %d) into %s", shards, state["step"], path)
+    return path
+
+
+@exits_on_user_error("python -m gentron.checkpoint")
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m gentron.checkpoint",
+                                     description="Checkpoint tools. consolidate: write checkpoints/last.pt, a full "
+                                                 "file, from a run's newest sharded checkpoint (FSDP runs).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    consolidate_cmd = commands.add_parser("consolidate", help="write checkpoints/last.pt from the sharded checkpoint")
+    consolidate_cmd.add_argument("source", help="a run folder, its checkpoints/ folder, or a sharded-<step> folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    print(consolidate(args.source))
+
+
+if __name__ == "__main__":
+    main()

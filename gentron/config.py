@@ -33,7 +33,8 @@ from gentron.schema import TaggedUnion, required
 # Training keys that change how a run is carried out, not what it computes: a run folder resumes
 # across a change of them (gentron.checkpoint), and a grid cell's id leaves them out (ablations).
 RUN_ONLY_KEYS = ("train.log_every", "train.ckpt_every", "train.tensorboard", "train.compile",
-                 "train.grad_checkpointing", "train.strategy", "train.keep_last", "train.resume", "data.cache_dir")
+                 "train.grad_checkpointing", "train.strategy", "train.keep_last", "train.resume", "train.grad_accum",
+                 "data.cache_dir")
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
@@ -259,7 +260,8 @@ class TrainConfig:
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     grad_checkpointing: bool = False
-    compile: bool = False
+    compile: bool | None = None  # torch.compile the transformer blocks; None: on CUDA, off on CPU
+    grad_accum: int = 1  # micro-batches per optimizer step: each rank's batch runs in this many parts
     init_from: str | None = None  # a checkpoint to start from (T2V from T2I, or stage 2 from 1)
     strategy: Literal["ddp", "fsdp"] = "ddp"  # used when launched on more than one process
     tensorboard: bool = False
@@ -341,6 +343,7 @@ def _check_values(cfg: CellConfig) -> None:
         "train.steps": cfg.train.steps,
         "train.batch_size": cfg.train.batch_size, "train.ckpt_every": cfg.train.ckpt_every,
         "train.log_every": cfg.train.log_every, "train.keep_last": cfg.train.keep_last,
+        "train.grad_accum": cfg.train.grad_accum,
         "sample.steps": cfg.sample.steps,
         "sample.images_per_prompt": cfg.sample.images_per_prompt, "sample.batch_size": cfg.sample.batch_size,
     }
@@ -355,6 +358,9 @@ def _check_values(cfg: CellConfig) -> None:
     _check_size(cfg.model.size)
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr={cfg.train.lr} must be positive (paper: 1e-4)")
+    if cfg.train.batch_size % cfg.train.grad_accum:
+        raise ConfigError(f"train.grad_accum={cfg.train.grad_accum} must divide train.batch_size={cfg.train.batch_size} "
+                          "(each micro-batch is an equal part of the batch)")
     if cfg.model.timestep_std is not None and cfg.model.timestep_std <= 0:
         raise ConfigError(f"model.timestep_std={cfg.model.timestep_std} must be positive (SD3's 1.0) or null "
                           "(uniform timesteps)")

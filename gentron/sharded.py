@@ -27,8 +27,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from gentron import distributed as D
 
 log = logging.getLogger(__name__)

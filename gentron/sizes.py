@@ -137,11 +137,11 @@ def count_flops(config: GenTronConfig, text_lengths: tuple[int, ...] | None = No
     return int(counter.get_total_flops())
 
 
-def table() -> str:
+def table(names: list[str] | None = None) -> str:
     header = (f"{'size':<6} {'conditioning':<11} {'text':<14} {'total':>9} {'blocks':>9} {'cross':>8} "
               f"{'text_proj':>9} {'embed':>7} {'paper':>8}")
     lines = [header, "-" * len(header)]
-    for name in SIZES:
+    for name in names or SIZES:
         for conditioning in ("adaln", "cross_attn"):
             for text in TEXT_ENCODERS:
                 n = count_params(paper_config(name, conditioning, text))
@@ -153,7 +153,20 @@ def table() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m gentron.sizes",
+        description="Print GenTron's transformer parameters per size, conditioning and text encoder at 256px "
+                    "(32x32x4 latents, learn_sigma=True); text encoders and VAE excluded.")
+    parser.add_argument("--size", choices=list(SIZES), metavar="SIZE",
+                        help=f"only this size (one of {', '.join(SIZES)}); default: every size")
+    args = parser.parse_args(argv)
     print("GenTron transformer parameters at 256px (32x32x4 latents, learn_sigma=True); text encoders and VAE"
           " excluded. blocks = self-attn + MLP + adaLN; cross = cross-attn with its LayerNorm.")
-    print(table())
+    print(table([args.size] if args.size else None))
+
+
+if __name__ == "__main__":
+    main()

@@ -3,14 +3,24 @@
     python -m gentron.train CONFIG.yaml --run-dir DIR [train.steps=300 model.conditioning=adaln ...]
 
 A step draws its batch from the training data (gentron.data.training: encoded once and gathered, or
-streamed and encoded per batch), then the timesteps and noise, and takes an AdamW step; the EMA
-follows (gentron.optim). A checkpoint (gentron.checkpoint) is written every train.ckpt_every steps,
-at the end, and after the current step when SIGINT or SIGTERM asks the run to stop.
+streamed and encoded per batch), then the timesteps and noise, runs the loss in `train.grad_accum`
+micro-batches and takes an AdamW step; the EMA follows (gentron.optim). Nothing in a step waits for
+the device (gentron.train_step): the noise is drawn where the model runs, the schedule's tables live
+there, and the finite check of the loss and gradient norm is read every train.log_every steps and
+before each checkpoint. A checkpoint (gentron.checkpoint; sharded per rank under FSDP) is written
+every train.ckpt_every steps, at the end, and after the current step when SIGINT, SIGTERM or SLURM's
+warning signal (USR2) asks the run to stop (gentron.preemption).
 
-Exact resume: every random draw of a step (the motion-free coin, caption dropout, timesteps, noise)
-comes from one torch.Generator whose state is checkpointed, and so is the data position, so a resumed
-run ends bit-identical to an uninterrupted one. All ranks draw the same numbers for the *global* batch
-and keep their slice (gentron.distributed).
+Exact resume: every random draw of a step comes from generators whose states are checkpointed, and
+so is the data position, so a resumed run ends bit-identical to an uninterrupted one on the same
+number of ranks. What is bit-identical across world sizes: the data order, caption dropout and the
+motion-free coin are drawn for the *global* batch from one CPU generator on every rank, which keeps
+its slice (gentron.distributed). On CPUs the timesteps and noise are too, so any number of ranks
+reproduces the single-process run up to floating-point reduction order (and the embedded default's
+numbers are unchanged). On GPUs each rank draws the timesteps and noise of its own slice on its
+device, from a generator seeded from (train.seed, rank): the same world size reproduces and resumes
+bit-exactly, another world size trains on other (equally distributed) noise, and resuming at another
+world size restarts each rank's stream from (seed, rank, step).
 
 Stages: `train.init_from` starts from another run's checkpoint. Same model family (e.g. stage 2 at a
 higher resolution): weights, EMA and optimizer state are kept, position embeddings are recomputed
@@ -23,8 +33,6 @@ import argparse
 import copy
 import dataclasses
 import logging
-import signal
-import threading
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -34,8 +42,9 @@ import torch
 from tqdm import tqdm
 
 from gentron import distributed as D
-from gentron.checkpoint import (CONFIG_FILE, LAST, capture_rng, checkpoint_dir, load_checkpoint, restore_rng,
-                                resume_state, save_rotating)
+from gentron import sharded
+from gentron.checkpoint import (CONFIG_FILE, LAST, capture_rng, checkpoint_dir, checkpoint_step, consolidate,
+                                load_checkpoint, restore_rng, resume_state, save_rotating)
 from gentron.config import CellConfig, load_config, resolve, save_config, to_dict
 from gentron.data.training import TrainingData, build_training_data, default_cache_dir
 from gentron.diffusion import Diffusion
@@ -43,8 +52,11 @@ from gentron.errors import ConfigError, exits_on_user_error
 from gentron.io import remove_stale_temporaries
 from gentron.model import GenTron
 from gentron.optim import ema_decay_at, lr_at, update_ema
+from gentron.preemption import StopRequest
 from gentron.text import build_text_encoders
 from gentron.train_log import LOG_FILE, MetricsLog
+from gentron.train_step import (FiniteWatch, StepNoise, autocast_for, compile_blocks, device_settings,
+                                forward_backward)
 from gentron.vae import build_vae
 
 log = logging.getLogger(__name__)
@@ -75,37 +87,7 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu().clone()
 
 
-def _autocast(cfg: CellConfig, device: torch.device):
-    if device.type == "cuda" and cfg.train.precision in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if cfg.train.precision == "bf16":
-        log.warning("train.precision=bf16 applies on GPU only; training in fp32 on %s", device)
-    return torch.autocast(device.type, enabled=False)
-
-
 # --- the run ------------------------------------------------------------------------------------
-
-class _StopRequest:
-    """SIGINT/SIGTERM between steps: finish the step, write a checkpoint, stop (resume later)."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        log.warning("signal %d: stopping after this step and writing a checkpoint", signum)
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
 
 def _init_from(path: str, model: GenTron, ema: dict) -> dict | None:
     """Start a new stage from another run's checkpoint (see the module docstring); returns the
@@ -127,68 +109,103 @@ def _init_from(path: str, model: GenTron, ema: dict) -> dict | None:
 
 
 def _build_model(cfg: CellConfig, data: TrainingData, info: D.DistInfo, device, state: dict | None,
-                 generator: torch.Generator):
-    """The model (wrapped for the ranks), its EMA and the AdamW optimizer: from the checkpoint being
-    resumed (`state`, with the RNG states into `generator` and torch's), else `train.init_from`, else new."""
+                 generator: torch.Generator, noise: StepNoise):
+    """The model (blocks compiled, wrapped for the ranks), its EMA and the AdamW optimizer: from the
+    checkpoint being resumed (`state`, with the RNG states into `generator`, `noise` and torch's; a
+    sharded one loads into the wrapped model), else `train.init_from`, else new."""
     t = cfg.train
     torch.manual_seed(t.seed)
     model = GenTron(resolve(cfg, data.shapes, data.latent)).to(device)
     ema = {k: v.detach().clone() for k, v in model.named_parameters()}
     optimizer_state = None
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema = {k: state["ema"][k].to(device) for k in ema}
-        optimizer_state = state["optimizer"]
+        if "sharded" not in state:
+            model.load_state_dict(state["model"])
+            ema = {k: state["ema"][k].to(device) for k in ema}
+            optimizer_state = state["optimizer"]
         restore_rng(state["rng"], generator)
+        noise.restore(state["rng"].get("noise"), state["step"])
     elif t.init_from:
         optimizer_state = _init_from(t.init_from, model, ema)
     if info.is_main:
         log.info("model: %.2fM parameters, %s", model.num_params() / 1e6, model.config)
+    if compile_blocks(model, t.compile, device) and info.is_main:
+        log.info("train.compile: compiling the %d blocks", len(model.blocks))
 
     # Wrap first, then build the optimizer: FSDP2 replaces the parameters with sharded ones.
-    model = D.wrap_model(model, info, t.strategy)
-    if info.enabled and t.strategy == "fsdp":  # shard the EMA like the weights it follows
+    model = D.wrap_model(model, info, t.strategy, bf16=device.type == "cuda" and t.precision in ("auto", "bf16"))
+    shards = D.is_sharded(model)
+    if shards:  # shard the EMA like the weights it follows
         ema = {n: _like(p, ema[n]) for n, p in D.unwrap(model).named_parameters()}
     # Fused AdamW: one kernel for all parameters instead of ~10 ops per tensor, which is most of the
     # optimizer's cost on a small model (CPU: 0.45 vs 2.6 ms per step). FSDP2's sharded parameters keep
     # the per-tensor path.
-    fused = not (info.enabled and t.strategy == "fsdp")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=not shards)
     if optimizer_state is not None:
         D.load_optimizer_state(model, optimizer, optimizer_state)
+    if state is not None and "sharded" in state:
+        sharded.load_into(Path(state["sharded"]), model, ema, optimizer)
     return model, ema, optimizer
 
 
 class _CheckpointWriter:
-    """Writes a run's checkpoints (gentron.checkpoint.save_rotating), only of weights a run can go on
-    from; `saved_step` is the step of the newest one on disk (None: none yet)."""
+    """Writes a run's checkpoints, only of weights a run can go on from: one file
+    (gentron.checkpoint.save_rotating), or under FSDP one sharded folder (gentron.sharded);
+    `saved_step` is the step of the newest one on disk (None: none yet)."""
 
     def __init__(self, run_dir: Path, recorded: CellConfig, fingerprints: list[str], info: D.DistInfo,
-                 saved_step: int | None):
+                 saved_step: int | None, shards: bool, noise: StepNoise):
         self.cfg, self.fingerprints, self.info, self.saved_step = recorded, fingerprints, info, saved_step
+        self.shards, self.noise = shards, noise
         self.folder = checkpoint_dir(run_dir)
         self.last = self.folder / LAST
 
-    def save(self, step: int, model, ema: dict, optimizer, data: TrainingData, generator: torch.Generator) -> None:
+    @property
+    def newest(self) -> Path:
+        """The newest checkpoint this run wrote (or resumed from)."""
+        if self.shards and self.saved_step is not None:
+            return sharded.sharded_path(self.folder, self.saved_step)
+        return self.last
+
+    def save(self, step: int, model, ema: dict, optimizer, data: TrainingData, generator: torch.Generator,
+             watch: FiniteWatch) -> None:
+        self.check(watch)
         problem = poisoned_weight(D.unwrap(model), ema, self.info)
         if problem:
             raise self.diverged(step, problem)
-        payload = dict(
-            model=D.full_model_state(model),
-            ema={k: _full(v) for k, v in ema.items()},
-            optimizer=D.full_optimizer_state(model, optimizer),
-            step=step, data=data.state_dict(), rng=capture_rng(generator),
-            config=to_dict(self.cfg), model_config=D.unwrap(model).config.to_dict(), text_encoders=self.fingerprints,
-        )
-        if self.info.is_main:
-            save_rotating(self.folder, payload, self.cfg.train.keep_last, self.saved_step)
+        rng = capture_rng(generator)
+        streams = self.noise.state()
+        if streams is not None:
+            rng["noise"] = streams
+        meta = dict(step=step, data=data.state_dict(), rng=rng, config=to_dict(self.cfg),
+                    model_config=D.unwrap(model).config.to_dict(), text_encoders=self.fingerprints)
+        if self.shards:
+            sharded.save(self.folder, step, model, ema, optimizer, meta, self.info, self.cfg.train.keep_last)
+        else:
+            payload = dict(model=D.full_model_state(model), ema={k: _full(v) for k, v in ema.items()},
+                           optimizer=D.full_optimizer_state(model, optimizer), **meta)
+            if self.info.is_main:
+                save_rotating(self.folder, payload, self.cfg.train.keep_last, self.saved_step)
+            D.barrier(self.info)
         self.saved_step = step
-        D.barrier(self.info)
+
+    def check(self, watch: FiniteWatch) -> None:
+        """Raise TrainingDiverged if a step so far had a non-finite loss or gradient norm (waits for the device)."""
+        bad = watch.first_bad()
+        if bad is not None:
+            raise self.diverged(*bad)
+
+    def finish(self, step: int) -> Path:
+        """The checkpoint a finished run hands on: under FSDP, last.pt consolidated from the shards
+        (rank 0, once the ranks are done), for generation and export."""
+        if self.shards and self.info.is_main and not (self.last.exists() and checkpoint_step(self.last) == step):
+            consolidate(self.newest)
+        return self.last
 
     def diverged(self, step: int, problem: str) -> TrainingDiverged:
         t = self.cfg.train
-        kept = f"the last good checkpoint {self.last} (step {self.saved_step}) is untouched" \
-            if self.saved_step is not None and self.last.exists() else "no checkpoint was written yet"
+        kept = f"the last good checkpoint {self.newest} (step {self.saved_step}) is untouched" \
+            if self.saved_step is not None and self.newest.exists() else "no checkpoint was written yet"
         lr = lr_at(max(step - 1, 0), t.lr, t.steps, t.warmup_steps, t.lr_schedule)
         return TrainingDiverged(
             f"training diverged at step {step}: {problem} (lr={lr:g}); {kept}. "
@@ -214,8 +231,8 @@ def _log_row(step: int, lr: float, grad_norm, losses: dict, data: TrainingData, 
 
 
 def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> TrainResult:
-    """Train (or resume) the cell in `run_dir` up to train.steps, or until SIGINT/SIGTERM stops it after
-    a step; either way the last step is checkpointed.
+    """Train (or resume) the cell in `run_dir` up to train.steps, or until a stop signal (SIGINT,
+    SIGTERM, USR2) stops it after a step; either way the last step is checkpointed.
 
     A run folder resumes only with the config it was trained with (gentron.checkpoint.resume_state); a
     corrupt checkpoint is refused, and temporaries of killed saves are removed first."""
@@ -224,15 +241,17 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> TrainResu
     info = D.init_distributed()
     device = info.device()
     t = cfg.train
+    shards = info.enabled and t.strategy == "fsdp"  # sharded checkpoints, each rank its own
     if info.is_main:  # this run's own files: nobody else writes them
         remove_stale_temporaries(checkpoint_dir(run_dir))
         remove_stale_temporaries(run_dir, [LOG_FILE, CONFIG_FILE])
-    state = resume_state(cfg, run_dir)
+    state = resume_state(cfg, run_dir, info if shards else None)
     # What the run records: the permission to resume with another config is not part of it.
     recorded = dataclasses.replace(cfg, train=dataclasses.replace(t, resume="auto"))
     if info.is_main:
         save_config(recorded, run_dir / CONFIG_FILE)
 
+    device_settings(device)
     encoders = build_text_encoders(cfg.text_encoders, device)
     fingerprints = [e.name for e in encoders]
     vae = build_vae(cfg.vae).to(device)
@@ -241,58 +260,53 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> TrainResu
                                state and state["data"])
     del encoders, vae  # the data keeps what it runs per batch
     generator = torch.Generator().manual_seed(t.seed)
-    model, ema, optimizer = _build_model(cfg, data, info, device, state, generator)
+    diffusion = Diffusion.from_config(cfg.model).to(device)
+    noise = StepNoise(diffusion, t.batch_size, t.seed, t.grad_accum, info, device)
+    model, ema, optimizer = _build_model(cfg, data, info, device, state, generator, noise)
     step = state["step"] if state is not None else 0
-    checkpoints = _CheckpointWriter(run_dir, recorded, fingerprints, info, step if state is not None else None)
+    checkpoints = _CheckpointWriter(run_dir, recorded, fingerprints, info, step if state is not None else None,
+                                    shards, noise)
     del state
-    forward = torch.compile(model) if t.compile else model
-    diffusion = Diffusion.from_config(cfg.model)
     metrics = MetricsLog(run_dir / LOG_FILE, step, info.is_main, run_dir / "tensorboard" if t.tensorboard else None)
-    local = D.local_slice(t.batch_size, info)
+    watch, autocast = FiniteWatch(device, info), autocast_for(t.precision, device)
     bar = tqdm(total=t.steps, initial=step, desc=f"train {run_dir.name}", disable=not info.is_main,
                dynamic_ncols=True)
     window_start, window_steps = time.time(), 0
     model.train()
-    with _StopRequest() as stop, bar, closing(metrics), closing(data):
-        while step < t.steps and not stop.requested:
+    with StopRequest(info) as stop, bar, closing(metrics), closing(data):
+        while step < t.steps and not stop.should_stop():
             lr = lr_at(step, t.lr, t.steps, t.warmup_steps, t.lr_schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x0, text, motion_free = data.next_batch(generator)
-            # Timesteps and noise for the whole global batch, so every rank count gives the same run.
-            timesteps = diffusion.sample_timesteps(t.batch_size, generator)
-            noise = torch.randn((t.batch_size, *x0.shape[1:]), generator=generator)
-            with _autocast(cfg, device):
-                losses = diffusion.training_loss(forward, x0, text, motion_free=motion_free,
-                                                 t=timesteps[local].to(device), noise=noise[local].to(device))
-            loss = losses["loss"]
+            batch = data.next_batch(generator)
+            timesteps, eps = noise.draw(generator, tuple(batch[0].shape[1:]), device)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            losses = forward_backward(model, diffusion, batch, timesteps, eps, t.grad_accum, autocast)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            grad_norm = _full(grad_norm) if hasattr(grad_norm, "full_tensor") else grad_norm
-            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                raise checkpoints.diverged(step + 1, f"loss={loss.item()}, grad_norm={grad_norm.item()}")
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
             optimizer.step()
             step += 1
             update_ema(ema, model, ema_decay_at(step, t.ema_decay))
+            watch.update(step, losses["loss"], grad_norm)
             window_steps += 1
             bar.update(1)
 
             if step % t.log_every == 0 or step == t.steps:
+                checkpoints.check(watch)
                 row = _log_row(step, lr, grad_norm, losses, data, window_steps, time.time() - window_start,
                                t.batch_size, info)
                 metrics.write(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", it_s=f"{row['steps_per_s']:.2f}")
                 window_start, window_steps = time.time(), 0
             if step % t.ckpt_every == 0 and step < t.steps:
-                checkpoints.save(step, model, ema, optimizer, data, generator)
-        if step != checkpoints.saved_step or not checkpoints.last.exists():  # a finished run rerun: untouched
-            checkpoints.save(step, model, ema, optimizer, data, generator)
-    stopped = stop.requested and step < t.steps
+                checkpoints.save(step, model, ema, optimizer, data, generator, watch)
+        if step != checkpoints.saved_step or not checkpoints.newest.exists():  # a finished run rerun: untouched
+            checkpoints.save(step, model, ema, optimizer, data, generator, watch)
+    stopped = step < t.steps  # a stop signal ended the loop (on this rank or another)
     if stopped:
         log.warning("stopped at step %d of %d; run again to resume", step, t.steps)
     D.shutdown(info)
-    return TrainResult(checkpoints.last, step, t.steps, stopped)
+    return TrainResult(checkpoints.newest if stopped else checkpoints.finish(step), step, t.steps, stopped)
 
 
 def _like(param, full: torch.Tensor):

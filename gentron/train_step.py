@@ -17,6 +17,7 @@ import logging
 import torch
 
 from gentron import distributed as D
+from gentron.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,13 @@ def rank_seed(seed: int, rank: int, step: int = 0) -> int:
 class StepNoise:
     """Timesteps and noise of a step for this rank's part of the batch (see the module docstring)."""
 
-    def __init__(self, diffusion, batch_size: int, seed: int, info: D.DistInfo, device: torch.device):
+    def __init__(self, diffusion, batch_size: int, seed: int, grad_accum: int, info: D.DistInfo,
+                 device: torch.device):
         self.diffusion, self.batch_size, self.seed, self.info = diffusion, batch_size, seed, info
         self.local = D.local_slice(batch_size, info)
+        if (self.local.stop - self.local.start) % grad_accum:
+            raise ConfigError(f"train.grad_accum={grad_accum} must divide each rank's batch (train.batch_size="
+                              f"{batch_size} over {info.world_size} processes = {self.local.stop - self.local.start})")
         per_rank = device.type != "cpu" if PER_RANK_NOISE is None else PER_RANK_NOISE
         self.generator = torch.Generator(device).manual_seed(rank_seed(seed, info.rank)) if per_rank else None
 
@@ -72,13 +77,13 @@ class StepNoise:
         self.generator.manual_seed(rank_seed(self.seed, self.info.rank, step))
 
 
-def forward_backward(model, forward, diffusion, batch, timesteps, noise, accum: int, autocast) -> dict:
+def forward_backward(model, diffusion, batch, timesteps, noise, accum: int, autocast) -> dict:
     """Loss and gradients of the local batch in `accum` micro-batches (accum=1: one pass). Returns
     the losses averaged over the micro-batches, detached except for accum=1."""
     x0, text, motion_free = batch
     if accum == 1:
         with autocast:
-            losses = diffusion.training_loss(forward, x0, text, motion_free=motion_free, t=timesteps, noise=noise)
+            losses = diffusion.training_loss(model, x0, text, motion_free=motion_free, t=timesteps, noise=noise)
         losses["loss"].backward()
         return losses
     n = len(x0) // accum
@@ -87,7 +92,7 @@ def forward_backward(model, forward, diffusion, batch, timesteps, noise, accum: 
         part = slice(i * n, (i + 1) * n)
         with D.gradient_sync(model, sync=i == accum - 1):
             with autocast:
-                losses = diffusion.training_loss(forward, x0[part], [e[part] for e in text],
+                losses = diffusion.training_loss(model, x0[part], [e[part] for e in text],
                                                  motion_free=None if motion_free is None else motion_free[part],
                                                  t=timesteps[part], noise=noise[part])
             (losses["loss"] / accum).backward()

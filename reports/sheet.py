@@ -9,12 +9,13 @@ clip plays in its place, frame by frame.
 """
 from __future__ import annotations
 
-import argparse
 import textwrap
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from eval.common import OneLineParser, whole_number
+from gentron.errors import exits_on_user_error
 from gentron.io import atomic_save_gif, atomic_save_image
 from reports.results import arm_columns, arm_labels, load_grid, samples_with_scores
 
@@ -26,6 +27,8 @@ def sheet_rows(grid_dir: Path, prompt_set: str, category: str, n: int, seed_axis
                score: str | None = None) -> tuple[list, list]:
     """(arm labels, rows of (prompt, [(image path, score) per arm])) for the cells of one seed: the
     first `n` prompts of `category`, each image with the judge's `score` (default: the category's)."""
+    if not Path(grid_dir).is_dir():
+        raise FileNotFoundError(f"{grid_dir} is not a grid folder; give runs/<grid> (a folder the grid runner wrote)")
     grid = load_grid(grid_dir)
     cells = grid.cells[grid.cells["status"] != "stale"]  # left over from earlier settings: not the grid's arms
     if "axis.seed" in cells:
@@ -37,9 +40,16 @@ def sheet_rows(grid_dir: Path, prompt_set: str, category: str, n: int, seed_axis
     labels = list(arm_labels(cells, arms))
     per_arm = [samples_with_scores(path, prompt_set) for path in cells["path"]]
     if any(frame.empty for frame in per_arm):
-        raise ValueError(f"{grid_dir}: some cells have no samples in '{prompt_set}'; run the grid's sample stage")
+        known = sorted({p.name for path in cells["path"] for p in (Path(path) / "samples").glob("*") if p.is_dir()})
+        raise ValueError(f"{grid_dir}: some cells have no samples in prompt set '{prompt_set}' (their prompt sets: "
+                         f"{', '.join(known) or 'none yet'}); give --prompt-set one of them or run the grid's "
+                         "sample stage")
     first = per_arm[0]
     chosen = first[first["category"] == category].head(n)
+    if chosen.empty:
+        categories = sorted(first["category"].dropna().unique())
+        raise ValueError(f"{grid_dir}: prompt set '{prompt_set}' has no category '{category}'; give --category one "
+                         f"of {', '.join(categories)}")
     score = score or f"compshapes_judge/{category}"
     rows = []
     for _, sample in chosen.iterrows():
@@ -97,14 +107,15 @@ def render(labels: list[str], rows: list, frame: int = 0) -> Image.Image:
     return sheet
 
 
+@exits_on_user_error("python -m reports.sheet")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m reports.sheet", description=__doc__.splitlines()[0])
     parser.add_argument("grid_dir", type=Path)
     parser.add_argument("--prompt-set", default="compshapes_mini")
     parser.add_argument("--category", default="color")
-    parser.add_argument("--n", type=int, default=12)
+    parser.add_argument("--n", type=whole_number(1), default=12)
     parser.add_argument("--score", help="the per-image score shown (default: compshapes_judge/<category>)")
-    parser.add_argument("--seed-axis", type=int, default=0, help="which seed's cells to show")
+    parser.add_argument("--seed-axis", type=whole_number(0), default=0, help="which seed's cells to show")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     labels, rows = sheet_rows(args.grid_dir, args.prompt_set, args.category, args.n, args.seed_axis, args.score)

@@ -368,11 +368,18 @@ def main(argv: list[str] | None = None, prog: str = "reports/vote.py") -> int:
     parser.add_argument("--db", help=f"SQLite votes file (default {DEFAULT_DB}, or $GENTRON_VOTE_DB)")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     parser.add_argument("--port", type=port_number, help="TCP port (default 8502)")
+    parser.add_argument("--create", action="store_true",
+                        help="start with an empty votes file when --db does not exist (else refused: a mistyped "
+                             "path would serve no study)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = VoteSettings.load(args.config, db=args.db, host=args.host, port=args.port)
         bind(settings.host, settings.port).close()  # a clear message now rather than uvicorn's log line
+        if not Path(settings.db).exists() and not args.create:
+            raise ValueError(f"--db {settings.db} does not exist; create a study into it first (python -m "
+                             f"reports.study --db {settings.db} create ...), check the path, or pass --create to "
+                             "serve an empty votes file")
         app = create_app(settings.db)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

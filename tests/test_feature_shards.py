@@ -173,7 +173,7 @@ def test_training_from_shards_and_shards_of_another_encoding_are_refused(tmp_pat
     state = load_checkpoint(train(cfg, tmp_path / "run").checkpoint)
     assert state["step"] == 3 and state["data"]["images"] == 24
     assert state["data"]["skipped"] == {"skipped": [0], "skipped_shards": [0]}
-    assert state["model_config"]["text_widths"] == [32, 32]
+    assert list(state["model_config"]["text_widths"]) == [32, 32]
 
     other = tiny_config(tmp_path, text_encoders=[{**ENCODERS[0], "seed": 1}, ENCODERS[1]],
                         data={"encode": "shards", "features_dir": str(tmp_path / "features")})

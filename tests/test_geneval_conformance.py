@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from eval.geneval.prompts import CLASSES, read_metadata
-from eval.geneval.rules import COLORS, RELATIONS, TAGS, Settings, box_overlaps, judge, relations, select_objects
+from eval.geneval.rules import (COLORS, RELATIONS, TAGS, Settings, box_overlaps, judge, pairwise_overlaps, relations,
+                                select_objects)
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = Path(os.environ.get("GENEVAL_OFFICIAL", REPO.parent / "shared" / "geneval"))
@@ -164,28 +165,22 @@ def random_cases(metadata: list[dict], n: int, seed: int = 0):
     scores = np.where(mode == 3, np.roll(scores, 1), scores)  # ties with the row before
     scores = np.where(mode == 4, rng.choice(np.float32([0.25, 0.5, 0.75, 0.95]), total), scores)
     rows = np.concatenate([boxes, scores[:, None]], axis=1).astype(np.float32)
-    wanted_colour = rng.random(total) < 0.6
-    colour_pool = rng.integers(0, len(COLORS), total)
+    wanted_colour = (rng.random(total) < 0.6).tolist()
+    pool = [COLORS[c] for c in rng.integers(0, len(COLORS), total).tolist()]
+    metas = [by_tag[TAGS[t]][int(p * len(by_tag[TAGS[t]]))] for t, p in zip(tag_of.tolist(), pick.tolist())]
+    settings = [Settings(*values) for values in zip(threshold.tolist(), counting.tolist(), max_objects.tolist(),
+                                                    overlap.tolist(), margin.tolist())]
+    extra = [CLASSES[c] if d else None for c, d in zip(distractor_class.tolist(), distractor.tolist())]
     at = 0
-    for i in range(n):
-        candidates = by_tag[TAGS[tag_of[i]]]
-        meta = candidates[int(pick[i] * len(candidates))]
-        names = [c["class"] for c in meta["include"]] + [c["class"] for c in meta.get("exclude", [])]
-        if distractor[i]:
-            names.append(CLASSES[distractor_class[i]])
-        names = list(dict.fromkeys(names))
+    for meta, setting, more, sizes in zip(metas, settings, extra, per_class.tolist()):
+        names = [c["class"] for c in meta["include"]] + [c["class"] for c in meta.get("exclude", [])] + [more]
         colour_of = {c["class"]: c["color"] for c in meta["include"] if "color" in c}
         raw = {}
-        for slot, name in enumerate(names):
-            k = int(per_class[i, slot])
-            block = rows[at:at + k]
+        for name, k in zip(dict.fromkeys(n for n in names if n), sizes):
             wanted = colour_of.get(name)
-            raw[name] = (block, [wanted if wanted and wanted_colour[at + j] else COLORS[colour_pool[at + j]]
-                                 for j in range(k)])
+            raw[name] = (rows[at:at + k], [wanted if wanted and wanted_colour[j] else pool[j] for j in range(at, at + k)])
             at += k
-        settings = Settings(float(threshold[i]), float(counting[i]), int(max_objects[i]), float(overlap[i]),
-                            float(margin[i]))
-        yield meta, settings, raw
+        yield meta, setting, raw
     assert at <= total
 
 
@@ -277,11 +272,13 @@ def test_compute_iou_agrees_on_100k_box_pairs(scorer):
     boxes = np.concatenate([random_boxes(rng, PAIRS + 1, rng.random(PAIRS + 1) < 0.5),
                             np.ones((PAIRS + 1, 1), np.float32)], 1)
     boxes[rng.random(PAIRS + 1) < 0.02, 2] -= 400  # some degenerate boxes (x2 < x1)
-    theirs = np.array([scorer.compute_iou(boxes[i], boxes[i + 1]) for i in range(PAIRS)], dtype=np.float64)
-    ours = np.array([box_overlaps(boxes[i], boxes[i + 1:i + 2])[0] for i in range(PAIRS)], dtype=np.float64)
-    vectorised = np.concatenate([box_overlaps(boxes[i], boxes[i + 1:i + 200]) for i in range(0, PAIRS, 199)])
+    theirs = np.array([scorer.compute_iou(boxes[i], boxes[i + 1]) for i in range(PAIRS)], dtype=np.float32)
+    ours = np.concatenate([np.diagonal(pairwise_overlaps(boxes[i:i + 500], boxes[i + 1:i + 501]))
+                           for i in range(0, PAIRS, 500)])
     assert np.array_equal(ours, theirs)
-    assert np.array_equal(vectorised[:PAIRS], theirs.astype(np.float32))
+    anchor = boxes[0]
+    assert np.array_equal(box_overlaps(anchor, boxes[1:1001]),
+                          np.array([scorer.compute_iou(anchor, box) for box in boxes[1:1001]], dtype=np.float32))
     assert (theirs > 0).sum() > 30_000 and (theirs == 0).sum() > 5_000
 
 

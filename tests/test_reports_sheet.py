@@ -68,3 +68,24 @@ def test_sheet_leaves_out_stale_cells(tmp_path):
     build_cell(grid_dir, "conditioning", {"conditioning": "adaln", "seed": 0, "lr": 0.5}, stop_after="train")
     labels, rows = sheet_rows(grid_dir, PROMPT_SET, "color", n=2)
     assert sorted(labels) == ["conditioning=adaln", "conditioning=cross_attn"] and len(rows[0][1]) == 2
+
+
+def test_sheet_bad_inputs_give_one_line_and_write_nothing(tmp_path, capsys):
+    """An unknown category, prompt set or folder, or a bad count: one line naming the fix, exit 2, no file."""
+    grid_dir = build_grid(tmp_path, "conditioning")
+    out = tmp_path / "sheet.png"
+    cases = [(["--category", "colour"], ["no category 'colour'", "color"]),
+             (["--prompt-set", "compshapes_nope"], ["compshapes_nope", PROMPT_SET]),
+             (["--n", "0"], ["--n", "at least 1"]),
+             (["--seed-axis", "-1"], ["--seed-axis"])]
+    for argv, words in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main([str(grid_dir), "--out", str(out), "--prompt-set", PROMPT_SET, *argv])
+        assert exit_.value.code == 2, argv
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and "Traceback" not in err[0], err
+        assert all(word in err[0] for word in words), (words, err[0])
+        assert not out.exists()
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "no-such-grid"), "--out", str(out)])
+    assert "not a grid folder" in capsys.readouterr().err

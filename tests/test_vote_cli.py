@@ -141,12 +141,14 @@ def test_vote_server_bad_arguments(tmp_path, capsys):
                  (["--db", str(tmp_path)], [str(tmp_path), "folder"]),
                  (["--db", str(not_db)], [str(not_db), "not a SQLite"]),
                  (["--config", str(tmp_path / "nope.yaml")], ["nope.yaml", "not found"]),
-                 (["--config", str(unknown)], ["vote.yaml", "'hots'", "db, host, port"])]
+                 (["--config", str(unknown)], ["vote.yaml", "'hots'", "db, host, port"]),
+                 ([], ["v.sqlite", "does not exist", "--create"])]
         for argv, words in cases:
             code, err = run_cli(voteapp.main, ["--db", str(tmp_path / "v.sqlite"), *argv], capsys)
             assert code == 2, (argv, err)
             one_clear_line(err, *words)
     assert not_db.read_bytes() == b"\x00junk" * 100
+    assert not (tmp_path / "v.sqlite").exists()  # a mistyped --db creates nothing
 
 
 def test_help_works_for_every_entry_point(capsys):
@@ -175,3 +177,14 @@ def test_real_entry_points_exit_cleanly(tmp_path, command, words):
     assert done.returncode == 2, done.stderr
     one_clear_line(done.stderr, *words)
     assert done.stdout == ""
+
+
+def test_a_cell_folder_given_for_samples_names_its_sample_folders(tmp_path):
+    from eval.common import read_samples
+    from tests.support.report_fixtures import prompts, write_sample_folder
+
+    cell = tmp_path / "cell"
+    inner = cell / "samples" / "compshapes_mini"
+    write_sample_folder(inner, prompts(2))
+    with pytest.raises(FileNotFoundError, match=f"cell folder, not a sample folder.*{inner}"):
+        read_samples(cell)

@@ -47,14 +47,17 @@ class Settings:
 def box_overlaps(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     """IoU of one box with each of `others` in the pixel-inclusive convention (a box spans x2 - x1 + 1
     pixels), 0 where the union is empty; computed in the boxes' own dtype."""
-    def extent(low, high):
-        return np.maximum(high - low + 1, 0)
+    return pairwise_overlaps(box[None], others)[0]
 
-    area = extent(box[0], box[2]) * extent(box[1], box[3])
-    areas = extent(others[:, 0], others[:, 2]) * extent(others[:, 1], others[:, 3])
-    inter = (extent(np.maximum(box[0], others[:, 0]), np.minimum(box[2], others[:, 2]))
-             * extent(np.maximum(box[1], others[:, 1]), np.minimum(box[3], others[:, 3])))
-    union = area + areas - inter
+
+def pairwise_overlaps(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """(len(boxes), len(others)) IoUs, element by element the same arithmetic as `box_overlaps`."""
+    a, b = boxes[:, None, :], others[None, :, :]
+    area_a = np.maximum(a[..., 2] - a[..., 0] + 1, 0) * np.maximum(a[..., 3] - a[..., 1] + 1, 0)
+    area_b = np.maximum(b[..., 2] - b[..., 0] + 1, 0) * np.maximum(b[..., 3] - b[..., 1] + 1, 0)
+    inter = (np.maximum(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1, 0)
+             * np.maximum(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1, 0))
+    union = area_a + area_b - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union != 0, inter / np.where(union != 0, union, 1), 0)
 
@@ -71,15 +74,17 @@ def select_objects(raw: Mapping[str, tuple[np.ndarray, Sequence | None]], tag: s
             continue
         scores = boxes[:, 4]
         order = np.argsort(scores)[::-1]  # numpy's default sort, reversed: ties broken as the reference does
-        order = order[scores[order] > threshold][:settings.max_objects]
+        order = order[scores[order] > threshold][:settings.max_objects].tolist()
         if settings.max_overlap != 1 and len(order) > 1:
-            kept = []
-            while len(order):
-                kept.append(order[0])
-                rest = order[1:]
-                order = rest[box_overlaps(boxes[order[0]], boxes[rest]) < settings.max_overlap]
+            ranked = boxes[order]
+            apart = (pairwise_overlaps(ranked, ranked) < settings.max_overlap).tolist()
+            alive, kept = [True] * len(order), []
+            for j in range(len(order)):
+                if alive[j]:
+                    kept.append(order[j])
+                    alive = [alive[k] and (k <= j or apart[j][k]) for k in range(len(order))]
             order = kept
-        if len(order):
+        if order:
             selected[name] = [(boxes[i], None if masks is None else masks[i]) for i in order]
     return selected
 
