@@ -229,7 +229,12 @@ def parse_args(argv: list[str]) -> tuple[DictConfig, dict[str, Any]]:
     try:
         overrides = OverridesParser.create().parse_overrides(list(argv))
     except HydraException as e:
-        raise ConfigError(f"cannot parse the command line: {e}") from e
+        problem = str(e).splitlines()[0]
+        special = [a for a in argv if any(c in a.partition("=")[2] for c in "{}[],*?")]
+        hint = (f"; a value with braces, brackets, commas or wildcards must reach the program quoted: wrap the "
+                f"whole argument in double quotes around single-quoted value, e.g. \"{special[0].partition('=')[0]}="
+                f"'{special[0].partition('=')[2]}'\" (your shell removed the quotes)") if special else ""
+        raise ConfigError(f"cannot parse the command line ({problem}){hint}") from e
     run = OmegaConf.structured(RunOptions)
     cell: dict[str, Any] = {}
     for o in overrides:
