@@ -207,8 +207,10 @@ def _lookup(costs: dict, section: str, key: str, missing: list[str]) -> float:
 
 
 def estimate(p: Plan, costs: dict | None = None, workers: int | None = None) -> dict:
-    """Seconds for the encoders, the cells, and in all, on `workers` idle cores; `missing`: cost
-    keys the file lacks (the estimate then leaves them out and says so)."""
+    """Seconds for the encoders, the cells, and in all, on `workers` idle cores; `missing`: what the
+    estimate leaves out and says so (cost keys the file lacks; prompt sets whose files are not here,
+    so their prompts cannot be counted); `gpu_only`: cells too big for a CPU (CPU_PARAM_LIMIT), not
+    estimated."""
     costs = load_costs() if costs is None else costs
     workers = workers or local_workers(p.run)
     missing: list[str] = []
@@ -217,8 +219,11 @@ def estimate(p: Plan, costs: dict | None = None, workers: int | None = None) -> 
     encoder_times = sorted((recipe["steps"] * _lookup(costs, "encoders", encoder_cost_key(recipe), missing)
                             for recipe in recipes.values()), reverse=True)
     groups: dict[str, list[Cell]] = {}
+    gpu_only = 0
     for cell in p.cells:
-        if not runfolder.status(p.grid_dir / cell.cell_id).complete:
+        if counts(cell).params > CPU_PARAM_LIMIT:
+            gpu_only += 1
+        elif not runfolder.status(p.grid_dir / cell.cell_id).complete:
             groups.setdefault(train_key(cell.config), []).append(cell)
     group_times = []
     for cells in groups.values():
@@ -227,14 +232,23 @@ def estimate(p: Plan, costs: dict | None = None, workers: int | None = None) -> 
         seconds += first.config.train.steps * _lookup(costs, "train", train_cost_key(first), missing)
         for cell in cells:
             sample = cell.config.sample
-            n = sum(len(stages.prompt_records(name, sample)) for name in sample.prompt_sets)
+            n = sum(_prompt_count(name, sample, missing) for name in sample.prompt_sets)
             seconds += n * _lookup(costs, "sample", sample_cost_key(cell), missing)
         group_times.append(seconds)
     encoders_s = _pack(encoder_times, workers)
     cells_s = _pack(sorted(group_times, reverse=True), workers)
     return {"encoders_s": encoders_s, "cells_s": cells_s, "total_s": encoders_s + cells_s, "workers": workers,
             "groups": len(group_times), "encoders": len(encoder_times), "missing": sorted(set(missing)),
-            "machine": costs.get("machine", "unknown")}
+            "machine": costs.get("machine", "unknown"), "gpu_only": gpu_only}
+
+
+def _prompt_count(name: str, sample, missing: list[str]) -> int:
+    """Samples of one prompt set; 0 (and a note in `missing`) when its prompt files are not here."""
+    try:
+        return len(stages.prompt_records(name, sample))
+    except (FileNotFoundError, ValueError):
+        missing.append(f"prompt set {name} (its prompt files are not here to count; preflight above)")
+        return 0
 
 
 def _pack(times: list[float], workers: int) -> float:
@@ -260,6 +274,9 @@ def format_estimate(p: Plan) -> str:
                 f"grid={p.run.grid}` to measure this machine's step costs)")
     costs = load_costs()
     e = estimate(p, costs)
+    if e["gpu_only"] == len(p.cells):
+        return (f"estimated time on this machine's CPU: not estimated: every cell is beyond {CPU_PARAM_LIMIT / 1e6:.0f}M "
+                "parameters and needs GPUs (GPU-h (est.) above)")
     line = (f"estimated time on {e['workers']} cores of this machine: {e['total_s'] / 60:.1f} min "
             f"({e['encoders']} text encoders to train: {e['encoders_s'] / 60:.1f} min; {e['groups']} models to train "
             f"and sample: {e['cells_s'] / 60:.1f} min), from step costs measured on {e['machine']} "
@@ -270,7 +287,13 @@ def format_estimate(p: Plan) -> str:
         line += (f"\n  on an idle machine about {scaled / 60:.1f} min (calibration: {cal['what']} took "
                  f"{cal['measured_s'] / 60:.1f} min where these costs predict {cal['predicted_s'] / 60:.1f} min; "
                  f"the costs were measured at load average {costs.get('load_average', '?')})")
-    if e["missing"]:
-        line += ("\n  not measured (left out of the estimate): " + "; ".join(e["missing"]) +
+    if e["gpu_only"]:
+        line += f"\n  left out: {e['gpu_only']} cells beyond {CPU_PARAM_LIMIT / 1e6:.0f}M parameters, which need GPUs"
+    unknown = [m for m in e["missing"] if m.startswith("prompt set ")]
+    unmeasured = [m for m in e["missing"] if m not in unknown]
+    if unknown:
+        line += "\n  unknown (left out of the estimate): " + "; ".join(unknown)
+    if unmeasured:
+        line += ("\n  not measured (left out of the estimate): " + "; ".join(unmeasured) +
                  f"\n  measure them: python benchmarks/step_costs.py grid={p.run.grid}")
     return line

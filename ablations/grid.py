@@ -30,6 +30,7 @@ import fnmatch
 import itertools
 import logging
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ from gentron.schema import required
 log = logging.getLogger(__name__)
 
 GRIDS_DIR = Path(__file__).parent / "grids"
+# A grid's name is its folder under runs_dir: one path component, no `..`, nothing hidden.
+GRID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+GRID_FILE_SUFFIXES = (".yaml", ".yml")
 # Trained text encoders live in <runs_dir>/ENCODER_STORE/<objective>-<recipe hash>/ (gentron.text.pretrain).
 ENCODER_STORE = "encoders"
 
@@ -65,7 +69,7 @@ class LocalOptions:
 @dataclass
 class RunOptions:
     """Everything on the command line that is not a cell-config key."""
-    grid: str = "conditioning"
+    grid: str = "conditioning"  # a file of ablations/grids by name, or a grid file by its path (ending in .yaml)
     profile: str = "embedded"  # embedded: CPU stand-ins; paper: the paper's models (GPU cluster)
     seeds: list[int] | None = None  # replaces the grid's seeds
     action: str = "run"
@@ -136,6 +140,7 @@ class Grid(GridSection):
     profile: str = ""
     runs_dir: str = "runs"
     recipes: dict = field(default_factory=dict)  # name -> validated EncoderRecipe of `encoders`
+    source: str = ""  # the grid file
 
     @property
     def encoder_store(self) -> str:
@@ -215,7 +220,7 @@ class Plan:
 
     @property
     def grid_dir(self) -> Path:
-        return Path(self.run.runs_dir) / self.run.grid
+        return Path(self.run.runs_dir) / self.grid.name
 
 
 # --- the command line ---------------------------------------------------------------------------
@@ -262,7 +267,7 @@ def parse_args(argv: list[str]) -> tuple[DictConfig, dict[str, Any]]:
 
 
 RUN_HELP = {
-    "grid": "which grid file of ablations/grids/ to run",
+    "grid": "which grid file of ablations/grids/ to run, or the path of your own (ending in .yaml)",
     "profile": "embedded (CPU stand-ins, minutes) or paper (the paper's models, GPU cluster)",
     "seeds": "training seeds, one cell per seed and arm, e.g. seeds=[0,1,2] (default: the grid's)",
     "action": "run | status (the plan with each stage's state and SLURM jobs) | cancel (SLURM jobs)",
@@ -356,15 +361,37 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "profiles").glob("*.yaml"))
 
 
+def grid_file(grid: str) -> tuple[str, Path]:
+    """(name, file) of `grid=`: a name of ablations/grids (conditioning), or the path of a grid file
+    ending in .yaml, whose stem names it (its runs go to <runs_dir>/<stem>/). Anything else that
+    could lead outside runs_dir (a path separator, `..`) is refused."""
+    grid = str(grid)
+    if grid.endswith(GRID_FILE_SUFFIXES):
+        path = Path(grid).expanduser()
+        if not GRID_NAME.fullmatch(path.stem) or ".." in path.stem:
+            raise ConfigError(f"grid={grid}: the file's name '{path.stem}' cannot name a runs folder; rename it to "
+                              "letters, digits, '_', '-' and '.' (its runs go to <runs_dir>/<its name>/)")
+        if not path.is_file():
+            shipped = f"; or grid={path.stem} for the grid of ablations/grids" if path.stem in available_grids() else ""
+            raise ConfigError(f"grid file {path} {'is not a file' if path.exists() else 'does not exist'}"
+                              f"{shipped}")
+        return path.stem, path.resolve()
+    if not GRID_NAME.fullmatch(grid) or ".." in grid:
+        raise ConfigError(f"grid={grid!r} is not a grid name: give a name of ablations/grids "
+                          f"({', '.join(available_grids())}) or the path of a grid file ending in .yaml")
+    return grid, GRIDS_DIR / f"{grid}.yaml"
+
+
 def load_grid(name: str, profile: str, runs_dir: str = "runs", recipe_overrides: dict[str, Any] | None = None) -> Grid:
     """conf/profiles/<profile>.yaml, then the grid file, then the grid's `profiles[profile]` section,
-    then `encoders.<name>.<key>` overrides; each file checked key by key (gentron.schema)."""
-    path = GRIDS_DIR / f"{name}.yaml"
+    then `encoders.<name>.<key>` overrides; each file checked key by key (gentron.schema). `name` is a
+    grid's name or the path of a grid file (grid_file)."""
+    name, path = grid_file(name)
     if not path.exists():
         close = difflib.get_close_matches(name, available_grids(), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"unknown grid '{name}'{hint}; grids: {', '.join(available_grids())} "
-                          f"(files in {GRIDS_DIR})")
+                          f"(files in {GRIDS_DIR}), or the path of a grid file ending in .yaml")
     if profile not in available_profiles():
         raise ConfigError(f"unknown profile '{profile}'; profiles: {', '.join(available_profiles())}")
     raw = _load_yaml(path)
@@ -394,7 +421,7 @@ def load_grid(name: str, profile: str, runs_dir: str = "runs", recipe_overrides:
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     return Grid(**{f.name: getattr(section, f.name) for f in fields(GridSection)}, name=name, profile=profile,
-                runs_dir=str(runs_dir), recipes=recipes)
+                runs_dir=str(runs_dir), recipes=recipes, source=str(path))
 
 
 def _load_yaml(path: Path) -> DictConfig:
@@ -416,11 +443,20 @@ def plan(argv: list[str]) -> Plan:
     run, overrides = parse_args(argv)
     recipes = {k: overrides.pop(k) for k in list(overrides) if k.split(".")[0] == RECIPE_SECTION}
     grid = load_grid(run.grid, run.profile, run.runs_dir, recipes)
+    _check_folder(Path(run.runs_dir) / grid.name, "the grid's runs folder")
     if run.seeds is not None:
         grid.seeds = list(run.seeds)
     cells = expand(grid, overrides)
     log.debug("grid %s (%s): %d cells", run.grid, run.profile, len(cells))
-    return Plan(run=run, grid=grid, cells=cells, args=plan_arguments(run.grid, run.profile, list(argv)))
+    named = grid.source if grid.source != str(GRIDS_DIR / f"{grid.name}.yaml") else grid.name
+    return Plan(run=run, grid=grid, cells=cells, args=plan_arguments(named, run.profile, list(argv)))
+
+
+def _check_folder(path: Path, what: str) -> None:
+    """A folder the run will write must not be a file."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file, not a folder; move the file away, or choose another "
+                          "runs_dir=")
 
 
 def expand(grid: Grid, overrides: dict[str, Any]) -> list[Cell]:
@@ -429,7 +465,7 @@ def expand(grid: Grid, overrides: dict[str, Any]) -> list[Cell]:
         clash = [k for k in swept if k == key or k.startswith(key + ".") or key.startswith(k + ".")]
         if clash:
             raise ConfigError(f"{key} is set by the grid's axis '{swept[clash[0]]}'; "
-                              f"override another key or edit {GRIDS_DIR / grid.name}.yaml")
+                              f"override another key or edit {grid.source or GRIDS_DIR / (grid.name + '.yaml')}")
     seeds = [0] if grid.seeds is None else list(grid.seeds)
     if not seeds:
         raise ConfigError(f"grid '{grid.name}': seeds=[] is empty; give at least one training seed, e.g. seeds=[0]")

@@ -25,6 +25,7 @@ from ablations import costs, preflight, results, runfolder, stages
 from ablations.grid import Plan, local_workers, plan, usage
 from ablations.identity import train_key
 from gentron.errors import EXIT_USER_ERROR, USER_ERRORS, ConfigError, one_line
+from gentron.io import StorageError, make_folder
 
 log = logging.getLogger("ablations")
 PROG = "python ablations/run.py"
@@ -94,7 +95,17 @@ def format_plan(p: Plan, jobs: bool = False) -> str:
     table, footer = plan_table(p, jobs), []
     if not jobs:  # what each cell costs (ablations.costs), and what the plan loads that is not here (preflight)
         table, footer = costs.with_costs(p, table), [*costs.source_line(p), preflight.format_missing(p)]
-    return "\n".join(header + [table.to_string(index=False)] + footer)
+    return "\n".join(header + [table.to_string(index=False)] + _damaged_lines(p) + footer)
+
+
+def _damaged_lines(p: Plan) -> list[str]:
+    """One line per cell whose finished outputs are missing or changed: what, and that a run redoes it."""
+    lines = []
+    for cell in p.cells:
+        state = runfolder.status(p.grid_dir / cell.cell_id)
+        if state.damaged:
+            lines.append(f"cell {cell.cell_id}: {runfolder.damage_text(state.damaged)}")
+    return lines
 
 
 def _job_states(grid_dir: Path) -> dict[str, str]:
@@ -138,8 +149,10 @@ def check_resources(p: Plan) -> None:
 # --- local --------------------------------------------------------------------------------------
 
 def prepare(p: Plan) -> dict[str, list[str]]:
-    """Write the grid's resolved grid.yaml and every cell's folder; cells grouped by train key."""
-    p.grid_dir.mkdir(parents=True, exist_ok=True)
+    """Write the grid's resolved grid.yaml and every cell's folder; cells grouped by train key. What
+    killed writes left in the grid's shared folders is removed (those of each cell when it is taken)."""
+    make_folder(p.grid_dir)
+    runfolder.remove_shared_temporaries(p.grid_dir)
     runfolder.write_grid_record(p.grid_dir, p.grid.record(), p.args, [cell.cell_id for cell in p.cells])
     groups: dict[str, list[str]] = {}
     for cell in p.cells:
@@ -191,6 +204,8 @@ def _run_sequential(groups: list[list[str]]) -> tuple[list[str], list[str]]:
         except stages.CellBusy as e:
             log.error("%s", e)
             busy.append(cell_dir)
+        except StorageError:
+            raise  # a full or read-only disk fails every cell alike: stop, and say so in one line
         except Exception:
             log.exception("cell %s failed; the others go on (rerun to resume it)", Path(cell_dir).name)
             failed.append(cell_dir)
@@ -238,21 +253,29 @@ def _run_pool(groups: list[list[str]], workers: int) -> tuple[list[str], list[st
     """Cell groups in `workers` processes that share the CPU cores between them: on 2 cores two
     tiny cells at one thread each finish ~1.4x sooner than one after the other at two threads
     (small matmuls scale poorly across threads; benchmarks/train_throughput.py)."""
-    failed, busy = [], []
+    failed, busy, storage = [], [], None
     context = multiprocessing.get_context("spawn")  # no forked torch state
     threads = max(1, torch.get_num_threads() // workers)  # the cores torch would use here (or OMP_NUM_THREADS)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_set_threads,
                              initargs=(threads, os.getpid())) as pool:
         futures = {pool.submit(_run_group, group, os.getpid()): group for group in groups}
         for future in tqdm(as_completed(futures), total=len(futures), desc="cell groups", unit="group"):
+            if future.cancelled():
+                continue
             try:
                 future.result()
             except stages.CellBusy as e:
                 log.error("%s", e)
                 busy += futures[future]
+            except StorageError as e:  # the disk fails every cell alike: start no more, then say so
+                storage = storage or e
+                for queued in futures:
+                    queued.cancel()
             except Exception:
                 log.exception("cells %s failed; rerun to resume them", [Path(d).name for d in futures[future]])
                 failed += futures[future]
+    if storage is not None:
+        raise storage
     return failed, busy
 
 

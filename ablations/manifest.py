@@ -1,9 +1,13 @@
 """A cell's manifest.json: provenance (git commit, dirty flag, package versions, host, seeds) and the
 state of each stage. A stage's entry turns `done` only after its outputs are written, in one atomic
-write: the entry is the stage's completion marker. `running` without `done` is a partial stage.
+write, together with a record of those outputs (`outputs`: ablations.runfolder.record_outputs): the
+entry is the stage's completion marker, and the record is what runfolder.status checks the folder
+against. `running` without `done` is a partial stage. A stage that starts again resets the stages
+after it to pending (their outputs came from what it is about to replace).
 """
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import socket
@@ -16,6 +20,8 @@ from pathlib import Path
 
 from gentron.config import CellConfig
 from gentron.io import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 PACKAGES = ("torch", "torchvision", "numpy", "diffusers", "transformers", "open_clip_torch", "omegaconf",
@@ -103,9 +109,17 @@ def write(cell_dir: str | Path, manifest: dict) -> None:
 
 
 def create(cell_dir: Path, info: dict, config: CellConfig) -> None:
-    """A fresh manifest for a cell (kept as is when it exists: it records earlier attempts)."""
+    """A fresh manifest for a cell (kept as is when it exists and reads: it records earlier attempts;
+    an unreadable one is replaced, and with it every stage is redone: nothing vouches for the outputs)."""
     if (cell_dir / MANIFEST).exists():
-        return
+        try:
+            if isinstance(read(cell_dir), dict):
+                return
+            problem = "is not a JSON object"
+        except (ValueError, OSError) as e:
+            problem = str(e).split(";")[0].removeprefix(str(cell_dir / MANIFEST)).strip()
+        log.warning("%s %s; writing a new one: every stage of cell %s runs again", cell_dir / MANIFEST, problem,
+                    cell_dir.name)
     seeds = {"train": config.train.seed, "data": config.data.seed,
              "sample": config.sample.seeds, "images_per_prompt": config.sample.images_per_prompt,
              "text_encoders": [getattr(spec, "seed", None) for spec in config.text_encoders]}
@@ -118,14 +132,22 @@ def stage_state(manifest: dict, stage: str) -> str:
     return manifest.get("stages", {}).get(stage, {}).get("status", "pending")
 
 
-def begin(cell_dir: Path, stage: str) -> float:
+def begin(cell_dir: Path, stage: str, later: tuple[str, ...] = ()) -> float:
+    """Mark `stage` running; the `later` stages (those that read its outputs) turn pending."""
     import torch  # the stage itself loads it anyway; its thread count explains the stage's timing
 
     manifest = read(cell_dir)
     entry = manifest.setdefault("stages", {}).setdefault(stage, {})
+    for key in ("outputs", "error"):
+        entry.pop(key, None)
     entry.update(status="running", start=now(), end=None, host=socket.gethostname(), pid=os.getpid(),
                  job_id=_job_id(), attempts=entry.get("attempts", 0) + 1, threads=torch.get_num_threads(),
                  interop_threads=torch.get_num_interop_threads(), hardware=hardware())
+    for after in later:
+        other = manifest["stages"].get(after)
+        if other and other.get("status") != "pending":
+            other.pop("outputs", None)
+            other.update(status="pending", reset_by=f"{stage} ran again at {entry['start']}")
     manifest["start"] = manifest.get("start") or entry["start"]
     manifest.update(status="running", **environment(), hardware=hardware())
     write(cell_dir, manifest)

@@ -1,5 +1,7 @@
 """runs/<grid>/results.parquet, rebuilt from the cells' cell.json and metrics.json (never edited),
-and the table printed at the end of a run: mean and 95% CI per arm, seeds pooled.
+and the table printed at the end of a run: mean and 95% CI per arm, seeds pooled. Neither leaves a
+planned cell out without a word: a cell without readable metrics is shown with its status and the
+reason (ablations.runfolder.collect, status).
 
 Pooling over seeds is ablations.runfolder.group_over_seeds (the results browser's too): the mean of
 the seeds' means with a t-based 95% CI across seeds; an arm with one seed keeps its CI over prompts.
@@ -13,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations.runfolder import RESULTS, collect, current_cell_ids, group_over_seeds
+from ablations.runfolder import (CELL, RESULTS, collect, current_cell_ids, grid_lock, group_over_seeds,
+                                 read_json_or_empty, status)
 from gentron.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -31,7 +34,8 @@ def write_results(grid_dir: str | Path) -> Path:
     table["current"] = True if planned is None else table["cell_id"].isin(planned)
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
-    path = atomic_write_bytes(grid_dir / RESULTS, buffer.getvalue())
+    with grid_lock(grid_dir):
+        path = atomic_write_bytes(grid_dir / RESULTS, buffer.getvalue())
     log.info("wrote %s (%d rows)", path, len(table))
     return path
 
@@ -41,7 +45,7 @@ def arm_table(results: pd.DataFrame) -> pd.DataFrame:
     arms = [c for c in results.columns if c.startswith("axis.") and c != "axis.seed"]
     pooled = group_over_seeds(results, results[["grid", "cell_id"]].drop_duplicates(), arms)
     pooled["arm"] = pooled[arms].astype(str).agg(", ".join, axis=1) if arms else "all"
-    pooled["value"] = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
+    pooled["value"] = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if m == m else "no result" for m, lo, hi in
                        zip(pooled["mean"], pooled["ci_low"], pooled["ci_high"])]
     order = list(dict.fromkeys(pooled["arm"]))
     table = pooled.pivot(index="metric", columns="arm", values="value")[order]
@@ -57,10 +61,22 @@ def format_results(grid_dir: str | Path, cell_ids: list[str], note: str = "") ->
     grid_dir = Path(grid_dir)
     results = collect(grid_dir, cell_ids)
     lines = [f"results of grid '{grid_dir.name}'" + (f" ({note})" if note else "")]
-    if results.empty:
+    scored = set(results.loc[results["mean"].notna(), "cell_id"]) if not results.empty else set()
+    if not scored:
         lines.append("no cell has metrics yet")
     else:
         lines.append("mean [95% CI] per arm; seeds pooled (t-interval over seed means; one seed: CI over prompts)")
         lines.append(arm_table(results).to_string())
+    unscored = [c for c in cell_ids if c not in scored]
+    if unscored:
+        lines.append(f"{len(unscored)} of {len(cell_ids)} cells have no readable metrics, left out of the means above:")
+        for cell_id in unscored:
+            state = status(grid_dir / cell_id)
+            lines.append(f"  {cell_id} ({_axes_text(grid_dir, cell_id)}): {state.status}: {state.reason}")
     lines += [f"table: {grid_dir / RESULTS}", f"browse: {REPORT_HINT} -- --runs {shlex.quote(str(grid_dir.parent))}"]
     return "\n".join(lines)
+
+
+def _axes_text(grid_dir: Path, cell_id: str) -> str:
+    axes = read_json_or_empty(grid_dir / cell_id / CELL).get("axes") or {}
+    return ", ".join(f"{k}={v}" for k, v in axes.items()) or "no axes recorded"

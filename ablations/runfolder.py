@@ -1,8 +1,11 @@
 """The run folder: its layout, the state of each cell's stages, and the readers of its files.
 
 The grid runner writes it and the results browser reads it; both go through this module, so there
-is one list of stages and one answer to "is this cell trained?" (its manifest's stage entries, which
-turn `done` only after a stage's outputs are written).
+is one list of stages and one answer to "is this cell trained?" (`status`): a stage is done when its
+manifest entry says so (written after its outputs) and its outputs are still what the entry recorded
+when they were written (`record_outputs`: size, and a BLAKE2b digest of the small files), and every
+stage before it is done. A stage whose outputs are missing or changed is `damaged`: the runner runs it
+again, and the stages after it, and the cell counts as failed until then, naming the file and why.
 
     runs/<grid>/
         grid.yaml              the grid as last planned, with `plan_args` (the arguments that chose its
@@ -15,16 +18,20 @@ turn `done` only after a stage's outputs are written).
             manifest.json      provenance and stage states   train_log.jsonl
             checkpoints/last.pt                              samples/<prompt_set>/samples.jsonl + images
             eval/<metric>.json evaluator output              metrics.json   '<metric>/<score>' -> mean, CI
+        .grid.lock             held while grid.yaml or results.parquet is written
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import os
 import shlex
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -34,7 +41,7 @@ import yaml
 from scipy.special import stdtrit
 
 from ablations import manifest
-from gentron.io import atomic_write_text
+from gentron.io import atomic_write_text, make_folder, remove_stale_temporaries, writing
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +104,23 @@ def _mtime(path: Path) -> float:
 # --- a cell's state ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Damage:
+    """A stage output that is missing or no longer what its manifest entry recorded."""
+    stage: str
+    path: str  # relative to the cell folder
+    why: str
+
+    def line(self) -> str:
+        return f"{self.path} {self.why}"
+
+
+@dataclass(frozen=True)
 class CellStatus:
     """A cell's stage states and its overall status, read from its folder (`status`)."""
-    stages: dict[str, str]  # stage -> pending | running | done | failed (the manifest's entries)
+    stages: dict[str, str]  # stage -> pending | running | done | failed | damaged
     status: str  # running | stopped | done | failed | pending (cell_status's rules)
     reason: str  # why, in words
+    damaged: tuple[Damage, ...] = field(default=())  # outputs of done stages that are missing or changed
 
     @property
     def complete(self) -> bool:
@@ -118,28 +137,230 @@ def status(cell_dir: str | Path, found: dict | None = None, config: dict | None 
     """The one reading of a cell's state, for the plan table, the stages and the results browser.
     `found` and `config` are the cell's manifest and config.yaml when the caller has read them already."""
     cell_dir = Path(cell_dir)
-    found = manifest.read_or_empty(cell_dir) if found is None else found
-    states = _stage_states(cell_dir, found, config)
-    overall, reason = _overall(cell_dir, found, states, now)
-    return CellStatus(states, overall, reason)
+    unreadable = None
+    if found is None:
+        found = manifest.read_or_empty(cell_dir)
+        if not found and (cell_dir / manifest.MANIFEST).exists():
+            unreadable = json_problem(cell_dir / manifest.MANIFEST)
+    states, damaged = _stage_states(cell_dir, found, config)
+    if unreadable:  # nothing vouches for the cell's outputs: a run writes a new manifest and redoes every stage
+        damaged = [Damage("manifest", manifest.MANIFEST, unreadable)]
+    overall, reason = _overall(cell_dir, found, states, damaged, now)
+    return CellStatus(states, overall, reason, tuple(damaged))
 
 
 def stage_states(cell_dir: str | Path, found: dict | None = None, config: dict | None = None) -> dict[str, str]:
-    """{stage: pending|running|done|failed} (status(...).stages)."""
+    """{stage: pending|running|done|failed|damaged} (status(...).stages)."""
     cell_dir = Path(cell_dir)
-    return _stage_states(cell_dir, manifest.read_or_empty(cell_dir) if found is None else found, config)
+    return _stage_states(cell_dir, manifest.read_or_empty(cell_dir) if found is None else found, config)[0]
 
 
-def _stage_states(cell_dir: Path, found: dict, config: dict | None) -> dict[str, str]:
-    """From the manifest; an evaluation done with other metrics than the config now names counts as
-    pending (and so does the record stage after it)."""
+def _stage_states(cell_dir: Path, found: dict, config: dict | None) -> tuple[dict[str, str], list[Damage]]:
+    """From the manifest, checked against the folder: a done stage whose outputs are missing or changed
+    is `damaged`; an evaluation done with other metrics than the config now names counts as pending;
+    and a done stage after one that is not done counts as pending (it is redone after it)."""
     out = {s: manifest.stage_state(found, s) for s in STAGES}
+    entries = found.get("stages", {}) if isinstance(found.get("stages"), dict) else {}
     if out["evaluate"] == "done":
         config = read_yaml_or_empty(cell_dir / CONFIG) if config is None else config
         wanted = config.get("eval", {}).get("metrics")
-        if wanted is not None and found["stages"]["evaluate"].get("metrics") != wanted:
-            out["evaluate"] = out["record"] = "pending"
+        if wanted is not None and entries["evaluate"].get("metrics") != wanted:
+            out["evaluate"] = "pending"
+    damaged: list[Damage] = []
+    for stage in STAGES:
+        if out[stage] == "done":
+            problems = verify_outputs(cell_dir, stage, entries.get(stage, {}))
+            if problems:
+                out[stage] = "damaged"
+                damaged += problems
+    blocked = False
+    for stage in STAGES:
+        if blocked and out[stage] == "done":
+            out[stage] = "pending"
+        blocked = blocked or out[stage] != "done"
+    return out, damaged
+
+
+# --- a stage's outputs, recorded when written and checked when read ------------------------------
+
+OUTPUTS = "outputs"  # the manifest entry's record of its stage's outputs: relative path -> record
+IMAGES = "*"  # `samples/<set>/*`: the images samples.jsonl lists, as a count and a total size
+# Files up to this size are checked by content (a digest, read at every status), larger ones by size
+# only: a large checkpoint's own checksum covers its contents whenever it is loaded.
+DIGEST_LIMIT = 16 << 20
+
+
+def stage_output_paths(cell_dir: Path, stage: str, config: dict) -> list[str]:
+    """What a finished stage leaves in the cell folder (relative paths), per the cell's config."""
+    if stage == "train":
+        return [CHECKPOINT.as_posix()]
+    if stage == "sample":
+        return [p for name in config.get("sample", {}).get("prompt_sets") or []
+                for p in (f"{SAMPLES}/{name}/samples.jsonl", f"{SAMPLES}/{name}/{IMAGES}")]
+    if stage == "evaluate":
+        return [f"{EVAL}/{name}.json" for name in config.get("eval", {}).get("metrics") or []]
+    return [METRICS]
+
+
+def record_outputs(cell_dir: str | Path, stage: str, config: dict) -> dict[str, dict]:
+    """{relative path: {size, blake2b}} of a stage's outputs as they are now (no digest beyond
+    DIGEST_LIMIT), for its manifest entry; `samples/<set>/*` records the images that set's
+    samples.jsonl lists as {files, bytes}."""
+    cell_dir = Path(cell_dir)
+    record = {}
+    for rel in stage_output_paths(cell_dir, stage, config):
+        if rel.endswith("/" + IMAGES):
+            folder = cell_dir / rel[:-2]
+            listed = _listed_images(folder)
+            total = sum(size for _, size in listed if size is not None)
+            record[rel] = {"files": len(listed), "bytes": total}
+            if total <= DIGEST_LIMIT:
+                record[rel]["blake2b"] = _images_digest(folder, listed)
+            continue
+        path = cell_dir / rel
+        if not path.is_file():
+            raise FileNotFoundError(f"stage {stage} of cell {cell_dir.name} ended without writing {rel}")
+        size = path.stat().st_size
+        entry = {"size": size}
+        if size <= DIGEST_LIMIT:
+            entry["blake2b"] = file_digest(path)
+        record[rel] = entry
+    return record
+
+
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def _images_digest(folder: Path, listed: list[tuple[str, int | None]]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name, _ in listed:
+        h.update(name.encode() + b"\0")
+        try:
+            h.update(bytes.fromhex(file_digest(folder / name)))
+        except OSError:
+            h.update(b"missing")
+    return h.hexdigest()
+
+
+def _listed_images(folder: Path) -> list[tuple[str, int | None]]:
+    """(file, size or None when missing) of every image a sample folder's samples.jsonl lists."""
+    out = []
+    for row in read_jsonl(folder / "samples.jsonl"):
+        name = row.get("file") if isinstance(row, dict) else None
+        if isinstance(name, str):
+            try:
+                out.append((name, (folder / name).stat().st_size))
+            except OSError:
+                out.append((name, None))
     return out
+
+
+def verify_outputs(cell_dir: str | Path, stage: str, entry: dict) -> list[Damage]:
+    """The outputs of a done stage that are missing or differ from what its manifest entry recorded.
+    An entry that records nothing (a folder from before outputs were recorded) is checked for what
+    it must hold: the checkpoint, and the evaluator outputs and metrics.json as JSON objects."""
+    cell_dir = Path(cell_dir)
+    recorded = entry.get(OUTPUTS)
+    if not isinstance(recorded, dict):
+        return _verify_unrecorded(cell_dir, stage, entry)
+    problems, unlisted = [], set()
+    for rel, expected in sorted(recorded.items(), key=lambda item: item[0].endswith("/" + IMAGES)):
+        expected = expected if isinstance(expected, dict) else {}
+        if rel.endswith("/" + IMAGES):
+            if rel[:-2] in unlisted:
+                continue  # its samples.jsonl is damaged: what it lists says nothing
+            found = _check_images(cell_dir / rel[:-2], expected)
+            if found is not None:
+                problems.append(Damage(stage, *found))
+        elif (why := _check_file(cell_dir / rel, expected)) is not None:
+            problems.append(Damage(stage, rel, why))
+            unlisted.add(rel.rsplit("/", 1)[0])
+    return problems
+
+
+def _check_file(path: Path, expected: dict) -> str | None:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if not path.is_file():
+        return "is not a file"
+    if expected.get("size") is not None and size != expected["size"]:
+        return f"is {size} bytes, {expected['size']} when it was written"
+    if expected.get("blake2b") is not None:
+        try:
+            digest = file_digest(path)
+        except OSError as e:
+            return f"cannot be read ({e.strerror})"
+        if digest != expected["blake2b"]:
+            return "changed since it was written (its BLAKE2b digest differs)"
+    return None
+
+
+def _check_images(folder: Path, expected: dict) -> tuple[str, str] | None:
+    listed = _listed_images(folder)
+    rel = lambda name: f"{SAMPLES}/{folder.name}/{name}"  # noqa: E731
+    missing = [name for name, size in listed if size is None]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        return rel(missing[0]), f"is missing{more}"
+    if expected.get("files") is not None and len(listed) != expected["files"]:
+        return rel("samples.jsonl"), f"lists {len(listed)} images, {expected['files']} when written"
+    total = sum(size for _, size in listed)
+    if expected.get("bytes") is not None and total != expected["bytes"]:
+        return rel(""), f"images total {total} bytes, {expected['bytes']} when they were written (an image changed)"
+    if expected.get("blake2b") is not None and _images_digest(folder, listed) != expected["blake2b"]:
+        return rel(""), "images changed since they were written (their BLAKE2b digest differs)"
+    return None
+
+
+def _verify_unrecorded(cell_dir: Path, stage: str, entry: dict) -> list[Damage]:
+    if stage == "train":
+        paths = [(CHECKPOINT.as_posix(), False)]
+    elif stage == "evaluate":
+        paths = [(f"{EVAL}/{name}.json", True) for name in entry.get("metrics") or []]
+    elif stage == "record":
+        paths = [(METRICS, True)]
+    else:
+        return []
+    problems = []
+    for rel, is_json in paths:
+        path = cell_dir / rel
+        if not path.is_file():
+            problems.append(Damage(stage, rel, "is missing"))
+        elif is_json:
+            why = json_problem(path)
+            if why:
+                problems.append(Damage(stage, rel, why))
+    return problems
+
+
+def json_problem(path: Path) -> str | None:
+    """Why `path` is not a readable JSON object, or None."""
+    try:
+        loaded = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "is missing"
+    except UnicodeDecodeError:
+        return "is not UTF-8 text"
+    except json.JSONDecodeError as e:
+        return f"is not valid JSON ({e.msg} at line {e.lineno})"
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    return None if isinstance(loaded, dict) else "is not a JSON object"
+
+
+def damage_text(damaged: tuple[Damage, ...] | list[Damage]) -> str:
+    """The first damaged output, the count of the others, and what a rerun does about them."""
+    first = damaged[0]
+    more = f" (and {len(damaged) - 1} more damaged outputs)" if len(damaged) > 1 else ""
+    if first.stage not in STAGES:
+        return f"{first.line()}{more}; a rerun of the grid writes a new one and redoes every stage"
+    return f"{first.stage} output {first.line()}{more}; a rerun of the grid recomputes it"
 
 
 # --- readers ------------------------------------------------------------------------------------
@@ -148,7 +369,7 @@ def read_json_or_empty(path: Path) -> dict:
     """A JSON object, or {} for a missing or torn file (a running job may be writing the folder)."""
     try:
         loaded = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
 
@@ -156,7 +377,7 @@ def read_json_or_empty(path: Path) -> dict:
 def read_yaml_or_empty(path: Path) -> dict:
     try:
         loaded = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=yaml.CSafeLoader)
-    except (FileNotFoundError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
 
@@ -198,15 +419,21 @@ def cell_status(cell_dir: str | Path, found: dict | None = None, now: float | No
     return state.status, state.reason
 
 
-def _overall(cell_dir: Path, found: dict, states: dict[str, str], now: float | None) -> tuple[str, str]:
-    """(status, reason): `done` (every stage done), `failed` (a stage failed), `running` (a stage is
-    running and its process is alive), `stopped` (a stage says running but its process is gone: the
-    manifest's host is this machine and its pid is dead or now another process; or, where the process
-    cannot be checked, no file of the cell changed for STALL_SECONDS), or `pending` (nothing running,
-    stages left: not started, or waiting for the next stage or a rerun)."""
+def _overall(cell_dir: Path, found: dict, states: dict[str, str], damaged: list[Damage],
+             now: float | None) -> tuple[str, str]:
+    """(status, reason): `done` (every stage done), `failed` (a stage failed, or an output of a done
+    stage is missing or changed: the reason names it), `running` (a stage is running and its process
+    is alive), `stopped` (a stage says running but its process is gone: the manifest's host is this
+    machine and its pid is dead or now another process; or, where the process cannot be checked, no
+    file of the cell changed for STALL_SECONDS), or `pending` (nothing running, stages left: not
+    started, or waiting for the next stage or a rerun)."""
+    if damaged:
+        return "failed", damage_text(damaged)
     if "failed" in states.values() or found.get("status") == "failed":
         failed = [s for s, state in states.items() if state == "failed"]
-        return "failed", f"stage {', '.join(failed) or '?'} failed"
+        errors = [str(found.get("stages", {}).get(s, {}).get("error") or "") for s in failed]
+        error = next((e for e in errors if e), "")
+        return "failed", f"stage {', '.join(failed) or '?'} failed" + (f": {error}" if error else "")
     if all(state == "done" for state in states.values()):
         return "done", "every stage done"
     running = [s for s, state in states.items() if state == "running"]
@@ -294,7 +521,38 @@ def current_cell_ids(grid_dir: str | Path, record: dict | None = None) -> set[st
 def write_grid_record(grid_dir: str | Path, grid: dict, plan_args: list[str], cell_ids: list[str]) -> Path:
     """grid.yaml: the resolved grid, the arguments that chose its cells and their ids (grid_record reads it)."""
     record = {**grid, PLAN_ARGS: [str(a) for a in plan_args], CELL_IDS: list(cell_ids)}
-    return atomic_write_text(Path(grid_dir) / GRID, yaml.safe_dump(record, sort_keys=False))
+    with grid_lock(grid_dir):
+        return atomic_write_text(Path(grid_dir) / GRID, yaml.safe_dump(record, sort_keys=False))
+
+
+GRID_LOCK = ".grid.lock"
+
+
+@contextlib.contextmanager
+def grid_lock(grid_dir: str | Path):
+    """Hold `<grid>/.grid.lock` (flock, waiting for it) while writing the grid's own files (grid.yaml,
+    results.parquet): runs of the same grid, and SLURM's results job, take turns. Taking it removes
+    the temporaries that killed writes of those files left: nobody else writes them meanwhile."""
+    grid_dir = make_folder(grid_dir)
+    with writing(grid_dir / GRID_LOCK, "locking"):
+        fd = os.open(grid_dir / GRID_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        remove_stale_temporaries(grid_dir, [GRID, RESULTS])
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_shared_temporaries(grid_dir: str | Path) -> list[Path]:
+    """The temporaries killed writes left in the grid's shared folders (its top level and cache/,
+    and the runs folder's encoder store), where other processes may be writing: only those whose
+    writer is known dead, or that are older than a day (gentron.io.remove_stale_temporaries)."""
+    grid_dir = Path(grid_dir)
+    removed = remove_stale_temporaries(grid_dir, shared=True)
+    for folder in (grid_dir / "cache", grid_dir.parent / "encoders"):
+        removed += remove_stale_temporaries(folder, recursive=True, shared=True)
+    return removed
 
 
 def rerun_command(record: dict, runs_dir: str | Path | None = None) -> str:
@@ -306,19 +564,40 @@ def rerun_command(record: dict, runs_dir: str | Path | None = None) -> str:
 
 
 def collect(grid_dir: str | Path, cell_ids: list[str] | None = None) -> pd.DataFrame:
-    """One row per (cell, metric) of every cell with a metrics.json, plus an `axis.<name>` column per axis."""
+    """One row per (cell, metric) of every cell with readable metrics (a metrics.json that is what
+    its record stage wrote), plus an `axis.<name>` column per axis and the cell's `status` and
+    `status_reason` (status()). A current cell (in `cell_ids`, else in grid.yaml's plan) that failed
+    or stopped without readable metrics is not left out: it has a row per metric of the others with
+    no mean, and its status and reason say why (e.g. failed: record output metrics.json is damaged).
+    Cells still pending or running have no rows yet."""
     grid_dir = Path(grid_dir)
-    rows = []
-    for metrics_path in sorted(grid_dir.glob(f"*/{METRICS}")):
-        info = read_json_or_empty(metrics_path.parent / CELL)
-        cell_id = info.get("cell_id", metrics_path.parent.name)
+    current = set(cell_ids) if cell_ids is not None else current_cell_ids(grid_dir)
+    folders = sorted({*cell_dirs(grid_dir), *(p.parent for p in grid_dir.glob(f"*/{METRICS}"))}) \
+        if grid_dir.is_dir() else []
+    rows, without = [], []
+    for cell_dir in folders:
+        info = read_json_or_empty(cell_dir / CELL)
+        cell_id = info.get("cell_id", cell_dir.name)
         if cell_ids is not None and cell_id not in cell_ids:
             continue
-        axes = {AXIS_PREFIX + k: v for k, v in info.get("axes", {}).items()}
-        for metric, value in read_json_or_empty(metrics_path).items():
-            if isinstance(value, dict) and "mean" in value:
-                rows.append({"grid": grid_dir.name, "cell_id": cell_id, "metric": metric,
-                             **{k: value.get(k) for k in ("mean", "ci_low", "ci_high", "n")}, **axes})
+        axes = {AXIS_PREFIX + k: v for k, v in (info.get("axes") or {}).items()}
+        state = status(cell_dir)
+        shown = {"status": state.status, "status_reason": state.reason}
+        metrics = {} if any(d.stage == "record" for d in state.damaged) else read_json_or_empty(cell_dir / METRICS)
+        found = [(metric, value) for metric, value in metrics.items() if isinstance(value, dict) and "mean" in value]
+        for metric, value in found:
+            rows.append({"grid": grid_dir.name, "cell_id": cell_id, "metric": metric,
+                         **{k: value.get(k) for k in ("mean", "ci_low", "ci_high", "n")}, **axes, **shown})
+        if not found and (current is None or cell_id in current):
+            if state.status == "done":  # every stage done, and still no score to show
+                shown = {"status": "failed", "status_reason": f"{METRICS} holds no metric with a mean"}
+            if shown["status"] in ("failed", "stopped"):
+                without.append((cell_dir, cell_id, axes, shown))
+    names = sorted({row["metric"] for row in rows})
+    for cell_dir, cell_id, axes, shown in without:
+        metrics = names or read_yaml_or_empty(cell_dir / CONFIG).get("eval", {}).get("metrics") or ["(none)"]
+        rows += [{"grid": grid_dir.name, "cell_id": cell_id, "metric": metric, "mean": None, "ci_low": None,
+                  "ci_high": None, "n": 0, **axes, **shown} for metric in metrics]
     return normalise(pd.DataFrame(rows), grid_dir.name)
 
 
@@ -349,9 +628,10 @@ def group_over_seeds(results: pd.DataFrame, cells: pd.DataFrame, by: list[str]) 
     keys = [*by, "metric"]
     merged = merged.assign(**{c: as_text(merged[c]) for c in by})
     grouped = merged.groupby(keys, sort=True, dropna=False)
-    out = grouped.agg(mean=("mean", "mean"), sd=("mean", "std"), n_cells=("mean", "size"),
+    # n_cells counts the cells with a mean: a cell without readable metrics (collect) pools nothing
+    out = grouped.agg(mean=("mean", "mean"), sd=("mean", "std"), n_cells=("mean", "count"),
                       cell_low=("ci_low", "first"), cell_high=("ci_high", "first")).reset_index()
-    half = stdtrit(np.maximum(out["n_cells"] - 1, 1), 0.975) * out["sd"] / np.sqrt(out["n_cells"])
+    half = stdtrit(np.maximum(out["n_cells"] - 1, 1), 0.975) * out["sd"] / np.sqrt(np.maximum(out["n_cells"], 1))
     single = out["n_cells"] < 2
     out["ci_low"] = np.where(single, out["cell_low"], out["mean"] - half)
     out["ci_high"] = np.where(single, out["cell_high"], out["mean"] + half)

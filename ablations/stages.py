@@ -1,10 +1,17 @@
 """The four stages of a cell: train -> sample -> evaluate -> record.
 
 Each stage is a module-level function of the cell folder (so SLURM jobs can unpickle it) and is
-idempotent: a stage marked done in manifest.json is skipped; a partial one is redone, and its work
-resumes (training from checkpoints/last.pt, sampling skips the images it already wrote, evaluation
-skips the metrics already in eval/). Cells whose configs differ only in sampling or evaluation
-(same `train_key`) train once; the others link the checkpoint.
+idempotent: a stage that is done (ablations.runfolder.status: marked done in manifest.json, its
+outputs still as recorded) is skipped; a partial one is redone, and its work resumes (training from
+checkpoints/last.pt, sampling skips the images it already wrote, evaluation skips the metrics already
+in eval/). A stage whose outputs are missing or changed is redone with one log line per file naming
+it and why: the damaged files are removed first (a damaged checkpoint is moved aside to
+last.pt.corrupt, so training resumes from the checkpoint before it). Whenever a stage starts, the
+outputs of the stages after it are removed and those stages redone: they were made from what it is
+about to replace. Cells whose configs differ only in sampling or evaluation (same `train_key`) train
+once; the others link the checkpoint.
+
+The process that holds a cell (cell_lock) removes what killed writes left in its folder first.
 """
 from __future__ import annotations
 
@@ -24,10 +31,12 @@ from ablations import manifest, runfolder
 from ablations.grid import Cell, metric_prompt_set
 from ablations.identity import train_key
 from ablations.registries import registry
-from ablations.runfolder import CELL, CHECKPOINT, CONFIG, METRICS, STAGES, TRAIN_LOG
+from ablations.runfolder import CELL, CHECKPOINT, CONFIG, EVAL, IMAGES, METRICS, SAMPLES, STAGES, TRAIN_LOG, Damage
 from gentron.config import CellConfig, SampleConfig, load_config, save_config, to_dict
+from gentron.errors import one_line
 from gentron.generate import prompt_set, read_prompt_file
-from gentron.io import atomic_write_json, atomic_write_text, read_json
+from gentron.io import (StorageError, atomic_link_or_copy, atomic_write_json, atomic_write_text, make_folder, read_json,
+                        remove_stale_temporaries, writing)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,7 @@ def prepare(cell: Cell, grid_dir: Path) -> Path:
     """Write config.yaml, cell.json and a manifest for a planned cell (rewritten only on change)."""
     cell_dir = grid_dir / cell.cell_id
     info = {**cell.info(), "train_key": train_key(cell.config)}
+    remove_stale_temporaries(cell_dir, shared=True)  # of killed writes here; the rest when the cell is taken
     write_config(cell_dir, cell.config)
     _write_if_changed(cell_dir / CELL, json.dumps(info, indent=2, sort_keys=True) + "\n")
     manifest.create(cell_dir, info, cell.config)
@@ -53,7 +63,7 @@ def write_config(cell_dir: Path, config: CellConfig) -> None:
 
 
 def _write_if_changed(path: Path, text: str) -> None:
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
+    if not path.is_file() or path.read_text(encoding="utf-8", errors="replace") != text:
         atomic_write_text(path, text)
 
 
@@ -76,7 +86,7 @@ def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
 
 
-def _run_stage(cell_dir: Path, stage: str, body) -> None:
+def _run_stage(cell_dir: Path, stage: str, body, config: CellConfig) -> None:
     if states(cell_dir)[stage] == "done":
         log.debug("%s %s: done, skipped", cell_dir.name, stage)
         return
@@ -85,15 +95,95 @@ def _run_stage(cell_dir: Path, stage: str, body) -> None:
             body()
         return
     with cell_lock(cell_dir):
-        if states(cell_dir)[stage] == "done":  # finished by the process that held the cell before
+        state = runfolder.status(cell_dir)
+        if state.stages[stage] == "done":  # finished by the process that held the cell before
             return
-        started = manifest.begin(cell_dir, stage)
+        _remove_damaged(cell_dir, stage, [d for d in state.damaged if d.stage == stage])
+        started = begin_stage(cell_dir, stage, config)
         try:
             extra = body() or {}
-        except BaseException:
-            manifest.finish(cell_dir, stage, started, "failed", STAGES)
+            outputs = runfolder.record_outputs(cell_dir, stage, to_dict(config))
+        except BaseException as error:
+            try:
+                manifest.finish(cell_dir, stage, started, "failed", STAGES, error=one_line(error)[:1000])
+            except StorageError:
+                pass  # the disk that failed the stage takes no record of it either: it stays `running`
             raise
-        manifest.finish(cell_dir, stage, started, "done", STAGES, **extra)
+        manifest.finish(cell_dir, stage, started, "done", STAGES, outputs=outputs, **extra)
+
+
+def begin_stage(cell_dir: Path, stage: str, config: CellConfig) -> float:
+    """Mark `stage` running, and reset the stages after it: their entries turn pending and their
+    outputs are removed (they were made from the outputs this stage is about to replace)."""
+    later = STAGES[STAGES.index(stage) + 1:]
+    started = manifest.begin(cell_dir, stage, later)
+    for after in later:
+        for rel in runfolder.stage_output_paths(cell_dir, after, to_dict(config)):
+            _remove_output(cell_dir, rel, after)
+    return started
+
+
+def finish_stage(cell_dir: Path, stage: str, started: float, config: CellConfig, **extra) -> None:
+    """Mark `stage` done, with the record of its outputs that runfolder.status checks them against."""
+    outputs = runfolder.record_outputs(cell_dir, stage, to_dict(config))
+    manifest.finish(cell_dir, stage, started, "done", STAGES, outputs=outputs, **extra)
+
+
+def _remove_output(cell_dir: Path, rel: str, stage: str) -> None:
+    """Remove one output of a stage that is redone (the whole eval/ folder for evaluate's outputs)."""
+    if rel.endswith("/" + IMAGES):
+        return  # the sample folder goes with its samples.jsonl, below
+    path = cell_dir / rel
+    if rel.endswith("/samples.jsonl"):
+        path = path.parent
+    elif stage == "evaluate":
+        path = cell_dir / EVAL
+    with writing(path, "removing"):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _remove_damaged(cell_dir: Path, stage: str, damaged: list[Damage]) -> None:
+    """Log each damaged output of `stage` (the file and why) and remove it, so the stage makes it again:
+    a damaged checkpoint is moved aside to last.pt.corrupt (training resumes from the one before it);
+    a missing image is drawn again; of a sample folder whose images no longer add up, the images that
+    no longer decode are removed (and drawn again), or the whole folder when every image still decodes."""
+    for damage in damaged:
+        after = ", and the stages after it" if stage != STAGES[-1] else ""
+        log.warning("cell %s: %s; %s runs again%s", cell_dir.name, damage.line(), stage, after)
+        path = cell_dir / damage.path
+        with writing(path, "removing"):
+            if damage.path == CHECKPOINT.as_posix():
+                if path.exists():
+                    os.replace(path, path.with_name(path.name + ".corrupt"))
+            elif damage.path.startswith(SAMPLES + "/") and not damage.path.endswith("samples.jsonl"):
+                folder = cell_dir / SAMPLES / Path(damage.path).relative_to(SAMPLES).parts[0]
+                if "is missing" not in damage.why and not _remove_unreadable_images(folder):
+                    shutil.rmtree(folder, ignore_errors=True)
+            elif path.is_file():
+                path.unlink()
+
+
+def _remove_unreadable_images(folder: Path) -> int:
+    """Delete the images of a sample folder that no longer decode; how many."""
+    from PIL import Image
+
+    removed = 0
+    for name, _ in runfolder._listed_images(folder):
+        path = folder / name
+        try:
+            with Image.open(path) as image:
+                image.verify()
+            with Image.open(path) as image:
+                image.load()
+        except FileNotFoundError:
+            continue
+        except Exception:  # noqa: BLE001 - any decoder error means the file is not the image written
+            path.unlink()
+            removed += 1
+    return removed
 
 
 # --- one process per cell -----------------------------------------------------------------------
@@ -120,7 +210,8 @@ def cell_lock(cell_dir: str | Path):
         finally:
             _held[key][1] -= 1
         return
-    fd = os.open(key / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    with writing(key / LOCK, "locking"):
+        fd = os.open(key / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -128,10 +219,16 @@ def cell_lock(cell_dir: str | Path):
         os.close(fd)
         raise CellBusy(f"cell {key.name} is being run by another process ({holder}); not started here: let that "
                        f"run finish, or stop it and run again to resume the cell") from None
-    # the holder's identity, written in place: the lock lives on this file's inode, which a rename would replace
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(),
-              0)
+    try:
+        # the holder's identity, written in place: the lock lives on this file's inode, which a rename would replace
+        with writing(key / LOCK, "locking"):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        remove_stale_temporaries(key, recursive=True)  # what killed writes of the cell left: it is ours now
+    except BaseException:
+        os.close(fd)
+        raise
     _held[key] = [fd, 1]
     try:
         yield
@@ -146,7 +243,7 @@ def cell_lock(cell_dir: str | Path):
 
 def train_stage(cell_dir: str) -> None:
     cell_dir, config, info = load(cell_dir)
-    _run_stage(cell_dir, "train", lambda: _train(cell_dir, config, info))
+    _run_stage(cell_dir, "train", lambda: _train(cell_dir, config, info), config)
 
 
 def _train(cell_dir: Path, config: dict, info: dict) -> dict:
@@ -163,9 +260,16 @@ def _train(cell_dir: Path, config: dict, info: dict) -> dict:
                            "(interrupted); rerun the grid to resume from checkpoints/last.pt")
     for sibling in _siblings(cell_dir, info):
         if states(sibling)["train"] != "done" and _rank() == 0:
-            started = manifest.begin(sibling, "train")
-            _adopt(cell_dir, sibling)
-            manifest.finish(sibling, "train", started, "done", STAGES, reused_from=cell_dir.name)
+            try:
+                with cell_lock(sibling):
+                    if states(sibling)["train"] == "done":
+                        continue
+                    sibling_config = load_config(sibling / CONFIG)
+                    started = begin_stage(sibling, "train", sibling_config)
+                    _adopt(cell_dir, sibling)
+                    finish_stage(sibling, "train", started, sibling_config, reused_from=cell_dir.name)
+            except CellBusy:
+                continue  # its own process adopts the checkpoint when it gets to its train stage
     return {"steps": result.step}
 
 
@@ -193,22 +297,14 @@ def _trained_sibling(cell_dir: Path, info: dict) -> Path | None:
 
 def _adopt(source: Path, target: Path) -> None:
     """Hard-link source's final checkpoint into target (copy across filesystems), atomically."""
-    dst = target / CHECKPOINT
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.link")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source / CHECKPOINT, tmp)
-    except OSError:
-        shutil.copyfile(source / CHECKPOINT, tmp)
-    os.replace(tmp, dst)
+    atomic_link_or_copy(source / CHECKPOINT, target / CHECKPOINT)
     if (source / TRAIN_LOG).exists():
         atomic_write_text(target / TRAIN_LOG, (source / TRAIN_LOG).read_text(encoding="utf-8"))
 
 
 def sample_stage(cell_dir: str) -> None:
     cell_dir, config, _ = load(cell_dir)
-    _run_stage(cell_dir, "sample", lambda: _sample(cell_dir, config))
+    _run_stage(cell_dir, "sample", lambda: _sample(cell_dir, config), config)
 
 
 def _sample(cell_dir: Path, config: CellConfig) -> dict:
@@ -239,7 +335,7 @@ def prompt_records(name: str, sample: SampleConfig) -> list[dict]:
 
 def evaluate_stage(cell_dir: str) -> None:
     cell_dir, config, _ = load(cell_dir)
-    _run_stage(cell_dir, "evaluate", lambda: _evaluate(cell_dir, config))
+    _run_stage(cell_dir, "evaluate", lambda: _evaluate(cell_dir, config), config)
 
 
 def _evaluate(cell_dir: Path, config: CellConfig) -> dict:
@@ -247,8 +343,8 @@ def _evaluate(cell_dir: Path, config: CellConfig) -> dict:
 
     metrics = registry("metrics")
     for name in config.eval.metrics:
-        out = cell_dir / "eval" / f"{name}.json"
-        if out.exists():
+        out = cell_dir / EVAL / f"{name}.json"
+        if out.exists() and runfolder.json_problem(out) is None:  # kept from an interrupted run of this stage
             continue
         samples = metric_prompt_set(name, config.sample.prompt_sets)
         module = importlib.import_module(metrics[name]["module"])
@@ -258,7 +354,7 @@ def _evaluate(cell_dir: Path, config: CellConfig) -> dict:
 
 def record_stage(cell_dir: str) -> None:
     cell_dir, config, _ = load(cell_dir)
-    _run_stage(cell_dir, "record", lambda: _record(cell_dir, config))
+    _run_stage(cell_dir, "record", lambda: _record(cell_dir, config), config)
 
 
 def _record(cell_dir: Path, config: CellConfig) -> dict:
@@ -279,9 +375,11 @@ def run_cell(cell_dir: str) -> str:
     (cell_lock: CellBusy if another process holds it). Returns the cell folder."""
     if is_complete(cell_dir):
         return cell_dir
-    with cell_lock(cell_dir):
+    with cell_lock(cell_dir):  # removes what killed writes left in the cell
         for stage in STAGES:
             STAGE_FUNCTIONS[stage](cell_dir)
+        # and what the stages left: a checkpoint's step file kept by a hard link onto itself leaves its link
+        remove_stale_temporaries(cell_dir, recursive=True)
     return cell_dir
 
 

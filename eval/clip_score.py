@@ -18,9 +18,11 @@ import torch
 from tqdm import tqdm
 
 from eval import weights
-from eval.common import (batched, device_name, image_row, load_image, load_samples, non_empty,
-                         refuse_damaged_images, resolve_device, result, run_cli)
+from eval.common import (batched, device_name, generation_protocol, image_row, load_image, load_samples,
+                         merged_per_image, merged_protocol, non_empty, read_partials, refuse_damaged_images,
+                         resolve_device, result, run_cli, shard_partial)
 from gentron.errors import exits_on_user_error, positive_int
+from gentron.partition import shard_range
 
 log = logging.getLogger(__name__)
 
@@ -140,29 +142,59 @@ def clamp_like_torchmetrics(stats: dict) -> dict:
     return {**stats, **{k: max(stats[k], 0.0) for k in ("mean", "ci_low", "ci_high") if stats.get(k) is not None}}
 
 
+DEFINITION = ("clip_score = max(100 * mean cos, 0) over the set, 100 * cos per image (torchmetrics); cosine = "
+              "raw cos (GenTron Table 4)")
+
+
 def evaluate(samples_dir, model: str = weights.CLIP_B32, pretrained: str | None = None, batch_size: int = 32,
-             device: str | None = None, crosscheck: bool = False, allow_random: bool = False) -> dict:
-    """CLIP score of every image against its prompt."""
+             device: str | None = None, crosscheck: bool = False, allow_random: bool = False, shard=None,
+             out=None) -> dict:
+    """CLIP score of every image against its prompt. With `shard=(k, K)`: shard k of K only (whole
+    batches), returned and written to `out` as a partial result that `merge` combines."""
     samples = load_samples(samples_dir)  # a bad folder is named before the model loads
     if not any(s.prompt for s in samples):
         raise ValueError(f"{samples_dir}: no prompts (no samples.jsonl and no {{prompt}}_{{index:06}}.png names)")
     if unprompted := [s.file for s in samples if not s.prompt]:  # they would be scored against the empty text
         raise ValueError(f"{samples_dir}: {len(unprompted)} of {len(samples)} images have no prompt (e.g. "
                          f"{unprompted[0]}); name them {{prompt}}_{{index:06}}.png or list their prompts in samples.jsonl")
+    if shard is not None:
+        if crosscheck:
+            raise ValueError("the torchmetrics cross-check (--crosscheck) scores the whole set at once: run it "
+                             "without --shard")
+        span = shard_range(len(samples), batch_size, shard)
+        options = {"model": model, "pretrained": pretrained, "batch_size": batch_size, "allow_random": allow_random}
+        return shard_partial("clip_score", samples_dir, shard, out, options, lambda: _scored(
+            samples_dir, samples[span.start:span.stop], model, pretrained, batch_size, device, allow_random))
+    scored = _scored(samples_dir, samples, model, pretrained, batch_size, device, allow_random, crosscheck)
+    extra = {}
+    if crosscheck:
+        cosines = [row["scores"]["cosine"] for row in scored["per_image"]]
+        extra["crosscheck"] = {"torchmetrics_clip_score": torchmetrics_clip_score(
+            [load_image(samples_dir, s) for s in samples], [s.prompt for s in samples], model),
+            "ours_max0_of_mean": max(100 * sum(cosines) / len(cosines), 0.0)}
+    return _result(scored["per_image"], scored["protocol"], scored["comparable_to_paper"], extra)
+
+
+def merge(partials) -> dict:
+    """The result of a folder from the partial results of its K shards: the same as one unsharded run."""
+    parts = read_partials(partials, "clip_score")
+    return _result(merged_per_image(parts), merged_protocol(parts), parts[0]["comparable_to_paper"])
+
+
+def _scored(samples_dir, samples, model, pretrained, batch_size, device, allow_random, crosscheck=False) -> dict:
+    """{"per_image", "protocol", "comparable_to_paper"} of `samples` (in batches of batch_size, in order)."""
     refuse_damaged_images([Path(samples_dir) / s.file for s in samples], "sample", fix="regenerate them")
     embedder = ClipEmbedder(model, pretrained, resolve_device(device), allow_random)
     if crosscheck and embedder.backend != "transformers":
         raise ValueError("the torchmetrics cross-check needs a transformers CLIP (--model PATH, no --pretrained)")
     cosines = score_samples(embedder, samples_dir, samples, batch_size, "clip score")
-    per_image = [image_row(s, {"clip_score": 100 * c, "cosine": c}) for s, c in zip(samples, cosines)]
-    protocol = {**embedder.protocol(), "definition": "clip_score = max(100 * mean cos, 0) over the set, 100 * cos "
-                                                     "per image (torchmetrics); cosine = raw cos (GenTron Table 4)"}
-    extra = {}
-    if crosscheck:
-        extra["crosscheck"] = {"torchmetrics_clip_score": torchmetrics_clip_score(
-            [load_image(samples_dir, s) for s in samples], [s.prompt for s in samples], model),
-            "ours_max0_of_mean": max(100 * sum(cosines) / len(cosines), 0.0)}
-    out = result("clip_score", per_image, protocol, embedder.comparable_to_paper, extra)
+    return {"per_image": [image_row(s, {"clip_score": 100 * c, "cosine": c}) for s, c in zip(samples, cosines)],
+            "protocol": {**embedder.protocol(), "definition": DEFINITION, **generation_protocol(samples_dir)},
+            "comparable_to_paper": embedder.comparable_to_paper}
+
+
+def _result(per_image: list[dict], protocol: dict, comparable: bool, extra: dict | None = None) -> dict:
+    out = result("clip_score", per_image, protocol, comparable, extra)
     for aggregate in (out["aggregate"], *out["aggregate_by_seed"].values()):
         aggregate["clip_score"] = clamp_like_torchmetrics(aggregate["clip_score"])
     return out
@@ -183,7 +215,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @exits_on_user_error("python -m eval.clip_score")
 def main(argv: list[str] | None = None) -> None:
-    run_cli("clip_score", evaluate, _add_arguments, argv)
+    run_cli("clip_score", evaluate, _add_arguments, argv, merge)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ so that a bad value ends in one line naming the option and the fix (`OneLinePars
 from __future__ import annotations
 
 import argparse
+import hashlib
+import inspect
 import json
 import logging
 import math
@@ -19,6 +21,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from eval.stats import bootstrap_ci
 from gentron.errors import EXIT_USER_ERROR, USER_ERRORS, exits_on_user_error, fail
+from gentron.partition import check_shard
 from gentron.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,8 @@ def read_samples(folder: str | Path) -> list[Sample]:
     if not manifest.exists() and inner:
         raise FileNotFoundError(f"{folder} is a cell folder, not a sample folder; give one of its sample folders: "
                                 f"{', '.join(str(p) for p in inner)}")
+    if not manifest.exists() and (problem := _unmerged_problem(folder)):
+        raise FileNotFoundError(problem)
     if not manifest.exists():
         raise FileNotFoundError(
             f"{manifest} not found: a sample folder needs a {MANIFEST} with one JSON line per image "
@@ -104,6 +109,18 @@ def read_samples(folder: str | Path) -> list[Sample]:
     if not samples:
         raise ValueError(f"{manifest} lists no samples")
     return samples
+
+
+SHARDS = ".shards"  # gentron.generate's shard bookkeeping in a sample folder
+
+
+def _unmerged_problem(folder: Path) -> str | None:
+    """Why a folder drawn in shards cannot be read yet (no samples.jsonl: shards still missing), or None."""
+    if not (folder / SHARDS).is_dir():
+        return None
+    return (f"{folder} was drawn in shards and has no {MANIFEST} yet: some shards are not drawn or not merged; "
+            f"run the missing ones (gentron.generate.generate(..., shard=(k, K)) resumes each), then "
+            f"gentron.generate.merge_shards({str(folder)!r})")
 
 
 def _folder_problem(folder: Path) -> str | None:
@@ -204,6 +221,118 @@ def write_result(path: str | Path, result_dict: dict) -> Path:
     return atomic_write_json(path, result_dict)
 
 
+# ---------------------------------------------------------------- the sampling protocol and scoring in shards
+
+GENERATION = "generation.json"  # gentron.generate's sampling protocol of a sample folder
+
+
+def generation_protocol(folder: str | Path) -> dict:
+    """{"generation": the folder's sampling protocol} (sampler, steps, guidance, precision, devices, ...),
+    to go into an evaluator's protocol; {} for a folder without one (images from elsewhere)."""
+    path = Path(folder) / GENERATION
+    try:
+        return {"generation": json.loads(path.read_text(encoding="utf-8"))}
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it, or merge the folder's shards again "
+                         f"(gentron.generate.merge_shards) to rewrite it") from e
+
+
+def manifest_digest(folder: str | Path) -> str:
+    """BLAKE2b of the folder's samples.jsonl, or of its image names and sizes where it has none: the
+    partials of one scoring run must all come from the same folder contents."""
+    folder = Path(folder)
+    digest = hashlib.blake2b(digest_size=16)
+    if (folder / MANIFEST).is_file():
+        digest.update((folder / MANIFEST).read_bytes())
+    else:
+        for path in image_files(folder):
+            digest.update(f"{path.relative_to(folder).as_posix()}\0{path.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def shard_partial(metric: str, samples_dir: str | Path, shard, out: str | Path | None, options: dict,
+                  score: Callable[[], dict]) -> dict:
+    """Shard k of K of an evaluator's scoring (DESIGN.md "An evaluator's output"): `score()` returns the
+    shard's {"per_image", "protocol", ...}; the partial adds {"metric", "partial": {"shard": [k, K],
+    "samples_dir", "manifest", "options"}} and is written to `out`. An `out` that already holds this
+    shard of these options on this folder's contents is returned as it is, without scoring again."""
+    k, count = check_shard(shard)
+    header = json.loads(json.dumps({"shard": [k, count], "samples_dir": str(samples_dir),
+                                    "manifest": manifest_digest(samples_dir), "options": options}, default=str))
+    if out is not None and Path(out).is_file():
+        try:
+            previous = json.loads(Path(out).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            previous = None
+        if isinstance(previous, dict) and previous.get("metric") == metric and previous.get("partial") == header:
+            log.info("%s already holds %s shard %d/%d", out, metric, k, count)
+            return previous
+    partial = {"metric": metric, "partial": header, **score()}
+    if out is not None:
+        write_result(out, partial)
+    return partial
+
+
+def read_partials(partials: Sequence[str | Path | dict], metric: str) -> list[dict]:
+    """The partials of one scoring run (files or dicts), checked to be every shard 0..K-1 exactly once, of
+    one metric, one folder content and one set of options; in shard order."""
+    loaded = []
+    for item in partials:
+        if isinstance(item, dict):
+            loaded.append(item)
+            continue
+        try:
+            loaded.append(json.loads(Path(item).read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"partial result {item} does not exist: score that shard first") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"partial result {item} is not valid JSON ({e}); score that shard again") from e
+    if not loaded:
+        raise ValueError(f"no partial results of {metric} to merge")
+    for item, part in zip(partials, loaded):
+        if not isinstance(part, dict) or "partial" not in part or part.get("metric") != metric:
+            name = item if not isinstance(item, dict) else "a partial"
+            raise ValueError(f"{name} is not a partial result of {metric} (it is "
+                             f"{part.get('metric') if isinstance(part, dict) else type(part).__name__!r})")
+    first = loaded[0]["partial"]
+    count = first["shard"][1]
+    for part in loaded[1:]:
+        header = part["partial"]
+        for key, what in (("manifest", "sample folder contents"), ("options", "options")):
+            if header[key] != first[key]:
+                raise ValueError(f"the partials of {metric} were scored on different {what} (shard {first['shard']} "
+                                 f"and {header['shard']}): score every shard of one folder with the same options")
+        if header["shard"][1] != count:
+            raise ValueError(f"the partials of {metric} split the set differently ({count} and "
+                             f"{header['shard'][1]} shards): merge the K partials of one split")
+    shards = sorted(part["partial"]["shard"][0] for part in loaded)
+    if shards != list(range(count)):
+        missing = sorted(set(range(count)) - set(shards))
+        repeated = sorted({k for k in shards if shards.count(k) > 1})
+        raise ValueError(f"{metric}: the partials are not every shard of {count} once (missing {missing}, "
+                         f"repeated {repeated}); score the missing shards, or pass each shard once")
+    return sorted(loaded, key=lambda part: part["partial"]["shard"][0])
+
+
+def merged_protocol(partials: list[dict]) -> dict:
+    """The union of the partials' protocols; a setting two shards recorded differently is an error."""
+    merged: dict = {}
+    for part in partials:
+        for key, value in part["protocol"].items():
+            if key in merged and merged[key] != value:
+                raise ValueError(f"shards disagree on protocol {key!r}: {merged[key]!r} and {value!r} (shard "
+                                 f"{part['partial']['shard']}); score every shard in the same environment")
+            merged[key] = value
+    return merged
+
+
+def merged_per_image(partials: list[dict]) -> list[dict]:
+    """The partials' per-image rows in shard order: the unsharded run's rows in its order."""
+    return [row for part in partials for row in part["per_image"]]
+
+
 def image_files(folder: str | Path) -> list[Path]:
     """Every image under `folder` (recursive), sorted, hidden files skipped."""
     folder = Path(folder)
@@ -254,7 +383,7 @@ def samples_from_images(folder: str | Path, base_seed: int = OFFICIAL_BASE_SEED,
 def load_samples(folder: str | Path) -> list[Sample]:
     """`read_samples` where the folder has a manifest, else `samples_from_images`."""
     folder = Path(folder)
-    if (folder / MANIFEST).exists():
+    if (folder / MANIFEST).exists() or (folder / SHARDS).is_dir():
         return read_samples(folder)
     log.info("%s has no %s: taking prompts and seeds from the file names", folder, MANIFEST)
     return samples_from_images(folder)
@@ -462,32 +591,79 @@ def one_line_message(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def shard_text(text: str) -> str:
+    """An argparse type: k/K, shard k of K (0 <= k < K)."""
+    try:
+        check_shard(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def run_cli(metric: str, evaluate: Callable[..., dict], add_arguments: Callable[[argparse.ArgumentParser], None],
-            argv: list[str] | None = None) -> dict:
-    """The command line every evaluator shares: `python -m eval.<metric> SAMPLES_DIR [options] --out X.json`."""
+            argv: list[str] | None = None, merge: Callable[..., dict] | None = None) -> dict:
+    """The command line every evaluator shares: `python -m eval.<metric> SAMPLES_DIR [options] --out X.json`;
+    with `--shard k/K --out PART.json` shard k's partial result, and `python -m eval.<metric> merge PART.json...
+    --out X.json` the result of all K."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if merge is not None and argv[:1] == ["merge"]:
+        return run_merge(metric, merge, argv[1:])
     parser = OneLineParser(prog=f"python -m eval.{metric}", description=evaluate.__doc__)
     parser.add_argument("samples_dir", type=non_empty(f"a sample folder ({MANIFEST} and images) or a folder of images"),
                         help=f"a sample folder ({MANIFEST}) or any folder of images")
     parser.add_argument("--out", type=output_file("a file for the JSON result, or leave --out out"),
                         help="where to write the JSON result (default: SAMPLES_DIR/eval/<metric>.json)")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    shardable = "shard" in inspect.signature(evaluate).parameters
+    if shardable:
+        parser.add_argument("--shard", type=shard_text, default=None,
+                            help=f"k/K: score shard k of K only, writing its partial result to --out; then "
+                                 f"`python -m eval.{metric} merge PARTS... --out RESULT`")
     add_arguments(parser)
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=args.pop("log_level"), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     samples_dir, out = args.pop("samples_dir"), args.pop("out")
+    shard = args.pop("shard", None)
     if problem := _folder_problem(Path(samples_dir)):  # before any model loads
         fail(parser.prog, problem)
     if problem := _out_problem(out, samples_dir):
         fail(parser.prog, problem)
+    if shard is not None and out is None:
+        fail(parser.prog, "argument --shard: give --out, the file for this shard's partial result")
     try:
+        if shard is not None:
+            res = evaluate(samples_dir, shard=shard, out=out, **args)
+            print(f"{metric} shard {shard}: {len(res['per_image'])} images scored -> {out}")
+            return res
         res = evaluate(samples_dir, **args)
         write_result(out or Path(samples_dir) / "eval" / f"{metric}.json", res)
     except USER_ERRORS as e:  # problems the user can fix: the message says how
         fail(parser.prog, e)
+    _print_aggregate(metric, res)
+    return res
+
+
+def run_merge(metric: str, merge: Callable[..., dict], argv: list[str]) -> dict:
+    """`python -m eval.<metric> merge PART.json... --out RESULT.json`: the result of every shard's partial."""
+    parser = OneLineParser(prog=f"python -m eval.{metric} merge",
+                           description="Merge the partial results of shards 0..K-1 into one result.")
+    parser.add_argument("partials", nargs="+", type=non_empty("a partial result file (--shard k/K --out FILE)"))
+    parser.add_argument("--out", required=True, type=output_file("a file for the JSON result"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        res = merge(args.partials)
+        write_result(args.out, res)
+    except USER_ERRORS as e:
+        fail(parser.prog, e)
+    _print_aggregate(metric, res)
+    return res
+
+
+def _print_aggregate(metric: str, res: dict) -> None:
     for name, agg in res["aggregate"].items():
         ci = "" if agg["ci_low"] is None else f" [{agg['ci_low']:.4f}, {agg['ci_high']:.4f}]"
         print(f"{metric}/{name}: {agg['mean']:.4f}{ci} n={agg['n']}")
-    return res
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -7,7 +7,10 @@ legacy_tensorflow) and through one of two feature extractors:
   is deterministic, but its numbers mean nothing outside this project: `comparable_to_paper: false`.
 Features are computed in shards of `shard_size` images, each saved as an .npz named by a hash of its
 file list, so a lost or new shard is recomputed alone (`python -m eval.fid shard` runs one shard, e.g.
-as a SLURM array task). torchmetrics' FrechetInceptionDistance (float64) is an optional cross-check.
+as a SLURM array task). Scoring in K shards like every evaluator: `evaluate(..., shard=(k, K), out=PART)`
+computes shard k's whole feature shards and lists their files in a partial result; `merge(parts)`
+concatenates them in order (the unsharded features, so the same mean, covariance, FID, KID and bootstrap).
+torchmetrics' FrechetInceptionDistance (float64) is an optional cross-check.
 
 Damaged images (zero bytes, truncated, not an image at all) are refused, not skipped. Before any feature
 is computed, every image whose features are not cached yet (samples and reference folder alike) is decoded
@@ -38,12 +41,13 @@ from torch import nn
 from tqdm import tqdm
 
 from eval import weights
-from eval.common import (OneLineParser, device_name, existing_folder, image_files, load_samples, non_empty,
-                         output_file, output_folder, refuse_damaged_images, resolve_device, run_cli, set_result,
-                         whole_number)
+from eval.common import (OneLineParser, device_name, existing_folder, generation_protocol, image_files, load_samples,
+                         non_empty, output_file, output_folder, read_partials, refuse_damaged_images, resolve_device,
+                         run_cli, set_result, shard_partial, whole_number)
 from eval.stats import bootstrap_statistic
 from gentron.errors import exits_on_user_error, positive_int
 from gentron.io import atomic_write_bytes
+from gentron.partition import shard_range
 
 log = logging.getLogger(__name__)
 
@@ -354,8 +358,11 @@ def _seed_groups(samples) -> dict[int, list[int]]:
 def evaluate(samples_dir, ref: str, mode: str = "clean", extractor: str = "random", kid: bool = True,
              n_boot: int = 50, crosscheck: bool = False, antialias: bool = True, torchmetrics_weights=None,
              batch_size: int = 64, device: str | None = None, cache_dir=None, shard_size: int = 1000,
-             seed: int = 0) -> dict:
-    """FID (and KID) of a sample folder against reference images or statistics (.npz)."""
+             seed: int = 0, shard=None, out=None) -> dict:
+    """FID (and KID) of a sample folder against reference images or statistics (.npz). With
+    `shard=(k, K)`: only the features of shard k of K (whole feature shards of `shard_size` images),
+    cached and listed in a partial result (returned, and written to `out`); `merge` computes the
+    statistics, FID, KID and their bootstrap from the K partials."""
     if problem := reference_problem(ref):  # every check that needs no features comes first
         raise FileNotFoundError(problem)
     if not crosscheck and (torchmetrics_weights is not None or not antialias):
@@ -365,6 +372,9 @@ def evaluate(samples_dir, ref: str, mode: str = "clean", extractor: str = "rando
     if crosscheck and statistics:
         raise ValueError("the torchmetrics cross-check (--crosscheck) needs a reference image folder as --ref, "
                          "not statistics")
+    if crosscheck and shard is not None:
+        raise ValueError("the torchmetrics cross-check (--crosscheck) reads the whole set at once: run it without "
+                         "--shard")
     device = resolve_device(device)
     samples = load_samples(samples_dir)
     ext = build_extractor(extractor, mode, device)
@@ -373,6 +383,13 @@ def evaluate(samples_dir, ref: str, mode: str = "clean", extractor: str = "rando
     files = [Path(samples_dir) / s.file for s in samples]
     cache_dir = Path(samples_dir) / "eval" / "fid_cache" if cache_dir is None else cache_dir
     opts = {"batch_size": batch_size, "device": device, "check": False}
+    if shard is not None:
+        options = {"ref": str(ref), "mode": mode, "extractor": extractor, "kid": kid, "n_boot": n_boot,
+                   "batch_size": batch_size, "cache_dir": str(cache_dir), "shard_size": shard_size, "seed": seed}
+        parts = shards(files, shard_size)
+        span = shard_range(len(parts), 1, shard)
+        return shard_partial("fid", samples_dir, shard, out, options,
+                             lambda: _feature_partial(parts[span.start:span.stop], Path(cache_dir), ext, mode, opts))
     refuse_damaged(uncached(files, cache_dir, ext, mode, shard_size), "sample", len(files))
     if len(samples) < 2:
         raise ValueError(f"{samples_dir} holds {len(samples)} image; FID needs at least 2 (and is only comparable "
@@ -380,28 +397,93 @@ def evaluate(samples_dir, ref: str, mode: str = "clean", extractor: str = "rando
     ref_files = [] if statistics else reference_files(ref)
     refuse_damaged(uncached(ref_files, cache_dir, ext, mode, shard_size), "reference", len(ref_files))
     if statistics:
-        reference = reference_features(ref, ext, mode, cache_dir, shard_size, **opts)
-        if kid and reference[0] is None:
-            raise ValueError(f"KID needs the reference features, and {ref} holds only mu/sigma: pass the features "
-                             f"(`python -m eval.fid make-stats`, or clean-fid's _kid.npz), or --no-kid for FID alone")
+        reference = _statistics_reference(ref, ext, mode, cache_dir, shard_size, kid, opts)
     gen = sharded_features(files, cache_dir, ext, mode, shard_size, desc="sample features", **opts)
     if not statistics:
         reference = reference_features(ref, ext, mode, cache_dir, shard_size, **opts)
-    ref_feats, mu_r, sigma_r, ref_info = reference
-    aggregate = _fid_and_kid(gen, ref_feats, mu_r, sigma_r, kid, n_boot, seed)
-    by_seed = {str(sd): _fid_and_kid(gen[idx], ref_feats, mu_r, sigma_r, kid, n_boot, seed)
-               for sd, idx in _seed_groups(samples).items()}
-    protocol = {"feature_extractor": ext.name, "mode": mode, "resize": ext.resize, "n_samples": len(files),
-                "sample_formats": sorted({f.suffix.lower() for f in files}), **ref_info, "image_check": IMAGE_CHECK,
-                "kid": {"num_subsets": 100, "max_subset_size": 1000} if kid else None,
-                "ci": f"bootstrap over generated images (reference fixed), {n_boot} resamples, percentile "
-                      f"interval shifted by the bootstrap bias", "fid_dtype": "float64",
-                "versions": {pkg: version(pkg) for pkg in ("clean-fid", "torchmetrics", "torch", "pillow")}}
     extra = {}
     if crosscheck:
         extra["crosscheck"] = {"fid_torchmetrics": torchmetrics_fid(files, ref_files, ext, mode, antialias,
                                                                     torchmetrics_weights, batch_size),
                                "torchmetrics_antialias": antialias}
+    return _result(samples_dir, samples, gen, reference, ext, mode, kid, n_boot, seed, extra)
+
+
+def merge(partials, device: str | None = None) -> dict:
+    """FID and KID of a folder from the partial results of its K shards: the shards' cached features in
+    order are the unsharded features, so mean, covariance and every number equal one unsharded run's.
+    Reference features (an image folder) are computed here on `device` where not cached yet."""
+    parts = read_partials(partials, "fid")
+    header, o = parts[0]["partial"], parts[0]["partial"]["options"]
+    samples_dir = header["samples_dir"]
+    samples = load_samples(samples_dir)
+    gen = merged_features(parts)
+    if len(gen) != len(samples):
+        raise ValueError(f"the partials of {samples_dir} hold {len(gen)} features for its {len(samples)} samples; "
+                         f"score its shards again")
+    device = resolve_device(device)
+    ext = build_extractor(o["extractor"], o["mode"], device)
+    if len(samples) < 2:
+        raise ValueError(f"{samples_dir} holds {len(samples)} image; FID needs at least 2")
+    opts = {"batch_size": o["batch_size"], "device": device, "check": False}
+    if Path(o["ref"]).suffix == ".npz":
+        reference = _statistics_reference(o["ref"], ext, o["mode"], o["cache_dir"], o["shard_size"], o["kid"], opts)
+    else:
+        if problem := reference_problem(o["ref"]):
+            raise FileNotFoundError(problem)
+        ref_files = reference_files(o["ref"])
+        refuse_damaged(uncached(ref_files, o["cache_dir"], ext, o["mode"], o["shard_size"]), "reference",
+                       len(ref_files))
+        reference = reference_features(o["ref"], ext, o["mode"], o["cache_dir"], o["shard_size"], **opts)
+    return _result(samples_dir, samples, gen, reference, ext, o["mode"], o["kid"], o["n_boot"], o["seed"])
+
+
+def merged_features(partials: list[dict]) -> np.ndarray:
+    """The sample features of the K shards (read_partials order), concatenated: the unsharded features."""
+    feats = []
+    for part in partials:
+        for path in part["feature_files"]:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{path}, the features of shard {part['partial']['shard']}, is gone; score "
+                                        f"that shard again")
+            feats.append(np.load(path)["feats"])
+    if not feats:
+        raise ValueError("the partials list no features")
+    return np.concatenate(feats)
+
+
+def _feature_partial(parts: list[list[Path]], cache_dir: Path, ext: Extractor, mode: str, opts: dict) -> dict:
+    """Compute (or find cached) the features of these feature shards; the partial lists their files."""
+    refuse_damaged([f for part in parts if not _shard_path(cache_dir, part, ext, mode).exists() for f in part], "sample")
+    for part in tqdm(parts, desc="sample features", unit="shard"):
+        shard_features(part, cache_dir, ext, mode, **opts)
+    return {"protocol": {"feature_extractor": ext.name, "mode": mode, "resize": ext.resize},
+            "per_image": [], "feature_files": [str(_shard_path(cache_dir, part, ext, mode)) for part in parts],
+            "n_images": sum(map(len, parts))}
+
+
+def _statistics_reference(ref, ext: Extractor, mode: str, cache_dir, shard_size: int, kid: bool, opts: dict):
+    reference = reference_features(ref, ext, mode, cache_dir, shard_size, **opts)
+    if kid and reference[0] is None:
+        raise ValueError(f"KID needs the reference features, and {ref} holds only mu/sigma: pass the features "
+                         f"(`python -m eval.fid make-stats`, or clean-fid's _kid.npz), or --no-kid for FID alone")
+    return reference
+
+
+def _result(samples_dir, samples, gen: np.ndarray, reference, ext: Extractor, mode: str, kid: bool, n_boot: int,
+            seed: int, extra: dict | None = None) -> dict:
+    ref_feats, mu_r, sigma_r, ref_info = reference
+    aggregate = _fid_and_kid(gen, ref_feats, mu_r, sigma_r, kid, n_boot, seed)
+    by_seed = {str(sd): _fid_and_kid(gen[idx], ref_feats, mu_r, sigma_r, kid, n_boot, seed)
+               for sd, idx in _seed_groups(samples).items()}
+    files = [Path(samples_dir) / s.file for s in samples]
+    protocol = {"feature_extractor": ext.name, "mode": mode, "resize": ext.resize, "n_samples": len(files),
+                "sample_formats": sorted({f.suffix.lower() for f in files}), **ref_info, "image_check": IMAGE_CHECK,
+                "kid": {"num_subsets": 100, "max_subset_size": 1000} if kid else None,
+                "ci": f"bootstrap over generated images (reference fixed), {n_boot} resamples, percentile "
+                      f"interval shifted by the bootstrap bias", "fid_dtype": "float64",
+                "versions": {pkg: version(pkg) for pkg in ("clean-fid", "torchmetrics", "torch", "pillow")},
+                **generation_protocol(samples_dir)}
     return set_result("fid", aggregate, protocol, ext.comparable_to_paper, by_seed, extra)
 
 
@@ -481,7 +563,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] in (["make-stats"], ["shard"]):
         _subcommand(argv)
     else:
-        run_cli("fid", evaluate, _add_arguments, argv)
+        run_cli("fid", evaluate, _add_arguments, argv, merge)
 
 
 if __name__ == "__main__":

@@ -60,11 +60,13 @@ import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 from scipy import ndimage
 
-from eval.common import (MANIFEST, OneLineParser, Sample, non_empty, output_file, read_samples, result,
-                         write_result)
+from eval.common import (MANIFEST, OneLineParser, Sample, generation_protocol, merged_per_image, merged_protocol,
+                         non_empty, output_file, read_partials, read_samples, result, run_merge, shard_partial,
+                         shard_text, write_result)
 from gentron.data.compshapes import (BACKGROUND, COLORS, DARK_SHADE, DIRECTIONS, HELD_OUT_COLOR_SHAPE,
                                      MOTION_DISTANCE, Phrase, PromptSpec, ShapeObject, coverage, parse_prompt)
 from gentron.errors import exits_on_user_error
+from gentron.partition import shard_range
 
 log = logging.getLogger(__name__)
 
@@ -406,11 +408,31 @@ PROTOCOL = {
 }
 
 
-def evaluate(samples_dir: str | Path) -> dict:
-    """Score every sample of a sample folder; DESIGN.md's evaluator output."""
+def evaluate(samples_dir: str | Path, shard=None, out: str | Path | None = None) -> dict:
+    """Score every sample of a sample folder; DESIGN.md's evaluator output. With `shard=(k, K)`: score
+    shard k of K only and return (and write to `out`) its partial result, which `merge` combines."""
     folder = Path(samples_dir)
+    samples = read_samples(folder)
+    if shard is None:
+        return result(METRIC, _judged(folder, samples), _protocol(folder), comparable_to_paper=False)
+    span = shard_range(len(samples), 1, shard)
+    return shard_partial(METRIC, folder, shard, out, {}, lambda: {
+        "protocol": _protocol(folder), "per_image": _judged(folder, samples[span.start:span.stop])})
+
+
+def merge(partials) -> dict:
+    """The result of a folder from the partial results of its K shards: the same as one unsharded run."""
+    parts = read_partials(partials, METRIC)
+    return result(METRIC, merged_per_image(parts), merged_protocol(parts), comparable_to_paper=False)
+
+
+def _protocol(folder: Path) -> dict:
+    return {**PROTOCOL, **generation_protocol(folder)}
+
+
+def _judged(folder: Path, samples: list[Sample]) -> list[dict]:
     per_image = []
-    for sample in read_samples(folder):
+    for sample in samples:
         try:
             spec = parse_prompt(sample.prompt)
         except ValueError as e:
@@ -425,7 +447,7 @@ def evaluate(samples_dir: str | Path) -> dict:
         per_image.append({"file": sample.file, "prompt_id": sample.prompt_id, "seed": sample.seed,
                           "prompt": sample.prompt, "category": spec.category, **scored})
     log.info("judged %d samples in %s", len(per_image), folder)
-    return result(METRIC, per_image, PROTOCOL, comparable_to_paper=False)
+    return per_image
 
 
 def held_out_pairs(per_image: list[dict]) -> dict[tuple[str, str], dict[str, int]]:
@@ -450,16 +472,31 @@ def held_out_pairs(per_image: list[dict]) -> dict[tuple[str, str], dict[str, int
 
 @exits_on_user_error("python -m eval.judge")
 def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["merge"]:
+        run_merge("judge", merge, argv[1:])
+        return
     parser = OneLineParser(prog="python -m eval.judge", description=__doc__.split("\n")[0])
     parser.add_argument("samples_dir", type=non_empty(f"a sample folder ({MANIFEST} and images) of CompShapes prompts"),
                         help="a sample folder (DESIGN.md) of CompShapes prompts")
     parser.add_argument("--out", default=None, type=output_file("a file for the JSON result, or leave --out out"),
                         help="result JSON (default SAMPLES_DIR/compshapes_judge.json)")
+    parser.add_argument("--shard", type=shard_text, default=None,
+                        help="k/K: judge shard k of K only, writing its partial result to --out; then "
+                             "`python -m eval.judge merge PARTS... --out RESULT`")
     args = parser.parse_args(argv)
     if args.out is not None and Path(args.out).resolve() == (Path(args.samples_dir) / MANIFEST).resolve():
         parser.error(f"argument --out: {args.out} is the sample folder's {MANIFEST}, which the result would "
                      f"overwrite; give another file, or leave --out out")
+    if args.shard is not None and args.out is None:
+        parser.error("argument --shard: give --out, the file for this shard's partial result")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.shard is not None:
+        part = evaluate(args.samples_dir, shard=args.shard, out=args.out)
+        print(f"judged shard {args.shard}: {len(part['per_image'])} samples -> {args.out}")
+        return
     scored = evaluate(args.samples_dir)
     write_result(args.out or Path(args.samples_dir) / f"{METRIC}.json", scored)
     for name, agg in scored["aggregate"].items():

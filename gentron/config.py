@@ -236,7 +236,8 @@ class DataConfig:
     # Where the frozen encoders run (docs/training_at_scale.md): `memory` encodes the whole data set
     # once and gathers batches from memory (small data: the embedded default); `per_batch` streams
     # samples through loader workers and runs the VAE and text encoders on each batch on the device;
-    # `shards` streams VAE latents that `python -m gentron.data.encode` wrote to features_dir.
+    # `shards` streams VAE latents and every encoder's text features that `python -m gentron.data.encode`
+    # wrote to features_dir once (one shard per array task): no encoder runs on the training device.
     encode: Literal["memory", "per_batch", "shards"] = "memory"
     num_workers: int = 2  # loader worker processes per rank when streaming
     shuffle_buffer: int = 1000  # entries in each worker's shuffle buffer when streaming

@@ -83,6 +83,11 @@ class StopRequest:
         if self._pending is not None:
             self._pending.wait()
             self._pending = None
+        if self._group is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group(self._group)
+            self._group = None
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
         self._old.clear()

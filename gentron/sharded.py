@@ -8,7 +8,7 @@ its own shards of the model, EMA and optimizer state; no rank gathers the full w
                               stream, data position, configs, text-encoder fingerprints) and `shards`:
                               a BLAKE2b digest of each file above; checksummed itself like a checkpoint file
 
-A save writes `.sharded-<step>.tmp/` and renames it once every rank's files and meta.pt are on disk:
+A save writes `.sharded-<step>.partial/` and renames it once every rank's files and meta.pt are on disk:
 a save killed midway leaves no sharded folder (the next save removes its temporary). The newest
 `train.keep_last` sharded folders are kept.
 
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 META = "meta.pt"
 SHARDS = "shards"  # meta.pt's key: {file name: digest}
+PARTIAL = ".partial"  # a save in progress (or killed): .sharded-<step>.partial/
 _SHARDED = re.compile(r"sharded-(\d+)")
 _SCAN_BYTES = 256 << 20  # tensors read per batch when scanning for non-finite values
 
@@ -76,13 +77,13 @@ def save(folder: str | Path, step: int, model, ema: dict, optimizer, meta: dict[
 
     folder = Path(folder)
     final = sharded_path(folder, step)
-    tmp = folder / f".{final.name}.tmp"
+    tmp = folder / f".{final.name}{PARTIAL}"
     if info.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     D.barrier(info)
     state = {"model": get_model_state_dict(model), "ema": ema, "optimizer": get_optimizer_state_dict(model, optimizer)}
-    dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp))
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp), no_dist=not info.enabled)
     own = {p.name: file_digest(p) for p in tmp.glob(f"__{info.rank}_*.distcp")}
     shards = {name: digest for part in D.all_gather_object(own, info) for name, digest in part.items()}
     if info.is_main:
@@ -103,7 +104,7 @@ def prune(folder: Path, keep_last: int) -> None:
     for _, path in sharded_checkpoints(folder)[keep_last:]:
         shutil.rmtree(path, ignore_errors=True)
         log.info("removed %s (train.keep_last=%d)", path, keep_last)
-    for stale in folder.glob(".sharded-*.tmp"):
+    for stale in folder.glob(f".sharded-*{PARTIAL}"):
         shutil.rmtree(stale, ignore_errors=True)
 
 

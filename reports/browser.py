@@ -1,6 +1,7 @@
 """The results browser (Streamlit): grids -> a table of metrics with CIs per arm or cell, the cells
-with their status, plots, training curves, numeric-axis (MFG) sweeps, side-by-side samples, the paper
-table and run details.
+with their status, verdicts (each arm against the control: difference, interval, p, adjusted p),
+plots, training curves, numeric-axis (MFG) sweeps, side-by-side samples, the paper table (with our
+verdict on each comparison Table 2 makes, beside the paper's direction) and run details.
 
 `streamlit run reports/app.py -- --runs runs/` calls `main()`. Loading is cached on file mtimes.
 
@@ -25,12 +26,14 @@ import streamlit as st
 if TYPE_CHECKING:
     import altair as alt
 
+from ablations.registries import CONF_DIR
+from eval import verdicts
 from reports import paper, results
 from reports.results import AXIS_PREFIX, CONFIG_PREFIX
 
 log = logging.getLogger(__name__)
 
-VIEWS = ["Table", "Plots", "Training curves", "Numeric axis", "Samples", "Paper table", "Run detail"]
+VIEWS = ["Table", "Verdicts", "Plots", "Training curves", "Numeric axis", "Samples", "Paper table", "Run detail"]
 DEFAULT_RUNS = "runs"
 EXAMPLE_COMMAND = "python ablations/run.py grid=conditioning"
 MAX_CURVES = 8
@@ -41,6 +44,9 @@ STATIC_ROWS = 30  # tables up to this long are drawn static; longer ones as the 
 SMOOTHING = 0.6  # TensorBoard's default
 STATUS_COLORS = {"done": "#2e7d32", "running": "#1565c0", "stopped": "#e65100", "failed": "#c62828",
                  "pending": "#6d6d6d", "stale": "#8d6e63"}
+VERDICT_COLORS = {verdicts.BETTER: "#2e7d32", verdicts.WORSE: "#c62828", paper.AGREES: "#2e7d32",
+                  paper.DISAGREES: "#c62828", verdicts.NOT_SEPARATED: "#6d6d6d"}
+METRIC_REGISTRY = CONF_DIR / "metrics.yaml"  # an evaluator's `higher_is_better`, where it records one
 
 
 def default_runs_dir(argv: list[str] | None = None) -> str:
@@ -79,6 +85,42 @@ def cached_train_log(cell_dir: str, mtime: float) -> pd.DataFrame:
 @st.cache_data(show_spinner=False, max_entries=256)
 def cached_samples(cell_dir: str, prompt_set: str, stamp: tuple) -> pd.DataFrame:
     return results.samples_with_scores(cell_dir, prompt_set)
+
+
+@st.cache_data(show_spinner="Reading the cells' scores ...", max_entries=32)
+def cached_scores(grid_dir: str, stamp: tuple, cell_ids: tuple[str, ...]) -> pd.DataFrame:
+    return verdicts.read_scores(grid_dir, cell_ids=list(cell_ids))
+
+
+@st.cache_data(show_spinner="Computing verdicts ...", max_entries=64)
+def cached_verdicts(grid_dir: str, stamp: tuple, cell_ids: tuple[str, ...], metrics: tuple[str, ...],
+                    control: str | None, pairs: str, correction: str, level: float) -> pd.DataFrame:
+    scores = cached_scores(grid_dir, stamp, cell_ids)
+    table = verdicts.compare(scores[scores["metric"].isin(metrics)], control=control, pairs=pairs,
+                             order=verdicts.grid_layout(grid_dir)["order"], higher_is_better=metric_directions(),
+                             correction=correction, level=level)
+    table.attrs["grid"] = Path(grid_dir).name
+    return table
+
+
+@st.cache_data(show_spinner="Computing verdicts ...", max_entries=64)
+def cached_paper_verdicts(grid_dir: str, stamp: tuple, cell_ids: tuple[str, ...], metrics: tuple[str, ...],
+                          family: str, correction: str, level: float) -> pd.DataFrame:
+    scores = cached_scores(grid_dir, stamp, cell_ids)
+    return paper.paper_verdicts(scores[scores["metric"].isin(metrics)], family, Path(grid_dir).name,
+                                verdicts.grid_layout(grid_dir)["order"], correction=correction, level=level)
+
+
+def metric_directions() -> dict[str, bool]:
+    """Which way each metric is better: the evaluator registry's `higher_is_better` entries over
+    eval.verdicts' defaults (FID, KID lower; the judges and CLIP score higher)."""
+    return verdicts.directions_from_registry(METRIC_REGISTRY)
+
+
+def scores_stamp(grid_dir: str | Path, cell_ids) -> tuple:
+    """Changes whenever a cell's evaluator output does (written by rename: its eval folder's mtime)."""
+    grid_dir = Path(grid_dir)
+    return (results.grid_stamp(grid_dir), *(_mtime(grid_dir / c / "eval") for c in cell_ids))
 
 
 def _mtime(path: Path) -> float:
@@ -278,6 +320,48 @@ def view_table(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridD
                "the grid's plan).")
     st.markdown("**Reproduce these cells**")
     show_rerun(cells, data)
+
+
+def view_verdicts(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridData]) -> None:
+    """Per grid, every arm against its control (or every pair): control, arm, metric, difference
+    [CI], p, adjusted p and verdict, from the cells' evaluator outputs (eval.verdicts)."""
+    if _no_metrics(long):
+        return
+    left, middle, right = st.columns([2, 2, 1])
+    pairs = left.radio("Compare", ["against the control", "every pair"], horizontal=True, key="verdicts:pairs")
+    correction = middle.radio("Correction", list(verdicts.CORRECTIONS), horizontal=True, key="verdicts:correction",
+                              format_func=verdicts.CORRECTION_NAMES.get,
+                              help="Holm: family-wise error over the grid's comparisons (arms x metrics); "
+                                   "Benjamini-Hochberg: false discovery rate")
+    level = right.number_input("Level", 0.001, 0.5, verdicts.LEVEL, 0.01, format="%.3f", key="verdicts:level")
+    for grid in data:
+        shown = cells[(cells["grid"] == grid.name) & (cells["status"] != "stale")]
+        metrics = tuple(sorted(long.loc[long["grid"] == grid.name, "metric"].unique()))
+        if shown.empty or not metrics:
+            continue
+        ids = tuple(sorted(shown["cell_id"]))
+        stamp = scores_stamp(grid.path, ids)
+        scores = cached_scores(grid.path, stamp, ids)
+        arms = verdicts.find_arms(scores[scores["metric"].isin(metrics)], verdicts.grid_layout(grid.path)["order"])
+        st.subheader(f"{grid.name}")
+        if len(arms.labels) < 2:
+            st.info(f"'{grid.name}' has {len(arms.labels)} arm with per-prompt scores among the shown cells: "
+                    "nothing to compare (filter fewer cells, or wait for evaluation).")
+            continue
+        control = st.selectbox("Control", arms.labels, index=0, key=f"verdicts:control:{grid.name}",
+                               help="The arm every other one is compared with; the first arm of the grid file by default")
+        table = cached_verdicts(grid.path, stamp, ids, metrics, control,
+                                "control" if pairs == "against the control" else "all", correction, float(level))
+        show_table(verdicts.display_table(table), style=verdict_colors, wrap=["control", "arm"])
+        description = verdicts.describe(table)
+        st.caption(description[:1].upper() + description[1:] + ". `better` / `worse`: the arm against the control in "
+                   "the metric's direction; intervals are per comparison, the verdict uses the adjusted p.")
+        skipped = table.attrs.get("set_level") or {}
+        if skipped:
+            st.caption("Set-level metrics (" + ", ".join(sorted(skipped)) + ") have no per-prompt scores and no "
+                       "verdict here: `eval.verdicts.set_difference` compares their per-image features.")
+        st.download_button(f"Download verdicts of {grid.name} (CSV)", table.to_csv(index=False).encode(),
+                           f"verdicts_{grid.name}.csv", "text/csv", key=f"verdicts:csv:{grid.name}")
 
 
 def _per_metric(frame: pd.DataFrame, draw, columns: int = 3) -> None:
@@ -490,11 +574,46 @@ def view_paper(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridD
     st.caption(f"Ours ({', '.join(grids)}): mean over seeds, ± = half-width of the 95% CI. Paper numbers are from "
                "GenTron Table 2 (T2I-CompBench, real models); ours come from the grid's own judge and are not "
                "comparable in level.")
+    comparisons = _paper_comparisons(long, shown, data, grids, family)
+    exported = paper.with_verdicts(table, comparisons)
     left, right = st.columns(2)
-    left.download_button("Download CSV", paper.to_csv(table), "paper_table.csv", "text/csv")
-    right.download_button("Download LaTeX", paper.to_latex(table), "paper_table.tex", "text/x-tex")
+    left.download_button("Download CSV", paper.to_csv(exported), "paper_table.csv", "text/csv")
+    right.download_button("Download LaTeX", paper.to_latex(exported, comparisons), "paper_table.tex", "text/x-tex")
     _variant_links(ours)
     _beyond_table2(long, cells, set(grids))
+
+
+def _paper_comparisons(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridData], grids: list[str],
+                       family: str) -> pd.DataFrame:
+    """Each comparison Table 2 makes that a shown grid holds (cross-attention vs adaLN, T5 vs CLIP,
+    both vs either, G/2 vs XL/2), our verdict beside the paper's direction, Holm over each grid's
+    comparisons in this table."""
+    parts = []
+    for grid in data:
+        shown = cells[(cells["grid"] == grid.name) & (cells["status"] != "stale")]
+        if grid.name not in grids or shown.empty:
+            continue
+        ids = tuple(sorted(shown["cell_id"]))
+        metrics = tuple(sorted(long.loc[long["grid"] == grid.name, "metric"].unique()))
+        part = cached_paper_verdicts(grid.path, scores_stamp(grid.path, ids), ids, metrics, family, "holm",
+                                     verdicts.LEVEL)
+        if not part.empty:
+            parts.append(part)
+    if not parts:
+        st.caption("No grid here holds two arms that are rows of Table 2 (adaLN / cross-attention; CLIP / T5 / "
+                   "both; XL/2 / G/2): no comparison to set beside the paper's.")
+        return pd.DataFrame(columns=paper.COMPARISON_COLUMNS)
+    comparisons = pd.concat(parts, ignore_index=True)
+    st.markdown("**Our verdicts beside Table 2's directions**")
+    show_table(paper.comparison_display(comparisons), style=verdict_colors, wrap=["comparison"])
+    seeds = sorted({int(n) for n in comparisons["n_seeds"]})
+    st.caption("ours: arm - reference (x100) [95% interval] of the metric's category; paper: the same difference in "
+               "Table 2. Verdict at level "
+               f"0.05 after Holm over each grid's comparisons in this table; {'/'.join(map(str, seeds))} training "
+               "seed(s)" + (": one seed's verdict is about that training run." if seeds == [1] else ".")
+               + " vs paper: agrees (separated, the paper's sign), disagrees (separated, the other sign), "
+                 "not separated.")
+    return comparisons
 
 
 def _beyond_table2(long: pd.DataFrame, cells: pd.DataFrame, in_table: set[str]) -> None:
@@ -551,7 +670,7 @@ def view_run(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridDat
         st.code("\n".join(detail["log_tail"]) or "(no train_log.jsonl)")
 
 
-VIEW_FUNCTIONS = {"Table": view_table, "Plots": view_plots, "Training curves": view_curves,
+VIEW_FUNCTIONS = {"Table": view_table, "Verdicts": view_verdicts, "Plots": view_plots, "Training curves": view_curves,
                   "Numeric axis": view_numeric_axis, "Samples": view_samples, "Paper table": view_paper,
                   "Run detail": view_run}
 
@@ -597,6 +716,11 @@ def escape_markdown(text) -> str:
 
 def status_colors(table: pd.DataFrame) -> pd.io.formats.style.Styler:
     return table.style.map(lambda s: f"color: {STATUS_COLORS.get(s, 'inherit')}; font-weight: 600", subset=["status"])
+
+
+def verdict_colors(table: pd.DataFrame) -> pd.io.formats.style.Styler:
+    columns = [c for c in ("verdict", "vs paper") if c in table.columns]
+    return table.style.map(lambda s: f"color: {VERDICT_COLORS.get(s, 'inherit')}; font-weight: 600", subset=columns)
 
 
 def warm_up() -> None:

@@ -152,7 +152,18 @@ def _slurm_parameters(profile: SlurmProfile) -> dict:
 class CellTask(submitit.helpers.Checkpointable):
     """Runs `fn(cell_dir)` in a job. On preemption or timeout submitit calls `checkpoint`, which
     resubmits this same task: the requeued job calls `fn` again and `fn` resumes from the cell's
-    own checkpoint. `fn` must be a module-level function (jobs unpickle it by module name)."""
+    own checkpoint. `fn` must be a module-level function (jobs unpickle it by module name).
+
+    Training owns its shutdown: while the trainer runs, SIGTERM and submitit's signal (USR2, sent
+    `signal_delay_s` before the time limit, and after SIGTERM on preemption) only ask it to stop
+    after the current step and checkpoint (gentron.preemption). Once `fn` has returned or raised from
+    that stop, the task hands USR2 to submitit's handler, which calls `checkpoint` and requeues the
+    job: the requeued run resumes from the step the signal stopped. A SIGTERM without USR2 (scancel,
+    SLURM's own preemption that requeues by itself) ends the job after the checkpoint, after
+    waiting `TERM_GRACE_S` for a USR2 that may follow it. Outside training (sampling, evaluation)
+    the signals keep submitit's immediate handling: those stages resume by themselves."""
+
+    TERM_GRACE_S = 5.0
 
     def __init__(self, fn: Callable[[str], Any]) -> None:
         if "<locals>" in fn.__qualname__ or fn.__module__ == "__main__":
@@ -163,8 +174,36 @@ class CellTask(submitit.helpers.Checkpointable):
         self.fn = fn
 
     def __call__(self, cell_dir: str) -> Any:
+        from gentron import preemption
+
         log.info("running %s.%s(%s)", self.fn.__module__, self.fn.__qualname__, cell_dir)
-        return self.fn(cell_dir)
+        seen = len(preemption.caught())
+        try:
+            result = self.fn(cell_dir)
+        except Exception:
+            self._after_stop(preemption.caught()[seen:])
+            raise
+        if getattr(result, "stopped", False):
+            self._after_stop(preemption.caught()[seen:])
+        return result
+
+    def _after_stop(self, signals: list[int]) -> None:
+        """`fn` stopped on `signals` (caught by the trainer, after its checkpoint): requeue through
+        submitit's USR2 handler (it exits the process), or give a SIGTERM's USR2 time to arrive."""
+        import signal
+        import time
+
+        from gentron.preemption import PREEMPT_SIGNAL
+
+        if PREEMPT_SIGNAL in signals:
+            handler = signal.getsignal(PREEMPT_SIGNAL)
+            if callable(handler):  # submitit's checkpoint_and_try_requeue (in a SLURM job)
+                log.info("the run stopped on %s after its checkpoint; requeueing", signal.Signals(PREEMPT_SIGNAL).name)
+                handler(PREEMPT_SIGNAL, None)
+        elif signal.SIGTERM in signals:
+            log.info("the run stopped on SIGTERM after its checkpoint; waiting %.0f s for a requeue signal",
+                     self.TERM_GRACE_S)
+            time.sleep(self.TERM_GRACE_S)  # a USR2 now runs submitit's handler, which requeues and exits
 
     def checkpoint(self, cell_dir: str) -> submitit.helpers.DelayedSubmission:
         log.info("requeueing %s for %s; it resumes from its own checkpoint", self.fn.__qualname__, cell_dir)

@@ -173,6 +173,20 @@ ROWS = [
     ("judge", [""], "argument samples_dir: is empty"),
     ("judge", ["{samples:good}", "--out", ""], "argument --out: is empty"),
     ("judge", ["{samples:good}", "--out", "{tmp}"], "is a folder"),
+    # path traversal: a grid's name is its folder under runs_dir; a grid file outside ablations/grids is
+    # named by its path ending in .yaml (its runs still go to <runs_dir>/<its stem>/)
+    ("run", ["grid=../../../tmp/x/evil"], "grid='../../../tmp/x/evil' is not a grid name"),
+    ("run", ["grid=/etc/passwd"], "grid='/etc/passwd' is not a grid name"),
+    ("run", ["grid=conditioning/../../../x"], "is not a grid name"),
+    ("run", ["grid=.."], "grid='..' is not a grid name"),
+    ("run", ["grid=.hidden"], "grid='.hidden' is not a grid name"),
+    ("run", ["grid={tmp}/none.yaml"], "none.yaml does not exist"),
+    ("run", ["grid={tmp}/../-x.yaml"], "the file's name '-x' cannot name a runs folder"),
+    ("run", ["train.init_from={grid:../../x,arms:{conditioning:adaln}}"], "grid='../../x' is not a grid name"),
+    # a file where a folder is needed
+    ("run", ["runs_dir={tmp}/file_runs"], "the grid's runs folder {tmp}/file_runs/conditioning is a file"),
+    ("run", ["runs_dir={file}/runs"], "{file} is a file, not a folder"),
+    ("train", ["{config}", "--run-dir", "{file}/run"], "{file} is a file where a folder is needed"),
 ]
 
 
@@ -221,6 +235,8 @@ def paths(tmp_path_factory):
         else:
             image.save(folder / "a.png")
         samples[name] = folder
+    (tmp / "file_runs").mkdir()
+    (tmp / "file_runs" / "conditioning").write_text("a file where the grid's folder goes\n")
     return {"tmp": tmp, "config": tmp / "cell.yaml", "file": tmp / "a_file", "prompts": prompts, "samples": samples}
 
 
@@ -268,9 +284,140 @@ def test_bad_input_is_one_clear_line(command, argv, message, paths, capsys):
     if command == "train" and argv:
         argv = [*argv, *TINY_TRAIN]
     code, err, escaped = call(command, argv, capsys)
-    result = outcome(code, err, message, escaped)
+    result = outcome(code, err, fill([message], paths)[0], escaped)
     assert result == "clear", f"outcome={result} exit={code} escaped={escaped!r}\nstderr: {err[-2000:]}"
     assert not (paths["tmp"] / "runs").exists() or not any((paths["tmp"] / "runs").iterdir())
+    assert not Path("/tmp/x/evil").exists()
+
+
+# A full or read-only disk: the command's writes fail as the kernel fails them (gentron.io turns each
+# into one line naming the path). `run` rows are real runs (the first write, grid.yaml, fails).
+# (command, argv, fault, expected message); faults: FAULTS below.
+DISK_ROWS = [
+    ("run", ["grid=conditioning", "runs_dir={tmp}/full"], "enospc", "disk full writing {tmp}/full/conditioning/grid.yaml"),
+    ("run", ["grid=conditioning", "runs_dir={tmp}/quota"], "edquot", "disk quota exceeded writing"),
+    ("run", ["grid=conditioning", "runs_dir={tmp}/ro"], "erofs", "its file system is read-only; point runs_dir="),
+    ("run", ["grid=conditioning", "runs_dir={tmp}/denied"], "eacces", "permission denied on {tmp}/denied"),
+    ("train", ["{config}", "--run-dir", "{tmp}/full_run"], "enospc", "disk full writing {tmp}/full_run/config.yaml"),
+    ("train", ["{config}", "--run-dir", "{tmp}/ro_run"], "erofs", "its file system is read-only"),
+    ("train", ["{config}", "--run-dir", "{tmp}/torch_full_run"], "torch_enospc", "disk full writing"),
+    ("judge", ["{samples:good}", "--out", "{tmp}/judge_full.json"], "enospc", "disk full writing {tmp}/judge_full.json"),
+    ("judge", ["{samples:good}", "--out", "{tmp}/judge_ro.json"], "eacces", "cannot write {tmp}/judge_ro.json"),
+]
+
+
+def _raising(code: int):
+    import errno
+    import os
+
+    def fail(*args, **kwargs):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+    return fail
+
+
+def apply_fault(fault: str, monkeypatch) -> None:
+    """Make every write through gentron.io fail as a full (ENOSPC, EDQUOT: at fsync, where network file
+    systems report it) or read-only (EROFS, EACCES: creating the file) disk fails it; torch_enospc:
+    torch's writer fails as it does on a full disk. (Root ignores permissions: a chmod would not do.)"""
+    import torch
+
+    import gentron.io as gio
+
+    if fault in ("enospc", "edquot"):
+        monkeypatch.setattr(gio.os, "fsync", _raising(fault.upper()))
+    elif fault in ("erofs", "eacces"):
+        monkeypatch.setattr(gio.tempfile, "mkstemp", _raising(fault.upper()))
+    else:
+        def full(obj, f, *args, **kwargs):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                               "data/0: file write failed")
+        monkeypatch.setattr(torch, "save", full)
+        monkeypatch.setattr(gio, "_free_bytes", lambda path: 0)
+
+
+@pytest.mark.parametrize("command, argv, fault, message", DISK_ROWS,
+                         ids=[f"{r[2]}:{r[0]}:{' '.join(r[1])}" for r in DISK_ROWS])
+def test_a_full_or_read_only_disk_is_one_clear_line(command, argv, fault, message, paths, capsys, monkeypatch):
+    argv = fill(argv, paths)
+    if command == "train":
+        argv = [*argv, *TINY_TRAIN]
+    apply_fault(fault, monkeypatch)
+    code, err, escaped = call(command, argv, capsys)
+    result = outcome(code, err, fill([message], paths)[0], escaped)
+    assert result == "clear", f"outcome={result} exit={code} escaped={escaped!r}\nstderr: {err[-2000:]}"
+    assert "inline_container" not in err and "Errno" not in err
+    assert not list(paths["tmp"].rglob("*.tmp"))
+
+
+# Damaged outputs of a finished cell (truncated, overwritten, deleted after the fact) are not taken as
+# done: the plan (dry run) names the file and why on one line, exit 0, as a run recomputes them
+# (tests/test_damaged_outputs.py runs that). Outcomes: `named` (that line), `silent` (the cell shows
+# done), `traceback`. (relative path in the grid's first cell, damage, expected words)
+DAMAGED_ROWS = [
+    ("checkpoints/last.pt", "delete", "train output checkpoints/last.pt is missing"),
+    ("checkpoints/last.pt", "truncate", "train output checkpoints/last.pt is 11 bytes, 22 when it was written"),
+    ("checkpoints/last.pt", "garbage", "train output checkpoints/last.pt changed since it was written"),
+    ("samples/compshapes_mini/samples.jsonl", "truncate", "sample output samples/compshapes_mini/samples.jsonl is"),
+    ("samples/compshapes_mini/samples.jsonl", "garbage", "samples.jsonl changed since it was written"),
+    ("samples/compshapes_mini/samples.jsonl", "delete", "samples/compshapes_mini/samples.jsonl is missing"),
+    ("samples/compshapes_mini/color/000000_42.png", "delete", "samples/compshapes_mini/color/000000_42.png is missing"),
+    ("samples/compshapes_mini/color/000000_42.png", "truncate", "samples/compshapes_mini/ images total"),
+    ("samples/compshapes_mini/color/000000_42.png", "garbage", "samples/compshapes_mini/ images changed"),
+    ("eval/compshapes_judge.json", "truncate", "evaluate output eval/compshapes_judge.json is"),
+    ("eval/compshapes_judge.json", "garbage", "eval/compshapes_judge.json changed since it was written"),
+    ("eval/compshapes_judge.json", "delete", "eval/compshapes_judge.json is missing"),
+    ("metrics.json", "truncate", "record output metrics.json is"),
+    ("metrics.json", "garbage", "record output metrics.json changed since it was written"),
+    ("metrics.json", "delete", "record output metrics.json is missing"),
+    ("manifest.json", "garbage", "manifest.json is not"),
+]
+
+
+@pytest.fixture(scope="module")
+def finished_grid(tmp_path_factory):
+    """The conditioning grid's folder as the runner leaves it finished (its outputs stand-ins, recorded
+    in the manifests as the runner records them), without training anything."""
+    from ablations import manifest, runfolder
+    from tests.support.report_fixtures import build_planned_grid
+
+    runs = tmp_path_factory.mktemp("finished_runs")
+    grid_dir = build_planned_grid(runs, ["grid=conditioning"], n_prompts=6)
+    for cell_dir in runfolder.cell_dirs(grid_dir):
+        found, config = manifest.read(cell_dir), runfolder.read_yaml_or_empty(cell_dir / "config.yaml")
+        for stage in runfolder.STAGES:
+            found["stages"][stage]["outputs"] = runfolder.record_outputs(cell_dir, stage, config)
+        manifest.write(cell_dir, found)
+        assert runfolder.status(cell_dir).status == "done"
+    return grid_dir
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "garbage":
+        path.write_bytes(bytes((b + 1) % 256 for b in data))
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("rel, how, message", DAMAGED_ROWS, ids=[f"{r[1]}:{r[0]}" for r in DAMAGED_ROWS])
+def test_a_damaged_output_is_named_in_one_line(rel, how, message, finished_grid, tmp_path, capsys):
+    import shutil
+
+    from ablations.grid import plan
+
+    runs = tmp_path / "runs"
+    shutil.copytree(finished_grid.parent, runs)
+    cell = plan(["grid=conditioning"]).cells[0].cell_id
+    _damage(runs / "conditioning" / cell / rel, how)
+    from ablations.launch import main
+
+    code = main(["grid=conditioning", "dry_run=true", f"runs_dir={runs}"])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and code == 0, err[-2000:]
+    lines = [line for line in out.splitlines() if line.startswith(f"cell {cell}:") and message in line]
+    assert len(lines) == 1, f"outcome=silent: no line names {rel}\n{out[-3000:]}"
 
 
 # The real scripts, as a user types them (their own startup, logging and exit path).

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gentron.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from gentron.distributed import DistInfo
 
 
 def _draw(generator):
@@ -118,3 +119,117 @@ def test_stale_temporaries_of_killed_saves_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.abcd.tmp", "keep.txt"]
     remove_stale_temporaries(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+# --- sharded checkpoints (FSDP runs; here written by one process) ------------------------------
+
+def _sharded_run(folder, steps, poison_at=None, keep_last=2, cfg=None):
+    """Sharded checkpoints of a small model at `steps`, as an FSDP run's writer saves them (meta:
+    step, rng, data, config); at step `poison_at` one EMA value is NaN."""
+    from gentron.config import default_config, to_dict
+    from gentron.sharded import save
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ema = {n: p.detach().clone() for n, p in model.named_parameters()}
+    generator = torch.Generator().manual_seed(0)
+    for step in range(1, max(steps) + 1):
+        model(torch.randn(4, 64)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step in steps:
+            saved = {n: v.clone() for n, v in ema.items()}
+            if step == poison_at:
+                saved["0.weight"].view(-1)[3] = float("nan")
+            meta = dict(step=step, data={"images": 4 * step}, rng=capture_rng(generator),
+                        config=to_dict(cfg or default_config()))
+            save(folder, step, model, saved, optimizer, meta, DistInfo(), keep_last)
+    return model, optimizer
+
+
+def test_sharded_checkpoints_round_trip_rotate_and_consolidate(tmp_path, capsys):
+    from gentron.checkpoint import LAST, consolidate, kept_checkpoints, main
+    from gentron.sharded import META, sharded_checkpoints
+
+    folder = tmp_path / "run" / "checkpoints"
+    (folder / ".sharded-00000001.partial").mkdir(parents=True)  # a save killed midway
+    model, optimizer = _sharded_run(folder, steps=(2, 4, 6))
+    assert [s for s, _ in sharded_checkpoints(folder)] == [6, 4]  # keep_last=2
+    assert sorted(p.name for p in folder.iterdir()) == ["sharded-00000004", "sharded-00000006"]
+    newest = folder / "sharded-00000006"
+    assert sorted(p.name for p in newest.iterdir()) == [".metadata", "__0_0.distcp", META]
+    meta = torch.load(newest / META, weights_only=False)
+    assert sorted(meta["shards"]) == [".metadata", "__0_0.distcp"] and all(
+        d.startswith("blake2b:") for d in meta["shards"].values())
+
+    state = load_checkpoint(newest)  # one process: the shards assembled into full state dicts
+    assert state["step"] == 6 and state["data"] == {"images": 24} and "shards" not in state
+    for name, p in model.state_dict().items():
+        assert torch.equal(state["model"][name], p)
+    assert torch.equal(state["optimizer"]["state"]["1.bias"]["exp_avg"], optimizer.state[model[1].bias]["exp_avg"])
+    with_ranks = load_checkpoint(newest, DistInfo())  # an FSDP run: checked, weights left to load in place
+    assert with_ranks["sharded"] == str(newest) and "model" not in with_ranks
+
+    last = consolidate(tmp_path / "run")
+    assert last == folder / LAST
+    assert state_equal_payload(load_checkpoint(last), state)
+    # Same step: an FSDP run resumes from the shards, any other run from the full file.
+    assert kept_checkpoints(folder, prefer_sharded=True)[:2] == [newest, last]
+    assert kept_checkpoints(folder)[:2] == [last, newest]
+    last.unlink()
+    main(["consolidate", str(newest)])
+    assert capsys.readouterr().out.strip() == str(last)
+
+
+def state_equal_payload(a, b) -> bool:
+    from tests.support.train_fixtures import state_equal
+
+    return all(state_equal(a[k], b[k]) for k in ("model", "ema", "optimizer", "step", "data"))
+
+
+def test_a_newer_full_file_resumes_before_older_shards(tmp_path):
+    """A run folder written by FSDP, then continued without it (one process, DDP): last.pt is newer
+    than the sharded folders and is what resumes, whatever the run prefers."""
+    from gentron.checkpoint import resume_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    _sharded_run(folder, steps=(2,))
+    save_checkpoint(folder / "last.pt", step=3)
+    assert resume_checkpoint(folder, prefer_sharded=True) == folder / "last.pt"
+    (folder / "last.pt").unlink()
+    assert resume_checkpoint(folder) == folder / "sharded-00000002"
+
+
+def test_a_flipped_shard_is_refused_naming_the_shard_and_the_previous_checkpoint(tmp_path):
+    folder = tmp_path / "checkpoints"
+    _sharded_run(folder, steps=(2, 4))
+    shard = folder / "sharded-00000004" / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    for ranks in (None, DistInfo()):
+        with pytest.raises(ValueError) as error:
+            load_checkpoint(folder / "sharded-00000004", ranks)
+        message = str(error.value)
+        assert "corrupt: shard __0_0.distcp" in message and "sharded-00000002 (step 2)" in message
+    assert load_checkpoint(folder / "sharded-00000002")["step"] == 2
+
+
+def test_a_nan_in_sharded_weights_is_refused_and_last_good_goes_back(tmp_path):
+    """A sharded checkpoint whose digests hold but whose EMA has a NaN: refused by the full load and by
+    the ranks' scan alike, naming the tensor; train.resume=last_good resumes from the one before."""
+    from gentron.checkpoint import PoisonedCheckpoint, resume_state
+    from tests.support.train_fixtures import tiny_config, with_changes
+
+    cfg = tiny_config(tmp_path)
+    run = tmp_path / "run"
+    _sharded_run(run / "checkpoints", steps=(2, 4), poison_at=4, cfg=cfg)
+    expected = r"non-finite weights \(ema\[0\.weight\] has 1 of 4096 values NaN or inf\).*sharded-00000002.*last_good"
+    for ranks in (None, DistInfo()):
+        with pytest.raises(PoisonedCheckpoint, match=expected):
+            load_checkpoint(run / "checkpoints" / "sharded-00000004", ranks)
+        with pytest.raises(PoisonedCheckpoint, match=expected):
+            resume_state(cfg, run, ranks)
+    state = resume_state(with_changes(cfg, train={"resume": "last_good"}), run, DistInfo())
+    assert state["step"] == 2 and state["sharded"].endswith("sharded-00000002")

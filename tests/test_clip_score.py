@@ -90,3 +90,32 @@ def test_no_metric_of_the_grid_runs_on_random_clip_weights():
         clip_score.ClipEmbedder("ViT-B-32")
     with pytest.raises(SystemExit):
         clip_score.main([str(Path(__file__).parent), "--model", "ViT-B-32"])
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_scoring_in_shards_merges_into_the_unsharded_result(samples_dir, tmp_path, batch_size):
+    model = str(save_tiny_clip(tmp_path / "clip", seed=11))
+    whole = clip_score.evaluate(samples_dir, model=model, batch_size=batch_size)
+    for count in (2, 3):
+        paths = [tmp_path / f"k{count}" / f"{k}.json" for k in range(count)]
+        parts = [clip_score.evaluate(samples_dir, model=model, batch_size=batch_size, shard=(k, count), out=path)
+                 for k, path in enumerate(paths)]
+        assert sum(len(p["per_image"]) for p in parts) == 4
+        merged = clip_score.merge(paths)
+        assert merged["per_image"] == whole["per_image"] and merged["per_prompt"] == whole["per_prompt"]
+        for aggregates, expected in ((merged["aggregate"], whole["aggregate"]),
+                                     *zip(merged["aggregate_by_seed"].values(), whole["aggregate_by_seed"].values())):
+            for name, value in expected.items():
+                for key in ("mean", "ci_low", "ci_high"):
+                    assert aggregates[name][key] == pytest.approx(value[key], abs=1e-12)
+        assert merged == json.loads(json.dumps(whole))
+    with pytest.raises(ValueError, match="without --shard"):
+        clip_score.evaluate(samples_dir, model=model, crosscheck=True, shard=(0, 2))
+    clip_score.main([str(samples_dir), "--model", model, "--batch-size", str(batch_size), "--shard", "0/2", "--out",
+                     str(tmp_path / "c0.json")])
+    clip_score.main([str(samples_dir), "--model", model, "--batch-size", str(batch_size), "--shard", "1/2", "--out",
+                     str(tmp_path / "c1.json")])
+    clip_score.main(["merge", str(tmp_path / "c0.json"), str(tmp_path / "c1.json"), "--out", str(tmp_path / "r.json")])
+    assert json.loads((tmp_path / "r.json").read_text())["aggregate"] == whole["aggregate"]
+    with pytest.raises(SystemExit):  # shards of another split (batch size) do not merge
+        clip_score.main(["merge", str(tmp_path / "c0.json"), str(paths[1]), "--out", str(tmp_path / "bad.json")])

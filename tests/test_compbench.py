@@ -20,7 +20,7 @@ from PIL import Image
 
 from eval.common import Sample, samples_from_images, write_samples
 from eval.compbench import complex as complex_
-from eval.compbench import evaluate, questions
+from eval.compbench import evaluate, merge, questions
 from eval.compbench.__main__ import main
 from eval.compbench.prompts import CATEGORIES, complex_parts, generation_plan, read_prompt_file
 from eval.compbench.questions import spatial_objects, spatial_relation, strip_adjectives, vqa_questions
@@ -323,3 +323,46 @@ def test_official_folder_layout_through_the_cli(tmp_path, tiny):
     out = json.loads((tmp_path / "r.json").read_text())
     assert {r["seed"] for r in out["per_image"]} == {42, 43} and out["aggregate"]["color"]["n"] == 2
     assert all(0 <= r["scores"]["color"] <= 1 for r in out["per_image"])
+
+
+def _every_category_folder(folder: Path) -> Path:
+    rng = np.random.default_rng(2)
+    samples = []
+    for category, prompts in PROMPTS.items():
+        for prompt_id, prompt in enumerate(prompts):
+            for index in range(3):
+                name = f"{category}/samples/{prompt}_{index:06}.png"
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                _image(rng).save(folder / name)
+                samples.append(Sample(file=name, prompt=prompt, seed=42 + index, index=index, category=category,
+                                      prompt_id=prompt_id))
+    write_samples(folder, samples)
+    checkout = folder / "dataset"
+    checkout.mkdir()
+    (checkout / "complex_val_spatial.txt").write_text("The black chair was on the left of the white table\n")
+    (checkout / "complex_val_action.txt").write_text("a red cat playing with a blue ball\n")
+    return checkout
+
+
+def test_scoring_in_shards_merges_into_the_unsharded_result_and_official_files(tmp_path, tiny):
+    folder = tmp_path / "samples"
+    checkout = _every_category_folder(folder)
+    kwargs = dict(blip=str(tiny["blip_vqa"]), detector=str(tiny["detector"]), clip=str(tiny["clip"]),
+                  detector_confidence=0.0, batch_size=2, checkout=str(checkout))
+    whole = evaluate(folder, official_dir=str(tmp_path / "whole"), **kwargs)
+    count = 4  # 15 batches of at most 2 images over six categories
+    paths = [tmp_path / "parts" / f"{k}.json" for k in range(count)]
+    for k, path in enumerate(paths):
+        part = evaluate(folder, official_dir=str(tmp_path / "merged"), shard=(k, count), out=path, **kwargs)
+        assert 0 < len(part["per_image"]) <= 8
+    merged = merge(paths)
+    assert merged["per_image"] == whole["per_image"] and merged["per_prompt"] == whole["per_prompt"]
+    for name, value in whole["aggregate"].items():
+        assert merged["aggregate"][name]["mean"] == pytest.approx(value["mean"], abs=1e-12)
+    assert merged["aggregate"] == whole["aggregate"] and merged["official_averages"] == whole["official_averages"]
+    expected = {**whole["protocol"], "official_dir": str(tmp_path / "merged")}
+    assert merged["protocol"] == json.loads(json.dumps(expected))
+    official = {p.relative_to(tmp_path / "whole"): p.read_bytes() for p in (tmp_path / "whole").rglob("*") if p.is_file()}
+    assert len(official) > 10
+    assert {p.relative_to(tmp_path / "merged"): p.read_bytes()
+            for p in (tmp_path / "merged").rglob("*") if p.is_file()} == official

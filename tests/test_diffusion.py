@@ -291,3 +291,59 @@ def test_logit_normal_timesteps_train_the_middle_of_the_schedule():
     assert abs(middle - 0.729) < 0.015, middle
     again = logit_normal.sample_timesteps(20_000, torch.Generator().manual_seed(0))
     assert torch.equal(t, again)
+
+
+def _count_to_calls(monkeypatch, from_file: str) -> list[str]:
+    """Record every Tensor.to called from `from_file` (the caller's function names)."""
+    import sys
+
+    calls, real = [], torch.Tensor.to
+
+    def counted(self, *args, **kwargs):
+        caller = sys._getframe(1)
+        if caller.f_code.co_filename.endswith(from_file):
+            calls.append(caller.f_code.co_name)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", counted)
+    return calls
+
+
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_schedule_lookups_copy_nothing_once_the_tables_are_on_the_device(monkeypatch, learn_sigma):
+    """Diffusion.to(device) moves the tables once; the loss's lookups (q_sample, target, the vb term)
+    then index them where the timesteps are, without a Tensor.to: on the meta device a table left on
+    the CPU could not even be indexed without one."""
+    d = Diffusion(learn_sigma=learn_sigma, prediction="v").to("meta")
+    calls = _count_to_calls(monkeypatch, "gentron/diffusion.py")
+    x0, t = torch.empty(4, 3, 8, 8, device="meta"), torch.empty(4, dtype=torch.long, device="meta")
+    noise = torch.empty_like(x0)
+
+    def model(x, t, text, motion_free=None):
+        return torch.empty(len(x), 6 if learn_sigma else 3, 8, 8, device="meta")
+
+    losses = d.training_loss(model, x0, [], t=t, noise=noise)
+    assert losses["loss"].device.type == "meta" and calls == []
+    assert d.sqrt_alphas_cumprod.device.type == "cpu"  # the CPU copy stays, for the samplers' diffusers
+
+
+def test_a_training_step_looks_up_the_schedule_without_copies(monkeypatch, tmp_path):
+    """In the trainer (which calls Diffusion.to once), no Tensor.to runs in gentron/diffusion.py during
+    the training steps."""
+    import gentron.diffusion as diffusion_module
+    from gentron.train import train
+    from tests.support.train_fixtures import tiny_config
+
+    calls, real_loss = [], diffusion_module.Diffusion.training_loss
+
+    def watched(self, *args, **kwargs):
+        with monkeypatch.context() as m:
+            seen = _count_to_calls(m, "gentron/diffusion.py")
+            out = real_loss(self, *args, **kwargs)
+        calls.extend(seen)
+        return out
+
+    monkeypatch.setattr(diffusion_module.Diffusion, "training_loss", watched)
+    train(tiny_config(tmp_path, train={"steps": 2}, model={"learn_sigma": True, "prediction": "epsilon"}),
+          tmp_path / "run")
+    assert calls == []

@@ -12,7 +12,7 @@ from gentron import distributed as D
 from gentron.data.encode import encode_shards, main
 from gentron.data.training import build_training_data, needs_encoders, needs_vae
 from gentron.text import build_text_encoders
-from tests.support.train_fixtures import tiny_config, with_changes
+from tests.support.train_fixtures import state_equal, tiny_config, with_changes
 
 ENCODERS = [{"kind": "tiny_t5", "seed": 0, "width": 32, "layers": 1, "heads": 2},
             {"kind": "tiny_clip", "seed": 0, "width": 32, "layers": 1, "heads": 2}]
@@ -92,7 +92,7 @@ def test_array_task_defaults_come_from_slurm(tmp_path, monkeypatch, capsys):
     (tmp_path / "cell.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
-    main([str(tmp_path / "cell.yaml"), "--out", str(tmp_path / "features")])
+    main([str(tmp_path / "cell.yaml")])  # --out: the config's data.features_dir
     assert capsys.readouterr().out.strip().endswith("features-000001.pt")
     assert _index(tmp_path)["num_shards"] == 2 and list(_index(tmp_path)["shards"]) == ["features-000001.pt"]
 
@@ -164,6 +164,26 @@ def test_a_dropped_caption_takes_the_stored_empty_prompt(tmp_path):
             assert not emb.tokens[j, lengths[j]:].any()
 
 
+def test_a_set_of_two_encoders_serves_a_cell_of_either_or_both(tmp_path):
+    """The text_encoder grid's arms (CLIP, T5, both) share one encode pass."""
+    both = _cell(tmp_path)
+    _encode(both, tmp_path)
+    _, (x0, text, _) = _first_batch(both, tmp_path)
+    for encoders, picked in (([ENCODERS[1]], [1]), ([ENCODERS[1], ENCODERS[0]], [1, 0])):
+        arm = tiny_config(tmp_path, text_encoders=encoders, train={"caption_dropout": 0.0},
+                          data={"encode": "shards", "num_workers": 2, "features_dir": str(tmp_path / "features"),
+                                "shuffle_buffer": 8})
+        data, (y0, arm_text, _) = _first_batch(arm, tmp_path)
+        assert torch.equal(x0, y0)
+        assert data.encoder_names == [_index(tmp_path)["text_encoders"][j]["name"] for j in picked]
+        for emb, j in zip(arm_text, picked):
+            assert torch.equal(emb.tokens, text[j].tokens) and torch.equal(emb.pooled, text[j].pooled)
+    alone = tiny_config(tmp_path, text_encoders=[{**ENCODERS[1], "seed": 5}],
+                        data={"encode": "shards", "features_dir": str(tmp_path / "features")})
+    with pytest.raises(ValueError, match=r"text encoder 0 \(tiny_clip\) of this cell is not among the 2 there"):
+        build_training_data(alone, D.DistInfo(), "cpu", torch.float32, None, None, tmp_path / "cache", None)
+
+
 def test_training_from_shards_and_shards_of_another_encoding_are_refused(tmp_path):
     from gentron.checkpoint import load_checkpoint
     from gentron.train import train
@@ -174,6 +194,9 @@ def test_training_from_shards_and_shards_of_another_encoding_are_refused(tmp_pat
     assert state["step"] == 3 and state["data"]["images"] == 24
     assert state["data"]["skipped"] == {"skipped": [0], "skipped_shards": [0]}
     assert list(state["model_config"]["text_widths"]) == [32, 32]
+    train(with_changes(cfg, train={"steps": 2}), tmp_path / "resumed")  # stopped mid-epoch, then resumed
+    resumed = load_checkpoint(train(cfg, tmp_path / "resumed").checkpoint)
+    assert all(state_equal(state[k], resumed[k]) for k in ("model", "ema", "data"))
 
     other = tiny_config(tmp_path, text_encoders=[{**ENCODERS[0], "seed": 1}, ENCODERS[1]],
                         data={"encode": "shards", "features_dir": str(tmp_path / "features")})
@@ -200,7 +223,8 @@ def test_video_clips_train_from_shards(tmp_path):
                        train={"steps": 2, "p_motion_free": 0.5})
     _encode(cfg, tmp_path, shards=2)
     assert _index(tmp_path)["media"] == "video"
-    assert torch.load(tmp_path / "features/features-000000.pt", weights_only=True)["latents"].shape[1:] == (4, 3, 16, 16)
+    shard = torch.load(tmp_path / "features/features-000000.pt", weights_only=True)
+    assert shard["latents"].shape[1:] == (4, 3, 16, 16)
     state = load_checkpoint(train(cfg, tmp_path / "run").checkpoint)
     assert state["data"]["images"] + state["data"]["clips"] == 16 and list(state["data"]["streams"]) == ["clips"]
 

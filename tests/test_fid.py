@@ -1,4 +1,5 @@
 """eval.fid: the Fréchet distance against closed forms, shards, KID, reference stats, torchmetrics."""
+import json
 import os
 import warnings
 
@@ -7,7 +8,7 @@ import pytest
 from PIL import Image
 
 from eval import fid
-from eval.common import Sample, write_samples
+from eval.common import Sample, read_partials, write_samples
 
 
 def _folder(path, n, seed, size=24, shift=0):
@@ -175,3 +176,30 @@ def test_kid_from_statistics_files_or_a_clear_refusal(tmp_path):
         fid.evaluate(gen, ref=str(tmp_path / "cleanfid.npz"), n_boot=0, cache_dir=tmp_path / "cache")
     only_fid = fid.evaluate(gen, ref=str(tmp_path / "cleanfid.npz"), kid=False, n_boot=0, cache_dir=tmp_path / "cache")
     assert only_fid["aggregate"]["fid"]["mean"] == pytest.approx(folder["aggregate"]["fid"]["mean"], rel=1e-9)
+
+
+def test_features_in_shards_merge_into_the_unsharded_statistics_and_scores(tmp_path):
+    gen = _folder(tmp_path / "gen", 23, 3)
+    ref = _folder(tmp_path / "ref", 20, 4, shift=30)
+    (gen / "generation.json").write_text(json.dumps({"precision": "bf16 autocast, tf32 matmuls"}))
+    options = dict(ref=str(ref), n_boot=5, shard_size=5, batch_size=4)
+    whole = fid.evaluate(gen, cache_dir=tmp_path / "whole", **options)
+    assert whole["protocol"]["generation"]["precision"].startswith("bf16")
+    unsharded = fid.sharded_features([gen / f"{i:04d}.png" for i in range(23)], None, fid.build_extractor("random", "clean"),
+                                     "clean", batch_size=4)
+    for count in (2, 3, 6):  # 5 feature shards (the last of 3 images); 6 shards leave one empty
+        paths = [tmp_path / f"k{count}" / f"{k}.json" for k in range(count)]
+        parts = [fid.evaluate(gen, cache_dir=tmp_path / f"cache{count}", shard=(k, count), out=path, **options)
+                 for k, path in enumerate(paths)]
+        assert sum(p["n_images"] for p in parts) == 23
+        feats = fid.merged_features(read_partials(paths, "fid"))
+        for merged, expected in zip(fid.feature_stats(feats), fid.feature_stats(unsharded)):
+            np.testing.assert_allclose(merged, expected, rtol=1e-6, atol=1e-9)
+        result = fid.merge(paths)
+        assert result["aggregate"] == whole["aggregate"] and result["aggregate_by_seed"] == whole["aggregate_by_seed"]
+        assert result["protocol"] == whole["protocol"]
+    os.remove(parts[1]["feature_files"][0])
+    with pytest.raises(FileNotFoundError, match=r"features of shard \[1, 6\], is gone; score that shard again"):
+        fid.merge(paths)
+    with pytest.raises(ValueError, match="without --shard"):
+        fid.evaluate(gen, crosscheck=True, shard=(0, 2), **options)

@@ -28,7 +28,7 @@ from eval.geneval.rules import (COLORS, RELATIONS, TAGS, Settings, box_overlaps,
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = Path(os.environ.get("GENEVAL_OFFICIAL", REPO.parent / "shared" / "geneval"))
 CASES = 100_000
-PAIRS = 100_000
+PAIRS = 50_000
 
 
 def official_files() -> Path:
@@ -39,7 +39,8 @@ def official_files() -> Path:
 
 def load_official_scorer(root: Path) -> types.ModuleType:
     """evaluation/evaluate_images.py with torch, mmdet, open_clip and clip_benchmark stubbed while it loads
-    (the real modules are put back afterwards); its models are never built."""
+    (the real modules are put back afterwards); its models are never built. Its functions read their
+    globals (models, options, thresholds) at call time, so a test sets those."""
     import pandas  # noqa: F401  (the scorer's real imports, loaded before the stubs go in)
     from PIL import Image, ImageOps  # noqa: F401
 
@@ -77,7 +78,14 @@ def load_official_scorer(root: Path) -> types.ModuleType:
                 sys.modules[name] = original
     scorer.args = types.SimpleNamespace(options={})
     scorer.object_detector = None
-    scorer.Image = types.SimpleNamespace(open=lambda path: path)  # no image: colours come with the detections
+    scorer.official_color_classification = scorer.color_classification
+    return scorer
+
+
+def rules_only(scorer: types.ModuleType) -> types.ModuleType:
+    """The scorer fed synthetic detections: no image is opened, and each detection's colour comes in its
+    mask's place."""
+    scorer.Image = types.SimpleNamespace(open=lambda path: path)
     scorer.ImageOps = types.SimpleNamespace(exif_transpose=lambda image: image)
     scorer.color_classification = lambda image, objects, classname: [colour for _, colour in objects]
     return scorer
@@ -91,7 +99,7 @@ def configure(scorer, settings: Settings) -> None:
 
 @pytest.fixture(scope="module")
 def scorer():
-    return load_official_scorer(official_files())
+    return rules_only(load_official_scorer(official_files()))
 
 
 @pytest.fixture(scope="module")
@@ -213,13 +221,14 @@ def test_the_official_scorer_loads_with_its_heavy_imports_stubbed_and_the_real_o
     assert "clip_benchmark" not in sys.modules or hasattr(sys.modules["clip_benchmark"], "__path__")
 
 
-def test_the_rules_agree_with_the_official_scorer_on_100k_random_detection_sets(scorer, metadata):
+def agreement(scorer, metadata: list[dict], n: int, seed: int) -> tuple[dict, dict, list]:
+    """Run n random detection sets through the official scorer and ours: (counts, cases per tag, mismatches)."""
     counts = {"cases": 0, "correct": 0, "nms_on": 0, "at_overlap_edge": 0, "with_reason": 0, "kept_boxes": 0}
     by_tag = dict.fromkeys(TAGS, 0)
-    edge = np.random.default_rng(1).random(CASES) < 0.05
+    edge = (np.random.default_rng(seed + 1).random(n) < 0.05).tolist()
     mismatches = []
-    for n, (meta, settings, raw) in enumerate(random_cases(metadata, CASES)):
-        if edge[n]:
+    for at_edge, (meta, settings, raw) in zip(edge, random_cases(metadata, n, seed)):
+        if at_edge:
             settings = at_an_overlap(settings, raw, scorer)
             counts["at_overlap_edge"] += 1
         configure(scorer, settings)
@@ -231,8 +240,8 @@ def test_the_rules_agree_with_the_official_scorer_on_100k_random_detection_sets(
         correct, reason = judge(meta, detected, lambda name, found: [colour for _, colour in found],
                                 settings.position_threshold)
         details = json.dumps({name: [box.tolist() for box, _ in found] for name, found in detected.items()})
-        if (correct, details) != (theirs["correct"], theirs["details"]) or normalised(reason) != normalised(
-                theirs["reason"]):
+        if (correct, details) != (theirs["correct"], theirs["details"]) or (
+                reason != theirs["reason"] and normalised(reason) != normalised(theirs["reason"])):
             mismatches.append((meta, settings, {"ours": (correct, reason, details), "theirs": theirs}))
         counts["cases"] += 1
         counts["correct"] += bool(correct)
@@ -240,6 +249,12 @@ def test_the_rules_agree_with_the_official_scorer_on_100k_random_detection_sets(
         counts["with_reason"] += bool(reason)
         counts["kept_boxes"] += sum(len(found) for found in detected.values())
         by_tag[meta["tag"]] += 1
+    return counts, by_tag, mismatches
+
+
+@pytest.mark.slow  # about 12 s of one core
+def test_the_rules_agree_with_the_official_scorer_on_100k_random_detection_sets(scorer, metadata):
+    counts, by_tag, mismatches = agreement(scorer, metadata, CASES, seed=0)
     assert not mismatches, f"{len(mismatches)} of {counts['cases']} differ, e.g. {mismatches[0]}"
     assert counts["cases"] >= 100_000 and all(v > 10_000 for v in by_tag.values()), by_tag
     # both verdicts, suppression on and off, and the overlap edge are all well represented
@@ -247,27 +262,57 @@ def test_the_rules_agree_with_the_official_scorer_on_100k_random_detection_sets(
     assert counts["at_overlap_edge"] > 3_000, counts
 
 
-def test_relative_position_agrees_on_100k_box_pairs_with_offsets_at_the_margin(scorer):
+def test_the_rules_agree_with_the_official_scorer_on_10k_random_detection_sets(scorer, metadata):
+    """The same check on a tenth of the sets (other draws), for the fast suite."""
+    counts, by_tag, mismatches = agreement(scorer, metadata, CASES // 10, seed=10)
+    assert not mismatches, f"{len(mismatches)} of {counts['cases']} differ, e.g. {mismatches[0]}"
+    assert all(v > 1_000 for v in by_tag.values()) and 0.1 < counts["correct"] / counts["cases"] < 0.9, counts
+
+
+def boundary_pairs(rng, n: int, margin: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 5) box pairs (a, b) in whole and half pixels with a's centre offset from b's along one axis by
+    exactly 2 x margin x the summed sizes (the shrunk offset is then half the offset: the 0.5 edge) or by
+    margin x the summed sizes + a hair (the 1e-3 edge), and by 0 or a whole number along the other axis."""
+    size_b, size_a = rng.integers(1, 200, (n, 2)), rng.integers(1, 200, (n, 2))
+    size_a[:, 0] += (-(size_a[:, 0] + size_b[:, 0])) % 5  # summed widths and heights multiples of 5:
+    size_a[:, 1] += (-(size_a[:, 1] + size_b[:, 1])) % 5  # 0.2 x the sum is a whole number
+    centre_b = rng.integers(0, 512, (n, 2)).astype(np.float64)
+    axis = rng.integers(0, 2, n)
+    summed = (size_a + size_b)[np.arange(n), axis]
+    along = np.where(rng.random(n) < 0.6, 2 * margin * summed,
+                     margin * summed + rng.choice([5e-4, 1e-3, 2e-3, -1e-3, 0.0], n))
+    along *= rng.choice([-1.0, 1.0], n)
+    across = np.where(rng.random(n) < 0.6, 0.0, rng.integers(-60, 61, n))
+    offset = np.where(axis[:, None] == 0, np.stack([along, across], 1), np.stack([across, along], 1))
+    centre_a = centre_b + offset
+    a = np.concatenate([centre_a - size_a / 2, centre_a + size_a / 2, np.ones((n, 1))], 1).astype(np.float32)
+    b = np.concatenate([centre_b - size_b / 2, centre_b + size_b / 2, np.ones((n, 1))], 1).astype(np.float32)
+    return a, b
+
+
+def test_relative_position_agrees_on_50k_box_pairs_with_offsets_at_the_margin(scorer):
     rng = np.random.default_rng(2)
-    a = random_boxes(rng, PAIRS, rng.random(PAIRS) < 0.5)
-    b = np.roll(a, -1, axis=0)  # random_boxes places about a quarter beside the box before, at the margin's edge
-    a, b = np.concatenate([a, rng.random((PAIRS, 1)).astype(np.float32)], 1), np.concatenate(
-        [b, rng.random((PAIRS, 1)).astype(np.float32)], 1)
-    margins = np.where(rng.random(PAIRS) < 0.8, 0.1, rng.choice([0.0, 0.05, 0.3], PAIRS))
+    half = PAIRS // 2
+    boxes = random_boxes(rng, half + 1, rng.random(half + 1) < 0.5)  # a quarter beside the box before, near the margin
+    boxes = np.concatenate([boxes, rng.random((half + 1, 1)).astype(np.float32)], 1)
+    edge_a, edge_b = boundary_pairs(rng, PAIRS - half)
+    a, b = np.concatenate([boxes[1:], edge_a]), np.concatenate([boxes[:-1], edge_b])
+    margins = np.concatenate([np.where(rng.random(half) < 0.8, 0.1, rng.choice([0.0, 0.05, 0.3], half)),
+                              np.full(PAIRS - half, 0.1)])
     seen, differ = {}, []
-    for box_a, box_b, margin in zip(b, a, margins):  # b[i] sits relative to a[i] (the box before it)
-        scorer.POSITION_THRESHOLD = float(margin)
+    for box_a, box_b, margin in zip(a, b, margins.tolist()):
+        scorer.POSITION_THRESHOLD = margin
         theirs = scorer.relative_position((box_a, None), (box_b, None))
-        ours = relations(box_a, box_b, float(margin))
+        ours = relations(box_a, box_b, margin)
         if set(ours) != theirs or len(ours) != len(theirs):
             differ.append((box_a, box_b, margin, ours, theirs))
         seen[tuple(ours)] = seen.get(tuple(ours), 0) + 1
     assert not differ, f"{len(differ)} of {PAIRS} differ, e.g. {differ[0]}"
-    assert seen.get((), 0) > 5_000 and sum(v for k, v in seen.items() if len(k) == 2) > 5_000, seen
+    assert seen.get((), 0) > 2_500 and sum(v for k, v in seen.items() if len(k) == 2) > 2_500, seen
     assert all(any(r in k for k in seen) for r in RELATIONS)
 
 
-def test_compute_iou_agrees_on_100k_box_pairs(scorer):
+def test_compute_iou_agrees_on_50k_box_pairs(scorer):
     rng = np.random.default_rng(3)
     boxes = np.concatenate([random_boxes(rng, PAIRS + 1, rng.random(PAIRS + 1) < 0.5),
                             np.ones((PAIRS + 1, 1), np.float32)], 1)
@@ -279,7 +324,7 @@ def test_compute_iou_agrees_on_100k_box_pairs(scorer):
     anchor = boxes[0]
     assert np.array_equal(box_overlaps(anchor, boxes[1:1001]),
                           np.array([scorer.compute_iou(anchor, box) for box in boxes[1:1001]], dtype=np.float32))
-    assert (theirs > 0).sum() > 30_000 and (theirs == 0).sum() > 5_000
+    assert (theirs > 0).sum() > 15_000 and (theirs == 0).sum() > 2_500
 
 
 def test_reasons_name_relations_in_a_fixed_order():

@@ -255,3 +255,53 @@ def test_the_rerun_command_keeps_encoder_recipe_overrides(tmp_path):
     p = plan(["grid=text_encoder", "encoders.clip.steps=10", "local.workers=1", f"runs_dir={tmp_path}"])
     assert p.args == ["grid=text_encoder", "profile=embedded", "encoders.clip.steps=10"]
     assert [c.cell_id for c in plan([*p.args, f"runs_dir={tmp_path}"]).cells] == [c.cell_id for c in p.cells]
+
+
+def test_a_grid_file_named_by_its_path_runs_under_runs_dir(tmp_path, monkeypatch, capsys):
+    """grid=<path ending in .yaml> runs a grid file kept outside ablations/grids; its runs still go to
+    <runs_dir>/<its stem>/, and the plan's arguments name the file by its absolute path (the rerun hint
+    works from any folder)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "my_grid.yaml").write_text("description: mine\naxes:\n  conditioning:\n"
+                                            "    adaln: {model.conditioning: adaln}\nprofiles:\n  embedded: {}\n")
+    runs = tmp_path / "runs"
+    monkeypatch.chdir(tmp_path)
+    for given in (str(elsewhere / "my_grid.yaml"), "elsewhere/my_grid.yaml"):
+        p = plan([f"grid={given}", f"runs_dir={runs}"])
+        assert p.grid_dir == runs / "my_grid" and [c.axes for c in p.cells] == [{"conditioning": "adaln", "seed": 0}]
+        assert p.args[0] == f"grid={elsewhere / 'my_grid.yaml'}"
+        assert p.cells[0].grid == "my_grid"
+    assert main([f"grid={elsewhere / 'my_grid.yaml'}", "dry_run=true", f"runs_dir={runs}"]) == 0
+    assert f"1 cells in {runs / 'my_grid'}" in capsys.readouterr().out and not runs.exists()
+
+
+@pytest.mark.parametrize("grid", ["../../../tmp/x/evil", "/etc/passwd", "a/b", "..", ".x", "a\\b"])
+def test_a_grid_name_cannot_lead_outside_runs_dir(grid, tmp_path):
+    with pytest.raises(ConfigError, match="is not a grid name"):
+        plan([f"grid={grid}", f"runs_dir={tmp_path}"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_paper_dry_run_lists_what_is_missing_and_exits_zero(tmp_path, capsys):
+    """Missing weights, data and prompt files are what a dry run is for: it lists them (preflight) and
+    exits 0; the CPU time estimate skips cells that need GPUs and counts missing prompt sets as unknown."""
+    argv = ["grid=conditioning", "profile=paper", "dry_run=true", "data.path=/tmp/nodata", f"runs_dir={tmp_path}"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "error" not in captured.err and "preflight:" in captured.out
+    assert "prompt set 't2i_compbench_val': no file matches" in captured.out
+    assert "not estimated: every cell is beyond 100M parameters and needs GPUs" in captured.out
+    assert main(["grid=conditioning", "dry_run=true", "sample.prompt_sets=[compshapes_smoke,coco30k]",
+                 f"runs_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "unknown (left out of the estimate): prompt set coco30k" in out
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_grid_folder_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "conditioning").write_text("not a folder")
+    assert main(["grid=conditioning", f"runs_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert f"the grid's runs folder {tmp_path / 'conditioning'} is a file, not a folder" in err
+    assert "Errno" not in err and "Traceback" not in err

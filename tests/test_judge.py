@@ -290,3 +290,50 @@ def test_16_bit_images_are_scaled_and_grayscale_is_refused(tmp_path):
             _judged(folder, prompt, {name: picture})
     with pytest.raises(ValueError, match="grayscale"):
         judge.score_image(prompt, np.asarray(gray))
+
+
+def _sample_folder_in(folder):
+    folder.mkdir()
+    return _sample_folder(folder)
+
+
+def test_judging_in_shards_merges_into_the_unsharded_result(tmp_path, monkeypatch):
+    folder = _sample_folder_in(tmp_path / "s")
+    (folder / "generation.json").write_text(json.dumps({"precision": "fp32", "steps": 20}))
+    whole = json.loads(json.dumps(judge.evaluate(folder)))
+    assert whole["protocol"]["generation"] == {"precision": "fp32", "steps": 20}
+    for count in (1, 2, 3, 7):  # 7 shards of 5 samples: two are empty
+        paths = [tmp_path / f"k{count}" / f"{k}.json" for k in range(count)]
+        for k, path in enumerate(paths):
+            judge.evaluate(folder, shard=(k, count), out=path)
+        merged = judge.merge(paths)
+        assert merged == whole, count
+        for name, value in whole["aggregate"].items():
+            assert merged["aggregate"][name]["mean"] == pytest.approx(value["mean"], abs=1e-12)
+    # A finished shard is not judged again; the command line does the same.
+    monkeypatch.setattr(judge, "score_image", lambda *a: pytest.fail("judged again"))
+    judge.evaluate(folder, shard=(0, 2), out=tmp_path / "k2" / "0.json")
+    judge.main([str(folder), "--shard", "1/2", "--out", str(tmp_path / "k2" / "1.json")])
+    judge.main(["merge", str(tmp_path / "k2" / "0.json"), str(tmp_path / "k2" / "1.json"), "--out",
+                str(tmp_path / "merged.json")])
+    assert json.loads((tmp_path / "merged.json").read_text()) == whole
+
+
+def test_partials_that_are_not_one_split_are_refused(tmp_path):
+    folder = _sample_folder_in(tmp_path / "s")
+    parts = [judge.evaluate(folder, shard=(k, 3)) for k in range(3)]
+    with pytest.raises(ValueError, match=r"not every shard of 3 once \(missing \[1\], repeated \[\]\)"):
+        judge.merge([parts[0], parts[2]])
+    with pytest.raises(ValueError, match=r"missing \[\], repeated \[2\]"):
+        judge.merge([*parts, parts[2]])
+    with pytest.raises(ValueError, match="split the set differently"):
+        judge.merge([parts[0], judge.evaluate(folder, shard=(1, 2))])
+    (folder / "samples.jsonl").write_text((folder / "samples.jsonl").read_text().replace('"seed": 43', '"seed": 44'))
+    with pytest.raises(ValueError, match="scored on different sample folder contents"):
+        judge.merge([parts[0], parts[1], judge.evaluate(folder, shard=(2, 3))])
+    with pytest.raises(ValueError, match="not a partial result of compshapes_judge"):
+        judge.merge([{**parts[0], "metric": "clip_score"}])
+    with pytest.raises(FileNotFoundError, match="score that shard first"):
+        judge.merge([tmp_path / "missing.json"])
+    with pytest.raises(SystemExit):
+        judge.main([str(folder), "--shard", "2/2", "--out", str(tmp_path / "x.json")])

@@ -274,6 +274,56 @@ def test_bad_shards_do_not_stop_training_and_the_counts_sum_over_ranks(tmp_path)
     data.close()
 
 
+def _rank_counts(rank: int, cfg, port: int, out) -> None:
+    """One of two gloo ranks: six batches of the streamed data, then its counts and the summed ones."""
+    import os
+
+    from gentron import distributed as D
+    from gentron.data.training import build_training_data, summed_skipped
+    from gentron.text import build_text_encoders
+    from gentron.vae import build_vae
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    info = D.init_distributed()
+    encoders, vae = build_text_encoders(cfg.text_encoders), build_vae(cfg.vae)
+    data = build_training_data(cfg, info, "cpu", torch.float32, vae, encoders, out / "cache", None)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        data.next_batch(generator)
+    result = {"local": data.skipped_counts(), "summed": summed_skipped(data, info),
+              "state": data.state_dict()["skipped"]}
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
+    data.close()
+    D.shutdown(info)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_skipped_counts_sum_over_two_ranks(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from tests.support.train_fixtures import tiny_config
+
+    _bad_shards(tmp_path)
+    cfg = tiny_config(tmp_path, data={"kind": "webdataset", "path": str(tmp_path / "many-{0..6}.tar"),
+                                      "encode": "per_batch", "num_workers": 0, "shuffle_buffer": 2},
+                      train={"batch_size": 8})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank_counts, args=(cfg, port, tmp_path), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    local = [r["local"] for r in ranks]
+    total = {k: local[0][k] + local[1][k] for k in local[0]}
+    assert total["skipped_shards"] >= 3  # 24 samples per rank: each is past its first epoch (<= 14 + buffer)
+    assert all(r["summed"] == total for r in ranks)  # every rank gets the sum
+    assert ranks[0]["state"] == {k: [local[0][k], local[1][k]] for k in total}  # the checkpoint: per rank
+
+
 def test_check_shards_reads_headers_and_names_every_bad_shard(tmp_path):
     from gentron.data.real import check_shards
 

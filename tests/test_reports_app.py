@@ -1,6 +1,7 @@
 """The results browser under Streamlit's AppTest, on run folders built to DESIGN.md's contract."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -503,7 +504,8 @@ def test_the_paper_table_also_shows_grids_without_table2_columns(tmp_path, monke
     at = view(at.sidebar.multiselect[0].set_value(["conditioning", "mfg"]).run(), "Paper table")
     assert_clean(at)
     assert set(at.table[0].value["source"]) == {"ours", paper.PAPER_SOURCE}
-    motion = at.table[1].value
+    assert list(at.table[1].value.columns) == paper.COMPARISON_COLUMNS  # our verdicts beside Table 2's
+    motion = at.table[2].value
     assert motion.iloc[:, 0].tolist() == ["compshapes_judge/motion_consistency"] and motion.shape[1] == 3
     assert any(m.value.startswith("**mfg**") for m in at.markdown)
 
@@ -547,3 +549,135 @@ def test_the_warm_up_survives_a_broken_grid_and_a_grid_without_arms(tmp_path, mo
     monkeypatch.setenv("GENTRON_RUNS", str(tmp_path))
     browser.cached_grid.clear()
     browser.warm_up()
+
+
+# ---------------------------------------------------------------- verdicts
+
+
+VERDICT_COLUMNS = ["control", "arm", "metric", "difference [CI]", "p", "adjusted p", "verdict"]
+SIGNED_CI = re.compile(r"^[+-]\d+\.\d{3} \[[+-]\d+\.\d{3}, [+-]\d+\.\d{3}\]$")
+
+
+def test_verdicts_view_compares_every_arm_with_the_control(runs, monkeypatch):
+    """Per grid: control, arm, metric, difference [CI], p, adjusted p and verdict, the numbers
+    eval.verdicts computes from the shown cells' evaluator outputs (Holm over the grid by default)."""
+    from eval import verdicts
+
+    at = view(app(runs, monkeypatch), "Verdicts")
+    assert_clean(at)
+    assert at.subheader[0].value == "conditioning"
+    table = at.table[0].value
+    assert list(table.columns) == VERDICT_COLUMNS and len(table) == 6
+    assert set(table["control"]) == {"conditioning=adaln"} and set(table["arm"]) == {"conditioning=cross_attn"}
+    assert table["difference [CI]"].map(lambda v: bool(SIGNED_CI.match(v))).all()
+    assert set(table["verdict"]) <= {"better", "worse", "not separated"}
+    expected = verdicts.display_table(verdicts.grid_verdicts(runs / "conditioning"))
+    pd.testing.assert_frame_equal(table.reset_index(drop=True), expected, check_dtype=False)
+    captions = " ".join(c.value for c in at.caption)
+    assert "Holm over 6 comparisons" in captions and "2 training seed(s)" in captions
+    assert any(b.label == "Download verdicts of conditioning (CSV)" for b in at.get("download_button"))
+
+
+def test_verdicts_view_takes_another_control_every_pair_and_bh(runs, monkeypatch):
+    at = view(app(runs, monkeypatch).sidebar.multiselect[0].set_value(["mfg"]).run(), "Verdicts")
+    assert_clean(at)
+    control = at.selectbox(key="verdicts:control:mfg")
+    assert control.options[0] == "mfg_scale=none" and control.value == "mfg_scale=none"  # grid.yaml's first arm
+    assert len(at.table[0].value) == 3 * 6
+    at = control.set_value("mfg_scale=2.0").run()
+    assert_clean(at)
+    assert set(at.table[0].value["control"]) == {"mfg_scale=2.0"}
+    at = at.radio(key="verdicts:pairs").set_value("every pair").run()
+    assert_clean(at)
+    assert len(at.dataframe[0].value) == 6 * 6  # four arms: six pairs, more rows than a static table holds
+    at = at.radio(key="verdicts:correction").set_value("bh").run()
+    assert_clean(at)
+    assert any("Benjamini-Hochberg over 36 comparisons" in c.value for c in at.caption)
+
+
+def test_verdicts_follow_the_metric_and_cell_filters(runs, monkeypatch):
+    at = app(runs, monkeypatch)
+    at = at.sidebar.multiselect(key="metrics:conditioning").set_value(["compshapes_judge/color"]).run()
+    at = view(at, "Verdicts")
+    assert_clean(at)
+    assert at.table[0].value["metric"].tolist() == ["compshapes_judge/color"]
+    assert any("Holm over 1 comparisons" in c.value for c in at.caption)
+    at = at.sidebar.multiselect(key="filter:axis.conditioning").set_value(["adaln"]).run()
+    assert_clean(at)
+    assert not at.table and any("nothing to compare" in i.value for i in at.info)
+
+
+def test_verdicts_follow_a_changed_evaluation(tmp_path, monkeypatch):
+    """Verdicts are cached on the cells' evaluator outputs: rewriting one changes the view."""
+    from gentron.io import atomic_write_json
+
+    grid_dir = build_grid(tmp_path, "g", {"conditioning": ["adaln", "cross_attn"], "seed": [0]}, n_prompts=24,
+                          images=False)
+    at = view(app(tmp_path, monkeypatch), "Verdicts")
+    before = at.table[0].value.set_index("metric").loc["compshapes_judge/color", "difference [CI]"]
+    cells = results.load_grid(grid_dir).cells
+    path = Path(cells.loc[cells["axis.conditioning"] == "adaln", "path"].iloc[0]) / "eval" / "compshapes_judge.json"
+    found = json.loads(path.read_text())
+    for row in found["per_prompt"]:
+        row["scores"] = {k: 0.0 for k in row["scores"]}
+    atomic_write_json(path, found)
+    at = at.run()
+    assert_clean(at)
+    after = at.table[0].value.set_index("metric").loc["compshapes_judge/color", "difference [CI]"]
+    assert after != before
+
+
+def test_paper_table_sets_our_verdicts_beside_table2_directions(tmp_path, monkeypatch):
+    """cross-attention vs adaLN, the comparison Table 2 makes: our verdict per category beside the
+    paper's difference; agrees / disagrees / not separated; the exports carry the verdicts."""
+    build_grid(tmp_path, "conditioning", {"conditioning": ["adaln", "cross_attn"], "seed": [0]}, n_prompts=120,
+               images=False)
+    at = view(app(tmp_path, monkeypatch), "Paper table")
+    assert_clean(at)
+    comparisons = at.table[1].value
+    assert list(comparisons.columns) == paper.COMPARISON_COLUMNS
+    assert comparisons["category"].tolist() == paper.CATEGORIES
+    assert set(comparisons["comparison"]) == {"cross_attn vs adaln"} and set(comparisons["grid"]) == {"conditioning"}
+    assert comparisons.set_index("category").loc["color", "paper"] == "+36.97"  # 73.91 - 36.94
+    assert set(comparisons["verdict"]) == {"better"} and set(comparisons["vs paper"]) == {"agrees"}
+    assert any("Holm" in c.value and "about that training run" in c.value for c in at.caption)
+    assert len(at.get("download_button")) == 2
+
+
+def test_paper_comparisons_cover_every_pair_table2_makes():
+    """text_encoder: T5 vs CLIP, both vs CLIP, both vs T5; scale: G/2 vs XL/2; an arm the paper has
+    no row for (an embedded label) is matched by its grid-file name."""
+    from eval.verdicts import Arms
+
+    arms = Arms(axes=["text_encoder"], labels=["text_encoder=tiny CLIP", "text_encoder=tiny T5", "text_encoder=both"],
+                keys={"text_encoder=tiny CLIP": {"text_encoder": "clip"}, "text_encoder=tiny T5": {"text_encoder": "t5"},
+                      "text_encoder=both": {"text_encoder": "clip+t5"}})
+    assert [(a.split("=")[1], r.split("=")[1]) for a, r, _, _ in paper.paper_pairs(arms)] == [
+        ("tiny T5", "tiny CLIP"), ("both", "tiny CLIP"), ("both", "tiny T5")]
+    scale = Arms(axes=["scale"], labels=["scale=XL", "scale=G"], keys={"scale=XL": {"scale": "XL/2"},
+                                                                      "scale=G": {"scale": "G/2"}})
+    assert [(a, r, ra, rr) for a, r, ra, rr in paper.paper_pairs(scale)] == [("scale=G", "scale=XL", 4, 3)]
+    assert paper.paper_difference(4, 3, "color") == pytest.approx(76.74 - 75.65)
+    assert paper.agreement("better", 1.09) == "agrees" and paper.agreement("worse", 1.09) == "disagrees"
+    assert paper.agreement("not separated", 1.09) == "not separated" and paper.agreement("better", 0.0) == "disagrees"
+
+
+def test_paper_exports_carry_the_verdicts(tmp_path):
+    from eval import verdicts
+
+    grid_dir = build_grid(tmp_path, "conditioning", {"conditioning": ["adaln", "cross_attn"], "seed": [0]},
+                          n_prompts=60, images=False)
+    grid = results.load_grid(grid_dir)
+    comparisons = paper.paper_verdicts(verdicts.read_scores(grid_dir), "compshapes_judge", "conditioning",
+                                       verdicts.grid_layout(grid_dir)["order"])
+    table = paper.with_verdicts(paper.side_by_side(
+        paper.paper_table(grid.results, grid.cells, ["axis.conditioning"], "compshapes_judge"), True), comparisons)
+    csv = pd.read_csv(io.BytesIO(paper.to_csv(table)))
+    assert {f"{c} verdict" for c in paper.CATEGORIES} <= set(csv.columns)
+    row = csv[csv["variant"] == "cross_attn"].iloc[0]
+    assert row["color verdict"] in {"better than adaln, agrees", "not separated from adaln",
+                                    "worse than adaln, disagrees"}
+    assert csv.loc[csv["variant"] == "adaln", "color verdict"].isna().all()
+    latex = paper.to_latex(table, comparisons)
+    assert latex.startswith(r"\begin{tabular}{llrrrrrr}") and latex.count(r"\begin{tabular}") == 2
+    assert r"cross\_attn vs adaln" in latex

@@ -50,6 +50,32 @@ def test_results_browser_renders_table_and_paper_view(browser, tmp_path):
         page.close()
 
 
+def test_verdicts_view_and_paper_comparisons_render(browser, tmp_path):
+    """The verdicts view (each arm against the control) and the paper table's comparisons with
+    Table 2's directions draw in Chromium, verdicts coloured; screenshots in test-artifacts/."""
+    build_grid(tmp_path, "conditioning", {"conditioning": ["adaln", "cross_attn"], "seed": [0]}, n_prompts=120,
+               images=False)
+    with results_browser(tmp_path) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url + "/?view=Verdicts", timeout=60_000)
+        page.get_by_text(re.compile("after Holm over 6 comparisons")).wait_for(timeout=60_000)
+        _drawn(page, "[data-testid='stTable']")
+        table = page.locator("[data-testid='stTable']").first
+        assert table.get_by_text("conditioning=cross_attn").count() == 6
+        better = table.get_by_text("better", exact=True)
+        assert better.count() == 6
+        assert better.first.evaluate("e => getComputedStyle(e.closest('td')).color") == "rgb(46, 125, 50)"
+        page.screenshot(path=str(ARTIFACTS / "results_verdicts.png"), full_page=True)
+        page.goto(url + "/?view=Paper+table", timeout=60_000)
+        page.get_by_text("Our verdicts beside Table 2's directions").wait_for(timeout=60_000)
+        _drawn(page, "[data-testid='stTable']")
+        comparisons = page.locator("[data-testid='stTable']").nth(1)
+        assert comparisons.get_by_text("agrees", exact=True).count() == 6
+        page.screenshot(path=str(ARTIFACTS / "results_paper_verdicts.png"), full_page=True)
+        assert not page.locator("[data-testid='stException']").count()
+        page.close()
+
+
 VIEWPORTS = {"desktop": {"width": 1400, "height": 900}, "phone": {"width": 390, "height": 844}}
 
 

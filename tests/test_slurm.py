@@ -76,6 +76,36 @@ def count_steps(cell_dir: str) -> int:
     return progress["total"]
 
 
+def train_tiny(cell_dir: str) -> int:
+    """Train the cell's config.json, slowed to task.json's sleep_s per step (the numbers unchanged);
+    starts.log gets the step each start resumes from, stops.log each end's step and whether a
+    signal stopped it. A stopped run raises, as the grid's train stage does."""
+    import logging
+
+    import gentron.train as T
+    from gentron.checkpoint import checkpoint_dir, load_checkpoint, resume_checkpoint
+
+    if "SLURM_JOB_ID" in os.environ:  # the job's log shows the trainer's resume line
+        logging.basicConfig(level=logging.INFO)
+    cell = Path(cell_dir)
+    source = resume_checkpoint(checkpoint_dir(cell))
+    with open(cell / "starts.log", "a") as f:
+        f.write(f"{load_checkpoint(source)['step'] if source else 0}\n")
+    real, pause = T.update_ema, read_json(cell / "task.json")["sleep_s"]
+
+    def slow(ema, model, decay):
+        real(ema, model, decay)
+        time.sleep(pause)
+
+    T.update_ema = slow
+    result = T.train(read_json(cell / "config.json"), cell)
+    with open(cell / "stops.log", "a") as f:
+        f.write(f"{result.step} {int(result.stopped)}\n")
+    if result.stopped:
+        raise RuntimeError(f"training stopped at step {result.step}")
+    return result.step
+
+
 # ---- helpers -----------------------------------------------------------------------------------
 
 def make_cells(root: Path, names: list[str]) -> list[Path]:
@@ -228,3 +258,77 @@ def test_requeued_task_resumes_to_the_same_result(tmp_path, profile):
         assert (cell / "finishes.log").read_text().split() == [str(task["steps"])]  # killed, resumed
         assert read_json(cell / "result.json")["total"] == expected
         assert job.result() == expected
+
+
+def _logged_steps(cell: Path) -> int:
+    log_file = cell / "train_log.jsonl"
+    return len(log_file.read_text().splitlines()) if log_file.exists() else 0
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("how", ["timeout", "preemption"])
+def test_a_signalled_training_job_checkpoints_that_step_and_resumes_from_it(tmp_path, profile, how):
+    """USR2 (submitit's time-limit warning) or SIGTERM then USR2 (preemption) mid-run: the trainer
+    finishes its step, checkpoints it and returns; the job requeues and resumes from that step, not
+    from a periodic checkpoint (there is none: ckpt_every is past the end), and ends with the
+    weights of an uninterrupted run."""
+    from gentron.checkpoint import load_checkpoint
+    from gentron.config import to_dict
+    from gentron.train import train
+    from tests.support.train_fixtures import state_equal, tiny_config
+
+    cfg = tiny_config(tmp_path, train={"steps": 30, "ckpt_every": 1000, "log_every": 1})
+    cell = make_cells(tmp_path / "grid", ["cell"])[0]
+    atomic_write_json(cell / "config.json", to_dict(cfg))
+    atomic_write_json(cell / "task.json", {"sleep_s": 0.3})
+    (job,) = submit_stage(profile, tmp_path / "grid", "train", train_tiny, [cell])
+    wait_for(lambda: _logged_steps(cell) >= 4, 90, "training to take steps")
+    sent_at = _logged_steps(cell)
+    job._interrupt(timeout=how == "timeout")
+
+    assert wait_stage_done(tmp_path / "grid", "train", timeout=110) == {"cell": "COMPLETED"}
+    starts = [int(s) for s in (cell / "starts.log").read_text().split()]
+    stops = [line.split() for line in (cell / "stops.log").read_text().splitlines()]
+    stopped_at = int(stops[0][0])
+    assert stops[0][1] == "1" and sent_at <= stopped_at < sent_at + 5, (sent_at, stops)
+    assert starts == [0, stopped_at] and stops[1] == ["30", "0"]
+    assert f"at step {stopped_at} from {cell / 'checkpoints' / 'last.pt'}" in Path(job.paths.stderr).read_text()
+    assert job.result() == 30
+    straight = load_checkpoint(train(cfg, tmp_path / "straight").checkpoint)
+    assert state_equal(straight["model"], load_checkpoint(cell / "checkpoints" / "last.pt")["model"])
+
+
+def test_cell_task_requeues_only_after_the_trainer_checkpointed(tmp_path, monkeypatch):
+    """In a job, submitit's USR2 handler requeues and exits. While the trainer runs, USR2 only stops
+    it after the step; CellTask then hands the signal to that handler, with the checkpoint on disk."""
+    import signal
+
+    import gentron.train as T
+    from gentron.checkpoint import load_checkpoint
+    from gentron.config import to_dict
+    from slurm.launcher import CellTask
+    from tests.support.train_fixtures import tiny_config
+
+    cell = make_cells(tmp_path, ["cell"])[0]
+    atomic_write_json(cell / "config.json", to_dict(tiny_config(tmp_path, train={"steps": 6})))
+    atomic_write_json(cell / "task.json", {"sleep_s": 0})
+    real, calls, handled = T.update_ema, [], []
+
+    def signal_at_step_two(ema, model, decay):
+        real(ema, model, decay)
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGUSR2)
+
+    def submitit_handler(signum, frame):  # checkpoint_and_try_requeue's stand-in
+        handled.append((signum, load_checkpoint(cell / "checkpoints" / "last.pt")["step"]))
+
+    monkeypatch.setattr(T, "update_ema", signal_at_step_two)
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        with pytest.raises(RuntimeError, match="stopped at step 2"):
+            CellTask(train_tiny)(str(cell))
+        assert handled == [(signal.SIGUSR2, 2)]
+        assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # the trainer put it back
+    finally:
+        signal.signal(signal.SIGUSR2, previous)

@@ -100,3 +100,30 @@ def test_wilson_interval_is_scipys_and_the_textbook_formula(k, n):
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     assert wilson(k, n) == pytest.approx((max(0.0, centre - half), min(1.0, centre + half)), abs=1e-12)
     assert wilson(0, 0) == (0.0, 0.0)
+
+
+def test_partials_merge_protocols_and_a_changed_option_scores_again(tmp_path):
+    from eval.common import generation_protocol, merged_protocol, shard_partial
+
+    a = {"partial": {"shard": [0, 2]}, "protocol": {"model": "x", "precision": "fp32"}}
+    b = {"partial": {"shard": [1, 2]}, "protocol": {"model": "x", "detector": "owl"}}
+    assert merged_protocol([a, b]) == {"model": "x", "precision": "fp32", "detector": "owl"}
+    with pytest.raises(ValueError, match="shards disagree on protocol 'model'"):
+        merged_protocol([a, {**b, "protocol": {"model": "y"}}])
+
+    (tmp_path / "samples.jsonl").write_text('{"file": "a.png", "prompt": "p", "seed": 1}\n')
+    calls = []
+
+    def score():
+        calls.append(1)
+        return {"protocol": {}, "per_image": [{"file": "a.png"}]}
+    out = tmp_path / "part.json"
+    first = shard_partial("m", tmp_path, "0/1", out, {"size": 1}, score)
+    assert first["partial"]["shard"] == [0, 1] and len(calls) == 1
+    assert shard_partial("m", tmp_path, (0, 1), out, {"size": 1}, score) == first and len(calls) == 1
+    shard_partial("m", tmp_path, (0, 1), out, {"size": 2}, score)  # other options: scored again
+    assert len(calls) == 2
+    assert generation_protocol(tmp_path) == {}
+    (tmp_path / "generation.json").write_text("{torn")
+    with pytest.raises(ValueError, match="generation.json is not valid JSON"):
+        generation_protocol(tmp_path)

@@ -8,6 +8,6 @@ scores a sample folder (or a folder in the official `{prompt}_{counter:06}.png` 
 Prompts are parsed with spaCy's en_core_web_sm as the reference code parses them (docs/evaluators.md).
 """
 from eval.compbench.prompts import CATEGORIES
-from eval.compbench.run import evaluate
+from eval.compbench.run import evaluate, merge
 
-__all__ = ["CATEGORIES", "evaluate"]
+__all__ = ["CATEGORIES", "evaluate", "merge"]

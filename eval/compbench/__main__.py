@@ -8,7 +8,7 @@ from eval import weights
 from eval.common import (OneLineParser, device_name, existing_folder, non_empty, output_folder, probability,
                          run_cli)
 from eval.compbench.prompts import CATEGORIES, IMAGES_PER_PROMPT, generation_plan, write_plan
-from eval.compbench.run import evaluate
+from eval.compbench.run import evaluate, merge
 from eval.compbench.spatial import CONFIDENCE
 from eval.compbench.vqa import IMAGE_SIZE
 from gentron.errors import exits_on_user_error, positive_int
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["plan"]:
         _plan(argv[1:])
     else:
-        run_cli("compbench", evaluate, _add_arguments, argv)
+        run_cli("compbench", evaluate, _add_arguments, argv, merge)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,15 @@ from tqdm import tqdm
 
 from eval import weights
 from eval.clip_score import ClipEmbedder
-from eval.common import batched, image_row, load_image, refuse_damaged_images, resolve_device, result
+from eval.common import (generation_protocol, image_row, load_image, merged_per_image, merged_protocol,
+                         read_partials, refuse_damaged_images, resolve_device, result, shard_partial)
 from eval.compbench import complex as complex_
 from eval.compbench import nonspatial, questions
 from eval.compbench.prompts import ATTRIBUTE, complex_parts, compbench_samples
 from eval.compbench.spatial import CONFIDENCE, Detector
 from eval.compbench.vqa import IMAGE_SIZE, BlipVqa
 from gentron.io import atomic_write_json, atomic_write_text
+from gentron.partition import shard_range
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +94,16 @@ def evaluate(samples_dir, category: str | None = None, blip: str = weights.BLIP_
              clip: str = weights.CLIP_B32, clip_pretrained: str | None = None, checkout: str | None = None,
              official_dir: str | None = None, device: str | None = None, batch_size: int = 8,
              detector_confidence: float = CONFIDENCE, vqa_image_size: int = IMAGE_SIZE,
-             allow_random_clip: bool = False) -> dict:
-    """T2I-CompBench scores of a sample folder (every category present, or --category)."""
+             allow_random_clip: bool = False, shard=None, out=None) -> dict:
+    """T2I-CompBench scores of a sample folder (every category present, or --category). With
+    `shard=(k, K)`: shard k of K only (whole batches of a category), returned and written to `out` as a
+    partial result; `merge` combines the K partials and writes the official files."""
     samples, excluded = compbench_samples(samples_dir, category, checkout)
-    refuse_damaged_images([Path(samples_dir) / s.file for s in samples], "sample", fix="regenerate them")
     categories = sorted({s.category for s in samples})
+    units = _units(samples, categories, batch_size)
+    span = shard_range(len(units), 1, shard)
+    refuse_damaged_images([Path(samples_dir) / s.file for _, _, batch in units[span.start:span.stop] for s in batch],
+                          "sample", fix="regenerate them")
     parts = None
     if "complex" in categories:
         if checkout is None:
@@ -108,26 +115,69 @@ def evaluate(samples_dir, category: str | None = None, blip: str = weights.BLIP_
     if official_dir and Path(official_dir).exists() and not Path(official_dir).is_dir():
         raise NotADirectoryError(f"--official-dir {official_dir} is a file; give a folder for the official result files")
     models = Models(blip, detector, clip, clip_pretrained, resolve_device(device), detector_confidence,
-                    vqa_image_size, allow_random_clip)
-    official = Path(official_dir) if official_dir else Path(samples_dir) / "eval" / "compbench_official"
-    per_image, averages = [], {}
+                    vqa_image_size, allow_random_clip)  # each loads on first use
+    if shard is not None:
+        options = {"category": category, "blip": blip, "detector": detector, "clip": clip,
+                   "clip_pretrained": clip_pretrained, "checkout": checkout, "official_dir": official_dir,
+                   "batch_size": batch_size, "detector_confidence": detector_confidence,
+                   "vqa_image_size": vqa_image_size, "allow_random_clip": allow_random_clip}
+
+        def score() -> dict:
+            per_image = _score_units(samples_dir, units[span.start:span.stop], models, parts)
+            return {"protocol": {**models.protocol(), "language_model": language_model},
+                    "per_image": per_image, "excluded_categories": excluded}
+        return shard_partial("t2i_compbench", samples_dir, shard, out, options, score)
+    per_image = _score_units(samples_dir, units, models, parts)
+    return _finish(samples_dir, per_image, {**models.protocol(), "language_model": language_model}, excluded,
+                   checkout, official_dir, blip, clip, clip_pretrained)
+
+
+def merge(partials, official_dir: str | None = None) -> dict:
+    """The result of a folder from the partial results of its K shards (the same as one unsharded run),
+    with the official result files written (to `official_dir`, else where the shards were told)."""
+    parts = read_partials(partials, "t2i_compbench")
+    header, options = parts[0]["partial"], parts[0]["partial"]["options"]
+    return _finish(header["samples_dir"], merged_per_image(parts), merged_protocol(parts),
+                   parts[0]["excluded_categories"], options["checkout"], official_dir or options["official_dir"],
+                   options["blip"], options["clip"], options["clip_pretrained"])
+
+
+def _units(samples, categories: list[str], batch_size: int) -> list[tuple[str, int, list]]:
+    """(category, question id of its first image, samples) per batch: each category's images ordered by
+    (prompt id, index), so with prompt ids = prompt-file lines a question_id is the official counter."""
+    units = []
     for cat in categories:
         ordered = sorted((s for s in samples if s.category == cat), key=lambda s: (s.prompt_id, s.index, s.file))
-        rows = []
-        for batch in tqdm(list(batched(ordered, batch_size)), desc=f"compbench {cat}", unit="batch"):
-            images = [load_image(samples_dir, s) for s in batch]
-            for s, scores in zip(batch, _score_batch(cat, models, images, [s.prompt for s in batch], parts)):
-                rows.append({**image_row(s, scores), "question_id": len(rows)})
+        units += [(cat, start, ordered[start:start + batch_size]) for start in range(0, len(ordered), batch_size)]
+    return units
+
+
+def _score_units(samples_dir, units, models: Models, parts) -> list[dict]:
+    per_image = []
+    for cat, start, batch in tqdm(units, desc="compbench", unit="batch"):
+        images = [load_image(samples_dir, s) for s in batch]
+        scored = _score_batch(cat, models, images, [s.prompt for s in batch], parts)
+        per_image += [{**image_row(s, scores), "question_id": start + i} for i, (s, scores) in enumerate(zip(batch, scored))]
+    return per_image
+
+
+def _finish(samples_dir, per_image: list[dict], model_protocol: dict, excluded: dict, checkout, official_dir,
+            blip: str, clip: str, clip_pretrained: str | None) -> dict:
+    """The official files per category, their averages, and the evaluator's result."""
+    official = Path(official_dir) if official_dir else Path(samples_dir) / "eval" / "compbench_official"
+    averages = {}
+    for cat in sorted({row["category"] for row in per_image}):
+        rows = [row for row in per_image if row["category"] == cat]
         _write_official(official, cat, rows)
         averages[cat] = sum(r["scores"][cat] for r in rows) / len(rows)
         log.info("%s: %.4f over %d images", cat, averages[cat], len(rows))
-        per_image += rows
     atomic_write_json(official / "averages.json", averages)
     comparable = _comparable(set(averages), blip, clip, clip_pretrained)
-    protocol = {**models.protocol(), "images_per_prompt": "as generated (official: 10, seeds 42..51)",
-                "language_model": language_model, "checkout": None if checkout is None else str(checkout),
-                "complex_subsplits": "official sub-split files" if parts else None,
-                "excluded_categories": excluded, "official_dir": str(official), "comparable_by_category": comparable}
+    protocol = {**model_protocol, "images_per_prompt": "as generated (official: 10, seeds 42..51)",
+                "checkout": None if checkout is None else str(checkout),
+                "complex_subsplits": "official sub-split files" if "complex" in averages else None,
+                "excluded_categories": excluded, "official_dir": str(official), "comparable_by_category": comparable,
+                **generation_protocol(samples_dir)}
     return result("t2i_compbench", per_image, protocol, all(comparable.values()),
                   {"official_averages": averages})
 

@@ -63,17 +63,15 @@ class ColourClassifier:
     """Classifies detected objects into COLORS; loads CLIP on first use."""
 
     def __init__(self, model: str = DEFAULT_MODEL, pretrained: str | None = None, device: str = "cpu",
-                 background: str = BACKGROUND, crop: bool = True, batch_size: int = BATCH_SIZE):
+                 background: str = BACKGROUND, crop: bool = True, batch_size: int = BATCH_SIZE, amp: bool | None = None):
         self.model_name, self.pretrained = model, clip_pretrained(model, pretrained)
         self.device, self.background, self.crop, self.batch_size = device, background, crop, batch_size
+        # clip_benchmark's autocast: on CUDA, as the reference runs (float16); off elsewhere unless asked (on a
+        # CPU it would run in bfloat16, further from the reference than float32)
+        self.amp = torch.device(device).type == "cuda" if amp is None else amp
         self.checkpoint = check_weights(self.model_name, self.pretrained)
         self._loaded = None
         self._classifiers: dict[str, torch.Tensor] = {}
-
-    @property
-    def amp(self) -> bool:
-        """clip_benchmark's autocast, on CUDA only (the reference runs on CUDA, in float16 there); float32 elsewhere."""
-        return torch.device(self.device).type == "cuda"
 
     def _load(self):
         if self._loaded is None:

@@ -83,6 +83,19 @@ def official_summary(rows: list[dict]) -> dict:
             "tasks": tasks, "overall": float(np.mean(list(tasks.values())))}
 
 
+def weight_problems(detector: str | None = None, clip_model: str = colors.DEFAULT_MODEL,
+                    clip_pretrained: str | None = None) -> list[str]:
+    """One line per model that is not on this machine, naming the fix (nothing is downloaded or loaded)."""
+    problems = []
+    for check in (lambda: detector_.detector_folder(detector_.detector_name(detector)),
+                  lambda: colors.check_weights(clip_model, colors.clip_pretrained(clip_model, clip_pretrained))):
+        try:
+            check()
+        except (FileNotFoundError, ValueError) as e:
+            problems.append(str(e))
+    return problems
+
+
 def evaluate(samples_dir, metadata: str | None = None, detector: str | None = None,
              clip_model: str = colors.DEFAULT_MODEL, clip_pretrained: str | None = None,
              device: str | None = None, threshold: float = 0.3, counting_threshold: float = 0.9,
@@ -115,7 +128,7 @@ def evaluate(samples_dir, metadata: str | None = None, detector: str | None = No
     all_prompts = len(prompt_ids) == prompts.NUM_PROMPTS and counts == Counter({prompts.IMAGES_PER_PROMPT:
                                                                                   prompts.NUM_PROMPTS})
     protocol = {**settings.as_dict(), **model.protocol(), **(classifier.protocol() if classifier else {}),
-                "device": device, "images_per_prompt": dict(sorted(counts.items())), "prompts": len(prompt_ids),
+                "device": device, "prompts": len(prompt_ids), "prompts_by_image_count": dict(sorted(counts.items())),
                 "layout": "gentron" if (folder / "samples.jsonl").exists() else "official",
                 "metadata": None if metadata is None else str(metadata), "official_results": str(results_path),
                 "full_benchmark": all_prompts,

@@ -2,14 +2,14 @@
 written once into feature shards that training streams (`data.encode: shards`, `data.features_dir`)
 without a VAE or a text encoder on the training device. Encode once, train many times.
 
-    python -m gentron.data.encode CONFIG.yaml --out FEATURES_DIR [--shard I --num-shards N]
+    python -m gentron.data.encode CONFIG.yaml [--out FEATURES_DIR] [--shard I --num-shards N]
 
 The data set's units (WebDataset shards, chunks of files, byte ranges of a manifest, ranges of
 CompShapes indices) are numbered; shard I of N holds units I, I + N, ... and is written by one task:
 under a SLURM job array, `--shard` and `--num-shards` default to SLURM_ARRAY_TASK_ID and
 SLURM_ARRAY_TASK_COUNT (`sbatch --array=0-<N-1>`). Each shard is written atomically and skipped when
 complete, so a requeued or rerun array redoes only unfinished shards (a killed task's temporary file
-is removed when its shard is next written). The layout of the folder (index.json, the empty prompt's
+is removed when its shard is next written). `--out` defaults to the config's data.features_dir. The layout of the folder (index.json, the empty prompt's
 features, the shards) is gentron.data.shards'.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from gentron.data.real import BadSample, BadUnit
 from gentron.data.shards import (DTYPE_NAMES, EMPTY_PROMPT, FORMAT, INDEX, data_identity, data_key, encoder_specs,
                                  index_mismatches, load_shard, read_index, shard_name, stored_dtype, vae_identity)
 from gentron.data.sources import as_source, open_dataset
+from gentron.errors import exits_on_user_error, positive_int
 from gentron.io import atomic_torch_save, atomic_write_json, remove_stale_temporaries
 from gentron.text import build_text_encoders
 from gentron.vae import build_vae
@@ -78,8 +79,8 @@ def _open_index(out_dir: Path, cfg: CellConfig, encoders, dtypes: list[torch.dty
             return
         header = _header(cfg, encoders, dtypes, vae, num_shards)
         empty = [_packed(e, [""], dtype) for e, dtype in zip(encoders, dtypes)]
-        atomic_torch_save(out_dir / EMPTY_PROMPT, {"names": [e.name for e in encoders],
-                                                   "text": [{"tokens": p["tokens"], "pooled": p["pooled"][0]} for p in empty]})
+        text = [{"tokens": p["tokens"], "pooled": p["pooled"][0]} for p in empty]
+        atomic_torch_save(out_dir / EMPTY_PROMPT, {"names": [e.name for e in encoders], "text": text})
         atomic_write_json(out_dir / INDEX, header)
         log.info("started the shard set %s: %d shards of %s", out_dir, num_shards, header["data_key"])
 
@@ -208,22 +209,27 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value not in (None, "") else default
 
 
+@exits_on_user_error("python -m gentron.data.encode")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gentron.data.encode",
-                                     description="Encode a data set's VAE latents and text features into feature shards.")
+                                     description="Encode a data set's VAE latents and text features into "
+                                                 "feature shards.")
     parser.add_argument("config", help="cell config YAML (its data, vae and text_encoders sections are used)")
-    parser.add_argument("--out", required=True, help="the features folder (data.features_dir in training)")
+    parser.add_argument("--out", help="the features folder (data.features_dir in training; default: the config's)")
     parser.add_argument("--shard", type=int, default=_env_int("SLURM_ARRAY_TASK_ID", 0),
                         help="which shard this task writes (default: $SLURM_ARRAY_TASK_ID, else 0)")
     parser.add_argument("--num-shards", type=int, default=_env_int("SLURM_ARRAY_TASK_COUNT", 1),
                         help="how many shards the set has (default: $SLURM_ARRAY_TASK_COUNT, else 1)")
-    parser.add_argument("--batch-size", type=int, default=64, help="samples per VAE and text-encoder call")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="samples per VAE and text-encoder call")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        print(encode_shards(args.config, args.out, args.shard, args.num_shards, args.batch_size))
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
+    if not Path(args.config).is_file():
+        raise FileNotFoundError(f"config {args.config} does not exist; give a cell config YAML")
+    cfg = load_config(args.config)
+    out = args.out or cfg.data.features_dir
+    if not out:
+        raise ValueError(f"{args.config} sets no data.features_dir: give the features folder with --out DIR")
+    print(encode_shards(cfg, out, args.shard, args.num_shards, args.batch_size))
 
 
 if __name__ == "__main__":

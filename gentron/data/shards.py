@@ -27,7 +27,9 @@ A shard (torch.save; training memory-maps it, so a worker holds only what its bu
                 "pooled": (N, P)}, T5 features in bfloat16, others in the dtype the encoder gives
     units       the source units it holds (task i of n: units i, i + n, ...)
     samples, skipped, skipped_units, shard, num_shards, format
-Training pads each batch's tokens to its own longest prompt, as the encoders do per batch.
+Training pads each batch's tokens to its own longest prompt, as the encoders do per batch. A set
+serves every cell with the same data and VAE whose text encoders are among the set's (a set encoded
+with CLIP and T5 trains the CLIP, T5 and CLIP+T5 cells of the text_encoder grid).
 """
 from __future__ import annotations
 
@@ -101,30 +103,58 @@ def _diff(where: str, stored, here) -> list[str]:
 
 def index_mismatches(index: dict, cfg: CellConfig, encoders=None) -> list[str]:
     """How a shard set's index disagrees with what `cfg` (and its built `encoders`, when given) would
-    encode: the layout, the data, the VAE, the text encoders (by spec and by fingerprint)."""
-    found = []
-    if index.get("format") != FORMAT:
-        return [f"layout {index.get('format')} there, {FORMAT} here"]
-    found += _diff("data", index["data"], data_identity(cfg))
-    found += _diff("vae", index["vae"]["spec"], vae_identity(cfg))
+    encode: the layout, the data, the VAE, the text encoders (by spec, in order, and by fingerprint)."""
+    found = _set_mismatches(index, cfg)
+    if found:
+        return found
     stored = index["text_encoders"]
     specs = encoder_specs(cfg)
     if len(stored) != len(specs):
-        found.append(f"{len(stored)} text encoder(s) there ({', '.join(e['name'] for e in stored)}), "
-                     f"{len(specs)} here")
-        return found
+        return [f"{len(stored)} text encoder(s) there ({', '.join(e['name'] for e in stored)}), {len(specs)} here"]
     for i, (entry, spec) in enumerate(zip(stored, specs)):
         found += _diff(f"text_encoders[{i}]", entry["spec"], spec)
-    if encoders is not None:
-        found += [f"text encoder {i} is {e.name!r} here, {entry['name']!r} there"
-                  for i, (entry, e) in enumerate(zip(stored, encoders)) if e.name != entry["name"]]
-    return found
+    return found + _name_mismatches(stored, encoders)
+
+
+def select_encoders(index: dict, cfg: CellConfig, encoders=None) -> tuple[list[int], list[str]]:
+    """Which of a shard set's text encoders are the cell's, in the cell's order, and how the set
+    disagrees with the cell otherwise: a set encoded with CLIP and T5 serves a cell of either or both
+    (the text_encoder grid's arms share one encode pass); data, VAE and layout must match."""
+    found = _set_mismatches(index, cfg)
+    if found:
+        return [], found
+    stored = index["text_encoders"]
+    specs = encoder_specs(cfg)
+    chosen = [next((j for j, entry in enumerate(stored) if entry["spec"] == spec), None) for spec in specs]
+    if None not in chosen:
+        return chosen, _name_mismatches([stored[j] for j in chosen], encoders)
+    if len(stored) == len(specs):  # the same number: say what differs, position by position
+        found = [d for i, (entry, spec) in enumerate(zip(stored, specs)) if chosen[i] is None
+                 for d in _diff(f"text_encoders[{i}]", entry["spec"], spec)]
+    else:
+        found = [f"text encoder {i} ({spec['kind']}) of this cell is not among the {len(stored)} there "
+                 f"({', '.join(e['name'] for e in stored)})" for i, spec in enumerate(specs) if chosen[i] is None]
+    return [], found
+
+
+def _set_mismatches(index: dict, cfg: CellConfig) -> list[str]:
+    if index.get("format") != FORMAT:
+        return [f"layout {index.get('format')} there, {FORMAT} here"]
+    return _diff("data", index["data"], data_identity(cfg)) + _diff("vae", index["vae"]["spec"], vae_identity(cfg))
+
+
+def _name_mismatches(stored: list[dict], encoders) -> list[str]:
+    if encoders is None:
+        return []
+    return [f"text encoder {i} is {e.name!r} here, {entry['name']!r} there"
+            for i, (entry, e) in enumerate(zip(stored, encoders)) if e.name != entry["name"]]
 
 
 def read_index(features_dir: str | os.PathLike) -> dict:
     path = Path(features_dir) / INDEX
     if not path.exists():
-        extra = " (it holds shards of an older layout: encode again)" if any(Path(features_dir).glob("features-*.pt")) else ""
+        older = any(Path(features_dir).glob("features-*.pt"))
+        extra = " (it holds shards of an older layout: encode again)" if older else ""
         raise FileNotFoundError(f"data.features_dir {features_dir} has no {INDEX}{extra}; write the feature shards "
                                 f"with {ENCODE_COMMAND} (one array task per shard)")
     return read_json(path)
@@ -132,12 +162,13 @@ def read_index(features_dir: str | os.PathLike) -> dict:
 
 class FeatureShards:
     """Streaming source over a shard set (gentron.data.stream): one unit per shard with samples,
-    entries are its rows (latent, caption and text features, views into the memory-mapped file).
+    entries are its rows (latent, caption and the cell's encoders' text features, views into the
+    memory-mapped file; a set's other encoders' features are never read).
 
-    Refuses, in one line, a set encoded for another cell (other data, VAE or text encoders) or not
-    finished yet. `shapes` (per encoder), `latent` (channels, downsampling), `names` (the encoders'
-    fingerprints) and `empty` (the empty prompt's features, per encoder (tokens (L, D), pooled (P,)))
-    are what training needs instead of the encoders and the VAE."""
+    Refuses, in one line, a set encoded for another cell (other data or VAE, or without one of the
+    cell's text encoders) or not finished yet. `shapes` (per encoder), `latent` (channels,
+    downsampling), `names` (the encoders' fingerprints) and `empty` (the empty prompt's features, per
+    encoder (tokens (L, D), pooled (P,))) are what training needs instead of the encoders and the VAE."""
 
     on_error = "skip"
 
@@ -146,7 +177,7 @@ class FeatureShards:
         if not self.path.is_dir():
             raise FileNotFoundError(f"data.features_dir {self.path} does not exist; write it with {ENCODE_COMMAND}")
         index = read_index(self.path)
-        problems = index_mismatches(index, cfg, encoders)
+        self.chosen, problems = select_encoders(index, cfg, encoders)
         if problems:
             raise ValueError(f"data.features_dir {self.path} was encoded for another cell ({'; '.join(problems)}): "
                              f"encode this cell's data into a new folder ({ENCODE_COMMAND}) or point "
@@ -159,12 +190,13 @@ class FeatureShards:
                              "only the missing shards")
         self.index = index
         self.media = index["media"]
-        self.names = [e["name"] for e in index["text_encoders"]]
-        self.shapes = [EncoderShape(e["width"], e["pooled_width"], e["tokens"]) for e in index["text_encoders"]]
+        chosen = [index["text_encoders"][j] for j in self.chosen]
+        self.names = [e["name"] for e in chosen]
+        self.shapes = [EncoderShape(e["width"], e["pooled_width"], e["tokens"]) for e in chosen]
         self.latent = (index["vae"]["channels"], index["vae"]["downsample"])
         self.samples = sum(s["samples"] for s in index["shards"].values())
         empty = torch.load(self.path / index["empty_prompt"], map_location="cpu", weights_only=True)
-        self.empty = [(e["tokens"], e["pooled"]) for e in empty["text"]]
+        self.empty = [(empty["text"][j]["tokens"], empty["text"][j]["pooled"]) for j in self.chosen]
         self._units = [str(self.path / name) for name in expected if index["shards"][name]["samples"] > 0]
 
     def units(self, min_units: int = 1) -> list[str]:
@@ -173,7 +205,8 @@ class FeatureShards:
     def entries(self, unit: str):
         shard = load_shard(unit)
         latents, captions = shard["latents"], shard["captions"]
-        text = [(t["tokens"], [0, *torch.cumsum(t["lengths"], 0).tolist()], t["pooled"]) for t in shard["text"]]
+        text = [(t["tokens"], [0, *torch.cumsum(t["lengths"], 0).tolist()], t["pooled"])
+                for t in (shard["text"][j] for j in self.chosen)]
         for j, caption in enumerate(captions):
             yield {"latent": latents[j], "caption": caption,
                    "text": [(tokens[offsets[j]:offsets[j + 1]], pooled[j]) for tokens, offsets, pooled in text]}
