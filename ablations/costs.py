@@ -237,9 +237,16 @@ def estimate(p: Plan, costs: dict | None = None, workers: int | None = None) -> 
         group_times.append(seconds)
     encoders_s = _pack(encoder_times, workers)
     cells_s = _pack(sorted(group_times, reverse=True), workers)
+    # What one more cell costs, done or not (the seeds planner's unit): training plus its sampling.
+    every = [c for c in p.cells if counts(c).params <= CPU_PARAM_LIMIT]
+    per_cell = [c.config.data.num_train * _lookup(costs, "data", data_key(c.config), [])
+                + c.config.train.steps * _lookup(costs, "train", train_cost_key(c), [])
+                + sum(_prompt_count(n, c.config.sample, []) for n in c.config.sample.prompt_sets)
+                * _lookup(costs, "sample", sample_cost_key(c), []) for c in every]
     return {"encoders_s": encoders_s, "cells_s": cells_s, "total_s": encoders_s + cells_s, "workers": workers,
             "groups": len(group_times), "encoders": len(encoder_times), "missing": sorted(set(missing)),
-            "machine": costs.get("machine", "unknown"), "gpu_only": gpu_only}
+            "machine": costs.get("machine", "unknown"), "gpu_only": gpu_only,
+            "per_cell_s": sum(per_cell) / len(per_cell) if per_cell else 0.0}
 
 
 def _prompt_count(name: str, sample, missing: list[str]) -> int:

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if p.run.dry_run:
             print(format_plan(p))
             print(costs.format_estimate(p))
+            print(seed_plan(p))
             return 0
         if p.run.action == "status":
             print(format_plan(p, jobs=True))
@@ -61,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:  # one line: the problem and the fix (gentron.errors)
         print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def seed_plan(p: Plan) -> str:
+    """The seeds planner (eval.verdicts): from the variance the grid's finished cells measured, the
+    seeds each metric needs to separate plan.min_effect, and what they cost at the estimated cell time."""
+    from eval import verdicts
+
+    e = costs.estimate(p)
+    arms = {tuple(sorted(cell.arms.items())) for cell in p.cells}
+    return verdicts.format_seed_plan(p.grid_dir, n_arms=len(arms), per_cell_s=e["per_cell_s"], workers=e["workers"])
 
 
 def command(p: Plan, *extra: str) -> str:

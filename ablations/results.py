@@ -5,6 +5,8 @@ reason (ablations.runfolder.collect, status).
 
 Pooling over seeds is ablations.runfolder.group_over_seeds (the results browser's too): the mean of
 the seeds' means with a t-based 95% CI across seeds; an arm with one seed keeps its CI over prompts.
+Below the table, the verdicts: each arm's paired difference to the control with its CI, adjusted p
+and verdict (eval.verdicts), also stored in results.parquet's verdict.* columns.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import pandas as pd
 
 from ablations.runfolder import (CELL, RESULTS, collect, current_cell_ids, grid_lock, group_over_seeds,
                                  read_json_or_empty, status)
+from ablations.registries import CONF_DIR
+from eval import verdicts
 from gentron.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -32,12 +36,20 @@ def write_results(grid_dir: str | Path) -> Path:
     table = collect(grid_dir)
     planned = current_cell_ids(grid_dir)
     table["current"] = True if planned is None else table["cell_id"].isin(planned)
+    table = verdicts.add_to_results(table, grid_verdicts(grid_dir, planned))
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
     with grid_lock(grid_dir):
         path = atomic_write_bytes(grid_dir / RESULTS, buffer.getvalue())
     log.info("wrote %s (%d rows)", path, len(table))
     return path
+
+
+def grid_verdicts(grid_dir: Path, cell_ids) -> pd.DataFrame:
+    """Each arm against the grid's control (its first arm), paired over seeds and prompts, Holm-corrected
+    over the grid's comparisons and metrics (eval.verdicts)."""
+    return verdicts.grid_verdicts(grid_dir, cell_ids=None if cell_ids is None else sorted(cell_ids),
+                                  higher_is_better=verdicts.directions_from_registry(CONF_DIR / "metrics.yaml"))
 
 
 def arm_table(results: pd.DataFrame) -> pd.DataFrame:
@@ -67,6 +79,7 @@ def format_results(grid_dir: str | Path, cell_ids: list[str], note: str = "") ->
     else:
         lines.append("mean [95% CI] per arm; seeds pooled (t-interval over seed means; one seed: CI over prompts)")
         lines.append(arm_table(results).to_string())
+        lines.append(verdicts.format_verdicts(grid_verdicts(grid_dir, cell_ids)))
     unscored = [c for c in cell_ids if c not in scored]
     if unscored:
         lines.append(f"{len(unscored)} of {len(cell_ids)} cells have no readable metrics, left out of the means above:")

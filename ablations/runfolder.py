@@ -86,11 +86,14 @@ def cell_dirs(grid_dir: str | Path) -> list[Path]:
 
 
 def grid_stamp(grid_dir: str | Path) -> tuple:
-    """A cache key that changes whenever anything read from the grid changes."""
+    """A cache key that changes whenever anything read from the grid changes (a cell's status included:
+    its checkpoint, evaluator outputs and samples.jsonl; not each image)."""
     grid_dir = Path(grid_dir)
     top = tuple(_mtime(grid_dir / n) for n in (RESULTS, GRID))
     cells = [p for p in grid_dir.iterdir() if p.is_dir()]
-    latest = max((_mtime(c / n) for c in cells for n in (METRICS, manifest.MANIFEST, CELL)), default=0.0)
+    watched = [*cells, *(c / n for c in cells for n in (METRICS, manifest.MANIFEST, CELL, CHECKPOINT, EVAL))]
+    watched += [p for c in cells for p in (*c.glob(f"{EVAL}/*.json"), *c.glob(f"{SAMPLES}/*/samples.jsonl"))]
+    latest = max((_mtime(p) for p in watched), default=0.0)
     return (_mtime(grid_dir), *top, len(cells), latest)
 
 

@@ -16,6 +16,7 @@ The process that holds a cell (cell_lock) removes what killed writes left in its
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import importlib
@@ -35,8 +36,8 @@ from ablations.runfolder import CELL, CHECKPOINT, CONFIG, EVAL, IMAGES, METRICS,
 from gentron.config import CellConfig, SampleConfig, load_config, save_config, to_dict
 from gentron.errors import one_line
 from gentron.generate import prompt_set, read_prompt_file
-from gentron.io import (StorageError, atomic_link_or_copy, atomic_write_json, atomic_write_text, make_folder, read_json,
-                        remove_stale_temporaries, writing)
+from gentron.io import (StorageError, atomic_link_or_copy, atomic_write_json, atomic_write_text, read_json,
+                        remove_stale_temporaries, storage_error, writing)
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +105,25 @@ def _run_stage(cell_dir: Path, stage: str, body, config: CellConfig) -> None:
             extra = body() or {}
             outputs = runfolder.record_outputs(cell_dir, stage, to_dict(config))
         except BaseException as error:
+            disk = _disk_problem(error, cell_dir)
             try:
-                manifest.finish(cell_dir, stage, started, "failed", STAGES, error=one_line(error)[:1000])
+                manifest.finish(cell_dir, stage, started, "failed", STAGES, error=one_line(disk or error)[:1000])
             except StorageError:
                 pass  # the disk that failed the stage takes no record of it either: it stays `running`
+            if disk is not None and disk is not error:
+                raise disk from error
             raise
         manifest.finish(cell_dir, stage, started, "done", STAGES, outputs=outputs, **extra)
+
+
+def _disk_problem(error: BaseException, cell_dir: Path) -> StorageError | None:
+    """A full, over-quota or read-only disk met by a write outside gentron.io (an appended log, a
+    library's own file) as the StorageError that gentron.io raises for its own writes."""
+    if isinstance(error, StorageError):
+        return error
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return storage_error(error, error.filename or cell_dir)
+    return None
 
 
 def begin_stage(cell_dir: Path, stage: str, config: CellConfig) -> float:
@@ -313,9 +327,50 @@ def _sample(cell_dir: Path, config: CellConfig) -> dict:
     counts = {}
     for name in config.sample.prompt_sets:
         records = prompt_records(name, config.sample)
-        generate(config, cell_dir / CHECKPOINT, records, cell_dir / "samples" / name)
+        try:
+            generate(config, cell_dir / CHECKPOINT, records, cell_dir / SAMPLES / name)
+        except Exception as error:
+            problem = _checkpoint_problem(cell_dir / CHECKPOINT)
+            if problem is None:
+                raise
+            _redo_training(cell_dir, problem)
+            raise TrainingRedone(f"cell {cell_dir.name}: {problem}; train runs again") from error
         counts[name] = len(records)
     return {"samples": counts}
+
+
+class TrainingRedone(RuntimeError):
+    """The trained checkpoint no longer loads (its checksum fails: a checkpoint too big to be checked by
+    content at every status): it was moved aside and the train stage reset, to run again."""
+
+
+def _checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at `path` is damaged (unreadable, or its checksum fails), or None. A checkpoint
+    of a diverged run (non-finite weights) is not damaged: training it again would diverge again."""
+    from gentron.checkpoint import PoisonedCheckpoint, load_checkpoint
+
+    try:
+        load_checkpoint(path)
+    except PoisonedCheckpoint:
+        return None
+    except (ValueError, FileNotFoundError) as e:
+        return str(e).split(";")[0]
+    return None
+
+
+def _redo_training(cell_dir: Path, problem: str) -> None:
+    """Move a damaged checkpoint aside and reset the train stage (training resumes from the checkpoint
+    kept before it), logging the file and why."""
+    log.warning("cell %s: %s; train runs again, and the stages after it", cell_dir.name, problem)
+    path = cell_dir / CHECKPOINT
+    with writing(path, "removing"):
+        if path.exists():
+            os.replace(path, path.with_name(path.name + ".corrupt"))
+    found = manifest.read(cell_dir)
+    entry = found.setdefault("stages", {}).setdefault("train", {})
+    entry.pop("outputs", None)
+    entry.update(status="pending", reset_by=f"{problem} (found when sampling)")
+    manifest.write(cell_dir, found)
 
 
 def prompt_records(name: str, sample: SampleConfig) -> list[dict]:
@@ -376,8 +431,12 @@ def run_cell(cell_dir: str) -> str:
     if is_complete(cell_dir):
         return cell_dir
     with cell_lock(cell_dir):  # removes what killed writes left in the cell
-        for stage in STAGES:
-            STAGE_FUNCTIONS[stage](cell_dir)
+        try:
+            for stage in STAGES:
+                STAGE_FUNCTIONS[stage](cell_dir)
+        except TrainingRedone:  # the checkpoint was found damaged when sampling: train again, once
+            for stage in STAGES:
+                STAGE_FUNCTIONS[stage](cell_dir)
         # and what the stages left: a checkpoint's step file kept by a hard link onto itself leaves its link
         remove_stale_temporaries(cell_dir, recursive=True)
     return cell_dir

@@ -164,7 +164,9 @@ class _CheckpointWriter:
     def newest(self) -> Path:
         """The newest checkpoint this run wrote (or resumed from)."""
         if self.shards and self.saved_step is not None:
-            return sharded.sharded_path(self.folder, self.saved_step)
+            path = sharded.sharded_path(self.folder, self.saved_step)
+            if path.exists() or not self.last.exists():
+                return path
         return self.last
 
     def save(self, step: int, model, ema: dict, optimizer, data: TrainingData, generator: torch.Generator,

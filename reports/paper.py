@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 from eval import verdicts
-from reports.results import as_text, group_over_seeds
+from reports.results import FEW, MIN_PROMPTS, SEED, STEPS, as_text, count_text, group_over_seeds
 
 CATEGORIES = ["color", "shape", "texture", "spatial", "non-spatial", "complex"]
-PAPER_SOURCE = "GenTron paper, Table 2 (x100)"
+PAPER_SOURCE = "GenTron Table 2"
 
 PAPER_TABLE2 = pd.DataFrame(
     [
@@ -52,9 +52,11 @@ def metric_families(results: pd.DataFrame) -> list[str]:
 
 
 def paper_table(results: pd.DataFrame, cells: pd.DataFrame, variant_columns: list[str], family: str,
-                scale: float = 100.0) -> pd.DataFrame:
-    """Rows = variants (seeds averaged), columns = the six categories (mean, x100 like the paper),
-    plus '<category> ±' half-widths of the 95% CI and the 'grid/cell_id's each row averages."""
+                scale: float = 100.0, order: list[str] | None = None) -> pd.DataFrame:
+    """Rows = variants (seeds averaged; in `order`, e.g. variant_order's, else by name), columns = the
+    six categories (mean, x100 like the paper), '<category> lo' / '<category> hi' (the 95% CI, not
+    necessarily symmetric), '<category> n' (the fewest prompts of the category in any of the row's
+    cells), and the row's provenance: `seeds`, `steps` (train.steps) and the 'grid/cell_id's it averages."""
     subset = results[results["metric"].str.startswith(family + "/")]
     subset = subset.assign(category=subset["metric"].map(category_of)).dropna(subset=["category"])
     if subset.empty:
@@ -62,17 +64,39 @@ def paper_table(results: pd.DataFrame, cells: pd.DataFrame, variant_columns: lis
     labelled = _with_variant(subset, cells, variant_columns)
     grouped = group_over_seeds(labelled, cells, ["variant", "category"]).drop(columns="metric")
     grouped[["mean", "ci_low", "ci_high"]] *= scale
-    means = grouped.pivot(index="variant", columns="category", values="mean")
-    half = grouped.assign(half=(grouped["ci_high"] - grouped["ci_low"]) / 2).pivot(
-        index="variant", columns="category", values="half")
-    table = pd.DataFrame(index=means.index)
+    table = pd.DataFrame(index=pd.Index(sorted(grouped["variant"].unique()), name="variant"))
+    wide = {name: grouped.pivot(index="variant", columns="category", values=col)
+            for name, col in (("", "mean"), (" lo", "ci_low"), (" hi", "ci_high"))}
+    n = labelled.assign(n=pd.to_numeric(labelled["n"], errors="coerce") if "n" in labelled else np.nan)
+    wide[" n"] = n[n["mean"].notna()].groupby(["variant", "category"])["n"].min().unstack()
+    for suffix in ("", " lo", " hi", " n"):
+        for cat in CATEGORIES:
+            table[cat + suffix] = wide[suffix].get(cat) if cat in wide[suffix] else np.nan
     for cat in CATEGORIES:
-        table[cat] = means.get(cat)
-    for cat in CATEGORIES:
-        table[cat + " ±"] = half.get(cat)
+        table[cat + " n"] = table[cat + " n"].astype("Int64")
+    info = labelled[labelled["mean"].notna()].merge(
+        cells[["grid", "cell_id", *[c for c in (SEED, STEPS) if c in cells]]], on=["grid", "cell_id"], how="left",
+        suffixes=("_row", ""))
+    by_variant = info.groupby("variant")
+    table["seeds"] = by_variant[SEED].nunique() if SEED in info else by_variant["cell_id"].nunique()
+    table["seeds"] = table["seeds"].astype("Int64")
+    table["steps"] = by_variant[STEPS].agg(count_text) if STEPS in info else ""
     keys = labelled.assign(key=labelled["grid"] + "/" + labelled["cell_id"])
     cell_ids = keys.groupby("variant")["key"].agg(lambda s: " ".join(sorted(set(s))))
-    return table.join(cell_ids.rename("cells")).reset_index()
+    table = table.join(cell_ids.rename("cells"))
+    if order:
+        rank = {v: i for i, v in enumerate(order)}
+        table = table.iloc[sorted(range(len(table)), key=lambda i: (rank.get(table.index[i], len(rank)),
+                                                                     table.index[i]))]
+    return table.reset_index()
+
+
+def variant_order(cells: pd.DataFrame, variant_columns: list[str]) -> list[str]:
+    """The variant labels of `cells` (as paper_table names them) in the cells' order: sort the cells
+    first (grid by grid, each in its grid file's arm order) to get the rows in that order."""
+    if not variant_columns:
+        return ["all"]
+    return list(dict.fromkeys(_with_variant(cells[["grid", "cell_id"]], cells, variant_columns)["variant"]))
 
 
 def _with_variant(subset: pd.DataFrame, cells: pd.DataFrame, variant_columns: list[str]) -> pd.DataFrame:
@@ -95,13 +119,37 @@ def side_by_side(ours: pd.DataFrame, include_paper: bool) -> pd.DataFrame:
     return table[first + [c for c in table.columns if c not in first]]
 
 
+def _column(table: pd.DataFrame, name: str) -> pd.Series:
+    return table[name] if name in table else pd.Series(np.nan, index=table.index, dtype=float)
+
+
+def _n_range(table: pd.DataFrame) -> list[str]:
+    """Per row, the fewest and most prompts behind a category entry: '94' or '94-100' ('' for the paper's rows)."""
+    ns = pd.DataFrame({cat: pd.to_numeric(_column(table, cat + " n"), errors="coerce") for cat in CATEGORIES})
+    low, high = ns.min(axis=1), ns.max(axis=1)
+    return ["" if pd.isna(lo) else f"{int(lo)}" if lo == hi else f"{int(lo)}-{int(hi)}" for lo, hi in zip(low, high)]
+
+
+def entry_text(value, low, high, n=None, min_prompts: int = MIN_PROMPTS) -> str:
+    """'46.05 [41.2, 50.9]' (the paper's rows: the number alone), FEW when from fewer than `min_prompts` prompts."""
+    if value is None or pd.isna(value):
+        return ""
+    text = f"{value:.2f}" if pd.isna(low) or pd.isna(high) else f"{value:.2f} [{low:.1f}, {high:.1f}]"
+    return text + (f" {FEW}" if n is not None and pd.notna(n) and int(n) < min_prompts else "")
+
+
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """source, variant and one '46.05 ± 2.10' text per category (the paper's rows: the number alone)."""
+    """source, variant, each row's seeds, training steps and n (the fewest-most prompts of its
+    categories), then one '46.05 [41.2, 50.9]' text per category (the paper's rows: the number alone;
+    FEW marks an entry from fewer than MIN_PROMPTS prompts)."""
     shown = table[["source", "variant"]].copy()
+    shown["seeds"] = [("" if pd.isna(v) else str(int(v))) for v in _column(table, "seeds")]
+    shown["steps"] = [("" if not isinstance(v, str) else v) for v in _column(table, "steps")]
+    shown["n"] = _n_range(table)
     for cat in CATEGORIES:
-        half = table[cat + " ±"] if cat + " ±" in table else pd.Series(None, index=table.index, dtype=float)
-        shown[cat] = [("" if pd.isna(v) else f"{v:.2f}" if pd.isna(h) else f"{v:.2f} ± {h:.2f}")
-                      for v, h in zip(table[cat], half)]
+        shown[cat] = [entry_text(v, lo, hi, n) for v, lo, hi, n in
+                      zip(table[cat], _column(table, cat + " lo"), _column(table, cat + " hi"),
+                          _column(table, cat + " n"))]
     return shown
 
 
@@ -110,30 +158,40 @@ def to_csv(table: pd.DataFrame) -> bytes:
 
 
 def to_latex(table: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> str:
-    """A booktabs tabular: 'mean \\pm half-width' where a CI is known, the best value per column and source bold;
-    with `comparisons` (paper_verdicts), a second tabular of our verdicts beside the paper's directions."""
-    body = table[["source", "variant", *CATEGORIES]].copy()
-    for cat in CATEGORIES:
-        half = table[cat + " ±"] if cat + " ±" in table else pd.Series(None, index=table.index)
-        best = table.groupby("source")[cat].transform("max")
-        body[cat] = [_latex_cell(v, h, v == b) for v, h, b in zip(table[cat], half, best)]
+    """A booktabs tabular: 'mean [lo, hi]' where a CI is known (the interval need not be symmetric),
+    the best mean per column and source in bold ($\\mathbf{...}$), a dagger on entries from fewer than
+    MIN_PROMPTS prompts, and each row's seeds, training steps and n; with `comparisons`
+    (paper_verdicts), a second tabular of our verdicts beside the paper's directions."""
+    body = table[["source", "variant"]].copy()
     body["variant"] = body["variant"].map(_latex_escape)
     body["source"] = body["source"].map(_latex_escape)
-    header = " & ".join(["Source", "Variant", *[c.capitalize() for c in CATEGORIES]]) + r" \\"
+    body["seeds"] = [("--" if pd.isna(v) else str(int(v))) for v in _column(table, "seeds")]
+    body["steps"] = [(_latex_escape(v) if isinstance(v, str) and v else "--") for v in _column(table, "steps")]
+    body["n"] = [(v.replace("-", "--") if v else "--") for v in _n_range(table)]
+    for cat in CATEGORIES:
+        best = table.groupby("source")[cat].transform("max")
+        body[cat] = [_latex_cell(v, lo, hi, n, v == b) for v, lo, hi, n, b in
+                     zip(table[cat], _column(table, cat + " lo"), _column(table, cat + " hi"),
+                         _column(table, cat + " n"), best)]
+    header = " & ".join(["Source", "Variant", "Seeds", "Steps", "$n$", *[c.capitalize() for c in CATEGORIES]]) + r" \\"
     rows = [" & ".join(map(str, r)) + r" \\" for r in body.itertuples(index=False)]
-    main = "\n".join([r"\begin{tabular}{ll" + "r" * len(CATEGORIES) + "}", r"\toprule", header, r"\midrule",
-                      *rows, r"\bottomrule", r"\end{tabular}", ""])
+    note = (rf"\multicolumn{{{len(body.columns)}}}{{l}}{{\footnotesize Mean [95\% CI]; $n$: prompts per category; "
+            rf"\textsuperscript{{\dag}} fewer than {MIN_PROMPTS} prompts.}} \\")
+    main = "\n".join([r"\begin{tabular}{llrrr" + "r" * len(CATEGORIES) + "}", r"\toprule", header, r"\midrule",
+                      *rows, r"\bottomrule", note, r"\end{tabular}", ""])
     return main + ("\n" + comparisons_to_latex(comparisons) if comparisons is not None and len(comparisons) else "")
 
 
-def _latex_cell(value, half, best: bool) -> str:
+def _latex_cell(value, low, high, n, best: bool) -> str:
     if value is None or pd.isna(value):
         return "--"
-    text = f"{value:.2f}"
-    if half is not None and pd.notna(half):
-        text += rf" \pm {half:.2f}"
-    text = f"${text}$"
-    return rf"\textbf{{{text}}}" if best else text
+    number = rf"\mathbf{{{value:.2f}}}" if best else f"{value:.2f}"
+    text = f"${number}$"
+    if pd.notna(low) and pd.notna(high):
+        text += rf" {{\scriptsize $[{low:.1f}, {high:.1f}]$}}"
+    if n is not None and pd.notna(n) and int(n) < MIN_PROMPTS:
+        text += r"\textsuperscript{\dag}"
+    return text
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
@@ -276,7 +334,8 @@ def comparisons_to_latex(comparisons: pd.DataFrame) -> str:
                 cells.append("--")
                 continue
             r = hit.iloc[0]
-            cells.append(rf"${r['difference']:+.2f}$ [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] {r['vs paper']}")
+            cells.append(rf"${r['difference']:+.2f}$ {{\scriptsize $[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]$}} "
+                         + _latex_escape(r["vs paper"]))
         rows.append(" & ".join([_latex_escape(grid), _latex_escape(part["comparison"].iloc[0]), *cells]) + r" \\")
     return "\n".join([r"\begin{tabular}{ll" + "l" * len(CATEGORIES) + "}", r"\toprule", header, r"\midrule",
                       *rows, r"\bottomrule", r"\end{tabular}", ""])

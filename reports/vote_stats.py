@@ -152,3 +152,34 @@ def bt_scores(votes: pd.DataFrame, question: str, n_boot: int = 200, seed: int =
     played = pd.concat([compare["system_a"], compare["system_b"]]).value_counts()
     return pd.DataFrame({"system": systems, "score": estimate, "ci_low": low, "ci_high": high,
                          "votes": [int(played.get(s, 0)) for s in systems]}).sort_values("score", ascending=False)
+
+
+PROGRESS_STATES = ("not started", "started", "finished")
+
+
+def rater_progress(raters: pd.DataFrame, screens_per_rater: int) -> pd.DataFrame:
+    """Per rater link: how far they got. `raters` has one row per rater with `rater` (name),
+    `assigned` (screens chosen for them on their first visit; 0 before it), `shown` (screens served),
+    `screens_answered` (screens with an answer) and `answers` (one per question answered: a screen
+    asks every question). A rater who never opened the link has `screens_per_rater` screens ahead.
+    Returns rater, state (not started / started / finished), screens, screens_answered, answers."""
+    if raters.empty:
+        return pd.DataFrame(columns=["rater", "state", "screens", "screens_answered", "answers"])
+    screens = raters["assigned"].where(raters["assigned"] > 0, screens_per_rater).astype(int)
+    began = (raters["assigned"] > 0) | (raters["shown"] > 0) | (raters["answers"] > 0)
+    done = began & (raters["screens_answered"] >= screens)
+    state = np.where(done, "finished", np.where(began, "started", "not started"))
+    return pd.DataFrame({"rater": raters["rater"], "state": state, "screens": screens,
+                         "screens_answered": raters["screens_answered"].astype(int),
+                         "answers": raters["answers"].astype(int)}).reset_index(drop=True)
+
+
+def progress_summary(progress: pd.DataFrame) -> dict:
+    """Counts over rater_progress: raters, started (finished ones included), finished, screens
+    answered of all screens, answers."""
+    started = progress["state"].isin(["started", "finished"]) if len(progress) else pd.Series(dtype=bool)
+    return {"raters": len(progress), "started": int(started.sum()),
+            "finished": int((progress["state"] == "finished").sum()) if len(progress) else 0,
+            "screens_answered": int(progress["screens_answered"].sum()) if len(progress) else 0,
+            "screens": int(progress["screens"].sum()) if len(progress) else 0,
+            "answers": int(progress["answers"].sum()) if len(progress) else 0}

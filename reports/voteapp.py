@@ -204,7 +204,9 @@ def create_app(db: str | Path) -> Starlette:
             if not is_owner(conn, request, study_id):
                 return login_page(study_id)
             study = votes.study_by_id(conn, study_id)
-            body = results_html(study, votes.study_summary(conn, study_id), votes.votes_frame(conn, study_id))
+            summary = votes.study_summary(conn, study_id)
+            body = results_html(study, summary, votes.votes_frame(conn, study_id),
+                                rater_progress(conn, study_id, summary))
         return page(f"Results: {study['name']}", body, wide=True)
 
     async def login(request: Request) -> Response:
@@ -285,10 +287,24 @@ def login_page(study_id: str, message: str = "", status: int = 401) -> HTMLRespo
                 f"<button type='submit'>Show results</button></form>", status=status)
 
 
-def results_html(study, summary: dict, frame: pd.DataFrame) -> str:
-    """Counts and balance, the exclusion rule and who it removes, then per question the win rates of all
-    raters and of those who passed the checks, Bradley-Terry strengths for three or more systems, and
-    each rater's agreement with the others."""
+def rater_progress(conn, study_id: str, summary: dict) -> pd.DataFrame:
+    """vote_stats.rater_progress of the study's rater links: screens assigned, served and answered,
+    and answers, per rater."""
+    raters = pd.read_sql_query(
+        "SELECT ra.name AS rater, (SELECT COUNT(*) FROM assignments a WHERE a.rater = ra.token) AS assigned, "
+        "(SELECT COUNT(*) FROM screens s WHERE s.rater = ra.token) AS shown, "
+        "(SELECT COUNT(DISTINCT v.pair_id) FROM votes v WHERE v.rater = ra.token) AS screens_answered, "
+        "(SELECT COUNT(*) FROM votes v WHERE v.rater = ra.token) AS answers "
+        "FROM raters ra WHERE ra.study_id = ? ORDER BY ra.created, ra.name", conn, params=(study_id,))
+    per_rater = summary["checks"] + (summary["pairs_per_rater"] or summary["pairs"])
+    return vote_stats.rater_progress(raters, per_rater)
+
+
+def results_html(study, summary: dict, frame: pd.DataFrame, progress: pd.DataFrame | None = None) -> str:
+    """Counts and balance, the raters' progress (started, finished; screens answered and answers, a
+    screen asking every question), the exclusion rule and who it removes, then per question the win
+    rates of all raters and of those who passed the checks, Bradley-Terry strengths for three or more
+    systems, and each rater's agreement with the others."""
     per_rater = (f"each rater judges {summary['pairs_per_rater']} of them" if summary["pairs_per_rater"]
                  else "each rater judges all of them")
     low, high = summary["raters_per_pair"]
@@ -297,10 +313,12 @@ def results_html(study, summary: dict, frame: pd.DataFrame) -> str:
               f"were seen both ways round (left/right)" if summary["pairs_repeated"] else "")
     parts = [f"<h2>{html.escape(study['name'])}</h2>",
              f"<p>Systems: {html.escape(', '.join(summary['systems']))} · {summary['pairs']} pairs ({per_rater}) and "
-             f"{summary['checks']} attention checks · {summary['raters']} raters · {summary['votes']} answers recorded. "
-             f"<a href='/s/{study['id']}/votes.csv'>Download raw votes (CSV)</a></p>",
+             f"{summary['checks']} attention checks · {summary['raters']} raters · {summary['votes']} answers recorded "
+             f"({len(votes.QUESTIONS)} per screen). <a href='/s/{study['id']}/votes.csv'>Download raw votes (CSV)</a></p>",
              f"<p class='muted'>Each pair answered by {spread} raters{orders}. Rates are shares of answers with 95% "
              f"Wilson intervals.</p>", _stimulus_line(summary.get("stimulus"))]
+    if progress is not None:
+        parts.append(_progress_html(progress))
     if frame.empty:
         return "".join(parts) + "<p>No votes yet.</p>"
     excluded = vote_stats.excluded_raters(frame)
@@ -321,6 +339,21 @@ def results_html(study, summary: dict, frame: pd.DataFrame) -> str:
     parts.append("<h3>Raters: agreement with the consensus of the others</h3>")
     parts.append(_table(vote_stats.rater_agreement(frame).round(3)))
     return "".join(parts)
+
+
+def _progress_html(progress: pd.DataFrame) -> str:
+    """The raters' progress: how many opened their link and how many finished, screens answered of all
+    screens, answers; and a row per rater."""
+    total = vote_stats.progress_summary(progress)
+    line = (f"<p class='progress'><b>Rater progress.</b> {total['started']} of {total['raters']} raters started, "
+            f"{total['finished']} finished · {total['screens_answered']} of {total['screens']} screens answered · "
+            f"{total['answers']} answers ({len(votes.QUESTIONS)} questions per screen).</p>")
+    rows = "".join(f"<tr><td>{html.escape(str(r.rater))}</td><td>{html.escape(r.state)}</td>"
+                   f"<td>{r.screens_answered} of {r.screens}</td><td>{r.answers}</td></tr>"
+                   for r in progress.itertuples(index=False))
+    table = (f"<div class='scroll'><table class='progress'><tr><th>rater</th><th>state</th><th>screens answered</th>"
+             f"<th>answers</th></tr>{rows}</table></div>")
+    return line + table
 
 
 def _stimulus_line(meta: dict | None) -> str:

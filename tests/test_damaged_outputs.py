@@ -145,3 +145,24 @@ def test_a_redone_stage_keeps_the_stages_before_it(finished, tmp_path):
     assert (cell / "checkpoints/last.pt").stat().st_mtime_ns == checkpoint
     assert {p: p.stat().st_mtime_ns for p in (cell / SAMPLES).rglob("*.png")} == images
     assert runfolder.status(cell).status == "done"
+
+
+def test_a_checkpoint_too_big_to_digest_is_caught_by_its_checksum_when_sampled(finished, tmp_path, caplog):
+    """A checkpoint beyond runfolder.DIGEST_LIMIT is checked by size only at each status; overwritten
+    in place with other bytes of the same size, it is caught when sampling loads it (its own checksum):
+    it is moved aside, training runs again from the checkpoint before it, and sampling follows."""
+    runs, grid_dir = copy_of(finished, tmp_path)
+    _, cells, reference = finished
+    cell = grid_dir / cells[1]
+    found = json.loads((cell / "manifest.json").read_text())
+    del found["stages"]["train"]["outputs"]["checkpoints/last.pt"]["blake2b"]  # as for a big checkpoint
+    (cell / "manifest.json").write_text(json.dumps(found))
+    damage(cell / "checkpoints/last.pt", "garbage")
+    assert runfolder.status(cell).stages["train"] == "done"  # the size still matches
+    shutil.rmtree(cell / SAMPLES)  # something makes sampling run again
+    caplog.set_level(logging.WARNING, logger="ablations.stages")
+    assert main([*TINY, f"runs_dir={runs}"]) == 0
+    assert any("last.pt" in r.getMessage() and "train runs again" in r.getMessage() for r in caplog.records)
+    assert (cell / "checkpoints/last.pt.corrupt").exists()
+    assert runfolder.status(cell).status == "done"
+    assert fingerprint(grid_dir, cells[1]) == reference[cells[1]]

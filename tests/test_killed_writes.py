@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def killing_at(k: int, real):
             return real(path, write)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.{gio.HOST_TAG}-{__import__('os').getpid()}-killed{gio.TEMP_SUFFIX}"
+        tmp = path.parent / f".{path.name}.{gio.HOST_TAG}-{os.getpid()}-killed{gio.TEMP_SUFFIX}"
         write(tmp)
         state["dead"], state["where"] = True, path
         raise Killed(f"killed while writing {path}")
@@ -103,3 +104,43 @@ def test_a_run_killed_at_any_write_leaves_nothing_behind_after_the_next(tmp_path
                             f"temporaries left {stale}, same results: {code == 0 and results_of(runs) == reference}")
         shutil.rmtree(runs)
     assert not problems, "\n".join(problems)
+
+
+KILLER = """
+import os, sys
+from pathlib import Path
+import gentron.io as gio
+from ablations.launch import main
+
+target, real = sys.argv[1], gio._atomic
+
+def atomic(path, write):
+    if Path(path).name == target:  # a real death in the middle of this write: its temporary stays
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(path).parent / f".{Path(path).name}.{gio.HOST_TAG}-{os.getpid()}-dying{gio.TEMP_SUFFIX}"
+        write(tmp)
+        os._exit(9)
+    return real(path, write)
+
+gio._atomic = atomic
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("target", ["last.pt", "000000_42.png", "compshapes_judge.json"])
+def test_a_process_that_dies_mid_write_leaves_nothing_after_the_next_run(target, tmp_path):
+    """The same with a real process that dies (os._exit) while writing: its temporaries are named
+    after it, so the next run, another process, knows their writer is gone."""
+    import subprocess
+    import sys
+
+    grid_file = tmp_path / "one_cell.yaml"
+    grid_file.write_text(ONE_CELL)
+    runs = tmp_path / "runs"
+    argv = [f"grid={grid_file}", *TINY, f"runs_dir={runs}"]
+    repo = Path(__file__).resolve().parent.parent
+    died = subprocess.run([sys.executable, "-c", KILLER, target, *argv], cwd=repo, capture_output=True, timeout=600)
+    assert died.returncode == 9, died.stderr[-2000:]
+    assert [p.name for p in runs.rglob(f"*{gio.TEMP_SUFFIX}")], "the dying write left no temporary"
+    assert main(argv) == 0
+    assert temporaries(runs) == []

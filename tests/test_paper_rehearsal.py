@@ -234,11 +234,12 @@ def run_grid(args: list[str], env: dict, timeout: int = 1200) -> str:
 def wait_for_grid(grid_dir: Path, requeue_cell: str, timeout: float = 1500) -> int:
     """Requeue `requeue_cell`'s training job once it has written a checkpoint (as an admin or a
     preemption would), then wait for the grid's results; returns how many jobs were requeued."""
+    from gentron.checkpoint import kept_checkpoints
     from slurm.launcher import grid_status, read_jobs
 
-    ckpt = grid_dir / requeue_cell / "checkpoints" / "last.pt"
+    folder = grid_dir / requeue_cell / "checkpoints"  # FSDP: sharded-<step>/ during training, last.pt at the end
     deadline = time.time() + timeout
-    while not ckpt.exists():
+    while not kept_checkpoints(folder):
         assert time.time() < deadline, "training never wrote a checkpoint"
         time.sleep(0.5)
     job = next(e["job_id"] for e in read_jobs(grid_dir)["train"] if e["cell"] == requeue_cell)

@@ -76,6 +76,63 @@ def color_encodings(spec) -> list[dict]:
     return found
 
 
+def latex_problems(text: str) -> list[str]:
+    """What would stop a LaTeX tabular from compiling, found without LaTeX: environments that do not
+    pair up, unbalanced braces, a `$` left open on a line, math inside \textbf (its `$` makes
+    \textbf{$x$} fragile and a bold number is `$\mathbf{x}$`), characters that only work in math mode
+    (`_`, `^`) or not at all (`%`, `#`, non-ASCII such as ± or †) outside it, and rows whose `&`s do
+    not match the column specification."""
+    problems = []
+    stack = []
+    for kind, env in re.findall(r"\\(begin|end)\{(\w+)\}", text):
+        if kind == "begin":
+            stack.append(env)
+        elif not stack or stack.pop() != env:
+            problems.append(f"\\end{{{env}}} without its \\begin")
+    problems += [f"\\begin{{{env}}} never ended" for env in stack]
+    if re.search(r"\\textbf\{[^}]*\$", text):
+        problems.append("math inside \\textbf{...}")
+    columns = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        spec = re.match(r"\\begin\{tabular\}\{([lrc|]+)\}", line)
+        if spec:
+            columns = sum(c in "lrc" for c in spec.group(1))
+            continue
+        plain = re.sub(r"\\[\\$&%_#{}]", "", line)  # escaped characters (and the row end \\) are text
+        depth, math = 0, False
+        for char in plain:
+            depth += {"{": 1, "}": -1}.get(char, 0)
+            if depth < 0:
+                problems.append(f"line {number}: '}}' closes nothing")
+                depth = 0
+            if char == "$":
+                math = not math
+            elif char in "_^" and not math:
+                problems.append(f"line {number}: '{char}' outside math mode")
+            elif char in "%#":
+                problems.append(f"line {number}: unescaped '{char}'")
+            elif ord(char) > 127:
+                problems.append(f"line {number}: non-ASCII {char!r}")
+        if depth:
+            problems.append(f"line {number}: unbalanced braces")
+        if math:
+            problems.append(f"line {number}: '$' left open")
+        if line.rstrip().endswith("\\\\") and "\\multicolumn" not in line and plain.count("&") != columns - 1:
+            problems.append(f"line {number}: {plain.count('&') + 1} cells in a {columns}-column tabular")
+    return problems
+
+
+def test_the_latex_check_finds_what_would_not_compile():
+    good = "\\begin{tabular}{lr}\nA & $\\mathbf{1.00}$ {\\scriptsize $[0.50, 1.50]$} \\\\\n\\end{tabular}\n"
+    assert latex_problems(good) == []
+    assert latex_problems(good.replace("$\\mathbf{1.00}$", "\\textbf{$1.00$}")) == ["math inside \\textbf{...}"]
+    assert latex_problems(good.replace("$[0.50", "[0.50")) == ["line 2: '$' left open"]
+    assert latex_problems(good.replace("A &", "A_1 &")) == ["line 2: '_' outside math mode"]
+    assert latex_problems(good.replace("1.00}$", "1.00 ± 0.5}$")) == ["line 2: non-ASCII '±'"]
+    assert latex_problems(good.replace("A &", "A & B &")) == ["line 2: 3 cells in a 2-column tabular"]
+    assert latex_problems(good.replace("\\end{tabular}", "")) == ["\\begin{tabular} never ended"]
+
+
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory) -> Path:
     """The mfg grid as the runner lays it out for `grid=mfg seeds=[0,1] train.steps=20`, plus a cell
@@ -93,25 +150,28 @@ def test_empty_runs_folder_says_how_to_produce_runs(tmp_path, monkeypatch):
     assert "python ablations/run.py grid=conditioning" in at.code[0].value
 
 
-CI_CELL = re.compile(r"^-?\d[\d.e+-]* \[-?\d[\d.e+-]*, -?\d[\d.e+-]*\]$")
+CI_CELL = re.compile(r"^-?\d[\d.e+-]* \[-?\d[\d.e+-]*, -?\d[\d.e+-]*\] n=\d+( †)?$")
 
 
 def test_table_has_metrics_as_rows_and_mean_with_ci_in_one_cell(runs, monkeypatch):
-    """One row per metric, one column per arm (seeds averaged), `mean [lo, hi]` in each cell: six
-    metrics over two arms fit a 1400 px page (each metric's mean, lo and hi as separate columns did not)."""
+    """One row per metric, one column per arm (seeds averaged, the column naming its seeds and training
+    steps), `mean [lo, hi] n=prompts` in each cell: six metrics over two arms fit a 1400 px page (each
+    metric's mean, lo and hi as separate columns did not)."""
     at = app(runs, monkeypatch)
     assert_clean(at)
     table = at.table[0].value
-    assert list(table["metric"]) == [f"compshapes_judge/{c}" for c in sorted(paper.CATEGORIES + ["non_spatial"])
-                                     if c != "non-spatial"]
-    assert list(table.columns) == ["metric", "conditioning=adaln (2 cells)", "conditioning=cross_attn (2 cells)"]
+    # the metrics share a family: it names the first column, the scores alone below it
+    assert list(table["compshapes_judge"]) == [c for c in sorted(paper.CATEGORIES + ["non_spatial"])
+                                               if c != "non-spatial"]
+    assert list(table.columns) == ["compshapes_judge", "conditioning=adaln (2 seeds · 1500 steps)",
+                                   "conditioning=cross_attn (2 seeds · 1500 steps)"]
     assert table.iloc[:, 1:].map(lambda v: bool(CI_CELL.match(v))).all().all()
     grid = results.load_grid(runs / "conditioning")
     grouped = results.group_over_seeds(grid.results, grid.cells, ["axis.conditioning"]).set_index(
         ["axis.conditioning", "metric"])
     mean, low, high = grouped.loc[("adaln", "compshapes_judge/color"), ["mean", "ci_low", "ci_high"]]
-    shown = table.set_index("metric").loc["compshapes_judge/color", "conditioning=adaln (2 cells)"]
-    assert shown == f"{mean:.3f} [{low:.3f}, {high:.3f}]"  # values below 1: three decimals
+    shown = table.set_index("compshapes_judge").loc["color", "conditioning=adaln (2 seeds · 1500 steps)"]
+    assert shown == f"{mean:.3f} [{low:.3f}, {high:.3f}] n=2 †"  # values below 1: three decimals; 2 colour prompts
 
 
 def test_table_per_cell_and_transposed(runs, monkeypatch):
@@ -189,7 +249,7 @@ def test_group_by_averages_over_seeds(runs, monkeypatch):
     at = group.set_value(["axis.seed"]).run()
     assert_clean(at)
     table = at.table[0].value
-    assert list(table.columns) == ["metric", "seed=0 (2 cells)", "seed=1 (2 cells)"]
+    assert list(table.columns) == ["compshapes_judge", "seed=0 (2 cells · 1500 steps)", "seed=1 (2 cells · 1500 steps)"]
 
 
 def test_metric_selection_is_per_grid(runs, monkeypatch, tmp_path):
@@ -201,9 +261,8 @@ def test_metric_selection_is_per_grid(runs, monkeypatch, tmp_path):
     at = at.sidebar.multiselect(key="metrics:conditioning").set_value(["compshapes_judge/color"]).run()
     at = at.sidebar.multiselect[0].set_value(["conditioning", "other"]).run()
     assert_clean(at)
-    shown = set(at.table[0].value["metric"])
-    assert shown == {"compshapes_judge/color", *[f"judge_b/{c}" for c in
-                                                 ("color", "complex", "non_spatial", "shape", "spatial", "texture")]}
+    assert set(at.table[0].value["compshapes_judge"]) == {"color"}  # one table per grid
+    assert set(at.table[1].value["judge_b"]) == {"color", "complex", "non_spatial", "shape", "spatial", "texture"}
     at = view(at, "Paper table")
     assert_clean(at)
     assert at.selectbox(key="paper:family").options == ["compshapes_judge", "judge_b"]
@@ -279,7 +338,8 @@ def test_training_curves_show_every_logged_quantity_smoothed(planned, monkeypatc
         assert quantity in titles
     assert "vb" not in titles, "a quantity that is never logged (null) gets no plot"
     picked = at.multiselect(key="curves:cells")
-    assert len(picked.value) == 4
+    assert [v.split(" · ")[0] for v in picked.value] == ["off, seed 0", "1.0, seed 0", "1.1, seed 0", "1.2, seed 0",
+                                                         "1.3, seed 0"], "one cell of each arm, in the grid's order"
     assert at.slider(key="curves:smoothing").value == pytest.approx(0.6)
     at = at.slider(key="curves:smoothing").set_value(0.9).run()
     assert_clean(at)
@@ -410,7 +470,9 @@ def test_a_periodic_checkpoint_is_not_a_trained_cell(tmp_path):
     manifest_path.write_text(json.dumps(found))
     grid = results.load_grid(grid_dir)
     assert grid.cells.set_index("cell_id").loc[cells["cell_id"].iloc[0], "stage.train"] == "running"
-    assert any("lack a finished training stage" in p for p in grid.problems)
+    # its files changed a moment ago and no host is recorded: it reads as running, not as needing a rerun
+    assert any(cells["cell_id"].iloc[0] in note and "running" in note for note in grid.notes)
+    assert not any(cells["cell_id"].iloc[0] in p for p in grid.problems)
 
 
 def test_paper_table_has_paper_rows_and_exports(runs, monkeypatch):
@@ -418,8 +480,10 @@ def test_paper_table_has_paper_rows_and_exports(runs, monkeypatch):
     assert_clean(at)
     table = at.table[0].value
     assert list(table["source"]).count("ours") == 2 and paper.PAPER_SOURCE in set(table["source"])
-    assert list(table.columns) == ["source", "variant", *paper.CATEGORIES]
-    assert re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d", table.loc[table["source"] == "ours", "color"].iloc[0])
+    assert list(table.columns) == ["source", "variant", "seeds", "steps", "n", *paper.CATEGORIES]
+    ours = table[table["source"] == "ours"]
+    assert re.fullmatch(r"-?\d+\.\d\d \[-?\d+\.\d, -?\d+\.\d\] †", ours["color"].iloc[0])  # 2 colour prompts
+    assert list(ours["seeds"]) == ["2", "2"] and list(ours["steps"]) == ["1500", "1500"] and list(ours["n"]) == ["2"] * 2
     assert table.loc[table["source"] == paper.PAPER_SOURCE, "color"].iloc[1] == "73.91"
     assert len(at.get("download_button")) == 2
     assert any("?view=Run+detail&cell=conditioning/" in m.value for m in at.markdown)
@@ -430,10 +494,16 @@ def test_paper_table_csv_and_latex(runs):
     ours = paper.paper_table(grid.results, grid.cells, ["axis.conditioning"], "compshapes_judge")
     table = paper.side_by_side(ours, include_paper=True)
     csv = paper.to_csv(table).decode()
-    assert csv.splitlines()[0].startswith("source,variant,color,shape,texture,spatial,non-spatial,complex")
+    header = csv.splitlines()[0].split(",")
+    assert header[:8] == ["source", "variant", *paper.CATEGORIES]
+    assert {"color lo", "color hi", "color n", "seeds", "steps", "cells"} <= set(header)
     assert "73.91" in csv
     latex = paper.to_latex(table)
-    assert latex.startswith(r"\begin{tabular}{llrrrrrr}") and r"cross\_attn" in latex and r"\pm" in latex
+    assert latex.startswith(r"\begin{tabular}{llrrrrrrrrr}") and r"cross\_attn" in latex
+    assert latex_problems(latex) == []
+    assert r"\pm" not in latex and "±" not in latex, "an interval over prompts is not symmetric: [lo, hi]"
+    assert re.search(r"\$\\mathbf\{\d+\.\d\d\}\$ \{\\scriptsize \$\[-?\d+\.\d, -?\d+\.\d\]\$\}", latex)
+    assert r"\textsuperscript{\dag}" in latex  # 2 prompts per category: fewer than MIN_PROMPTS
 
 
 def test_run_detail_opens_from_its_link(runs, monkeypatch):
@@ -452,7 +522,7 @@ def test_cache_follows_file_changes(tmp_path, monkeypatch):
     metrics["compshapes_judge/color"] = {"mean": 0.123456, "ci_low": 0.1, "ci_high": 0.2, "n": 6}
     (cell_dir / "metrics.json").write_text(json.dumps(metrics))
     at = at.run()
-    assert at.table[0].value.set_index("metric").iloc[:, 0]["compshapes_judge/color"] == "0.123 [0.100, 0.200]"
+    assert at.table[0].value.set_index("compshapes_judge").iloc[:, 0]["color"] == "0.123 [0.100, 0.200] n=6 †"
 
 
 def test_group_over_seeds_uses_a_t_interval(runs):
@@ -506,7 +576,8 @@ def test_the_paper_table_also_shows_grids_without_table2_columns(tmp_path, monke
     assert set(at.table[0].value["source"]) == {"ours", paper.PAPER_SOURCE}
     assert list(at.table[1].value.columns) == paper.COMPARISON_COLUMNS  # our verdicts beside Table 2's
     motion = at.table[2].value
-    assert motion.iloc[:, 0].tolist() == ["compshapes_judge/motion_consistency"] and motion.shape[1] == 3
+    assert list(motion.columns[:1]) == ["compshapes_judge"] and motion.iloc[:, 0].tolist() == ["motion_consistency"]
+    assert motion.shape[1] == 3
     assert any(m.value.startswith("**mfg**") for m in at.markdown)
 
 
@@ -679,5 +750,277 @@ def test_paper_exports_carry_the_verdicts(tmp_path):
                                     "worse than adaln, disagrees"}
     assert csv.loc[csv["variant"] == "adaln", "color verdict"].isna().all()
     latex = paper.to_latex(table, comparisons)
-    assert latex.startswith(r"\begin{tabular}{llrrrrrr}") and latex.count(r"\begin{tabular}") == 2
+    assert latex.startswith(r"\begin{tabular}{llrrrrrrrrr}") and latex.count(r"\begin{tabular}") == 2
+    assert latex_problems(latex) == []
     assert r"cross\_attn vs adaln" in latex
+
+
+# ---------------------------------------------------------------- several grids side by side
+
+
+FOUR = ["conditioning", "text_encoder", "scale", "mfg"]
+MFG_ORDER = ["off", "1.0", "1.1", "1.2", "1.3"]
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory) -> Path:
+    """All four ablation grids as the runner lays them out, two seeds each (mfg's prompts are its own
+    compshapes_motion set, the others' compshapes_mini)."""
+    root = tmp_path_factory.mktemp("four")
+    for grid in FOUR:
+        build_planned_grid(root, [f"grid={grid}", "seeds=[0,1]", "train.steps=20"], n_prompts=12, log_steps=20)
+    return root
+
+
+def four_grids(four: Path, monkeypatch, view_name: str | None = None) -> AppTest:
+    at = app(four, monkeypatch, **({"view": view_name} if view_name else {}))
+    at = at.sidebar.multiselect[0].set_value(FOUR).run()
+    assert_clean(at)
+    return at
+
+
+NONE_OR_NAN = re.compile(r"(^|[=\s,(])(none|nan|None|NaN)($|[\s,)])")
+
+
+def test_four_grids_get_a_table_each_with_only_their_own_axes(four, monkeypatch):
+    """One metric table and one cells table per grid: every column and arm label is the grid's own
+    (no 'text_encoder=none, mfg=none' on conditioning's arms), the sidebar filters offer no 'none'."""
+    at = four_grids(four, monkeypatch)
+    assert [m.value for m in at.markdown if m.value.startswith("#### ")] == [f"#### {g}" for g in FOUR]
+    metric_tables, cells_tables = at.table[:4], at.table[4:]
+    assert len(at.table) == 8
+    own_axes = {"conditioning": "conditioning", "text_encoder": "text_encoder", "scale": "scale", "mfg": "mfg"}
+    for grid, table in zip(FOUR, metric_tables):
+        labels = list(table.value.columns[1:])
+        assert labels and all(label.startswith(own_axes[grid] + "=") for label in labels), (grid, labels)
+        assert not any(NONE_OR_NAN.search(str(v)) for v in [*table.value.columns, *table.value.to_numpy().ravel()])
+    for grid, table in zip(FOUR, cells_tables):
+        columns = set(table.value.columns)
+        assert own_axes[grid] in columns and not (set(own_axes.values()) - {own_axes[grid]}) & columns, grid
+        assert not any(NONE_OR_NAN.search(str(v)) for v in table.value[own_axes[grid]])
+    for box in at.sidebar.multiselect:
+        if box.key and box.key.startswith("filter:"):
+            assert "none" not in box.options and "nan" not in box.options, box.key
+    captions = " ".join(c.value for c in at.caption)
+    assert "2 arms × 2 seeds (0, 1) · train steps 20" in captions and "5 arms × 2 seeds" in captions
+
+
+def test_arms_come_in_the_grid_files_order(four, monkeypatch):
+    """mfg's arms are off, 1.0 ... 1.3 in its grid file: its columns, cells, plots and curves keep
+    that order (not the cells' hash order, nor the sorted one that puts 'off' last)."""
+    at = four_grids(four, monkeypatch)
+    mfg = at.table[3].value
+    assert [c.split(" (")[0] for c in mfg.columns[1:]] == [f"mfg={v}" for v in MFG_ORDER]
+    assert list(dict.fromkeys(at.table[7].value["mfg"])) == MFG_ORDER
+    text = [c.split(" (")[0] for c in at.table[1].value.columns[1:]]
+    assert text == ["text_encoder=tiny CLIP (contrastive)", "text_encoder=tiny T5 (span corruption)",
+                    "text_encoder=tiny CLIP+T5"]
+    at = view(at, "Plots")
+    assert_clean(at)
+    mfg_specs = [s for s in charts(at) if "mfg" in json.dumps(s.get("encoding", s.get("layer", "")))]
+    assert mfg_specs
+    for spec in mfg_specs:
+        encoding = spec["layer"][0]["encoding"]
+        assert encoding["y"]["sort"] == MFG_ORDER and encoding["color"]["scale"]["domain"] == MFG_ORDER
+
+
+def test_plots_are_per_grid_with_labels_that_are_not_cut(four, monkeypatch):
+    at = view(four_grids(four, monkeypatch), "Plots")
+    specs = charts(at)
+    assert len(specs) == 4 * 6, "each grid's six metrics"
+    for spec in specs:
+        y = spec["layer"][0]["encoding"]["y"]
+        assert y["axis"]["labelLimit"] == 0, "an arm's label is drawn whole (wrapped when long), never cut"
+        assert not any(NONE_OR_NAN.search(str(v)) for v in y["sort"])
+        assert "grid=" not in json.dumps(y["sort"])
+
+
+def test_numeric_axis_only_for_the_grid_that_has_one(four, monkeypatch):
+    """Only mfg has a numeric axis: its guidance scales on the axis, 'off' beside them; the other
+    grids are named, not plotted at an 'mfg=none' point."""
+    at = view(four_grids(four, monkeypatch), "Numeric axis")
+    assert [s.key for s in at.selectbox] == ["numeric:mfg"] and at.selectbox[0].value == "axis.mfg"
+    assert any("conditioning, text_encoder, scale: no numeric axis" in c.value for c in at.caption)
+    specs = charts(at)
+    assert len(specs) == 6
+    for spec in specs:
+        rows = [row for data in spec.get("datasets", {}).values() for row in data]
+        assert {row["series"] for row in rows} == {"mfg"}
+        assert {row["axis.mfg"] for row in rows} == set(MFG_ORDER)
+
+
+def test_samples_show_every_arm_and_say_why_a_slot_is_empty(four, monkeypatch):
+    """Every arm of every grid is picked; mfg's arms have no compshapes_mini samples (theirs are
+    compshapes_motion), and their slots say so."""
+    at = view(four_grids(four, monkeypatch), "Samples")
+    picked = at.multiselect(key="samples:cells").value
+    assert len(picked) == 2 + 3 + 2 + 5 and all("seed 0" in p for p in picked)
+    assert at.selectbox(key="samples:set").value == "compshapes_mini"
+    assert len(at.get("image")) == (2 + 3 + 2) * 4, "seven arms with samples x four prompts"
+    empty = [c.value for c in at.caption if "no samples in compshapes_mini" in c.value]
+    assert len(empty) == 5 and all("it has compshapes_motion" in c for c in empty)
+    assert any("image-rendering: pixelated" in h.proto.body for h in at.get("html"))
+    at = at.selectbox(key="samples:set").set_value("compshapes_motion").run()
+    assert_clean(at)
+    assert len(at.get("image")) == 5 * 4
+    assert sum("no samples in compshapes_motion" in c.value for c in at.caption) == 2 + 3 + 2
+
+
+def test_samples_are_shown_at_a_whole_multiple_of_their_size(tmp_path):
+    from PIL import Image
+
+    from reports.browser import SAMPLE_WIDTH, _display_width
+
+    for size, expected in [(20, 120), (64, 128), (32, 128), (256, 256), (100, 100)]:
+        Image.new("RGB", (size, size)).save(tmp_path / f"{size}.png")
+        assert _display_width(str(tmp_path / f"{size}.png")) == expected
+        assert expected % size == 0 and (expected <= SAMPLE_WIDTH or expected == size)
+
+
+def test_arms_disagree_filter_keeps_the_prompts_whose_scores_differ(tmp_path, monkeypatch):
+    grid_dir = build_grid(tmp_path, "g", {"conditioning": ["adaln", "cross_attn"], "seed": [0]}, n_prompts=12)
+    cells = results.load_grid(grid_dir).cells.set_index("axis.conditioning")
+    paths = {arm: Path(cells.loc[arm, "path"]) / "eval" / "compshapes_judge.json" for arm in ("adaln", "cross_attn")}
+    base, other = (json.loads(p.read_text()) for p in paths.values())
+    for i, row in enumerate(other["per_image"]):  # the same score as adaln everywhere but prompts 0 and 7
+        if row["prompt_id"] not in (0, 7):
+            row["scores"] = dict(base["per_image"][i]["scores"])
+    paths["cross_attn"].write_text(json.dumps(other))
+    at = view(app(tmp_path, monkeypatch), "Samples")
+    assert any(c.value.startswith("12 prompts;") for c in at.caption)
+    at = at.toggle(key="samples:disagree").set_value(True).run()
+    assert_clean(at)
+    assert any(c.value.startswith("2 prompts on which the arms' scores differ") for c in at.caption)
+    assert len(at.get("image")) == 2 * 2
+
+
+def test_forest_plot_per_grid_from_the_verdicts(four, monkeypatch):
+    """The verdicts view draws, per grid, each arm's difference to the control per metric with its
+    interval (eval.verdicts' numbers), a line at zero and the verdict as the mark's shape."""
+    from eval import verdicts
+
+    at = view(four_grids(four, monkeypatch), "Verdicts")
+    assert [s.value for s in at.subheader] == FOUR
+    specs = charts(at)
+    assert len(specs) == 4
+    for grid, spec in zip(FOUR, specs):
+        points = spec["layer"][2]
+        assert points["encoding"]["x"]["field"] == "difference" and points["encoding"]["shape"]["field"] == "verdict"
+        assert spec["layer"][1]["encoding"]["x2"]["field"] == "ci_high"
+        assert spec["layer"][0]["mark"]["type"] == "rule"  # zero
+        rows = spec["datasets"][points["data"]["name"]] if "data" in points else next(
+            d for d in spec["datasets"].values() if d and "difference" in d[0])
+        expected = verdicts.grid_verdicts(four / grid)
+        assert len(rows) == len(expected)
+        assert sorted(r["difference"] for r in rows) == pytest.approx(sorted(expected["difference"]))
+    mfg = specs[3]["layer"][1]["encoding"]
+    assert mfg["yOffset"]["sort"] == MFG_ORDER[1:], "mfg's arms against 'off', in the grid's order"
+
+
+def test_run_detail_has_a_summary_card_before_the_raw_files(four, monkeypatch):
+    cells = results.load_grid(four / "conditioning").cells
+    cell = cells[(cells["axis.conditioning"] == "cross_attn") & (cells["axis.seed"] == 1)].iloc[0]
+    at = app(four, monkeypatch, view="Run detail", cell=f"conditioning/{cell['cell_id']}")
+    assert_clean(at)
+    text = " ".join(m.value for m in at.markdown)
+    assert "**Arm** conditioning=cross\\_attn · **seed** 1" in text
+    assert "train steps: 20" in text and "batch size: 32" in text and "seeds of this arm: 0, 1" in text
+    differs = next(t.value for t in at.table if "key" in t.value.columns)
+    row = differs.set_index("key").loc["model.conditioning"]
+    assert row["this cell"] == "cross_attn" and row["others in the grid"] == "adaln"
+    assert "train.seed" in differs["key"].tolist() and len(differs) <= 4, "only what varies in the grid"
+    metrics = next(t.value for t in at.table if "mean [lo, hi] n=prompts" in t.value.columns)
+    assert len(metrics) == 6 and metrics.iloc[:, 1].map(lambda v: bool(CI_CELL.match(v))).all()
+    other = cells[(cells["axis.conditioning"] == "cross_attn") & (cells["axis.seed"] == 0)]["cell_id"].iloc[0]
+    assert f"[seed 0](?view=Run+detail&cell=conditioning/{other})" in text
+    labels = [m.value for m in at.markdown]
+    assert labels.index("**Raw files**") > max(i for i, m in enumerate(labels) if m.startswith("**Budget**"))
+
+
+def test_no_resume_warning_for_cells_whose_process_is_alive(tmp_path, monkeypatch):
+    """While a grid trains, its running cells (their process alive) are under way: a note, not a
+    'Rerun ... to resume them' warning; a cell whose process is gone gets the warning."""
+    grid_dir = build_grid(tmp_path, "g", {"conditioning": ["adaln", "cross_attn"], "seed": [0]}, n_prompts=6,
+                          images=False)
+    live, dead = sorted(p for p in grid_dir.iterdir() if p.is_dir())
+    here = socket.gethostname()
+    _set_stage(live, host=here, pid=os.getpid(), start=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()))
+    at = app(tmp_path, monkeypatch)
+    assert_clean(at)
+    assert not [w.value for w in at.warning if "Rerun" in w.value]
+    assert any(live.name in i.value and "process is alive" in i.value for i in at.info)
+    at = app(tmp_path, monkeypatch, view="Run detail", cell=f"g/{live.name}")
+    assert_clean(at)
+    assert not any("Missing" in w.value for w in at.warning)
+    assert any(i.value.startswith("Running: record: process") for i in at.info)
+    _set_stage(dead, host=here, pid=_dead_pid())
+    at = app(tmp_path, monkeypatch)
+    warnings = [w.value for w in at.warning if "Rerun" in w.value]
+    assert len(warnings) == 1 and dead.name in warnings[0] and live.name not in warnings[0]
+
+
+def test_a_cell_whose_process_dies_reads_as_stopped_without_a_file_changing(tmp_path, monkeypatch):
+    grid_dir = build_grid(tmp_path, "g", {"conditioning": ["adaln"], "seed": [0]}, n_prompts=6, images=False)
+    cell = next(p for p in grid_dir.iterdir() if p.is_dir())
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _set_stage(cell, host=socket.gethostname(), pid=child.pid,
+                   start=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()))
+        at = app(tmp_path, monkeypatch)
+        assert statuses(at) == ["running"] and not [w for w in at.warning if "Rerun" in w.value]
+    finally:
+        child.kill()
+        child.wait()
+    at = at.run()
+    assert statuses(at) == ["stopped"] and any("Rerun" in w.value for w in at.warning)
+
+
+def test_every_entry_carries_its_seeds_steps_and_prompts(four, monkeypatch):
+    """Columns name their seeds and training steps, entries their n; fewer than MIN_PROMPTS prompts
+    is marked; the CSV export carries the same provenance."""
+    at = four_grids(four, monkeypatch)
+    for table in at.table[:4]:
+        assert all(re.search(r" \(2 seeds · 20 steps\)$", c) for c in table.value.columns[1:])
+        assert table.value.iloc[:, 1:].map(lambda v: bool(CI_CELL.match(v)) and v.endswith("n=2 †")).all().all()
+    assert any(f"marks fewer than {results.MIN_PROMPTS}" in c.value for c in at.caption)
+    button = next(b for b in at.get("download_button") if b.label.startswith("Download metrics"))
+    assert button.proto.label and "few_prompts" in BUTTON_CSV(at, button)
+
+
+def BUTTON_CSV(at: AppTest, button) -> str:
+    """The header line of a download button's CSV (its data is served from the media manager)."""
+    from streamlit.runtime import Runtime
+
+    url = button.proto.url
+    data = Runtime.instance().media_file_mgr._storage.get_file(url.rsplit("/", 1)[-1].split(".")[0]).content \
+        if Runtime.exists() else b""
+    return data.decode().splitlines()[0] if data else ""
+
+
+def test_provenance_formats(four):
+    """[lo, hi], never ±; seeds, steps and n beside each paper-table row; '†' below MIN_PROMPTS."""
+    assert results.format_entry(0.5, 0.4, 0.55, 3, 120) == "0.500 [0.400, 0.550] n=120"
+    assert results.format_entry(0.5, 0.4, 0.55, 3, 12) == "0.500 [0.400, 0.550] n=12 †"
+    assert results.format_entry(0.5, 0.4, 0.55, 3, None) == "0.500 [0.400, 0.550]"
+    long = pd.concat([results.load_grid(four / g).results for g in FOUR], ignore_index=True)
+    cells = pd.concat([results.load_grid(four / g).cells for g in FOUR], ignore_index=True)
+    cells = results.sort_cells(cells, FOUR, {g: results.load_grid(four / g).order for g in FOUR})
+    ours = paper.paper_table(long, cells, ["grid", *results.arm_columns(cells)], "compshapes_judge",
+                             order=paper.variant_order(cells, ["grid", *results.arm_columns(cells)]))
+    assert [v.split(", ")[0] for v in ours["variant"]] == ["conditioning"] * 2 + ["text_encoder"] * 3 + ["scale"] * 2 \
+        + ["mfg"] * 5
+    assert [v.split(", ")[1] for v in ours["variant"][-5:]] == MFG_ORDER
+    shown = paper.display_table(paper.side_by_side(ours, True))
+    assert list(shown.columns[:5]) == ["source", "variant", "seeds", "steps", "n"]
+    assert set(shown.loc[shown["source"] == "ours", "seeds"]) == {"2"} and set(shown["steps"]) <= {"20", ""}
+    assert shown.loc[shown["source"] == "ours", "color"].str.fullmatch(r"-?\d+\.\d\d \[-?\d+\.\d, -?\d+\.\d\] †").all()
+    latex = paper.to_latex(shown.pipe(lambda _: paper.side_by_side(ours, True)))
+    assert latex_problems(latex) == [] and latex.count(r"\textsuperscript{\dag}") >= 12 * 6
+
+
+def test_no_plus_minus_anywhere_in_the_reports():
+    """Intervals over prompts are not symmetric: every number is shown with `[lo, hi]`."""
+    offenders = [f"{path.name}:{i}" for path in sorted((REPO / "reports").glob("*.py"))
+                 for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if "±" in line or "\\pm" in line]
+    assert offenders == []

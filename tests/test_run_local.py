@@ -49,10 +49,15 @@ def test_layout_metrics_results_and_table(tiny_run):
         assert manifest["hardware"]["cpu"] and manifest["stages"]["train"]["interop_threads"] >= 1
         assert "cpu_simd" in manifest["hardware"]  # AVX2 / AVX-512 / AMX pick different float kernels
         assert all(manifest["stages"][s]["status"] == "done" for s in ("train", "sample", "evaluate", "record"))
+        # what each stage wrote, as the status checks it later (size, and a digest of the small files)
+        outputs = {s: manifest["stages"][s]["outputs"] for s in ("train", "sample", "evaluate", "record")}
+        assert set(outputs["train"]) == {"checkpoints/last.pt"} and set(outputs["record"]) == {"metrics.json"}
+        assert outputs["sample"]["samples/compshapes_smoke/*"]["files"] == 12
+        assert outputs["evaluate"]["eval/compshapes_judge.json"]["blake2b"]
         assert "compshapes_judge/color" in json.loads((d / "metrics.json").read_text())
     table = pd.read_parquet(grid_dir / "results.parquet")
     assert {"grid", "cell_id", "metric", "mean", "ci_low", "ci_high", "n", "axis.conditioning", "axis.seed"} <= set(table)
-    assert set(table["cell_id"]) == {c.cell_id for c in cells}
+    assert set(table["cell_id"]) == {c.cell_id for c in cells} and set(table["status"]) == {"done"}
     assert "adaln" in out and "cross_attn" in out and "compshapes_judge/color" in out
     assert "streamlit run reports/app.py" in out
 

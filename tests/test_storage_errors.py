@@ -152,3 +152,22 @@ def test_the_runner_stops_at_a_full_disk_with_one_line_and_resumes_after(tmp_pat
     monkeypatch.setattr(gio, "_atomic", real)
     assert main([*TINY, f"runs_dir={runs}"]) == 0
     assert not list(runs.rglob("*.tmp"))
+
+
+def test_a_full_disk_met_outside_gentron_io_is_the_same_one_line(tmp_path, monkeypatch, capsys):
+    """A write the runner does not make itself (an appended log, a library's file) that meets a full
+    disk stops the grid with the same line, naming the cell's folder when the error names no file."""
+    import gentron.train
+    from ablations.grid import plan
+    from ablations.launch import main
+
+    def full(cfg, run_dir):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gentron.train, "train", full)
+    runs = tmp_path / "runs"
+    assert main([*TINY, f"runs_dir={runs}"]) == 2
+    err = capsys.readouterr().err
+    first = plan([*TINY, f"runs_dir={runs}"]).cells[0].cell_id
+    assert f"error: disk full writing {runs / 'conditioning' / first}: free space" in err
+    assert "Traceback" not in err and "failed; the others go on" not in err

@@ -156,6 +156,38 @@ def test_results_and_csv_need_the_owner_secret(made):
     assert made["owner_secret"] not in str(client.cookies.values())
 
 
+def test_owner_page_shows_rater_progress_screens_and_answers(made):
+    """Who opened their link and who finished, screens answered against screens, and answers (a
+    screen asks every question, so answers are twice the screens here)."""
+    client = TestClient(create_app(made["db"]))
+    total = N_PROMPTS + CHECKS
+    first, second, _ = made["raters"]
+    vote_all(client, first)
+    form = parse_screen(client.get(f"/r/{second}").text)  # one screen answered, then the rater left
+    client.post(f"/r/{second}/vote", data={"nonce": form["nonce"], "signature": form["signature"],
+                                            "quality": "left", "text": "left"})
+    page = client.post(f"/s/{made['study_id']}/login", data={"secret": made["owner_secret"]}).text
+    assert (f"2 of 3 raters started, 1 finished · {total + 1} of {3 * total} screens answered · "
+            f"{2 * (total + 1)} answers (2 questions per screen)") in page
+    assert f"{2 * (total + 1)} answers recorded (2 per screen)" in page
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>([^<]+)</td><td>(\d+) of (\d+)</td><td>(\d+)</td></tr>", page)
+    assert [(state, int(done), int(of), int(answers)) for _, state, done, of, answers in rows] == [
+        ("finished", total, total, 2 * total), ("started", 1, total, 2), ("not started", 0, total, 0)]
+    assert "No votes yet" not in page
+
+
+def test_rater_progress_counts_links_never_opened():
+    raters = pd.DataFrame({"rater": ["a", "b", "c", "d"], "assigned": [4, 4, 0, 5], "shown": [4, 1, 0, 5],
+                           "screens_answered": [4, 0, 0, 5], "answers": [8, 0, 0, 10]})
+    progress = vote_stats.rater_progress(raters, screens_per_rater=4)
+    assert progress["state"].tolist() == ["finished", "started", "not started", "finished"]
+    assert progress["screens"].tolist() == [4, 4, 4, 5]  # a link never opened has the study's share ahead
+    assert vote_stats.progress_summary(progress) == {"raters": 4, "started": 3, "finished": 2,
+                                                     "screens_answered": 9, "screens": 17, "answers": 18}
+    empty = vote_stats.rater_progress(raters.iloc[0:0], 4)
+    assert empty.empty and vote_stats.progress_summary(empty)["raters"] == 0
+
+
 def test_concurrent_raters_lose_and_duplicate_nothing(tmp_path):
     """20 raters vote at once over real HTTP, each also replaying one submission."""
     plist = prompts(6)

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from tqdm import tqdm
 
-from gentron.io import atomic_torch_save, atomic_write_json
+from gentron.io import atomic_torch_save, atomic_write_json, remove_stale_temporaries
 from gentron.text.base import TextEmbedding
 from gentron.text.encoder import TextEncoder
 
@@ -103,6 +103,7 @@ class PromptCache:
         self.tables = [EmbeddingTable() for _ in self.encoders]
         self.dirs = [None if cache_dir is None else Path(cache_dir) / folder_name(e.name) for e in self.encoders]
         self._loaded_shards: list[set[str]] = [set() for _ in self.encoders]
+        self._swept: set[int] = set()
 
     def encode(self, prompts: Sequence[str]) -> list[TextEmbedding]:
         if isinstance(prompts, str):
@@ -156,6 +157,9 @@ class PromptCache:
         directory = self.dirs[i]
         if directory is None or not directory.is_dir():
             return
+        if i not in self._swept:  # temporaries of writers that died (the folder is shared: live ones stay)
+            remove_stale_temporaries(directory, shared=True)
+            self._swept.add(i)
         for path in sorted(directory.glob("shard-*.pt")):
             if path.name in self._loaded_shards[i]:
                 continue

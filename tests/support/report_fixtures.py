@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import random
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -128,10 +129,13 @@ def cell_id_of(config: dict) -> str:
 
 
 def arm_strength(axes: dict) -> float:
-    """The 'true' quality of an arm: cross-attention beats adaLN, bigger models and moderate MFG help."""
+    """The 'true' quality of an arm: cross-attention beats adaLN, bigger models, T5 (most with CLIP)
+    and moderate MFG help."""
     strength = 0.45
     strength += 0.3 if axes.get("conditioning", "cross_attn") == "cross_attn" else 0.0
     strength += {"T/2": 0.0, "S/2": 0.05, "B/2": 0.1}.get(axes.get("size", "T/2"), 0.0)
+    strength += {"G/2": 0.08}.get(axes.get("scale"), 0.0)
+    strength += {"t5": 0.04, "clip+t5": 0.08}.get(axes.get("text_encoder"), 0.0)
     mfg = axes.get("mfg_scale")
     if mfg is not None:
         strength += 0.08 * math.exp(-((mfg - 2.0) ** 2) / 2)
@@ -151,9 +155,10 @@ def build_cell(grid_dir: Path, grid: str, axes: dict, *, n_prompts: int = 12, im
 
 def fill_cell(cell_dir: Path, axes: dict, *, n_prompts: int = 12, images: bool = True, video: bool = False,
               stop_after: str = "metrics", log_steps: int = 150, metric: str = METRIC,
-              prompt_set: str = PROMPT_SET) -> dict:
+              prompt_set: str = PROMPT_SET, salt: int = 0) -> dict:
     """What the stages of a cell write, up to and including `stop_after`: train log, checkpoint,
-    samples, evaluator output, metrics.json, and the manifest's stage entries. Returns the metrics."""
+    samples, evaluator output, metrics.json, and the manifest's stage entries. Returns the metrics.
+    `salt` varies the judge's noise (two grids' arms of the same strength then score apart)."""
     reached = STAGES[: STAGES.index(stop_after) + 1]
     strength = arm_strength(axes)
     seed = int(axes.get("seed", 0))
@@ -165,7 +170,7 @@ def fill_cell(cell_dir: Path, axes: dict, *, n_prompts: int = 12, images: bool =
         write_sample_folder(cell_dir / "samples" / prompt_set, plist, quality=strength, video=video)
     metrics = {}
     if "eval" in reached:
-        evaluation = _evaluation(plist, strength, seed, video, metric)
+        evaluation = _evaluation(plist, strength, seed, video, metric, salt)
         atomic_write_json(cell_dir / "eval" / f"{metric}.json", evaluation)
         metrics = {f"{metric}/{k}": v for k, v in evaluation["aggregate"].items()}
     if "metrics" in reached:
@@ -190,8 +195,9 @@ def _write_train_log(cell_dir: Path, strength: float, seed: int, steps: int, don
     atomic_write_text(cell_dir / "train_log.jsonl", "\n".join(lines) + "\n")
 
 
-def _evaluation(plist: list[dict], strength: float, seed: int, video: bool, metric: str = METRIC) -> dict:
-    rng = np.random.default_rng(seed * 7919 + int(strength * 1000))
+def _evaluation(plist: list[dict], strength: float, seed: int, video: bool, metric: str = METRIC,
+                salt: int = 0) -> dict:
+    rng = np.random.default_rng(seed * 7919 + int(strength * 1000) + salt)
     suffix = ".gif" if video else ".png"
     per_image = [{"file": f"{p['category']}/{p['prompt_id']:06d}_42{suffix}", "prompt_id": p["prompt_id"], "seed": 42,
                   "category": p["category"], "prompt": p["prompt"],
@@ -247,11 +253,12 @@ def build_planned_grid(runs_dir: Path, argv: list[str], *, n_prompts: int = 12, 
     planned = plan([*argv, f"runs_dir={runs_dir}"])
     prepare(planned)
     for cell in planned.cells:
-        axes = {**cell.axes, "mfg_scale": cell.config.sample.mfg_scale,
+        axes = {**cell.axes, **cell.arms, "mfg_scale": cell.config.sample.mfg_scale,
                 "conditioning": cell.config.model.conditioning}  # what arm_strength reads
         fill_cell(planned.grid_dir / cell.cell_id, axes, n_prompts=n_prompts, images=images,
                   video=cell.config.data.video, stop_after=stop_after, log_steps=log_steps,
-                  prompt_set=cell.config.sample.prompt_sets[0], metric=cell.config.eval.metrics[0])
+                  prompt_set=cell.config.sample.prompt_sets[0], metric=cell.config.eval.metrics[0],
+                  salt=zlib.crc32(planned.grid_dir.name.encode()) % 10_000)
     grid_results.write_results(planned.grid_dir)
     return planned.grid_dir
 
