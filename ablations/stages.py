@@ -328,7 +328,9 @@ def _sample(cell_dir: Path, config: CellConfig) -> dict:
     for name in config.sample.prompt_sets:
         records = prompt_records(name, config.sample)
         try:
-            generate(config, cell_dir / CHECKPOINT, records, cell_dir / SAMPLES / name)
+            # `noise: per_prompt` where a set draws one image per prompt from one seed (COCO-30K)
+            noise = registry("prompt_sets")[name].get("noise", "seed")
+            generate(config, cell_dir / CHECKPOINT, records, cell_dir / SAMPLES / name, noise=noise)
         except Exception as error:
             problem = _checkpoint_problem(cell_dir / CHECKPOINT)
             if problem is None:

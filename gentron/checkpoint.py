@@ -32,7 +32,6 @@ under a constant learning rate) may change; any other change is refused unless t
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
@@ -47,16 +46,15 @@ import numpy as np
 import torch
 import yaml
 
+from gentron.checkpoint_payload import CHECKSUM, checksum, non_finite, save_checkpoint
 from gentron.config import RUN_ONLY_KEYS, CellConfig, default_config, to_dict
 from gentron.errors import ConfigError, exits_on_user_error
-from gentron.io import atomic_torch_save
 from gentron.sharded import META, sharded_checkpoints, sharded_step
 
 log = logging.getLogger(__name__)
 
 LAST = "last.pt"
 CONFIG_FILE = "config.yaml"  # a run folder's resolved config
-CHECKSUM = "checksum"
 # A run folder also resumes across a change of sampling and evaluation settings (and of RUN_ONLY_KEYS).
 RUN_ONLY_SECTIONS = ("sample", "eval")
 _STEP_FILE = re.compile(r"step-(\d+)\.pt")
@@ -138,49 +136,7 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# --- checksum -----------------------------------------------------------------------------------
-
-def checksum(payload: dict[str, Any]) -> str:
-    """A digest of a checkpoint's contents (every tensor's bytes, dtype and shape, every other value),
-    the same before saving and after loading. Reads only: no tensor is changed or copied to hash it."""
-    h = hashlib.blake2b(digest_size=32)
-    _feed(h, {k: v for k, v in payload.items() if k != CHECKSUM})
-    return "blake2b:" + h.hexdigest()
-
-
-def _feed(h, obj: Any) -> None:
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
-        if t.numel():
-            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
-    elif isinstance(obj, np.ndarray):
-        h.update(f"N{obj.dtype.str}{obj.shape}:".encode())
-        h.update(np.ascontiguousarray(obj).view(np.uint8).reshape(-1))
-    elif isinstance(obj, dict):
-        h.update(f"D{len(obj)}:".encode())
-        for key, value in obj.items():
-            _feed(h, key)
-            _feed(h, value)
-    elif isinstance(obj, (list, tuple)):
-        h.update(f"{type(obj).__name__[0]}{len(obj)}:".encode())
-        for value in obj:
-            _feed(h, value)
-    else:  # str, int, float (repr round-trips), bool, None, dtypes and other small values
-        h.update(f"V{type(obj).__name__}:{obj!r};".encode())
-
-
 # --- writing ------------------------------------------------------------------------------------
-
-def save_checkpoint(path: str | Path, **payload: Any) -> Path:
-    """Write atomically, with a checksum: a crash mid-save leaves the previous checkpoint intact."""
-    payload[CHECKSUM] = checksum(payload)
-    path = atomic_torch_save(path, payload)
-    log.info("saved checkpoint %s (step %s)", path, payload.get("step"))
-    return path
-
 
 def save_rotating(folder: str | Path, payload: dict[str, Any], keep_last: int, previous_step: int | None) -> Path:
     """Write `folder/last.pt`, keeping the checkpoint it replaces (of step `previous_step`) as
@@ -210,6 +166,8 @@ def _keep_as(source: Path, target: Path) -> None:
         os.replace(source, target)
         return
     os.replace(link, target)
+    # rename() between two names of one file does nothing (POSIX): the link would stay behind
+    link.unlink(missing_ok=True)
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -287,27 +245,6 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 class PoisonedCheckpoint(ValueError):
     """A checkpoint whose checksum holds but whose weights include NaN or inf."""
-
-
-def non_finite(payload: dict[str, Any]) -> str | None:
-    """The first NaN/inf tensor of a checkpoint's model, EMA or optimizer state, as `ema[blocks.0.attn...]`
-    with its count, or None."""
-    groups = {"model": payload.get("model") or {}, "ema": payload.get("ema") or {},
-              "optimizer": dict(_tensors((payload.get("optimizer") or {}).get("state", {}), ""))}
-    for group, tensors in groups.items():
-        for name, t in tensors.items():
-            if torch.is_tensor(t) and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
-                bad = int((~torch.isfinite(t)).sum())
-                return f"{group}[{name}] has {bad} of {t.numel()} values NaN or inf"
-    return None
-
-
-def _tensors(tree: Any, prefix: str):
-    if torch.is_tensor(tree):
-        yield prefix, tree
-    elif isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key))
 
 
 def _short(error: BaseException) -> str:

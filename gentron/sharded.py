@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gentron import distributed as D
+from gentron.checkpoint_payload import non_finite, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ def save(folder: str | Path, step: int, model, ema: dict, optimizer, meta: dict[
     """Write `folder/sharded-<step>/` (collective: every rank calls it) and keep the newest `keep_last`."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
-    from gentron.checkpoint import save_checkpoint
 
     folder = Path(folder)
     final = sharded_path(folder, step)
@@ -136,8 +135,6 @@ def scan(path: Path, info: D.DistInfo) -> str | None:
     gentron.checkpoint.non_finite names it), each rank reading its share of the tensors in batches
     (collective); every rank gets the same answer."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    from gentron.checkpoint import non_finite
 
     metadata = _reader(path).read_metadata().state_dict_metadata
     keys = sorted(k for k, m in metadata.items() if isinstance(m, TensorStorageMetadata))

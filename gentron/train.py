@@ -46,7 +46,8 @@ from gentron import sharded
 from gentron.checkpoint import (CONFIG_FILE, LAST, capture_rng, checkpoint_dir, checkpoint_step, consolidate,
                                 load_checkpoint, restore_rng, resume_state, save_rotating)
 from gentron.config import CellConfig, load_config, resolve, save_config, to_dict
-from gentron.data.training import TrainingData, build_training_data, default_cache_dir
+from gentron.data.training import (TrainingData, build_training_data, default_cache_dir, needs_encoders, needs_vae,
+                                   summed_skipped)
 from gentron.diffusion import Diffusion
 from gentron.errors import ConfigError, exits_on_user_error
 from gentron.io import remove_stale_temporaries
@@ -224,8 +225,8 @@ def _log_row(step: int, lr: float, grad_norm, losses: dict, data: TrainingData, 
     # Per step, over the window: waiting for the batch, and the encoders run on it.
     row["data_wait_s"], row["encode_s"] = data.wait_s / steps, data.encode_s / steps
     data.wait_s = data.encode_s = 0.0
-    if data.skipped:
-        row["skipped"] = data.skipped  # bad samples this rank's loader workers skipped so far
+    # bad samples and bad shards the loader workers skipped so far, summed over ranks (every rank calls it)
+    row.update({k: v for k, v in summed_skipped(data, info).items() if v})
     for k in ("loss", "mse", "vb"):
         v = losses.get(k)
         row[k] = None if v is None else float(D.all_reduce_mean(v.detach().float(), info))
@@ -250,16 +251,19 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> TrainResu
     state = resume_state(cfg, run_dir, info if shards else None)
     # What the run records: the permission to resume with another config is not part of it.
     recorded = dataclasses.replace(cfg, train=dataclasses.replace(t, resume="auto"))
-    if info.is_main:
+    # config.yaml has one writer: the grid's stages, or a standalone run into a folder without one (or
+    # continuing a changed config under train.resume=force).
+    if info.is_main and (not (run_dir / CONFIG_FILE).exists() or t.resume == "force"):
         save_config(recorded, run_dir / CONFIG_FILE)
 
     device_settings(device)
-    encoders = build_text_encoders(cfg.text_encoders, device)
-    fingerprints = [e.name for e in encoders]
-    vae = build_vae(cfg.vae).to(device)
+    # Feature shards hold every encoder's output: no encoder or VAE on the training device then.
+    encoders = build_text_encoders(cfg.text_encoders, device) if needs_encoders(cfg) else None
+    vae = build_vae(cfg.vae).to(device) if needs_vae(cfg) else None
     dtype = torch.float32  # the model's parameters, and so its compute dtype (autocast lowers it on GPU)
     data = build_training_data(cfg, info, device, dtype, vae, encoders, default_cache_dir(cfg, run_dir),
                                state and state["data"])
+    fingerprints = data.encoder_names
     del encoders, vae  # the data keeps what it runs per batch
     generator = torch.Generator().manual_seed(t.seed)
     diffusion = Diffusion.from_config(cfg.model).to(device)

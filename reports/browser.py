@@ -44,12 +44,14 @@ EXAMPLE_COMMAND = "python ablations/run.py grid=conditioning"
 MAX_CURVES = 8
 PROMPTS_PER_PAGE = 4
 SAMPLE_WIDTH = 128  # a sample is drawn at the largest whole multiple of its own size up to this (nearest neighbour)
+SLOT_WIDTH = 160  # px of one sample's box (image, label, scores); the boxes of a row wrap on a narrow screen
 PIXELATED = ("<style>[data-testid='stImage'] img, [data-testid='stImageContainer'] img "
              "{image-rendering: pixelated;}</style>")
 MAX_COLUMNS = 10  # more arms or cells than this: metrics become the columns
 STATIC_ROWS = 30  # tables up to this long are drawn static; longer ones as the interactive grid (show_table)
 COMPACT = "font-size: 0.8125rem"  # show_table(compact=True): 13 px in place of 14
 SMOOTHING = 0.6  # TensorBoard's default
+CURVE_HEIGHT, LEGEND_ROW = 300, 20  # a curve plot: the plot and axes, plus a line of legend per cell (below it)
 STATUS_COLORS = {"done": "#2e7d32", "running": "#1565c0", "stopped": "#e65100", "failed": "#c62828",
                  "pending": "#6d6d6d", "stale": "#8d6e63"}
 VERDICT_COLORS = {verdicts.BETTER: "#2e7d32", verdicts.WORSE: "#c62828", paper.AGREES: "#2e7d32",
@@ -400,9 +402,8 @@ def view_table(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridD
 def metrics_csv(long: pd.DataFrame, cells: pd.DataFrame) -> bytes:
     """One row per cell and metric: its numbers with their provenance (seed, training steps, batch
     size, n prompts and whether that is fewer than MIN_PROMPTS) and the cell's own axes."""
-    extra = [c for c in (results.STEPS, results.BATCH) if c in cells]
-    numbers = long.merge(cells[["grid", "cell_id", *results.own_axes(cells), *extra]], on=["grid", "cell_id"],
-                         suffixes=("", "_cell"))
+    extra = [c for c in (*results.own_axes(cells), results.STEPS, results.BATCH) if c in cells and c not in long]
+    numbers = long.merge(cells[["grid", "cell_id", *extra]], on=["grid", "cell_id"])
     numbers = numbers.rename(columns={results.STEPS: "train_steps", results.BATCH: "batch_size"})
     if "n" in numbers:
         numbers["few_prompts"] = pd.to_numeric(numbers["n"], errors="coerce") < MIN_PROMPTS
@@ -487,12 +488,12 @@ def forest_chart(table: pd.DataFrame) -> alt.Chart | None:
     base = alt.Chart(frame).encode(y=y, yOffset=offset,
                                    color=color("comparison:N", len(comparisons), legend, domain=comparisons))
     bars = base.mark_rule(strokeWidth=2).encode(
-        x=alt.X("ci_low:Q", title="difference to the control (arm − control), 95% interval"), x2="ci_high:Q")
+        x=alt.X("ci_low:Q", title="arm − control, 95% interval"), x2="ci_high:Q")
     points = base.mark_point(filled=True, size=80, opacity=1).encode(
         x="difference:Q",
         shape=alt.Shape("verdict:N", title="verdict", scale=alt.Scale(domain=list(VERDICT_SHAPES),
                                                                       range=list(VERDICT_SHAPES.values())),
-                        legend=alt.Legend(orient="bottom", direction="horizontal")),
+                        legend=alt.Legend(orient="bottom", direction="vertical")),
         tooltip=["control", "arm", "metric", alt.Tooltip("difference:Q", format="+.4f"),
                  alt.Tooltip("ci_low:Q", format="+.4f"), alt.Tooltip("ci_high:Q", format="+.4f"),
                  alt.Tooltip("p_adjusted:Q", format=".3g", title="adjusted p"), "verdict", "n_seeds", "n_units"])
@@ -588,7 +589,7 @@ def view_curves(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.Grid
             part = curves[curves["quantity"] == quantity]
             positive = bool((part["value"] > 0).all())
             scale = alt.Scale(type="log" if log_y and positive else "linear", zero=False)
-            base = alt.Chart(part).encode(x=alt.X("step:Q"), color=color("cell:N", n, "cell"))
+            base = alt.Chart(part).encode(x=alt.X("step:Q"), color=color("cell:N", n, "cell", domain=picked))
             raw = base.mark_line(opacity=0.25, strokeWidth=1).encode(y=alt.Y("value:Q", title=quantity, scale=scale))
             smooth = base.mark_line(strokeWidth=2).encode(
                 y=alt.Y("smoothed:Q", scale=scale), tooltip=["cell", "step", alt.Tooltip("value:Q", format=".4g"),
@@ -596,8 +597,8 @@ def view_curves(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.Grid
             chart = alt.layer(raw, smooth) if smoothing > 0 else smooth.encode(y=alt.Y("value:Q", title=quantity,
                                                                                        scale=scale))
             with slot:
-                st.altair_chart(chart.properties(height=260, title=quantity).interactive(bind_y=False),
-                                width="stretch")
+                chart = chart.properties(height=CURVE_HEIGHT + LEGEND_ROW * n, title=quantity)
+                st.altair_chart(chart.interactive(bind_y=False), width="stretch")
     st.caption("Faint: the logged values; solid: smoothed (TensorBoard's exponential moving average, debiased). "
                "Drag to pan, scroll to zoom the steps.")
 
@@ -719,7 +720,6 @@ def view_samples(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.Gri
     by_grid = {}
     for label in order:
         by_grid.setdefault(grid_of[label], []).append(label)
-    width = max(len(v) for v in by_grid.values())
     for key in prompts.iloc[(page - 1) * PROMPTS_PER_PAGE: page * PROMPTS_PER_PAGE].itertuples(index=False):
         st.markdown(f"**{escape_markdown(key.prompt)}** · seed {key.seed}")
         for grid, labels_of_grid in by_grid.items():
@@ -729,7 +729,7 @@ def view_samples(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.Gri
                 row = frame.merge(pd.DataFrame([key._asdict()])[keys], on=keys)
                 slots.append((caption_of[label], row.iloc[0] if len(row) else None,
                               f"no sample of this prompt and seed in {prompt_set}"))
-            _slots(slots, columns=width, lead=grid if len(by_grid) > 1 else None)
+            _slots(slots, lead=grid if len(by_grid) > 1 else None)
 
 
 def _no_samples_text(prompt_set: str, has: list[str]) -> str:
@@ -755,27 +755,28 @@ def _all_prompts(frames: dict[str, pd.DataFrame], keys: list[str]) -> pd.DataFra
     return found.sort_values(keys).reset_index(drop=True)
 
 
-def _slots(slots: list[tuple[str, pd.Series | None, str]], columns: int | None = None, lead: str | None = None,
+def _slots(slots: list[tuple[str, pd.Series | None, str]], lead: str | None = None,
            width: int = SAMPLE_WIDTH) -> None:
-    """A row of samples: (label, sample row or None, why there is none); empty slots say why. `lead`
-    (the grid's name) heads the row in a narrow first column."""
-    n = max(columns or 0, len(slots))
-    row_columns = st.columns([0.5] + [1] * n) if lead else st.columns(n)
+    """A row of samples: (label, sample row or None, why there is none); empty slots say why. The
+    slots are boxes of one width that wrap onto more lines on a narrow screen (two to a phone's
+    line); `lead` (the grid's name) heads the row."""
     if lead:
-        row_columns[0].markdown(f"**{escape_markdown(lead)}**")
-        row_columns = row_columns[1:]
-    for column, (label, row, why) in zip(row_columns, slots):
-        with column:
-            if row is None:
-                st.caption(f"{label}\n\n*{why}*")
-                continue
-            path = row["path"]
-            if path.lower().endswith((".mp4", ".webm")):
-                st.video(path)
-            else:
-                st.image(path, width=_display_width(path, width))
-            scores = {k: v for k, v in row.items() if "/" in str(k) and pd.notna(v) and k != "path"}
-            st.caption(label + "\n\n" + ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()))
+        st.markdown(f"**{escape_markdown(lead)}**")
+    line = st.container(horizontal=True, gap="small")
+    for label, row, why in slots:
+        if row is None:
+            line.container(width=SLOT_WIDTH).caption(f"{label}\n\n*{why}*")
+            continue
+        path = row["path"]
+        if path.lower().endswith((".mp4", ".webm")):
+            slot = line.container(width=max(SLOT_WIDTH, 2 * width))
+            slot.video(path)
+        else:
+            shown = _display_width(path, width)
+            slot = line.container(width=max(SLOT_WIDTH, shown + 8))
+            slot.image(path, width=shown)
+        scores = {k: v for k, v in row.items() if "/" in str(k) and pd.notna(v) and k != "path"}
+        slot.caption(label + "\n\n" + ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()))
 
 
 def _display_width(path: str, target: int = SAMPLE_WIDTH) -> int:

@@ -222,8 +222,8 @@ def decimals(values: pd.Series) -> int:
 
 
 def format_ci(mean, low, high, digits: int = 3) -> str:
-    """'0.812 [0.780, 0.840]': the mean and its 95% CI with `digits` decimals (never '±': an interval
-    over prompts need not be symmetric)."""
+    """'0.812 [0.780, 0.840]': the mean and its 95% CI with `digits` decimals, both ends written out (an
+    interval over prompts need not be symmetric)."""
     if mean is None or pd.isna(mean):
         return ""
     if pd.isna(low) or pd.isna(high):

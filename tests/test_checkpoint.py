@@ -233,3 +233,17 @@ def test_a_nan_in_sharded_weights_is_refused_and_last_good_goes_back(tmp_path):
             resume_state(cfg, run, ranks)
     state = resume_state(with_changes(cfg, train={"resume": "last_good"}), run, DistInfo())
     assert state["step"] == 2 and state["sharded"].endswith("sharded-00000002")
+
+
+def test_keeping_a_checkpoint_already_linked_under_its_step_name_leaves_no_temporary(tmp_path):
+    """A save killed after linking last.pt to its step name, then rerun: the step file and last.pt are
+    one file already, rename() between them does nothing, and the temporary link must not stay."""
+    import os
+
+    from gentron.checkpoint import _keep_as
+
+    last = save_checkpoint(tmp_path / "last.pt", step=2)
+    step = tmp_path / "step-00000002.pt"
+    os.link(last, step)
+    _keep_as(last, step)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "step-00000002.pt"]

@@ -10,7 +10,8 @@ import pytest
 
 from reports import study
 from reports.serving import results_browser, vote_app
-from tests.support.report_fixtures import ARTIFACTS, build_grid, chromium, prompts, write_sample_folder
+from tests.support.report_fixtures import (ARTIFACTS, build_grid, build_planned_grid, chromium, prompts,
+                                           write_sample_folder)
 
 pytestmark = pytest.mark.browser
 
@@ -43,7 +44,7 @@ def test_results_browser_renders_table_and_paper_view(browser, tmp_path):
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ARTIFACTS / "results_paper_table.png"), full_page=True)
         page.goto(url + "/?view=Samples", timeout=60_000)
-        page.get_by_text("prompts with the same seed").wait_for(timeout=60_000)
+        page.get_by_text(re.compile("picked cells have samples in")).wait_for(timeout=60_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ARTIFACTS / "results_samples.png"), full_page=True)
         assert not page.locator("[data-testid='stException']").count()
@@ -112,13 +113,75 @@ def test_results_views_without_deploy_menu_with_legends_at_both_sizes(browser, t
         # the entries (columns after source and variant, which may wrap) keep to one line each
         heights = table.locator("tbody td:not(.col0):not(.col1) p").evaluate_all(
             "entries => entries.map(p => p.getBoundingClientRect().height)")
-        assert len(heights) >= 7 * 6 and max(heights) - min(heights) < 2, "a '46.05 ± 2.10' entry wrapped"
+        assert len(heights) >= 7 * 6 and max(heights) - min(heights) < 2, "a '46.05 [44.0, 48.1]' entry wrapped"
         if size == "phone":  # wider than the screen: the table scrolls sideways, nothing is cut off
             scroller = table.locator("xpath=.//table/..")
             width, shown = scroller.evaluate("e => [e.scrollWidth, e.clientWidth]")
             assert width > shown and scroller.evaluate("e => getComputedStyle(e).overflowX") == "auto"
         assert not page.locator("[data-testid='stException']").count()
         page.close()
+
+
+FOUR = ["conditioning", "text_encoder", "scale", "mfg"]
+
+
+def _whole_page(page, path) -> None:
+    """A screenshot of the whole page: Streamlit scrolls its main block, not the document, so the
+    viewport is grown to the content's height first."""
+    width = page.viewport_size["width"]
+    height = page.evaluate("() => Math.max(document.body.scrollHeight, ...[...document.querySelectorAll('*')]"
+                           ".filter(e => e.scrollHeight > e.clientHeight + 5 && getComputedStyle(e).overflowY !== "
+                           "'visible').map(e => e.scrollHeight))")
+    page.set_viewport_size({"width": width, "height": min(int(height) + 20, 12_000)})
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": width, "height": VIEWPORTS["desktop"]["height"]})
+
+
+def test_four_grids_read_cleanly_at_both_sizes(browser, tmp_path):
+    """The runs folder of all four ablations (three seeds; mfg's prompts its own set): one table per
+    grid that fits a 1400 px page beside the sidebar, a forest plot per grid, samples drawn pixel for
+    pixel; whole-page screenshots at 1400 and 390 px in test-artifacts/ (docs/results_browser.md
+    shows them)."""
+    for grid in FOUR:
+        build_planned_grid(tmp_path, [f"grid={grid}", "seeds=[0,1,2]", "train.steps=20"],
+                           n_prompts=60 if grid == "mfg" else 120, log_steps=40)
+    query = "&".join(f"grid={g}" for g in FOUR)
+    with results_browser(tmp_path) as url:
+        for size, viewport in VIEWPORTS.items():
+            page = browser.new_page(viewport=viewport)
+            page.goto(f"{url}/?{query}", timeout=90_000)
+            page.get_by_text("36 cells in 4 grids").wait_for(timeout=90_000)
+            _drawn(page, "[data-testid='stTable']")
+            tables = page.locator("[data-testid='stTable']")
+            assert tables.count() == 8
+            if size == "desktop":  # every grid's metric table fits: nothing scrolls sideways
+                for i in range(4):
+                    scroller = tables.nth(i).locator("xpath=.//table/..")
+                    width, shown = scroller.evaluate("e => [e.scrollWidth, e.clientWidth]")
+                    assert width <= shown + 1, f"the metric table of {FOUR[i]} is wider than the page"
+            text = page.inner_text("body")
+            assert "=none" not in text and "nan" not in text.split()
+            assert not page.locator("[data-testid='stException']").count()
+            _whole_page(page, ARTIFACTS / f"results_four_grids_{size}.png")
+            page.goto(f"{url}/?view=Verdicts&{query}", timeout=90_000)
+            page.get_by_text(re.compile("after Holm over 24 comparisons")).wait_for(timeout=90_000)
+            _drawn(page, "[data-testid='stVegaLiteChart']")
+            assert page.locator("[data-testid='stVegaLiteChart']").count() == 4
+            _whole_page(page, ARTIFACTS / f"results_four_grids_verdicts_{size}.png")
+            page.goto(f"{url}/?view=Samples&{query}", timeout=90_000)
+            page.get_by_text(re.compile("picked cells have samples in")).wait_for(timeout=90_000)
+            _drawn(page, "[data-testid='stImage']")
+            assert page.get_by_text(re.compile("no samples in compshapes_mini")).count() == 5
+            images = page.locator("[data-testid='stImage'] img")
+            assert images.count() == 7 * 4
+            for rendering, natural, drawn in images.evaluate_all(
+                    "imgs => imgs.map(i => [getComputedStyle(i).imageRendering, i.naturalWidth, "
+                    "i.getBoundingClientRect().width])"):
+                assert rendering == "pixelated" and natural and drawn % natural == 0 and drawn >= natural
+            _whole_page(page, ARTIFACTS / f"results_four_grids_samples_{size}.png")
+            assert not page.locator("[data-testid='stException']").count()
+            page.close()
 
 
 def test_rater_votes_in_browser_and_owner_sees_them(browser, tmp_path):
@@ -148,6 +211,7 @@ def test_rater_votes_in_browser_and_owner_sees_them(browser, tmp_path):
         page.screenshot(path=str(ARTIFACTS / "vote_results.png"), full_page=True)
         body = page.inner_text("body")
         assert re.search(r"8 answers recorded", body)
+        assert "1 of 2 raters started, 1 finished · 4 of 8 screens answered · 8 answers" in body
         page.close()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == 8

@@ -281,9 +281,9 @@ class InMemoryData(TrainingData):
             x0 = still_clips(x0, self.cfg.data.num_frames)
         keep = self.keep_captions(generator)
         ids = torch.where(keep, ids, torch.full_like(ids, self.table.null_id))
-        text = [e[self.local] for e in self.table.lookup(ids.to(self.device))]
+        text = [e[self.local] for e in self.table.lookup(D.to_device(ids, torch.device(self.device)))]
         self.wait_s += time.perf_counter() - started
-        return x0[self.local].to(self.device), text, self.motion_free_mask(motion_free)
+        return D.to_device(x0[self.local], torch.device(self.device)), text, self.motion_free_mask(motion_free)
 
     def _gather(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The global batch of stream `name` at its position: (samples, prompt ids). Advances it."""
