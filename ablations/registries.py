@@ -1,6 +1,7 @@
 """The named prompt sets and metrics a grid can use (ablations/conf/prompt_sets.yaml, metrics.yaml).
 
-Each file is read and parsed once per process. `registry(name)` returns a fresh dict on every call,
+Each file is read, parsed and its entries validated (gentron.schema: `PromptSet`, `Metric`) once per
+process. `registry(name)` returns a fresh dict on every call,
 with `${oc.env:...}` resolved against the environment of that moment (a test or a user may point a
 variable at local copies after the first read): callers may keep or change what they get.
 """
@@ -8,18 +9,54 @@ from __future__ import annotations
 
 import functools
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
 from omegaconf import DictConfig, OmegaConf
+
+from gentron.errors import ConfigError
+from gentron.schema import parse, required
 
 CONF_DIR = Path(__file__).parent / "conf"
 ENV = re.compile(r"\$\{oc\.env:([A-Z0-9_]+)")
 
 
+@dataclass
+class PromptSet:
+    """A named prompt set: CompShapes prompts (`set`, optionally `per_category` of each) or prompt files."""
+    kind: Literal["compshapes", "files"] = required("compshapes")
+    set: Optional[str] = None  # compshapes: gentron.generate.prompt_set's name
+    per_category: Optional[int] = None
+    glob: Optional[str] = None  # files: .txt (one prompt per line) or .jsonl
+    images_per_prompt: Optional[int] = None  # fixed by the benchmark; None: the cell's sample.images_per_prompt
+    noise: Literal["seed", "per_prompt"] = "seed"  # gentron.generate.noise_seed
+
+    def check(self, where: str) -> None:
+        needed = "set" if self.kind == "compshapes" else "glob"
+        if getattr(self, needed) is None:
+            raise ConfigError(f"kind {self.kind} needs `{needed}`")
+
+
+@dataclass
+class Metric:
+    """A named evaluator: its module's evaluate(), the prompt sets it reads, its options."""
+    module: str = required("eval.judge")
+    prompt_sets: list[str] = required('["compshapes_*"]')
+    options: dict[str, Any] = field(default_factory=dict)
+    higher_is_better: Any = None  # true, false or {score: bool} (eval.verdicts)
+
+
+SCHEMAS = {"prompt_sets": PromptSet, "metrics": Metric}
+
+
 @functools.cache
 def _loaded(name: str) -> DictConfig:
-    return OmegaConf.load(CONF_DIR / f"{name}.yaml")
+    path = CONF_DIR / f"{name}.yaml"
+    loaded = OmegaConf.load(path)
+    for entry, values in OmegaConf.to_container(loaded, resolve=False).items():
+        parse(SCHEMAS[name], values, source=f"{path}: {entry}")
+    return loaded
 
 
 def registry(name: str) -> dict:

@@ -305,3 +305,28 @@ def test_a_grid_folder_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"the grid's runs folder {tmp_path / 'conditioning'} is a file, not a folder" in err
     assert "Errno" not in err and "Traceback" not in err
+
+
+def test_registry_entries_are_validated_by_the_schema(tmp_path, monkeypatch):
+    """A typo in a prompt set or metric entry of ablations/conf is one line naming the file, the entry
+    and the key, when the registry is first read."""
+    import shutil
+
+    from ablations import registries
+    from gentron.errors import ConfigError
+
+    for name in ("prompt_sets", "metrics"):
+        shutil.copy(registries.CONF_DIR / f"{name}.yaml", tmp_path / f"{name}.yaml")
+    with open(tmp_path / "metrics.yaml", "a", encoding="utf-8") as f:
+        f.write("typo_metric:\n  modul: eval.judge\n  prompt_sets: [x]\n")
+    with open(tmp_path / "prompt_sets.yaml", "a", encoding="utf-8") as f:
+        f.write("no_glob:\n  kind: files\n")
+    monkeypatch.setattr(registries, "CONF_DIR", tmp_path)
+    registries._loaded.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match=r"metrics\.yaml: typo_metric: unknown config key 'modul'; did you mean 'module'"):
+            registries.registry("metrics")
+        with pytest.raises(ConfigError, match=r"prompt_sets\.yaml: no_glob: kind files needs `glob`"):
+            registries.registry("prompt_sets")
+    finally:
+        registries._loaded.cache_clear()
