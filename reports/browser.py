@@ -900,6 +900,9 @@ def view_run(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridDat
     elif cell["run_status"] == "running":
         st.info(f"Running: {escape_markdown(cell['status_reason'])}. Stages left: {', '.join(missing)}; they finish "
                 "without a rerun.")
+    elif missing and cell["run_status"] == "pending" and (grid.cells["run_status"] == "running").any():
+        st.info(f"Not started ({', '.join(missing)} to do): other cells of '{grid.name}' are running, so a grid run "
+                f"is working through its cells and will start it; if none is going, `{grid.rerun}` does.")
     elif missing:
         st.warning(f"Missing: {', '.join(missing)}. Rerun `{grid.rerun}` to resume this cell.")
     st.markdown("**Raw files**")
