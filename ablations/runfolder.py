@@ -41,7 +41,7 @@ import yaml
 from scipy.special import stdtrit
 
 from ablations import manifest
-from gentron.io import atomic_write_text, make_folder, remove_stale_temporaries, writing
+from gentron.io import atomic_write_text, make_folder, process_alive, remove_stale_temporaries, writing
 
 log = logging.getLogger(__name__)
 
@@ -454,33 +454,6 @@ def _overall(cell_dir: Path, found: dict, states: dict[str, str], damaged: list[
     if idle > STALL_SECONDS:
         return "stopped", f"{stage} says running {where}, but no file of the cell changed for {idle / 3600:.1f} h"
     return "running", f"{stage} running {where}; last file change {idle / 60:.0f} min ago"
-
-
-def process_alive(pid: int, since: float | None = None) -> bool:
-    """Whether process `pid` of this machine is alive and not a newer process that reused the pid
-    (one started after `since`, the stage's start in epoch seconds)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, owned by another user
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return True  # no /proc: os.kill's answer is all there is
-    if fields[0] in ("Z", "X"):
-        return False  # a zombie: finished, not yet reaped
-    if since is None:
-        return True
-    try:
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
-        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, StopIteration, ValueError, IndexError):
-        return True
-    return started <= since + 5  # the clock-tick rounding of /proc
 
 
 def _epoch(stamp) -> float | None:

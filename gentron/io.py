@@ -243,12 +243,12 @@ def _writer(path: Path, mtime: float) -> str:
     pid = int(match.group("pid"))
     if pid == os.getpid():
         return "alive" if str(path) in _in_flight else "dead"
-    return "alive" if _process_alive(pid, mtime) else "dead"
+    return "alive" if process_alive(pid, mtime) else "dead"
 
 
-def _process_alive(pid: int, since: float) -> bool:
-    """Whether process `pid` of this host is alive and started before `since` (a newer process that
-    reused the pid did not write a file last changed at `since`)."""
+def process_alive(pid: int, since: float | None = None) -> bool:
+    """Whether process `pid` of this host is alive and not a newer process that reused the pid (one
+    started after `since`, epoch seconds: e.g. when the file it wrote last changed)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -257,13 +257,18 @@ def _process_alive(pid: int, since: float) -> bool:
         pass  # alive, owned by another user
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return True  # no /proc: os.kill's answer is all there is
+    if fields[0] in ("Z", "X"):
+        return False  # a zombie: finished, not yet reaped
+    if since is None:
+        return True
+    try:
         boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
                     if line.startswith("btime"))
         started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, StopIteration, ValueError, IndexError):
-        return True  # no /proc: os.kill's answer is all there is
-    if fields[0] in ("Z", "X"):
-        return False
+        return True
     return started <= since + 5  # the clock-tick rounding of /proc
 
 
