@@ -14,7 +14,11 @@ gentron.sizes on the meta device (`counts`). Three estimates read it:
 
   A cell's images per second per GPU are DiT-XL/2's scaled by the ratio of forward FLOPs per image
   (a clip of T frames counts T images' tokens). The estimate carries that script's precision and
-  kernels; `benchmarks/gpu_bench.py` measures this code's own throughput on a GPU.
+  kernels; `benchmarks/gpu_bench.py` measures this code's own throughput on a GPU. Sampling GPU-hours
+  come from the same throughput: gentron.generate.sampling_cost's forward FLOPs of a cell's images,
+  at the FLOPs per GPU-second that training reached (a training sample costs about three forwards:
+  the forward and a backward of twice its cost). With a SLURM profile the table also shows each
+  stage's array tasks per cell and GPUs per task (the profile's `sample:` and `evaluate:` sections).
 - `format_estimate` (the dry run): how long the grid takes on this machine's CPU, from measured step
   costs (ablations/conf/step_costs.yaml, written by benchmarks/step_costs.py). The file holds CPU
   seconds of one thread per unit of work, keyed by what decides the cost:
@@ -94,11 +98,49 @@ def gpu_hours(config: CellConfig, flops: int) -> float:
     return config.train.steps * config.train.batch_size / images_per_gpu_s / 3600
 
 
+TRAIN_FORWARDS = 3  # a training sample's forward and backward, in forwards
+
+
+def sampling_gpu_hours(config: CellConfig, images: int) -> float:
+    """GPU-hours of drawing `images` samples of the cell (gentron.generate.sampling_cost's FLOPs) at the
+    forward FLOPs per GPU-second of the training throughput gpu_hours uses."""
+    from gentron.generate import sampling_cost
+
+    flops_per_gpu_s = DIT_XL2_IMAGES_PER_GPU_S * TRAIN_FORWARDS * _dit_xl2_flops()
+    return sampling_cost(config, images).flops / flops_per_gpu_s / 3600
+
+
+def sample_count(cell: Cell, missing: list[str] | None = None) -> int:
+    """Images (or clips) the cell's sample stage draws: every prompt set's prompts x seeds x images."""
+    missing = [] if missing is None else missing
+    return sum(_prompt_count(name, cell.config.sample, missing) for name in cell.config.sample.prompt_sets)
+
+
 def cell_costs(cell: Cell, gpus: int | None) -> dict:
-    """{params, gflops (forward, per image or clip), gpu_hours, hours (on `gpus`)} of one cell."""
+    """{params, gflops (forward, per image or clip), gpu_hours, hours (on `gpus`), images (sampled; None
+    when a prompt set's files are not here to count), sample_gpu_hours} of one cell."""
     c = counts(cell)
     hours = gpu_hours(cell.config, c.flops)
-    return {"params": c.params, "gflops": c.flops / 1e9, "gpu_hours": hours, "hours": hours / gpus if gpus else None}
+    missing: list[str] = []
+    images = sample_count(cell, missing)
+    sampled = None if missing else sampling_gpu_hours(cell.config, images)
+    return {"params": c.params, "gflops": c.flops / 1e9, "gpu_hours": hours, "hours": hours / gpus if gpus else None,
+            "images": None if missing else images, "sample_gpu_hours": sampled}
+
+
+def stage_tasks(p: Plan) -> str | None:
+    """Array tasks per cell x GPUs per task of each stage of the plan's SLURM profile, e.g.
+    'train 1x8, sample 8x1, evaluate 2x1'; None without a profile."""
+    if not p.run.slurm:
+        return None
+    from slurm.launcher import load_profile
+
+    profile = load_profile(p.run.slurm)
+    parts = []
+    for stage in ("train", "sample", "evaluate"):
+        staged = profile.for_stage(stage)
+        parts.append(f"{stage} {profile.shards(stage)}x{staged.nodes * staged.gpus_per_node}")
+    return ", ".join(parts)
 
 
 # --- where a plan can train ---------------------------------------------------------------------
@@ -129,16 +171,27 @@ def plan_gpus(p: Plan) -> int | None:
 
 def cost_columns(p: Plan, gpus: int | None) -> list[dict]:
     """The plan table's cost columns per cell: params (M), GPUs, estimated GPU-hours."""
-    rows = []
+    rows, tasks = [], stage_tasks(p)
     for cell in p.cells:
         c = cell_costs(cell, gpus)
-        rows.append({"params": f"{c['params'] / 1e6:.1f}M", "GPUs": gpus if gpus else "-",
-                     "GPU-h (est.)": _hours(c["gpu_hours"])})
+        row = {"params": f"{c['params'] / 1e6:.1f}M", "GPUs": gpus if gpus else "-",
+               "GPU-h (est.)": _hours(c["gpu_hours"]),
+               "sample GPU-h (est.)": "-" if c["sample_gpu_hours"] is None else _hours(c["sample_gpu_hours"])}
+        if tasks:
+            row["tasks x GPUs"] = tasks
+        rows.append(row)
     return rows
 
 
 def _hours(h: float) -> str:
     return f"{h:,.0f}" if h >= 10 else f"{h:.2g}"
+
+
+def _sampling_line(p: Plan) -> list[str]:
+    return (["sample GPU-h (est.): gentron.generate.sampling_cost's forward FLOPs of the cell's images at the FLOPs "
+             f"per GPU-second of the training estimate ({TRAIN_FORWARDS} forwards per training sample); "
+             "tasks x GPUs: array tasks per cell x GPUs per task of each stage (the profile's sample.shards, "
+             "evaluate.shards)"] if p.run.profile != "embedded" else [])
 
 
 def with_costs(p: Plan, table):
@@ -154,7 +207,7 @@ def with_costs(p: Plan, table):
 
 def source_line(p: Plan) -> list[str]:
     """Where the GPU-hours come from, for plans that show them."""
-    return [f"GPU-h (est.): {THROUGHPUT_SOURCE}"] if p.run.profile != "embedded" else []
+    return [f"GPU-h (est.): {THROUGHPUT_SOURCE}", *_sampling_line(p)] if p.run.profile != "embedded" else []
 
 
 # --- the CPU time of a local run ----------------------------------------------------------------

@@ -179,8 +179,20 @@ def run_local(p: Plan) -> int:
              sum(map(len, todo)), len(p.cells) - sum(map(len, todo)))
     train_encoders(p, local_workers(p.run))
     workers = min(len(todo), local_workers(p.run))
-    failed, busy = _run_pool(todo, workers) if workers > 1 else _run_sequential(todo)
+    shards = stage_shards(p)
+    failed, busy = _run_pool(todo, workers, shards) if workers > 1 else _run_sequential(todo, shards)
     return finish(p, failed, busy)
+
+
+def stage_shards(p: Plan) -> dict[str, int]:
+    """{stage: K} of the stages a plan's SLURM profile (`slurm=`, also honoured by launcher=local, which then
+    runs the K parts one after another in the cell's process) splits into K array tasks per cell."""
+    if not p.run.slurm:
+        return {}
+    from slurm.launcher import load_profile
+
+    profile = load_profile(p.run.slurm)
+    return {stage: profile.shards(stage) for stage in ("sample", "evaluate") if profile.shards(stage) > 1}
 
 
 def train_encoders(p: Plan, workers: int) -> None:
@@ -206,12 +218,12 @@ def train_encoders(p: Plan, workers: int) -> None:
             future.result()
 
 
-def _run_sequential(groups: list[list[str]]) -> tuple[list[str], list[str]]:
+def _run_sequential(groups: list[list[str]], shards: dict[str, int] | None = None) -> tuple[list[str], list[str]]:
     """(failed, busy): cells that failed, and cells another process holds (not started here)."""
     failed, busy = [], []
     for cell_dir in tqdm([d for g in groups for d in g], desc="cells", unit="cell", disable=not groups):
         try:
-            stages.run_cell(cell_dir)
+            stages.run_cell(cell_dir, shards)
         except stages.CellBusy as e:
             log.error("%s", e)
             busy.append(cell_dir)
@@ -260,7 +272,7 @@ def _watch_parent(parent: int, signal_self: bool) -> None:
     os._exit(1)
 
 
-def _run_pool(groups: list[list[str]], workers: int) -> tuple[list[str], list[str]]:
+def _run_pool(groups: list[list[str]], workers: int, shards: dict[str, int] | None = None) -> tuple[list[str], list[str]]:
     """Cell groups in `workers` processes that share the CPU cores between them: on 2 cores two
     tiny cells at one thread each finish ~1.4x sooner than one after the other at two threads
     (small matmuls scale poorly across threads; benchmarks/train_throughput.py)."""
@@ -269,7 +281,7 @@ def _run_pool(groups: list[list[str]], workers: int) -> tuple[list[str], list[st
     threads = max(1, torch.get_num_threads() // workers)  # the cores torch would use here (or OMP_NUM_THREADS)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_set_threads,
                              initargs=(threads, os.getpid())) as pool:
-        futures = {pool.submit(_run_group, group, os.getpid()): group for group in groups}
+        futures = {pool.submit(_run_group, group, os.getpid(), shards): group for group in groups}
         for future in tqdm(as_completed(futures), total=len(futures), desc="cell groups", unit="group"):
             if future.cancelled():
                 continue
@@ -290,12 +302,12 @@ def _run_pool(groups: list[list[str]], workers: int) -> tuple[list[str], list[st
     return failed, busy
 
 
-def _run_group(group: list[str], parent: int) -> list[str]:
+def _run_group(group: list[str], parent: int, shards: dict[str, int] | None = None) -> list[str]:
     """A pool task. A worker whose runner has died ends here instead of starting the cells still
     queued for it (the pool hands a worker its next task even after the runner is gone)."""
     if os.getppid() != parent:
         os._exit(1)
-    return stages.run_cells(group)
+    return stages.run_cells(group, shards)
 
 
 def finish(p: Plan, failed: list[str], busy: list[str] = ()) -> int:
@@ -327,8 +339,14 @@ def run_slurm(p: Plan) -> int:
     submitted = {"train": submit_stage(profile, p.grid_dir, "train", stages.train_stage, leads)} if leads else {}
     after = submitted.get("train")
     for stage in stages.STAGES[1:]:
-        after = submitted[stage] = submit_stage(profile, p.grid_dir, stage, stages.STAGE_FUNCTIONS[stage], pending,
-                                                after=after)
+        staged, count = profile.for_stage(stage), profile.shards(stage)
+        if count > 1:  # cells x K array tasks, each one shard of the cell; then the stage itself merges them
+            cells = [d for d in pending for _ in range(count)]
+            after = submitted[f"{stage}-shards"] = submit_stage(
+                staged, p.grid_dir, f"{stage}-shards", stages.SHARD_FUNCTIONS[stage], cells, after=after,
+                extra=[[k for _ in pending for k in range(count)], [count] * len(cells)])
+        after = submitted[stage] = submit_stage(staged, p.grid_dir, stage, stages.STAGE_FUNCTIONS[stage], pending,
+                                                after=after, extra=[[count] * len(pending)] if count > 1 else None)
     submitted["results"] = submit_stage(profile, p.grid_dir, "results", results.write_results, [str(p.grid_dir)],
                                         after=after)
     again = command(p, "launcher=slurm", f"slurm={p.run.slurm}")

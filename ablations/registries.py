@@ -11,7 +11,7 @@ import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,10 +26,10 @@ ENV = re.compile(r"\$\{oc\.env:([A-Z0-9_]+)")
 class PromptSet:
     """A named prompt set: CompShapes prompts (`set`, optionally `per_category` of each) or prompt files."""
     kind: Literal["compshapes", "files"] = required("compshapes")
-    set: Optional[str] = None  # compshapes: gentron.generate.prompt_set's name
-    per_category: Optional[int] = None
-    glob: Optional[str] = None  # files: .txt (one prompt per line) or .jsonl
-    images_per_prompt: Optional[int] = None  # fixed by the benchmark; None: the cell's sample.images_per_prompt
+    set: str | None = None  # compshapes: gentron.generate.prompt_set's name
+    per_category: int | None = None
+    glob: str | None = None  # files: .txt (one prompt per line) or .jsonl
+    images_per_prompt: int | None = None  # fixed by the benchmark; None: the cell's sample.images_per_prompt
     noise: Literal["seed", "per_prompt"] = "seed"  # gentron.generate.noise_seed
 
     def check(self, where: str) -> None:

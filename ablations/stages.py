@@ -11,6 +11,12 @@ outputs of the stages after it are removed and those stages redone: they were ma
 about to replace. Cells whose configs differ only in sampling or evaluation (same `train_key`) train
 once; the others link the checkpoint.
 
+Sample and evaluate can run in K shards (a SLURM profile's `sample.shards`, `evaluate.shards`): K array
+tasks per cell run sample_shard / evaluate_shard (shard k of every prompt set, or of every metric into
+eval/parts/<metric>/<k>-of-<K>.json) without touching the manifest, then the stage function itself, given
+K, runs whatever shard is still missing, merges, and marks the stage done. launcher=local passes K to
+the stage function alone, which then draws and scores the K shards one after another.
+
 The process that holds a cell (cell_lock) removes what killed writes left in its folder first.
 """
 from __future__ import annotations
@@ -268,7 +274,9 @@ def _train(cell_dir: Path, config: dict, info: dict) -> dict:
     from gentron.train import train
 
     ensure_encoders(info)
-    result = train(config, cell_dir)
+    import eval.judge  # scores train.eval_every's held-out prompts (gentron.validation)
+
+    result = train(config, cell_dir, judge=eval.judge)
     if _rank() == 0 and result.stopped:
         raise RuntimeError(f"{cell_dir.name}: training stopped at step {result.step} of {result.steps} "
                            "(interrupted); rerun the grid to resume from checkpoints/last.pt")
@@ -316,29 +324,57 @@ def _adopt(source: Path, target: Path) -> None:
         atomic_write_text(target / TRAIN_LOG, (source / TRAIN_LOG).read_text(encoding="utf-8"))
 
 
-def sample_stage(cell_dir: str) -> None:
+def sample_stage(cell_dir: str, shards: int = 1) -> None:
+    """The sample stage: every prompt set's folder, drawn in `shards` parts one after another (each part
+    drawn already, by a sample_shard task, is skipped) and merged. Done only once every part is merged."""
     cell_dir, config, _ = load(cell_dir)
-    _run_stage(cell_dir, "sample", lambda: _sample(cell_dir, config), config)
+    _run_stage(cell_dir, "sample", lambda: _sample(cell_dir, config, shards), config)
 
 
-def _sample(cell_dir: Path, config: CellConfig) -> dict:
+def sample_shard(cell_dir: str, k: int, shards: int) -> None:
+    """Shard k of `shards` of every prompt set of the cell (one array task of a sharded sample stage; a
+    stopped one resumes at the image). Leaves the manifest alone: sample_stage merges and marks it done.
+    Runs side by side with the cell's other shards, so it holds no cell lock."""
+    cell_dir, config, _ = load(cell_dir)
+    if _rank() != 0 or states(cell_dir)["sample"] == "done":
+        return
+    if states(cell_dir)["train"] != "done":
+        raise RuntimeError(f"cell {cell_dir.name}: not trained yet; run the train stage before sampling")
+    for name in config.sample.prompt_sets:
+        _draw(cell_dir, config, name, (k, shards))
+
+
+def _draw(cell_dir: Path, config: CellConfig, name: str, shard: tuple[int, int] | None) -> int:
+    """Draw (shard k of K of) prompt set `name` into samples/<name>/; how many prompts the set has."""
     from gentron.generate import generate
+
+    records = prompt_records(name, config.sample)
+    # `noise: per_prompt` where a set draws one image per prompt from one seed (COCO-30K)
+    noise = registry("prompt_sets")[name].get("noise", "seed")
+    generate(config, cell_dir / CHECKPOINT, records, cell_dir / SAMPLES / name, noise=noise,
+             **({"shard": shard} if shard is not None else {}))
+    return len(records)
+
+
+def _sample(cell_dir: Path, config: CellConfig, shards: int = 1) -> dict:
+    from gentron.generate import merge_shards
 
     counts = {}
     for name in config.sample.prompt_sets:
-        records = prompt_records(name, config.sample)
         try:
-            # `noise: per_prompt` where a set draws one image per prompt from one seed (COCO-30K)
-            noise = registry("prompt_sets")[name].get("noise", "seed")
-            generate(config, cell_dir / CHECKPOINT, records, cell_dir / SAMPLES / name, noise=noise)
+            if shards == 1:
+                counts[name] = _draw(cell_dir, config, name, None)
+                continue
+            for k in range(shards):  # a shard already drawn is a no-op
+                counts[name] = _draw(cell_dir, config, name, (k, shards))
+            merge_shards(cell_dir / SAMPLES / name)
         except Exception as error:
             problem = _checkpoint_problem(cell_dir / CHECKPOINT)
             if problem is None:
                 raise
             _redo_training(cell_dir, problem)
             raise TrainingRedone(f"cell {cell_dir.name}: {problem}; train runs again") from error
-        counts[name] = len(records)
-    return {"samples": counts}
+    return {"samples": counts, **({"shards": shards} if shards > 1 else {})}
 
 
 class TrainingRedone(RuntimeError):
@@ -390,23 +426,62 @@ def prompt_records(name: str, sample: SampleConfig) -> list[dict]:
     return [record for path in files for record in read_prompt_file(Path(path), sample.seeds, per_prompt)]
 
 
-def evaluate_stage(cell_dir: str) -> None:
+def evaluate_stage(cell_dir: str, shards: int = 1) -> None:
+    """The evaluate stage: every metric scored in `shards` parts one after another (each part scored
+    already, by an evaluate_shard task, is read back) and merged into eval/<metric>.json."""
     cell_dir, config, _ = load(cell_dir)
-    _run_stage(cell_dir, "evaluate", lambda: _evaluate(cell_dir, config), config)
+    _run_stage(cell_dir, "evaluate", lambda: _evaluate(cell_dir, config, shards), config)
 
 
-def _evaluate(cell_dir: Path, config: CellConfig) -> dict:
+PARTS = "parts"  # eval/parts/<metric>/<k>-of-<K>.json: one shard's partial result
+
+
+def part_path(cell_dir: Path, metric: str, k: int, shards: int) -> Path:
+    return Path(cell_dir) / EVAL / PARTS / metric / f"{k}-of-{shards}.json"
+
+
+def evaluate_shard(cell_dir: str, k: int, shards: int) -> None:
+    """Shard k of `shards` of every metric of the cell into eval/parts/ (one array task of a sharded
+    evaluate stage). Leaves the manifest alone: evaluate_stage merges the parts and marks it done.
+    Runs side by side with the cell's other shards, so it holds no cell lock."""
+    cell_dir, config, _ = load(cell_dir)
+    if _rank() != 0 or states(cell_dir)["evaluate"] == "done":
+        return
+    if states(cell_dir)["sample"] != "done":
+        raise RuntimeError(f"cell {cell_dir.name}: its samples are not merged yet; run the sample stage first")
+    for name in config.eval.metrics:
+        if not _scored(cell_dir / EVAL / f"{name}.json"):
+            _score(cell_dir, config, name, (k, shards))
+
+
+def _scored(out: Path) -> bool:
+    return out.exists() and runfolder.json_problem(out) is None  # kept from an interrupted run of this stage
+
+
+def _score(cell_dir: Path, config: CellConfig, name: str, shard: tuple[int, int] | None) -> dict:
+    """Metric `name` of the cell's samples, whole (shard None) or shard k of K written to its part file."""
+    spec = registry("metrics")[name]
+    samples = metric_prompt_set(name, config.sample.prompt_sets)
+    module = importlib.import_module(spec["module"])
+    extra = {} if shard is None else {"shard": shard, "out": part_path(cell_dir, name, *shard)}
+    return module.evaluate(cell_dir / SAMPLES / samples, **spec.get("options", {}), **extra)
+
+
+def _evaluate(cell_dir: Path, config: CellConfig, shards: int = 1) -> dict:
     from eval.common import write_result
 
-    metrics = registry("metrics")
     for name in config.eval.metrics:
         out = cell_dir / EVAL / f"{name}.json"
-        if out.exists() and runfolder.json_problem(out) is None:  # kept from an interrupted run of this stage
+        if _scored(out):
             continue
-        samples = metric_prompt_set(name, config.sample.prompt_sets)
-        module = importlib.import_module(metrics[name]["module"])
-        write_result(out, module.evaluate(cell_dir / "samples" / samples, **metrics[name].get("options", {})))
-    return {"metrics": config.eval.metrics}
+        if shards == 1:
+            write_result(out, _score(cell_dir, config, name, None))
+            continue
+        for k in range(shards):  # a part scored already (same samples, same options) is read back
+            _score(cell_dir, config, name, (k, shards))
+        module = importlib.import_module(registry("metrics")[name]["module"])
+        write_result(out, module.merge([part_path(cell_dir, name, k, shards) for k in range(shards)]))
+    return {"metrics": config.eval.metrics, **({"shards": shards} if shards > 1 else {})}
 
 
 def record_stage(cell_dir: str) -> None:
@@ -425,25 +500,34 @@ def _record(cell_dir: Path, config: CellConfig) -> dict:
 
 
 STAGE_FUNCTIONS = {"train": train_stage, "sample": sample_stage, "evaluate": evaluate_stage, "record": record_stage}
+SHARD_FUNCTIONS = {"sample": sample_shard, "evaluate": evaluate_shard}  # one array task of a sharded stage
 
 
-def run_cell(cell_dir: str) -> str:
+def _run_stages(cell_dir: str, shards: dict[str, int]) -> None:
+    for stage in STAGES:
+        if shards.get(stage, 1) > 1:
+            STAGE_FUNCTIONS[stage](cell_dir, shards[stage])
+        else:
+            STAGE_FUNCTIONS[stage](cell_dir)
+
+
+def run_cell(cell_dir: str, shards: dict[str, int] | None = None) -> str:
     """All stages of one cell, in order (each skipped when done), holding the cell throughout
-    (cell_lock: CellBusy if another process holds it). Returns the cell folder."""
+    (cell_lock: CellBusy if another process holds it). `shards` ({"sample": K, "evaluate": K}) draws and
+    scores those stages in K parts one after another, as K array tasks would. Returns the cell folder."""
     if is_complete(cell_dir):
         return cell_dir
+    shards = dict(shards or {})
     with cell_lock(cell_dir):  # removes what killed writes left in the cell
         try:
-            for stage in STAGES:
-                STAGE_FUNCTIONS[stage](cell_dir)
+            _run_stages(cell_dir, shards)
         except TrainingRedone:  # the checkpoint was found damaged when sampling: train again, once
-            for stage in STAGES:
-                STAGE_FUNCTIONS[stage](cell_dir)
+            _run_stages(cell_dir, shards)
         # and what the stages left: a checkpoint's step file kept by a hard link onto itself leaves its link
         remove_stale_temporaries(cell_dir, recursive=True)
     return cell_dir
 
 
-def run_cells(cell_dirs: list[str]) -> list[str]:
+def run_cells(cell_dirs: list[str], shards: dict[str, int] | None = None) -> list[str]:
     """Cells that share a train key, one after another (the first trains, the others link)."""
-    return [run_cell(d) for d in cell_dirs]
+    return [run_cell(d, shards) for d in cell_dirs]

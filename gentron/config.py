@@ -34,7 +34,8 @@ from gentron.schema import TaggedUnion, required
 # across a change of them (gentron.checkpoint), and a grid cell's id leaves them out (ablations).
 RUN_ONLY_KEYS = ("train.log_every", "train.ckpt_every", "train.tensorboard", "train.compile",
                  "train.grad_checkpointing", "train.strategy", "train.keep_last", "train.resume", "train.grad_accum",
-                 "data.cache_dir")
+                 "data.cache_dir", "train.eval_every", "train.eval_batch", "train.eval_bins", "train.eval_prompts",
+                 "train.eval_sample_steps")
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
@@ -266,6 +267,15 @@ class TrainConfig:
     init_from: str | None = None  # a checkpoint to start from (T2V from T2I, or stage 2 from 1)
     strategy: Literal["ddp", "fsdp"] = "ddp"  # used when launched on more than one process
     tensorboard: bool = False
+    # Evaluation during training (gentron.validation, run_dir/validation.jsonl): at each checkpoint whose
+    # step is a multiple of eval_every (0: off), the EMA weights' loss on a fixed validation batch of
+    # eval_batch items in eval_bins timestep bins, and on CompShapes the judge on eval_prompts held-out
+    # prompts per category sampled in eval_sample_steps steps (0 prompts: no judge).
+    eval_every: int = 0
+    eval_batch: int = 64
+    eval_bins: int = 10
+    eval_prompts: int = 2
+    eval_sample_steps: int = 10
     keep_last: int = 2  # checkpoints kept: checkpoints/last.pt and keep_last - 1 earlier step-<step>.pt
     # A run folder resumes only with the config it was trained with (up to keys that change how it
     # runs, not what it computes); `force` continues it with this config instead (gentron.train).
@@ -436,6 +446,7 @@ def _check_ranges(cfg: CellConfig) -> None:
     if d.kind == "compshapes" and d.categories is not None:
         _check_categories(d.categories, d.video)
     _check_limits(cfg)
+    _check_evaluation_during_training(cfg)
 
 
 # Bounds beyond which a value is a typo, not an experiment: each is far past the paper's settings
@@ -448,6 +459,20 @@ UPPER = {"model.depth": 512, "model.hidden_size": 16384, "model.mlp_hidden_size"
          "data.num_workers": 256, "data.num_train": 10**9}
 SEED_LIMIT = 2**31
 HOST_MEMORY_LIMIT = 2 * 1024**4  # bytes: more than any single node holds (data.encode=memory keeps the set in RAM)
+
+
+def _check_evaluation_during_training(cfg: CellConfig) -> None:
+    t = cfg.train
+    for key, value in {"train.eval_every": t.eval_every, "train.eval_prompts": t.eval_prompts}.items():
+        if value < 0:
+            raise ConfigError(f"{key}={value} must be >= 0 (train.eval_every=0 turns evaluation during training off)")
+    for key, value in {"train.eval_batch": t.eval_batch, "train.eval_bins": t.eval_bins,
+                       "train.eval_sample_steps": t.eval_sample_steps}.items():
+        if value <= 0:
+            raise ConfigError(f"{key}={value} must be positive")
+    if t.eval_bins > t.eval_batch:
+        raise ConfigError(f"train.eval_bins={t.eval_bins} exceeds train.eval_batch={t.eval_batch}: every timestep "
+                          "bin needs at least one validation item; raise eval_batch or lower eval_bins")
 
 
 def _check_limits(cfg: CellConfig) -> None:

@@ -58,6 +58,7 @@ from gentron.text import build_text_encoders
 from gentron.train_log import LOG_FILE, MetricsLog
 from gentron.train_step import (FiniteWatch, StepNoise, autocast_for, compile_blocks, device_settings,
                                 forward_backward)
+from gentron.validation import VALIDATION_FILE, Validator
 from gentron.vae import build_vae
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ def _log_row(step: int, lr: float, grad_norm, losses: dict, data: TrainingData, 
     return row
 
 
-def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> TrainResult:
+def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path, judge=None) -> TrainResult:
     """Train (or resume) the cell in `run_dir` up to train.steps, or until a stop signal (SIGINT,
     SIGTERM, USR2) stops it after a step; either way the last step is checkpointed.
 
@@ -247,7 +248,7 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> TrainResu
     shards = info.enabled and t.strategy == "fsdp"  # sharded checkpoints, each rank its own
     if info.is_main:  # this run's own files: nobody else writes them
         remove_stale_temporaries(checkpoint_dir(run_dir))
-        remove_stale_temporaries(run_dir, [LOG_FILE, CONFIG_FILE])
+        remove_stale_temporaries(run_dir, [LOG_FILE, CONFIG_FILE, VALIDATION_FILE])
     state = resume_state(cfg, run_dir, info if shards else None)
     # What the run records: the permission to resume with another config is not part of it.
     recorded = dataclasses.replace(cfg, train=dataclasses.replace(t, resume="auto"))
@@ -274,6 +275,16 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> TrainResu
                                     shards, noise)
     del state
     metrics = MetricsLog(run_dir / LOG_FILE, step, info.is_main, run_dir / "tensorboard" if t.tensorboard else None)
+    # train.eval_every: the EMA weights evaluated at checkpoints of its multiples (gentron.validation)
+    validator = Validator(cfg, run_dir, device, step, judge) if t.eval_every and info.is_main else None
+
+    def validate(at: int) -> None:
+        if t.eval_every and at % t.eval_every == 0:
+            full = {k: _full(v) for k, v in ema.items()} if shards or validator is not None else None  # FSDP: collective
+            if validator is not None:
+                validator.run(at, D.unwrap(model).config, full)
+            D.barrier(info)
+
     watch, autocast = FiniteWatch(device, info), autocast_for(t.precision, device)
     bar = tqdm(total=t.steps, initial=step, desc=f"train {run_dir.name}", disable=not info.is_main,
                dynamic_ncols=True)
@@ -306,8 +317,11 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path) -> TrainResu
                 window_start, window_steps = time.time(), 0
             if step % t.ckpt_every == 0 and step < t.steps:
                 checkpoints.save(step, model, ema, optimizer, data, generator, watch)
+                validate(step)
         if step != checkpoints.saved_step or not checkpoints.newest.exists():  # a finished run rerun: untouched
             checkpoints.save(step, model, ema, optimizer, data, generator, watch)
+            if step == t.steps:  # a run a signal stops leaves promptly, without evaluating
+                validate(step)
     stopped = step < t.steps  # a stop signal ended the loop (on this rank or another)
     if stopped:
         log.warning("stopped at step %d of %d; run again to resume", step, t.steps)

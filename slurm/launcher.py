@@ -22,7 +22,7 @@ import shlex
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +40,38 @@ log = logging.getLogger(__name__)
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 JOBS_FILE = "jobs.json"
+
+
+STAGE_KEYS = ("partition", "account", "qos", "constraint", "nodes", "tasks_per_node", "gpus_per_node",
+              "cpus_per_task", "mem_gb", "timeout_min", "signal_delay_s", "array_parallelism", "max_num_timeout",
+              "setup", "additional_parameters", "python")
+
+
+@dataclass
+class StageResources:
+    """A profile's `sample:` or `evaluate:` section: that stage's job settings (a key left unset takes the
+    profile's top-level value) and `shards`, the array tasks per cell that split the stage's work."""
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    nodes: int | None = None
+    tasks_per_node: int | None = None
+    gpus_per_node: int | None = None
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    timeout_min: int | None = None
+    signal_delay_s: int | None = None
+    array_parallelism: int | None = None
+    max_num_timeout: int | None = None
+    setup: list[str] | None = None
+    additional_parameters: dict[str, Any] | None = None
+    python: str | None = None
+    shards: int = 1
+
+    def check(self, where: str) -> None:
+        if self.shards < 1:
+            raise ConfigError(f"'{where}.shards' must be at least 1, got {self.shards}")
 
 
 @dataclass
@@ -63,6 +95,21 @@ class SlurmProfile:
     setup: list[str] = field(default_factory=list)  # shell lines run before the job
     additional_parameters: dict[str, Any] = field(default_factory=dict)  # other sbatch options
     python: str | None = None  # interpreter on the nodes; None: the one submitting
+    sample: StageResources = field(default_factory=StageResources)  # the sample stage's jobs and shards
+    evaluate: StageResources = field(default_factory=StageResources)  # the evaluate stage's jobs and shards
+
+    def for_stage(self, stage: str) -> SlurmProfile:
+        """The profile a stage's jobs run with: its section's settings over the top level (train, record
+        and the rest: the top level itself). `shards` stays in the section."""
+        section = getattr(self, stage, None) if stage in ("sample", "evaluate") else None
+        if section is None:
+            return self
+        values = {k: getattr(section, k) for k in STAGE_KEYS if getattr(section, k) is not None}
+        return replace(self, **values, sample=StageResources(), evaluate=StageResources())
+
+    def shards(self, stage: str) -> int:
+        """Array tasks per cell of `stage` (1: the stage runs whole, in one task per cell)."""
+        return self.sample.shards if stage == "sample" else self.evaluate.shards if stage == "evaluate" else 1
 
     def check(self, where: str) -> None:
         for key in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min", "array_parallelism"):
@@ -77,6 +124,13 @@ class SlurmProfile:
             raise ConfigError(f"'signal_delay_s' ({self.signal_delay_s} s) must be shorter than the time "
                               f"limit 'timeout_min' ({self.timeout_min} min = {self.timeout_min * 60} s): the job "
                               "is warned that long before its end to write a checkpoint")
+        for stage in ("sample", "evaluate"):
+            section = getattr(self, stage)
+            if any(getattr(section, k) is not None for k in STAGE_KEYS):
+                try:
+                    self.for_stage(stage).check(where)
+                except ConfigError as e:
+                    raise ConfigError(f"in section '{stage}': {e}") from None
 
 
 # ---- profiles ----------------------------------------------------------------------------------
@@ -173,13 +227,13 @@ class CellTask(submitit.helpers.Checkpointable):
             )
         self.fn = fn
 
-    def __call__(self, cell_dir: str) -> Any:
+    def __call__(self, cell_dir: str, *args: Any) -> Any:
         from gentron import preemption
 
-        log.info("running %s.%s(%s)", self.fn.__module__, self.fn.__qualname__, cell_dir)
+        log.info("running %s.%s(%s)", self.fn.__module__, self.fn.__qualname__, ", ".join(map(str, (cell_dir, *args))))
         seen = len(preemption.caught())
         try:
-            result = self.fn(cell_dir)
+            result = self.fn(cell_dir, *args)
         except Exception:
             self._after_stop(preemption.caught()[seen:])
             raise
@@ -205,14 +259,16 @@ class CellTask(submitit.helpers.Checkpointable):
                      self.TERM_GRACE_S)
             time.sleep(self.TERM_GRACE_S)  # a USR2 now runs submitit's handler, which requeues and exits
 
-    def checkpoint(self, cell_dir: str) -> submitit.helpers.DelayedSubmission:
+    def checkpoint(self, cell_dir: str, *args: Any) -> submitit.helpers.DelayedSubmission:
         log.info("requeueing %s for %s; it resumes from its own checkpoint", self.fn.__qualname__, cell_dir)
-        return submitit.helpers.DelayedSubmission(self, cell_dir)
+        return submitit.helpers.DelayedSubmission(self, cell_dir, *args)
 
 
-def submit_stage(profile: SlurmProfile | dict, folder: Path, stage: str, fn: Callable[[str], Any], args: list,
-                 after: list[submitit.Job] | None = None) -> list[submitit.Job]:
-    """Submit `fn(arg)` for every arg (a cell directory) as one job array and return at once.
+def submit_stage(profile: SlurmProfile | dict, folder: Path, stage: str, fn: Callable[..., Any], args: list,
+                 after: list[submitit.Job] | None = None, extra: list[list] | None = None) -> list[submitit.Job]:
+    """Submit `fn(arg)` for every arg (a cell directory) as one job array and return at once. With
+    `extra` (lists as long as `args`), task i runs `fn(args[i], *(e[i] for e in extra))`: e.g. a shard
+    k and the shard count K, for the array of cells x K tasks of a sharded stage.
 
     With `after`, the array starts only when all those jobs succeeded (afterok). Job ids are
     recorded in `folder/jobs.json` under `stage`, so `grid_status`/`cancel` work from any process.
@@ -228,11 +284,14 @@ def submit_stage(profile: SlurmProfile | dict, folder: Path, stage: str, fn: Cal
     elif dependency := _afterok(after or []):
         executor.update_parameters(slurm_dependency=dependency)
     cell_dirs = [str(a) for a in args]
-    jobs = executor.map_array(CellTask(fn), cell_dirs)
+    extra = [list(e) for e in extra or []]
+    if any(len(e) != len(cell_dirs) for e in extra):
+        raise ValueError(f"stage {stage!r}: every extra argument list must hold one value per task")
+    jobs = executor.map_array(CellTask(fn), cell_dirs, *extra)
     if profile.cluster == "slurm":
         for job in jobs:
             _use_queue_watcher(job)
-    _record_jobs(folder, stage, jobs, cell_dirs, profile.cluster)
+    _record_jobs(folder, stage, jobs, cell_dirs, profile.cluster, shards=extra[0] if len(extra) == 2 else None)
     log.info("stage %s: submitted %d jobs (%s)%s", stage, len(jobs), jobs[0].job_id.split("_")[0],
              f" after {dependency}" if dependency else "")
     return jobs
@@ -254,11 +313,12 @@ def _wait_all(jobs: list[submitit.Job]) -> None:
 
 
 def _record_jobs(folder: Path, stage: str, jobs: list[submitit.Job], cell_dirs: list[str],
-                 cluster: str) -> None:
-    """Add the jobs to folder/jobs.json; a resubmitted cell's entry replaces its older one."""
+                 cluster: str, shards: list[int] | None = None) -> None:
+    """Add the jobs to folder/jobs.json (with `shard` k for the tasks of a sharded stage); a resubmitted
+    cell's entries replace its older ones."""
     entries = [{"job_id": job.job_id, "cell": Path(cell_dir).name, "cell_dir": cell_dir,
-                "log_folder": str(job.paths.folder), "cluster": cluster}
-               for job, cell_dir in zip(jobs, cell_dirs)]
+                "log_folder": str(job.paths.folder), "cluster": cluster, **({"shard": shards[i]} if shards else {})}
+               for i, (job, cell_dir) in enumerate(zip(jobs, cell_dirs))]
     with _locked(folder):
         record = read_jobs(folder)
         new_cells = {e["cell_dir"] for e in entries}
@@ -276,7 +336,8 @@ def _locked(folder: Path) -> Iterator[None]:
 
 
 def read_jobs(folder: Path) -> dict[str, list[dict]]:
-    """folder/jobs.json as {stage: [{job_id, cell, cell_dir, log_folder, cluster}, ...]}, {} if absent."""
+    """folder/jobs.json as {stage: [{job_id, cell, cell_dir, log_folder, cluster[, shard]}, ...]}, {} if absent
+    (a sharded stage's array is the stage `<stage>-shards`, one entry per cell and shard k)."""
     path = Path(folder) / JOBS_FILE
     return read_json(path) if path.exists() else {}
 

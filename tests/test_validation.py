@@ -1,0 +1,233 @@
+"""Evaluation during training (train.eval_every, run_dir/validation.jsonl) and the export of a runs
+folder to TensorBoard and W&B (reports.export)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import eval.judge
+
+from gentron.checkpoint import load_checkpoint
+from gentron.config import load_config
+from gentron.errors import ConfigError
+from gentron.model import GenTronConfig
+from gentron.train import train
+from gentron.validation import VALIDATION_FILE, Validator
+from tests.support.train_fixtures import state_equal, tiny_config, with_changes
+
+EVAL = {"eval_every": 2, "eval_batch": 12, "eval_bins": 4, "eval_prompts": 1, "eval_sample_steps": 2}
+VOLATILE = ("seconds",)
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / VALIDATION_FILE).read_text().splitlines()]
+
+
+def _numbers(row):
+    return {k: v for k, v in row.items() if k not in VOLATILE}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One tiny cell trained with evaluation every 2 steps (checkpoints every 2 of 6), one without."""
+    tmp = tmp_path_factory.mktemp("validation")
+    cfg = tiny_config(tmp, train={"steps": 6, "ckpt_every": 2, **EVAL})
+    train(cfg, tmp / "with", judge=eval.judge)
+    plain = with_changes(cfg, train={"eval_every": 0})
+    train(plain, tmp / "without")
+    return tmp, cfg
+
+
+def test_rows_at_the_evaluated_checkpoints_with_binned_losses_and_judge(runs):
+    tmp, cfg = runs
+    rows = _rows(tmp / "with")
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    for row in rows:
+        assert row["kind"] == "validation" and row["held_out"] is True
+        assert row["t_bins"] == [[0, 250], [250, 500], [500, 750], [750, 1000]]
+        assert len(row["loss_bins"]) == len(row["mse_bins"]) == 4
+        assert all(v > 0 for v in row["loss_bins"])
+        # 3 items per bin: the overall loss is the mean of the bins
+        assert row["loss"] == pytest.approx(sum(row["loss_bins"]) / 4)
+        assert set(row["judge"]) == {"color", "shape", "texture", "spatial", "non_spatial", "complex"}
+        assert 0.0 <= row["judge_mean"] <= 1.0 and row["judge_prompts"] == 6
+    # the weights change between evaluations, the fixed batch does not: the numbers move
+    assert rows[0]["loss_bins"] != rows[2]["loss_bins"]
+
+
+def test_evaluation_uses_the_same_noise_every_time(runs):
+    tmp, cfg = runs
+    state = load_checkpoint(tmp / "with/checkpoints/last.pt")
+    config = GenTronConfig.from_dict(state["model_config"])
+    validator = Validator(cfg, tmp / "elsewhere", "cpu", 0, eval.judge)
+    first = validator.evaluate(config, state["ema"])
+    second = Validator(cfg, tmp / "elsewhere2", "cpu", 0, eval.judge).evaluate(config, state["ema"])
+    assert first == second == validator.evaluate(config, state["ema"])
+    # and it is what training logged at that checkpoint (step 6, the last)
+    logged = _numbers(_rows(tmp / "with")[-1])
+    assert {**first, "kind": "validation", "step": 6} == logged
+
+
+def test_eval_every_zero_writes_nothing_and_evaluation_leaves_training_bit_identical(runs):
+    tmp, _ = runs
+    assert not (tmp / "without" / VALIDATION_FILE).exists()
+    a = load_checkpoint(tmp / "with/checkpoints/last.pt")
+    b = load_checkpoint(tmp / "without/checkpoints/last.pt")
+    for key in ("model", "ema", "optimizer", "step", "data"):
+        assert state_equal(a[key], b[key]), key
+    for stream in ("torch", "generator"):  # the random streams training goes on with
+        assert torch.equal(a["rng"][stream], b["rng"][stream]), stream
+    assert a["rng"]["python"] == b["rng"]["python"]
+    log = lambda d: [{k: v for k, v in json.loads(x).items() if not k.endswith("_s")}  # noqa: E731
+                     for x in (tmp / d / "train_log.jsonl").read_text().splitlines()]
+    assert log("with") == log("without")
+
+
+def test_resume_drops_rows_past_the_step_and_a_torn_line(runs):
+    tmp, cfg = runs
+    run = tmp / "resumed"
+    train(with_changes(cfg, train={"steps": 4}), run, judge=eval.judge)
+    shutil.copy(run / "checkpoints/last.pt", tmp / "step4.pt")
+    train(cfg, run, judge=eval.judge)
+    assert [r["step"] for r in _rows(run)] == [2, 4, 6]
+    # "crash" back to step 4 after step 6 was evaluated, with a torn line at the end
+    shutil.copy(tmp / "step4.pt", run / "checkpoints/last.pt")
+    with open(run / VALIDATION_FILE, "a") as f:
+        f.write('{"kind": "validation", "st')
+    train(cfg, run, judge=eval.judge)
+    rows = _rows(run)
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert [_numbers(r) for r in rows] == [_numbers(r) for r in _rows(tmp / "with")]
+
+
+def test_other_data_gets_the_loss_only_on_its_first_items(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+        (folder / f"{i:03d}.txt").write_text(f"a red circle number {i}")
+    cfg = tiny_config(tmp_path, data={"kind": "image_folder", "path": str(folder), "num_train": 6},
+                      train={"steps": 2, "ckpt_every": 1, "eval_every": 2, "eval_batch": 4, "eval_bins": 2})
+    train(cfg, tmp_path / "run")
+    (row,) = _rows(tmp_path / "run")
+    assert row["step"] == 2 and row["held_out"] is False and "judge" not in row and len(row["loss_bins"]) == 2
+    with pytest.raises(ConfigError, match="only 6 validation items"):
+        train(with_changes(cfg, train={"eval_batch": 16, "eval_bins": 8}), tmp_path / "run2")
+
+
+def test_bad_settings_are_refused_when_the_config_is_read(tmp_path):
+    """At plan time, with every other key: load_config refuses them."""
+    with pytest.raises(ConfigError, match="train.eval_every=-1"):
+        load_config({"train": {"eval_every": -1}})
+    with pytest.raises(ConfigError, match="eval_bins=10 exceeds train.eval_batch=4"):
+        load_config({"train": {"eval_every": 5, "eval_batch": 4}})
+
+
+def test_eval_keys_do_not_change_the_cell_id():
+    from ablations.identity import cell_id
+
+    base = load_config({})
+    assert cell_id(base) == cell_id(load_config({"train": {"eval_every": 100, "eval_prompts": 4}}))
+
+
+# --- export -------------------------------------------------------------------------------------
+
+def _fake_runs(root):
+    cell = root / "g1" / "abc123"
+    cell.mkdir(parents=True)
+    (cell / "cell.json").write_text(json.dumps({"grid": "g1", "cell_id": "abc123",
+                                                "axes": {"conditioning": "adaln", "depth": 2, "tags": [1, 2]}}))
+    (cell / "config.yaml").write_text("train: {steps: 20}\n")
+    (cell / "train_log.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0 / s, "lr": 0.1, "vb": None}) + "\n" for s in (10, 20))
+        + '{"step": 3')  # a torn line is skipped
+    (cell / VALIDATION_FILE).write_text("".join(json.dumps(
+        {"kind": "validation", "step": s, "loss": 0.5, "loss_bins": [0.7, 0.3], "mse_bins": [0.7, 0.3],
+         "t_bins": [[0, 500], [500, 1000]], "held_out": True, "judge": {"color": 0.5}, "judge_mean": 0.5}) + "\n"
+        for s in (10, 20)))
+    (cell / "metrics.json").write_text(json.dumps(
+        {"compshapes_judge/color": {"mean": 0.25, "ci_low": 0.1, "ci_high": 0.4, "n": 8}}))
+    return cell
+
+
+def _scalars(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return acc, {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_export_has_the_tags_and_replaces_on_rerun(tmp_path):
+    from reports.export import main
+
+    _fake_runs(tmp_path / "runs")
+    for _ in range(2):  # idempotent: the second export replaces the first
+        main(["tensorboard", str(tmp_path / "runs"), "--out", str(tmp_path / "tb")])
+    folder = tmp_path / "tb" / "g1" / "abc123"
+    acc, scalars = _scalars(folder)
+    assert {"train/loss", "train/lr", "validation/loss", "validation/loss_t0000-0500",
+            "validation/loss_t0500-1000", "validation/judge/color", "validation/judge_mean",
+            "final/compshapes_judge/color"} <= set(scalars)
+    assert "train/vb" not in scalars  # null values are not logged
+    assert scalars["train/loss"] == [(10, pytest.approx(0.1)), (20, pytest.approx(0.05))]
+    assert scalars["validation/loss_t0000-0500"] == [(10, pytest.approx(0.7)), (20, pytest.approx(0.7))]
+    assert scalars["final/compshapes_judge/color"] == [(20, pytest.approx(0.25))]
+    assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")  # the axes as hparams
+
+
+def test_wandb_export_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from reports.export import export_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    _fake_runs(tmp_path / "runs")
+    for _ in range(2):
+        assert export_wandb(tmp_path / "runs", "gentron-test", tmp_path / "wb") == ["g1-abc123"]
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*-g1-abc123"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+
+
+def test_export_refuses_a_missing_runs_folder_and_grid(tmp_path):
+    from reports.export import read_runs
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_runs(tmp_path / "nope")
+    _fake_runs(tmp_path / "runs")
+    with pytest.raises(ValueError, match=r"no grid \['g2'\].*\['g1'\]"):
+        read_runs(tmp_path / "runs", ["g2"])
+
+
+def test_validator_on_cpu_does_not_move_the_global_rng(runs):
+    tmp, cfg = runs
+    state = load_checkpoint(tmp / "with/checkpoints/last.pt")
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    v = Validator(cfg, tmp / "rng", "cpu", 0)
+    v.evaluate(GenTronConfig.from_dict(state["model_config"]), state["ema"])
+    assert torch.equal(before, torch.get_rng_state())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_write_the_rows_of_one(tmp_path, strategy):
+    import torch.multiprocessing as mp
+
+    from tests.test_distributed import WORLD, _free_port, _rank_main
+
+    cfg = tiny_config(tmp_path, train={"steps": 3, "strategy": strategy, "warmup_steps": 0, "lr": 1e-3,
+                                       **EVAL, "eval_every": 3, "eval_prompts": 0})
+    train(cfg, tmp_path / "single")
+    mp.spawn(_rank_main, args=(cfg, tmp_path / strategy, _free_port()), nprocs=WORLD, join=True)
+    (single,), (multi,) = _rows(tmp_path / "single"), _rows(tmp_path / strategy)
+    assert single["step"] == multi["step"] == 3
+    assert multi["loss_bins"] == pytest.approx(single["loss_bins"], rel=1e-4)
