@@ -28,7 +28,7 @@ TARGET_S = 2.0
 ARGS = ["grid=conditioning", "sample.prompt_sets=[compshapes_smoke]"]
 
 
-def fake_train(cfg, run_dir):
+def fake_train(cfg, run_dir, judge=None):
     run_dir = Path(run_dir)
     atomic_write_bytes(run_dir / "checkpoints" / "last.pt", b"no-op")
     steps = cfg.train.steps  # the CellConfig the train stage loads from config.yaml

@@ -161,7 +161,7 @@ def test_a_full_disk_met_outside_gentron_io_is_the_same_one_line(tmp_path, monke
     from ablations.grid import plan
     from ablations.launch import main
 
-    def full(cfg, run_dir):
+    def full(cfg, run_dir, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(gentron.train, "train", full)
