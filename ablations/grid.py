@@ -45,7 +45,8 @@ from ablations import runfolder
 from ablations.identity import CELL_SECTIONS, RECIPE_SECTION, cell_id, plan_arguments
 from ablations.registries import CONF_DIR, registry
 from gentron import schema
-from gentron.config import CellConfig, ClipSpec, EncoderShape, HFClipSpec, T5Spec, load_config, resolve
+from gentron.config import CellConfig, load_config, resolve
+from gentron.specs import ClipSpec, EncoderShape, HFClipSpec, T5Spec
 from gentron.errors import ConfigError
 from gentron.schema import required
 

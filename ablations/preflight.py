@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ablations.grid import Cell, Plan
 from ablations.registries import env_variable, registry
-from gentron.config import ClipSpec, DataConfig, HFClipSpec, T5Spec
+from gentron.config import DataConfig
+from gentron.specs import ClipSpec, HFClipSpec, T5Spec
 
 
 @dataclass(frozen=True)

@@ -343,7 +343,7 @@ RETIRED = {"model.logsnr_shift": 0.0, "model.min_snr_gamma": None}
 def _current_form(stored: dict) -> dict:
     """A stored config in today's form: text-encoder specs with every key filled in, retired options
     dropped where they held their "off" value."""
-    from gentron.config import text_encoder_spec
+    from gentron.specs import text_encoder_spec
 
     stored = {k: dict(v) if isinstance(v, dict) else v for k, v in stored.items()}
     specs = stored.get("text_encoders")

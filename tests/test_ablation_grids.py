@@ -10,7 +10,7 @@ import yaml
 from ablations import costs as cost_model
 from ablations import launch
 from ablations.grid import plan
-from gentron.config import ClipSpec, T5Spec
+from gentron.specs import ClipSpec, T5Spec
 from gentron.errors import ConfigError
 
 TINY_ENCODERS = [f"encoders.{name}.{key}={value}" for name in ("clip", "t5")

@@ -257,7 +257,8 @@ def wait_for_grid(grid_dir: Path, requeue_cell: str, timeout: float = 1500) -> i
 def test_paper_profile_rehearsed_end_to_end(slurm_cluster, paper_assets, tmp_path):
     from ablations.grid import plan
     from gentron.checkpoint import load_checkpoint
-    from gentron.config import T5Spec, load_config
+    from gentron.config import load_config
+    from gentron.specs import T5Spec
 
     a, runs = paper_assets, tmp_path / "runs"
     t2i = [*T2I, f"data.path='{a['shards']}'", f"vae.path={a['vae']}", f"runs_dir={runs}"]
@@ -366,7 +367,7 @@ def test_paper_weights_come_from_the_environment(monkeypatch):
     name local copies; XS/2 is built by XL/2's layout (MLP 4x width, patch 2)."""
     from ablations.grid import plan
     from gentron import sizes
-    from gentron.config import ClipSpec, T5Spec
+    from gentron.specs import ClipSpec, T5Spec
 
     base = ["grid=text_encoder", "profile=paper", "data.path='/data/{0..9}.tar'", "seeds=[0]"]
     for key in ("GENTRON_CLIP_L", "GENTRON_CLIP_L_WEIGHTS", "GENTRON_T5_XXL"):

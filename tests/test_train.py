@@ -233,7 +233,8 @@ def test_init_from_puts_the_ema_where_the_model_is(tmp_path):
 
 def test_model_size_alone_sets_depth_and_width():
     """`model.size: B/2` means DiT-B's depth and width; the embedded model has its own size name."""
-    from gentron.config import EncoderShape, resolve
+    from gentron.config import resolve
+    from gentron.specs import EncoderShape
     from gentron.sizes import SIZES
 
     shapes = [EncoderShape(32, 32, 77)]

@@ -41,7 +41,8 @@ from pathlib import Path
 
 import torch
 
-from gentron.config import CellConfig, EncoderShape, to_dict
+from gentron.config import CellConfig, to_dict
+from gentron.specs import EncoderShape
 from gentron.data import compshapes
 from gentron.data.real import BadUnit
 from gentron.io import read_json

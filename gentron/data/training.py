@@ -37,7 +37,8 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from gentron import distributed as D
-from gentron.config import CellConfig, EncoderShape, to_dict
+from gentron.config import CellConfig, to_dict
+from gentron.specs import EncoderShape
 from gentron.data import compshapes
 from gentron.data.features import to_model_dtype
 from gentron.data.shards import NOT_IN_DATA_KEY, FeatureShards

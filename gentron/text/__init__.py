@@ -23,7 +23,7 @@ BUILDERS: dict[str, Callable[..., TextEncoder]] = {
 def build_text_encoder(spec: Any) -> TextEncoder:
     """Build an encoder from its spec (gentron.config: ClipSpec, T5Spec, ...) or a mapping such as
     {kind: t5, path: google/flan-t5-xxl}, validated by the same schema as a cell config."""
-    from gentron.config import text_encoder_spec
+    from gentron.specs import text_encoder_spec
 
     options = dataclasses.asdict(text_encoder_spec(spec))
     return BUILDERS[options.pop("kind")](**options)

@@ -52,8 +52,8 @@ class TextEncoder(nn.Module):
 
     @property
     def shape(self):
-        """Token width, pooled width and tokens per prompt (gentron.config.EncoderShape)."""
-        from gentron.config import EncoderShape
+        """Token width, pooled width and tokens per prompt (gentron.specs.EncoderShape)."""
+        from gentron.specs import EncoderShape
 
         return EncoderShape(self.width, self.pooled_width, getattr(self, "max_length", 77))
 
