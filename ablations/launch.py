@@ -67,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
 def seed_plan(p: Plan) -> str:
     """The seeds planner (eval.verdicts): from the variance the grid's finished cells measured, the
     seeds each metric needs to separate plan.min_effect, and what they cost at the estimated cell time."""
-    from eval import verdicts
+    from eval import planner
 
     e = costs.estimate(p)
     arms = {tuple(sorted(cell.arms.items())) for cell in p.cells}
-    return verdicts.format_seed_plan(p.grid_dir, n_arms=len(arms), per_cell_s=e["per_cell_s"], workers=e["workers"])
+    return planner.format_seed_plan(p.grid_dir, n_arms=len(arms), per_cell_s=e["per_cell_s"], workers=e["workers"])
 
 
 def command(p: Plan, *extra: str) -> str:

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from eval import planner as P
 from eval import verdicts as V
 from eval.stats import paired_bootstrap
 from tests.support.report_fixtures import build_grid
@@ -288,47 +289,47 @@ def test_set_level_outputs_are_listed_not_compared(tmp_path):
 def test_components_recover_known_variances():
     rng = np.random.default_rng(6)
     d = (rng.normal(0, 0.3, (40, 1)) + rng.normal(0, 0.2, (1, 400)) + rng.normal(0, 0.5, (40, 400)))
-    c = V.variance_components(d)
+    c = P.variance_components(d)
     assert c.between_seed == pytest.approx(0.09, rel=0.35)
     assert c.prompt == pytest.approx(0.04, rel=0.25) and c.within == pytest.approx(0.25, rel=0.05)
-    one = V.variance_components(d[:1])
+    one = P.variance_components(d[:1])
     assert one.between_seed is None and one.within == pytest.approx(d[0].var(ddof=1))
 
 
 def test_predicted_power_without_a_prompt_term_is_the_t_tests():
-    c = V.Components(between_seed=0.01, prompt=0.0, within=0.25, n_seeds=3, n_units=100)
+    c = P.Components(between_seed=0.01, prompt=0.0, within=0.25, n_seeds=3, n_units=100)
     for seeds in (2, 4, 10):
         se = np.sqrt((0.01 * 100 + 0.25) / (seeds * 100))
         t = stats.t.isf(0.025, seeds - 1)
         exact = stats.nct.sf(t, seeds - 1, 0.1 / se) + stats.nct.cdf(-t, seeds - 1, 0.1 / se)
-        assert V.predicted_power(c, seeds, 100, 0.1, 0.05, grid=4000) == pytest.approx(exact, abs=0.003)
+        assert P.predicted_power(c, seeds, 100, 0.1, 0.05, grid=4000) == pytest.approx(exact, abs=0.003)
 
 
 def test_plan_seeds_and_the_prompt_floor():
-    c = V.Components(between_seed=0.06 ** 2, prompt=0.15 ** 2, within=0.25, n_seeds=3, n_units=100)
-    plan = V.plan_seeds(c, min_effect=0.05, m=6)
+    c = P.Components(between_seed=0.06 ** 2, prompt=0.15 ** 2, within=0.25, n_seeds=3, n_units=100)
+    plan = P.plan_seeds(c, min_effect=0.05, m=6)
     assert plan.level == pytest.approx(0.05 / 6)
     assert plan.seeds is None, "the prompt population alone is too wide at 100 prompts"
     assert plan.options[1]["seeds"] is not None and plan.options[2]["seeds"] < plan.options[1]["seeds"]
-    uncorrected = V.plan_seeds(c, min_effect=0.1, correction="none")
-    corrected = V.plan_seeds(c, min_effect=0.1, m=6)
+    uncorrected = P.plan_seeds(c, min_effect=0.1, correction="none")
+    corrected = P.plan_seeds(c, min_effect=0.1, m=6)
     assert uncorrected.seeds < corrected.seeds
-    assert V.predicted_power(c, corrected.seeds, 100, 0.1, corrected.level) >= 0.8
-    assert V.predicted_power(c, corrected.seeds - 1, 100, 0.1, corrected.level) < 0.8
+    assert P.predicted_power(c, corrected.seeds, 100, 0.1, corrected.level) >= 0.8
+    assert P.predicted_power(c, corrected.seeds - 1, 100, 0.1, corrected.level) < 0.8
 
 
 def test_format_seed_plan_reads_a_grid_and_prices_the_seeds(tmp_path):
     grid_dir = build_grid(tmp_path, "g", {"conditioning": ["adaln", "cross_attn"], "seed": [0, 1, 2]},
                           n_prompts=60, images=False)
-    text = V.format_seed_plan(grid_dir, n_arms=2, per_cell_s=600, workers=2)
+    text = P.format_seed_plan(grid_dir, n_arms=2, per_cell_s=600, workers=2)
     lines = text.splitlines()
     assert "0.05 / 6 comparisons" in lines[0] and "Holm" in lines[0]
     assert len(lines) == 1 + 6 and all("seeds" in line for line in lines[1:])
     one = build_grid(tmp_path, "one", {"conditioning": ["adaln", "cross_attn"], "seed": [0]}, n_prompts=60,
                      images=False)
-    assert "lower bounds" in V.format_seed_plan(one, n_arms=2, per_cell_s=600)
-    assert "run a pilot" in V.format_seed_plan(tmp_path / "nothing", n_arms=2, per_cell_s=600)
-    given = {"x/y": V.Components(0.0036, 0.0, 0.25, 3, 100)}
-    priced = V.format_seed_plan(tmp_path / "nothing", n_arms=2, per_cell_s=3600, workers=1, components=given, m=1)
-    seeds = V.plan_seeds(given["x/y"], m=1).seeds
+    assert "lower bounds" in P.format_seed_plan(one, n_arms=2, per_cell_s=600)
+    assert "run a pilot" in P.format_seed_plan(tmp_path / "nothing", n_arms=2, per_cell_s=600)
+    given = {"x/y": P.Components(0.0036, 0.0, 0.25, 3, 100)}
+    priced = P.format_seed_plan(tmp_path / "nothing", n_arms=2, per_cell_s=3600, workers=1, components=given, m=1)
+    seeds = P.plan_seeds(given["x/y"], m=1).seeds
     assert f"100 prompts: {seeds} seeds ({2 * seeds} cells, {2 * seeds:.1f} h)" in priced

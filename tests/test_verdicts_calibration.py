@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.verdicts import Components, difference_batch, plan_seeds, planning_level, predicted_power
+from eval.planner import Components, plan_seeds, planning_level, predicted_power
+from eval.verdicts import difference_batch
 
 N_GRIDS = 2000
 LEVEL = 0.05
