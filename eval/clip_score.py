@@ -18,9 +18,8 @@ import torch
 from tqdm import tqdm
 
 from eval import weights
-from eval.common import (batched, device_name, generation_protocol, image_row, load_image, load_samples,
-                         merged_per_image, merged_protocol, non_empty, read_partials, refuse_damaged_images,
-                         resolve_device, result, run_cli, shard_partial)
+from eval.arguments import device_name, non_empty
+from eval.common import batched, generation_protocol, image_row, load_image, load_samples, merged_per_image, merged_protocol, read_partials, refuse_damaged_images, resolve_device, result, run_cli, shard_partial
 from gentron.errors import exits_on_user_error, positive_int
 from gentron.partition import shard_range
 

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from eval.common import (OneLineParser, existing_folder, image_problem, non_empty, output_file, output_folder,
-                         whole_number)
+from eval.arguments import OneLineParser, existing_folder, non_empty, output_file, output_folder, whole_number
+from eval.common import image_problem
 from gentron.errors import exits_on_user_error
 from gentron.io import atomic_save_image, atomic_write_text
 

@@ -41,9 +41,8 @@ from torch import nn
 from tqdm import tqdm
 
 from eval import weights
-from eval.common import (OneLineParser, device_name, existing_folder, generation_protocol, image_files, load_samples,
-                         non_empty, output_file, output_folder, read_partials, refuse_damaged_images, resolve_device,
-                         run_cli, set_result, shard_partial, whole_number)
+from eval.arguments import OneLineParser, device_name, existing_folder, non_empty, output_file, output_folder, whole_number
+from eval.common import generation_protocol, image_files, load_samples, read_partials, refuse_damaged_images, resolve_device, run_cli, set_result, shard_partial
 from eval.stats import bootstrap_statistic
 from gentron.errors import exits_on_user_error, positive_int
 from gentron.io import atomic_write_bytes

@@ -60,9 +60,8 @@ import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 from scipy import ndimage
 
-from eval.common import (MANIFEST, OneLineParser, Sample, generation_protocol, merged_per_image, merged_protocol,
-                         non_empty, output_file, read_partials, read_samples, result, run_merge, shard_partial,
-                         shard_text, write_result)
+from eval.arguments import OneLineParser, non_empty, output_file
+from eval.common import MANIFEST, Sample, generation_protocol, merged_per_image, merged_protocol, read_partials, read_samples, result, run_merge, shard_partial, shard_text, write_result
 from gentron.data.compshapes import (BACKGROUND, COLORS, DARK_SHADE, DIRECTIONS, HELD_OUT_COLOR_SHAPE,
                                      MOTION_DISTANCE, Phrase, PromptSpec, ShapeObject, coverage, parse_prompt)
 from gentron.errors import exits_on_user_error

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from eval.common import OneLineParser, whole_number
+from eval.arguments import OneLineParser, whole_number
 from gentron.errors import exits_on_user_error
 from gentron.io import atomic_save_gif, atomic_save_image
 from reports.results import arm_columns, arm_labels, load_grid, samples_with_scores

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.common import (aggregate_by_seed, load_samples, read_samples, result, samples_from_images,
-                         _make_manifest)
+from eval.common import aggregate_by_seed, load_samples, read_samples, result, samples_from_images, _make_manifest
 from eval.stats import bootstrap_ci, bootstrap_statistic, paired_bootstrap, wilson
 
 

@@ -5,8 +5,8 @@ import argparse
 import sys
 
 from eval import weights
-from eval.common import (OneLineParser, device_name, existing_folder, non_empty, output_folder, probability,
-                         run_cli)
+from eval.arguments import OneLineParser, device_name, existing_folder, non_empty, output_folder, probability
+from eval.common import run_cli
 from eval.compbench.prompts import CATEGORIES, IMAGES_PER_PROMPT, generation_plan, write_plan
 from eval.compbench.run import evaluate, merge
 from eval.compbench.spatial import CONFIDENCE

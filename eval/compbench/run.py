@@ -13,8 +13,7 @@ from tqdm import tqdm
 
 from eval import weights
 from eval.clip_score import ClipEmbedder
-from eval.common import (generation_protocol, image_row, load_image, merged_per_image, merged_protocol,
-                         read_partials, refuse_damaged_images, resolve_device, result, shard_partial)
+from eval.common import generation_protocol, image_row, load_image, merged_per_image, merged_protocol, read_partials, refuse_damaged_images, resolve_device, result, shard_partial
 from eval.compbench import complex as complex_
 from eval.compbench import nonspatial, questions
 from eval.compbench.prompts import ATTRIBUTE, complex_parts, compbench_samples

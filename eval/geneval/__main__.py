@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from eval.common import device_name, non_empty, output_file, probability, run_cli, whole_number
+from eval.arguments import device_name, non_empty, output_file, probability, whole_number
+from eval.common import run_cli
 from eval.geneval import colors, detector, prompts
 from eval.geneval.rules import Settings
 from eval.geneval.run import evaluate
