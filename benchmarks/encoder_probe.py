@@ -5,13 +5,19 @@ other object's) gives the diffusion model binding for free.
 
 On CompShapes colour prompts ("a red circle and a blue square"): the feature of each noun's token
 (CLIP: the noun's BPE token; T5 over bytes: the noun's last byte), a multinomial logistic-regression
-probe fitted on training prompts and scored on held-out prompts (colour-shape pairs never seen), for
+probe fitted on the training colour prompts and scored on the held-out colour prompts, for
   own colour:        the noun's own colour from its last token (chance 0.2);
   other colour:      the other object's colour read from this noun (how much it leaks);
   (word mean):       the same from the mean of the noun's tokens (a byte-level T5 spreads a word
                      over its bytes; for a one-token BPE noun it is the same token);
   pooled, 1st / 2nd: each object's colour from the pooled vector (adaLN's view of the prompt).
 95% CIs: Wilson intervals over the held-out nouns (eval.stats.wilson).
+
+What is held out: every held-out prompt contains at least one colour-shape pair that CompShapes never
+trains on, but its *other* noun may carry a pair the probe's training prompts do show. Each noun
+score is therefore reported three ways: over all held-out nouns, over the nouns whose (colour, shape)
+pair appears in a training prompt ("seen pair"), and over the nouns whose pair no training prompt
+shows ("unseen pair": the test of binding a colour to a shape it was never fitted on).
 
     python benchmarks/encoder_probe.py --store runs/encoders [--markdown]
 
@@ -50,6 +56,21 @@ def colour_prompts(split: str) -> list[tuple[str, list[str]]]:
         spec = compshapes.parse_prompt(prompt)
         rows.append((prompt, [ph.color for ph in spec.phrases]))
     return rows
+
+
+def noun_pairs(rows) -> list[tuple[str, str]]:
+    """(colour, shape) of each noun of each two-object prompt, in the order `features` stacks them."""
+    pairs = []
+    for prompt, cols in rows:
+        shapes = [w for w in prompt.split(" ") if w in compshapes.SHAPES]
+        pairs += [(cols[k], shapes[k]) for k in range(2)]
+    return pairs
+
+
+def seen_mask(train_rows, test_rows) -> torch.Tensor:
+    """True for each held-out noun whose (colour, shape) pair some training prompt shows."""
+    seen = set(noun_pairs(train_rows))
+    return torch.tensor([pair in seen for pair in noun_pairs(test_rows)])
 
 
 def features(encoder, rows, reduce: str = "last"):
@@ -91,27 +112,41 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int = 5, l2: float = 1e
     return lambda z: ((z - mean) / std @ w + b).argmax(1)
 
 
-def score(train_x, train_y, test_x, test_y) -> dict:
+def accuracy(hit: torch.Tensor) -> dict:
+    hits, n = int(hit.sum()), len(hit)
+    lo, hi = wilson(hits, n) if n else (float("nan"), float("nan"))
+    return {"acc": hits / n if n else float("nan"), "ci_low": lo, "ci_high": hi, "n": n}
+
+
+def score(train_x, train_y, test_x, test_y, subsets: dict | None = None) -> dict:
+    """Accuracy over every test row, and over each named subset (a boolean mask over the rows)."""
     probe = fit_probe(train_x, train_y)
     with torch.no_grad():
-        hits = int((probe(test_x) == test_y).sum())
-    lo, hi = wilson(hits, len(test_y))
-    return {"acc": hits / len(test_y), "ci_low": lo, "ci_high": hi, "n": len(test_y)}
+        hit = probe(test_x) == test_y
+    out = accuracy(hit)
+    for name, mask in (subsets or {}).items():
+        out[name] = accuracy(hit[mask])
+    return out
 
 
 def probe_encoder(encoder) -> dict:
-    tr = features(encoder, colour_prompts("train"))
-    te = features(encoder, colour_prompts("test"))
-    trm = features(encoder, colour_prompts("train"), "mean")
-    tem = features(encoder, colour_prompts("test"), "mean")
+    train_rows, test_rows = colour_prompts("train"), colour_prompts("test")
+    tr, te = features(encoder, train_rows), features(encoder, test_rows)
+    trm, tem = features(encoder, train_rows, "mean"), features(encoder, test_rows, "mean")
+    seen = seen_mask(train_rows, test_rows)
+    nouns = {"seen pair": seen, "unseen pair": ~seen}
     return {
-        "own colour": score(tr[0], tr[1], te[0], te[1]),
-        "other colour": score(tr[0], tr[2], te[0], te[2]),
-        "own colour (word mean)": score(trm[0], trm[1], tem[0], tem[1]),
-        "other colour (word mean)": score(trm[0], trm[2], tem[0], tem[2]),
+        "own colour": score(tr[0], tr[1], te[0], te[1], nouns),
+        "other colour": score(tr[0], tr[2], te[0], te[2], nouns),
+        "own colour (word mean)": score(trm[0], trm[1], tem[0], tem[1], nouns),
+        "other colour (word mean)": score(trm[0], trm[2], tem[0], tem[2], nouns),
         "pooled, 1st": score(tr[3], tr[4], te[3], te[4]),
         "pooled, 2nd": score(tr[3], tr[5], te[3], te[5]),
     }
+
+
+def cell(r: dict) -> str:
+    return f"{r['acc']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
 
 
 def main():
@@ -129,15 +164,17 @@ def main():
     encoders["tiny_clip (random, window 2)"] = build_text_encoder({"kind": "tiny_clip", "seed": 0})
     encoders["tiny_t5 (random)"] = build_text_encoder({"kind": "tiny_t5", "seed": 0})
     results = {label: probe_encoder(enc) for label, enc in encoders.items()}
-    columns = list(next(iter(results.values())))
+    first = next(iter(results.values()))
+    columns = [(name, None) for name in first] + [(name, subset) for name in first
+                                                  for subset in ("seen pair", "unseen pair") if subset in first[name]]
     print("held-out colour prompts; linear probe accuracy [95% CI]; chance 0.20")
-    print("| encoder | " + " | ".join(columns) + " |")
+    print("| encoder | " + " | ".join(f"{n}, {s} nouns" if s else n for n, s in columns) + " |")
     print("|---|" + "---|" * len(columns))
     for label, row in results.items():
-        cells = [f"{r['acc']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" for r in row.values()]
-        print(f"| {label} | " + " | ".join(cells) + " |")
-    print(f"(n = {next(iter(results.values()))['own colour']['n']} held-out nouns, "
-          f"{next(iter(results.values()))['pooled, 1st']['n']} prompts)")
+        print(f"| {label} | " + " | ".join(cell(row[n][s] if s else row[n]) for n, s in columns) + " |")
+    own = first["own colour"]
+    print(f"(n = {own['n']} held-out nouns: {own['seen pair']['n']} with a pair the probe's training prompts "
+          f"show, {own['unseen pair']['n']} with a pair none shows; {first['pooled, 1st']['n']} prompts)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)

@@ -13,7 +13,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from eval.verdicts import (CORRECTIONS, CORRECTION_NAMES, LEVEL, MIN_EFFECT, POWER, _half_width, _nested, _sort_key, arm_label, comparison_pairs, find_arms, grid_layout, paired_table, read_scores, resolve_control)
+from eval.paired import CORRECTION_NAMES, CORRECTIONS, LEVEL, _half_width, _sort_key
+from eval.paired import paired_table
+from eval.verdicts import (MIN_EFFECT, POWER, _nested, arm_label, comparison_pairs, find_arms, grid_layout, read_scores,
+                           resolve_control)
 
 log = logging.getLogger(__name__)
 

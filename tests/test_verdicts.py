@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 from eval import planner as P
+from eval import paired as S
 from eval import verdicts as V
 from eval.stats import paired_bootstrap
 from tests.support.report_fixtures import build_grid
@@ -34,7 +35,7 @@ def test_one_seed_is_the_paired_bootstrap_over_prompts(binary):
     else:
         x = rng.normal(0.3, 0.2, 150)
         arm, control = {i: v for i, v in enumerate(x)}, {i: 0.5 * v for i, v in enumerate(x)}
-    ours = V.paired_difference(arm, control, seed=3)
+    ours = S.paired_difference(arm, control, seed=3)
     theirs = paired_bootstrap(arm, control, seed=3)
     assert ours.method == "bootstrap" and ours.n_seeds == 1 and ours.n_units == theirs["n"]
     assert (ours.difference, ours.ci_low, ours.ci_high) == pytest.approx(
@@ -49,7 +50,7 @@ def test_several_seeds_without_a_prompt_term_are_the_paired_t_test_on_seed_means
     d = d - d.mean(0) + d.mean()  # every prompt mean equal: MS_prompts = 0
     arm = {s: {u: float(d[s, u]) for u in range(4)} for s in range(3)}
     control = {s: {u: 0.0 for u in range(4)} for s in range(3)}
-    out = V.paired_difference(arm, control)
+    out = S.paired_difference(arm, control)
     test = stats.ttest_1samp(d.mean(1), 0.0)
     ci = test.confidence_interval(0.95)
     assert out.method == "t" and out.n_seeds == 3
@@ -63,7 +64,7 @@ def test_the_prompt_term_widens_the_interval_when_prompts_share_an_effect():
     d = 0.1 + v[None, :] + rng.normal(0, 0.1, (3, 40))
     arm = {s: dict(enumerate(d[s])) for s in range(3)}
     control = {s: dict.fromkeys(range(40), 0.0) for s in range(3)}
-    out = V.paired_difference(arm, control)
+    out = S.paired_difference(arm, control)
     seed_only = stats.ttest_1samp(d.mean(1), 0.0).confidence_interval(0.95)
     assert out.ci_high - out.ci_low > seed_only.high - seed_only.low
 
@@ -72,7 +73,7 @@ def test_the_interval_and_p_agree_at_the_level():
     rng = np.random.default_rng(2)
     for shift in (0.0, 0.1, 0.2, 0.3):
         for seeds in ((0,), (0, 1, 2)):
-            out = V.paired_difference(*two_arms(rng, seeds, 80, shift))
+            out = S.paired_difference(*two_arms(rng, seeds, 80, shift))
             excludes_zero = out.ci_low > 0 or out.ci_high < 0
             assert excludes_zero == (out.p_value < 0.05), (shift, seeds, out)
 
@@ -81,7 +82,7 @@ def test_hierarchical_bootstrap_draws_seeds_then_prompts_within_them():
     """The replicates of method='bootstrap' over several seeds, written out as a loop."""
     rng = np.random.default_rng(3)
     d = rng.normal(0, 1, (3, 7))
-    replicates = V._hierarchical_replicates(d[None], 50, seed=9)[0]
+    replicates = S._hierarchical_replicates(d[None], 50, seed=9)[0]
     draws = np.random.default_rng(9)
     expected = []
     seeds = draws.integers(0, 3, (50, 3))
@@ -94,21 +95,21 @@ def test_hierarchical_bootstrap_draws_seeds_then_prompts_within_them():
 def test_pairs_are_the_shared_seeds_and_the_prompts_every_one_of_them_scored():
     arm = {0: {"a": 1.0, "b": 1.0, "c": 1.0}, 1: {"a": 1.0, "b": 0.0}, 2: {"a": 1.0}}
     control = {0: {"a": 0.0, "b": 0.0, "c": 0.0}, 1: {"a": 0.0, "b": 0.0, "c": 0.0}}
-    d, seeds, units = V.paired_table(arm, control)
+    d, seeds, units = S.paired_table(arm, control)
     assert seeds == [0, 1] and units == ["a", "b"] and d.tolist() == [[1.0, 1.0], [1.0, 0.0]]
     with pytest.raises(ValueError, match="share no training seed"):
-        V.paired_table({3: {"a": 1.0}}, control)
+        S.paired_table({3: {"a": 1.0}}, control)
     with pytest.raises(ValueError, match="share no scored prompt"):
-        V.paired_table({0: {"x": 1.0}}, control)
+        S.paired_table({0: {"x": 1.0}}, control)
 
 
 def test_data_frames_and_flat_mappings_are_accepted():
     frame = pd.DataFrame({"seed": [0, 0, 1, 1], "unit": ["a", "b", "a", "b"], "value": [1.0, 0.0, 1.0, 1.0]})
     zero = frame.assign(value=0.0)
-    assert V.paired_difference(frame, zero).difference == pytest.approx(0.75)
-    assert V.paired_difference({"a": 1.0, "b": 0.0}, {"a": 0.0, "b": 0.0}).n_seeds == 1
+    assert S.paired_difference(frame, zero).difference == pytest.approx(0.75)
+    assert S.paired_difference({"a": 1.0, "b": 0.0}, {"a": 0.0, "b": 0.0}).n_seeds == 1
     with pytest.raises(ValueError, match="method"):
-        V.paired_difference(frame, zero, method="magic")
+        S.paired_difference(frame, zero, method="magic")
 
 
 # ---------------------------------------------------------------- multiplicity and verdicts
@@ -117,18 +118,18 @@ def test_data_frames_and_flat_mappings_are_accepted():
 def test_holm_matches_the_step_down_by_hand():
     p = [0.01, 0.04, 0.03, 0.005]
     # sorted 0.005, 0.01, 0.03, 0.04 -> 4 x, 3 x, 2 x, 1 x, running maximum
-    assert V.holm(p).tolist() == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert V.holm([0.5, np.nan, 0.01]).tolist()[::2] == pytest.approx([0.5, 0.02])
-    assert np.isnan(V.holm([0.5, np.nan, 0.01])[1])
-    assert V.holm([0.9, 0.8]).max() <= 1.0
+    assert S.holm(p).tolist() == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert S.holm([0.5, np.nan, 0.01]).tolist()[::2] == pytest.approx([0.5, 0.02])
+    assert np.isnan(S.holm([0.5, np.nan, 0.01])[1])
+    assert S.holm([0.9, 0.8]).max() <= 1.0
 
 
 def test_bh_is_scipys_and_none_leaves_p():
     p = np.array([0.01, 0.04, 0.03, 0.005, 0.5])
-    assert V.adjust(p, "bh") == pytest.approx(stats.false_discovery_control(p, method="bh"))
-    assert V.adjust(p, "none") == pytest.approx(p)
+    assert S.adjust(p, "bh") == pytest.approx(stats.false_discovery_control(p, method="bh"))
+    assert S.adjust(p, "none") == pytest.approx(p)
     with pytest.raises(ValueError, match="correction"):
-        V.adjust(p, "bonferonni")
+        S.adjust(p, "bonferonni")
 
 
 @pytest.mark.parametrize("diff, p, higher, expected", [
@@ -136,7 +137,7 @@ def test_bh_is_scipys_and_none_leaves_p():
     (3.0, 0.01, False, "worse"), (0.2, 0.06, True, "not separated"), (0.2, 0.01, None, "higher"),
     (0.2, float("nan"), True, "not separated")])
 def test_verdict_follows_the_metric_direction(diff, p, higher, expected):
-    assert V.verdict(diff, p, higher) == expected
+    assert S.verdict(diff, p, higher) == expected
 
 
 def test_directions_defaults_mapping_and_registry(tmp_path):
@@ -165,34 +166,34 @@ def _fid_like(features):
 def test_set_difference_from_features_and_from_callbacks_agree():
     rng = np.random.default_rng(4)
     a, b = rng.normal(0.0, 1, (120, 4)), rng.normal(0.0, 1, (100, 4))
-    same = V.set_difference(a, b, _fid_like, n_boot=200, seed=1)
+    same = S.set_difference(a, b, _fid_like, n_boot=200, seed=1)
     assert same["ci_low"] < 0 < same["ci_high"] and same["p_value"] > 0.05
-    by_index = V.set_difference_by_index(lambda i: _fid_like(a[i]), lambda i: _fid_like(b[i]), 120, 100,
+    by_index = S.set_difference_by_index(lambda i: _fid_like(a[i]), lambda i: _fid_like(b[i]), 120, 100,
                                          n_boot=200, seed=1)
     assert by_index == same
-    worse = V.set_difference(rng.normal(0.6, 1, (100, 4)), b, _fid_like, n_boot=200)
+    worse = S.set_difference(rng.normal(0.6, 1, (100, 4)), b, _fid_like, n_boot=200)
     assert worse["ci_low"] > 0 and worse["p_value"] < 0.05
-    assert V.verdict(worse["difference"], worse["p_value"], V.direction("fid/fid")) == "worse"
+    assert S.verdict(worse["difference"], worse["p_value"], V.direction("fid/fid")) == "worse"
 
 
 def test_set_difference_paired_and_bad_input():
     rng = np.random.default_rng(5)
     base = rng.normal(0, 1, (80, 3))
-    out = V.set_difference(base + 0.5, base, _fid_like, paired=True, n_boot=100)
+    out = S.set_difference(base + 0.5, base, _fid_like, paired=True, n_boot=100)
     assert out["paired"] and out["ci_low"] > 0
     with pytest.raises(ValueError, match="same images"):
-        V.set_difference(base, base[:50], _fid_like, paired=True)
+        S.set_difference(base, base[:50], _fid_like, paired=True)
     with pytest.raises(ValueError, match="at least 2"):
-        V.set_difference(base[:1], base, _fid_like)
+        S.set_difference(base[:1], base, _fid_like)
 
 
 def test_several_seeds_of_a_set_level_metric_pool_over_seeds():
     per_seed = [{"difference": d, "ci_low": d - 1, "ci_high": d + 1, "p_value": 0.5} for d in (1.0, 2.0, 1.5)]
-    out = V.combine_seed_differences(per_seed)
+    out = S.combine_seed_differences(per_seed)
     test = stats.ttest_1samp([1.0, 2.0, 1.5], 0.0)
     assert out["difference"] == pytest.approx(1.5) and out["n_seeds"] == 3
     assert out["p_value"] == pytest.approx(test.pvalue, rel=1e-6)
-    assert V.combine_seed_differences(per_seed[:1]) == per_seed[0]
+    assert S.combine_seed_differences(per_seed[:1]) == per_seed[0]
 
 
 # ---------------------------------------------------------------- grid folders

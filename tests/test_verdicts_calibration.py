@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from eval.planner import Components, plan_seeds, planning_level, predicted_power
-from eval.verdicts import difference_batch
+from eval.paired import difference_batch
 
 N_GRIDS = 2000
 LEVEL = 0.05
