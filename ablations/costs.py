@@ -6,19 +6,12 @@ shaped by their recipes), its transformer parameters and forward FLOPs counted e
 gentron.sizes on the meta device (`counts`). Three estimates read it:
 
 - `check_params` (launch.check_resources): cells beyond CPU_PARAM_LIMIT parameters need GPUs.
-- `with_costs` (the plan table): parameters, and for GPU plans GPUs and training GPU-hours from
-  published throughput:
-
-    DiT-XL/2, 256 px: 0.81 training steps/s at global batch 256 on 8 A100 (the DiT repository's
-    PyTorch training script, github.com/facebookresearch/DiT), i.e. 25.9 images/s per A100.
-
-  A cell's images per second per GPU are DiT-XL/2's scaled by the ratio of forward FLOPs per image
-  (a clip of T frames counts T images' tokens). The estimate carries that script's precision and
-  kernels; `benchmarks/gpu_bench.py` measures this code's own throughput on a GPU. Sampling GPU-hours
-  come from the same throughput: gentron.generate.sampling_cost's forward FLOPs of a cell's images,
-  at the FLOPs per GPU-second that training reached (a training sample costs about three forwards:
-  the forward and a backward of twice its cost). With a SLURM profile the table also shows each
-  stage's array tasks per cell and GPUs per task (the profile's `sample:` and `evaluate:` sections).
+- `with_costs` (the plan table): parameters, and for GPU plans GPUs and the GPU-hours of each stage
+  (train, encode, sample, evaluate): counted FLOPs at one calibrated rate, DiT's train.py on A100s
+  as github.com/facebookresearch/DiT/issues/22 reports it (ablations.gpu_hours, which says what each
+  stage counts). `benchmarks/gpu_bench.py` measures this code's own throughput on a GPU. With a SLURM
+  profile the table also shows each stage's array tasks per cell and GPUs per task (the profile's
+  `sample:` and `evaluate:` sections).
 - `format_estimate` (the dry run): how long the grid takes on this machine's CPU, from measured step
   costs (ablations/conf/step_costs.yaml, written by benchmarks/step_costs.py). The file holds CPU
   seconds of one thread per unit of work, keyed by what decides the cost:
@@ -42,6 +35,7 @@ from pathlib import Path
 
 import yaml
 
+from ablations import gpu_hours as gh
 from ablations import runfolder, stages
 from ablations.grid import Cell, Plan, local_workers
 from ablations.identity import train_key
@@ -50,11 +44,6 @@ from gentron.config import CellConfig
 
 CPU_PARAM_LIMIT = 100e6  # transformer parameters beyond which a CPU run is refused
 BYTES_PER_PARAM = 16  # fp32 weights + gradients + AdamW's two moments
-# DiT's published training throughput (see the module docstring).
-DIT_XL2_STEPS_PER_S, DIT_XL2_BATCH, DIT_XL2_GPUS = 0.81, 256, 8
-DIT_XL2_IMAGES_PER_GPU_S = DIT_XL2_STEPS_PER_S * DIT_XL2_BATCH / DIT_XL2_GPUS
-THROUGHPUT_SOURCE = ("DiT-XL/2 0.81 steps/s at batch 256 on 8 A100 (facebookresearch/DiT), scaled by forward "
-                     "FLOPs per image")
 COSTS_FILE = CONF_DIR / "step_costs.yaml"
 
 
@@ -83,31 +72,11 @@ def _counted(model: str, lengths: tuple[int, ...], frames: int) -> Counts:
     return Counts(sizes.count_params(config)["total"], sizes.count_flops(config, lengths, frames))
 
 
-@functools.lru_cache(maxsize=1)
-def _dit_xl2_flops() -> int:
-    """Forward FLOPs per image of DiT-XL/2 at 256 px (the throughput reference): gentron.sizes' paper
-    setting of XL/2 with adaLN and one CLIP-L text encoder of 77 tokens."""
-    from gentron import sizes
-
-    return sizes.count_flops(sizes.paper_config("XL/2", "adaln", "CLIP-L"), (77,), 1)
-
-
-def gpu_hours(config: CellConfig, flops: int) -> float:
-    """Training GPU-hours of a cell whose model takes `flops` forward FLOPs per sample."""
-    images_per_gpu_s = DIT_XL2_IMAGES_PER_GPU_S * _dit_xl2_flops() / flops  # samples (images or clips) per s
-    return config.train.steps * config.train.batch_size / images_per_gpu_s / 3600
-
-
-TRAIN_FORWARDS = 3  # a training sample's forward and backward, in forwards
-
-
-def sampling_gpu_hours(config: CellConfig, images: int) -> float:
-    """GPU-hours of drawing `images` samples of the cell (gentron.generate.sampling_cost's FLOPs) at the
-    forward FLOPs per GPU-second of the training throughput gpu_hours uses."""
-    from gentron.generate import sampling_cost
-
-    flops_per_gpu_s = DIT_XL2_IMAGES_PER_GPU_S * TRAIN_FORWARDS * _dit_xl2_flops()
-    return sampling_cost(config, images).flops / flops_per_gpu_s / 3600
+def stage_hours(cell: Cell, images: int | None) -> gh.StageHours:
+    """GPU-hours of the cell's train, encode, sample and evaluate stages (ablations.gpu_hours), its
+    model counted once (`counts`), a text encoder the grid trains shaped by its recipe."""
+    return gh.stage_hours(cell.config, counts(cell).flops, images,
+                          [cell.recipe(spec) for spec in cell.config.text_encoders])
 
 
 def sample_count(cell: Cell, missing: list[str] | None = None) -> int:
@@ -117,15 +86,16 @@ def sample_count(cell: Cell, missing: list[str] | None = None) -> int:
 
 
 def cell_costs(cell: Cell, gpus: int | None) -> dict:
-    """{params, gflops (forward, per image or clip), gpu_hours, hours (on `gpus`), images (sampled; None
-    when a prompt set's files are not here to count), sample_gpu_hours} of one cell."""
+    """{params, gflops (forward, per image or clip), gpu_hours (the train stage), hours (it on `gpus`),
+    encode_gpu_hours, images (sampled), sample_gpu_hours, evaluate_gpu_hours} of one cell; None where
+    it cannot be counted here (a data set or a prompt set's files not here)."""
     c = counts(cell)
-    hours = gpu_hours(cell.config, c.flops)
     missing: list[str] = []
     images = sample_count(cell, missing)
-    sampled = None if missing else sampling_gpu_hours(cell.config, images)
-    return {"params": c.params, "gflops": c.flops / 1e9, "gpu_hours": hours, "hours": hours / gpus if gpus else None,
-            "images": None if missing else images, "sample_gpu_hours": sampled}
+    h = stage_hours(cell, None if missing else images)
+    return {"params": c.params, "gflops": c.flops / 1e9, "gpu_hours": h.train, "hours": h.train / gpus if gpus else None,
+            "encode_gpu_hours": h.encode, "images": None if missing else images, "sample_gpu_hours": h.sample,
+            "evaluate_gpu_hours": h.evaluate}
 
 
 def stage_tasks(p: Plan) -> str | None:
@@ -175,23 +145,33 @@ def cost_columns(p: Plan, gpus: int | None) -> list[dict]:
     for cell in p.cells:
         c = cell_costs(cell, gpus)
         row = {"params": f"{c['params'] / 1e6:.1f}M", "GPUs": gpus if gpus else "-",
-               "GPU-h (est.)": _hours(c["gpu_hours"]),
-               "sample GPU-h (est.)": "-" if c["sample_gpu_hours"] is None else _hours(c["sample_gpu_hours"])}
+               "train GPU-h (est.)": _hours(c["gpu_hours"])}
+        for stage in ("encode", "sample", "evaluate"):
+            row[f"{stage} GPU-h (est.)"] = _hours(c[f"{stage}_gpu_hours"])
         if tasks:
             row["tasks x GPUs"] = tasks
         rows.append(row)
     return rows
 
 
-def _hours(h: float) -> str:
+def _hours(h: float | None) -> str:
+    if h is None:
+        return "-"
     return f"{h:,.0f}" if h >= 10 else f"{h:.2g}"
 
 
-def _sampling_line(p: Plan) -> list[str]:
-    return (["sample GPU-h (est.): gentron.generate.sampling_cost's forward FLOPs of the cell's images at the FLOPs "
-             f"per GPU-second of the training estimate ({TRAIN_FORWARDS} forwards per training sample); "
-             "tasks x GPUs: array tasks per cell x GPUs per task of each stage (the profile's sample.shards, "
-             "evaluate.shards)"] if p.run.profile != "embedded" else [])
+def _stages_line(p: Plan) -> list[str]:
+    return (["train: steps x batch x (3 model forwards; 4 with activation checkpointing) + the text encoders and VAE "
+             "encoder per image with data.encode=per_batch; encode: one pass of the encoders over the data set "
+             "(data.encode=shards; '-' until the plan can count it); sample: NFE x guidance branches x images x a "
+             "forward + VAE decode + text encoders; evaluate: each metric's image models per image; "
+             "'-': a prompt set's files are not here to count. tasks x GPUs: array tasks per cell x GPUs per task "
+             "of each stage (the profile's sample.shards, evaluate.shards)"] if _shows_gpu_hours(p) else [])
+
+
+def _shows_gpu_hours(p: Plan) -> bool:
+    """Whether the plan table has the GPU-hour columns: GPU profiles, and any plan with GPUs to run on."""
+    return p.run.profile != "embedded" or bool(plan_gpus(p))
 
 
 def with_costs(p: Plan, table):
@@ -207,7 +187,7 @@ def with_costs(p: Plan, table):
 
 def source_line(p: Plan) -> list[str]:
     """Where the GPU-hours come from, for plans that show them."""
-    return [f"GPU-h (est.): {THROUGHPUT_SOURCE}", *_sampling_line(p)] if p.run.profile != "embedded" else []
+    return [f"GPU-h (est.): {gh.SOURCE}", *_stages_line(p)] if _shows_gpu_hours(p) else []
 
 
 # --- the CPU time of a local run ----------------------------------------------------------------
@@ -303,9 +283,10 @@ def estimate(p: Plan, costs: dict | None = None, workers: int | None = None) -> 
 
 
 def _prompt_count(name: str, sample, missing: list[str]) -> int:
-    """Samples of one prompt set; 0 (and a note in `missing`) when its prompt files are not here."""
+    """Samples of one prompt set (the benchmark's size where its files are not here: stages.prompt_count);
+    0 (and a note in `missing`) when neither its files nor its size are known."""
     try:
-        return len(stages.prompt_records(name, sample))
+        return stages.prompt_count(name, sample)
     except (FileNotFoundError, ValueError):
         missing.append(f"prompt set {name} (its prompt files are not here to count; preflight above)")
         return 0
@@ -328,11 +309,12 @@ def calibrated(e: dict, costs: dict) -> float | None:
     return e["total_s"] * cal["measured_s"] / cal["predicted_s"]
 
 
-def format_estimate(p: Plan) -> str:
-    if not COSTS_FILE.exists():
+def format_estimate(p: Plan, costs: dict | None = None) -> str:
+    """The estimate from the stored step costs (or `costs`, a table of the same structure)."""
+    if costs is None and not COSTS_FILE.exists():
         return (f"estimated time: unknown ({COSTS_FILE} is missing; run `python benchmarks/step_costs.py "
                 f"grid={p.run.grid}` to measure this machine's step costs)")
-    costs = load_costs()
+    costs = load_costs() if costs is None else costs
     e = estimate(p, costs)
     if e["gpu_only"] == len(p.cells):
         return (f"estimated time on this machine's CPU: not estimated: every cell is beyond {CPU_PARAM_LIMIT / 1e6:.0f}M "
@@ -347,6 +329,12 @@ def format_estimate(p: Plan) -> str:
         line += (f"\n  on an idle machine about {scaled / 60:.1f} min (calibration: {cal['what']} took "
                  f"{cal['measured_s'] / 60:.1f} min where these costs predict {cal['predicted_s'] / 60:.1f} min; "
                  f"the costs were measured at load average {costs.get('load_average', '?')})")
+    return line + estimate_notes(p, e)
+
+
+def estimate_notes(p: Plan, e: dict) -> str:
+    """What the estimate `e` leaves out, one line each (empty when nothing)."""
+    line = ""
     if e["gpu_only"]:
         line += f"\n  left out: {e['gpu_only']} cells beyond {CPU_PARAM_LIMIT / 1e6:.0f}M parameters, which need GPUs"
     unknown = [m for m in e["missing"] if m.startswith("prompt set ")]

@@ -41,9 +41,10 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from ablations import runfolder
+from ablations import presets, runfolder
+from ablations.baselines import baseline_cells
 from ablations.identity import CELL_SECTIONS, RECIPE_SECTION, cell_id, plan_arguments
-from ablations.registries import CONF_DIR, registry
+from ablations.registries import CONF_DIR, metrics_reading, registry
 from gentron import schema
 from gentron.config import CellConfig, load_config, resolve
 from gentron.specs import ClipSpec, EncoderShape, HFClipSpec, T5Spec
@@ -78,6 +79,8 @@ class RunOptions:
     slurm: str | None = None  # a profile name of slurm/profiles/*.yaml
     local: LocalOptions = field(default_factory=LocalOptions)
     dry_run: bool = False
+    measure: bool = True  # dry_run: time a few real steps of each distinct cell here (ablations.measure)
+    preset: str | None = None  # smoke: every cell small, in <runs_dir>/<grid>-smoke/ (ablations/presets.py)
     wait: bool = False  # launcher=slurm: block until the grid is done, then print the table
     runs_dir: str = "runs"
 
@@ -112,6 +115,7 @@ class GridSection:
     evaluation: Evaluation = field(default_factory=Evaluation)
     labels: dict[str, dict[str, str]] = field(default_factory=dict)  # axis -> arm -> label shown
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> EncoderRecipe keys
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> eval.baseline.Baseline keys
 
 
 @dataclass
@@ -142,6 +146,7 @@ class Grid(GridSection):
     runs_dir: str = "runs"
     recipes: dict = field(default_factory=dict)  # name -> validated EncoderRecipe of `encoders`
     source: str = ""  # the grid file
+    preset: str | None = None  # the preset layered over it (ablations.presets), which its name ends with
 
     @property
     def encoder_store(self) -> str:
@@ -168,12 +173,14 @@ class Cell:
     profile: str
     # trained text encoders the cell loads: folder -> recipe (gentron.text.pretrain), trained before it
     encoders: dict[str, dict] = field(default_factory=dict)
+    baseline: dict | None = None  # a pretrained pipeline sampled in place of training (ablations.baselines)
 
     def info(self) -> dict:
         """cell.json."""
         return {"grid": self.grid, "cell_id": self.cell_id, "axes": self.axes, "arms": self.arms,
                 "profile": self.profile, "prompt_sets": self.config.sample.prompt_sets,
-                "metrics": self.config.eval.metrics, **({"encoders": self.encoders} if self.encoders else {})}
+                "metrics": self.config.eval.metrics, **({"encoders": self.encoders} if self.encoders else {}),
+                **({"baseline": self.baseline} if self.baseline else {})}
 
     def recipe(self, spec) -> dict | None:
         """The recipe of a text-encoder spec the grid trains itself (None for other encoders)."""
@@ -276,6 +283,8 @@ RUN_HELP = {
     "slurm": "a SLURM profile: a name of slurm/profiles/*.yaml or a file",
     "local": "local.workers=N: cells trained side by side on this machine (default: one per core without a GPU)",
     "dry_run": "true: validate every key, print one row per cell and run nothing",
+    "measure": "dry_run: true times a few steps of each distinct cell here for the estimate; false reads the stored costs",
+    "preset": "smoke: the whole grid small (100 steps, few prompts) in minutes, marked 'smoke: not a result'",
     "wait": "launcher=slurm: true blocks until the grid is done, then prints the table",
     "runs_dir": "where run folders go: <runs_dir>/<grid>/<cell>/ (default runs)",
 }
@@ -444,12 +453,13 @@ def plan(argv: list[str]) -> Plan:
     run, overrides = parse_args(argv)
     recipes = {k: overrides.pop(k) for k in list(overrides) if k.split(".")[0] == RECIPE_SECTION}
     grid = load_grid(run.grid, run.profile, run.runs_dir, recipes)
+    named = grid.source if grid.source != str(GRIDS_DIR / f"{grid.name}.yaml") else grid.name
+    grid = presets.apply(grid, run.preset, recipes)
     _check_folder(Path(run.runs_dir) / grid.name, "the grid's runs folder")
     if run.seeds is not None:
         grid.seeds = list(run.seeds)
-    cells = expand(grid, overrides)
+    cells = expand(grid, overrides) + baseline_cells(grid, overrides, make_cell)
     log.debug("grid %s (%s): %d cells", run.grid, run.profile, len(cells))
-    named = grid.source if grid.source != str(GRIDS_DIR / f"{grid.name}.yaml") else grid.name
     return Plan(run=run, grid=grid, cells=cells, args=plan_arguments(named, run.profile, list(argv)))
 
 
@@ -500,6 +510,7 @@ def make_cell(grid: Grid, arms: dict[str, str], seed: int, overrides: dict[str, 
         config = load_config(container)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from e
+    config.eval.metrics = metrics_reading(config.eval.metrics, config.sample.prompt_sets, overrides)
     check_evaluation(config, where)
     axes = {axis: grid.labels.get(axis, {}).get(arm, arm) for axis, arm in arms.items()}
     return Cell(grid=grid.name, cell_id=cell_id(config), axes={**axes, "seed": seed}, arms=arms,
@@ -518,7 +529,7 @@ def _init_from_grid(container: dict, grid: Grid, seed: int, overrides: dict[str,
         ref = schema.parse(InitFrom, value, "train.init_from")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
-    source = load_grid(ref.grid, grid.profile, grid.runs_dir)
+    source = presets.apply(load_grid(ref.grid, grid.profile, grid.runs_dir), grid.preset)
     for axis, arms in source.axes.items():
         if axis not in ref.arms:
             raise ConfigError(f"{where}: train.init_from names grid '{ref.grid}' without an arm of its axis "
@@ -529,7 +540,7 @@ def _init_from_grid(container: dict, grid: Grid, seed: int, overrides: dict[str,
     swept = {key for arms in source.axes.values() for spec in arms.values() for key in spec}
     kept = {k: v for k, v in overrides.items() if k not in swept and k != "train.init_from"}
     cell = make_cell(source, {axis: ref.arms[axis] for axis in source.axes}, seed, kept)
-    container["train"]["init_from"] = str(Path(source.runs_dir) / ref.grid / cell.cell_id / runfolder.CHECKPOINT)
+    container["train"]["init_from"] = str(Path(source.runs_dir) / source.name / cell.cell_id / runfolder.CHECKPOINT)
 
 
 def _trained_encoders(container: dict, grid: Grid, where: str) -> dict[str, dict]:

@@ -22,7 +22,7 @@ CELL_SECTIONS = tuple(f.name for f in fields(CellConfig))
 # more logging, another batch size for sampling or an extra metric finds the same cell.
 RUN_ONLY_KEYS = (*TRAIN_RUN_ONLY_KEYS, "sample.batch_size", "eval.metrics")
 # Bump when the same config would now train, sample or score differently: every cell gets a new id.
-CELL_VERSION = 5
+CELL_VERSION = 6  # 6: CompShapes' counting captions
 ID_LENGTH = 10
 TRAIN_ONLY = ("sample", "eval")  # sections that do not change the trained model
 # Command-line keys besides the cell-config sections that decide the cells: encoders.<name>.<key>
@@ -50,9 +50,9 @@ def _digest(identity: dict) -> str:
 
 
 def plan_arguments(name: str, profile: str, argv: list[str]) -> list[str]:
-    """The arguments that decide a grid's cells: grid, profile, seeds, the cell-config overrides and
-    the encoder-recipe overrides of `argv` (not the launcher, the runs folder or the action)."""
+    """The arguments that decide a grid's cells: grid, profile, seeds, preset, the cell-config overrides
+    and the encoder-recipe overrides of `argv` (not the launcher, the runs folder or the action)."""
     def key(arg: str) -> str:
         return arg.split("=", 1)[0].lstrip("+~")
-    kept = [a for a in argv if key(a) == "seeds" or key(a).split(".")[0] in (*CELL_SECTIONS, RECIPE_SECTION)]
+    kept = [a for a in argv if key(a) in ("seeds", "preset") or key(a).split(".")[0] in (*CELL_SECTIONS, RECIPE_SECTION)]
     return [f"grid={name}", f"profile={profile}", *kept]

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
-from ablations import costs, preflight, results, runfolder, stages
+from ablations import costs, measure, preflight, results, runfolder, stages, validation_costs
 from ablations.grid import Plan, local_workers, plan, usage
 from ablations.identity import train_key
 from gentron.errors import EXIT_USER_ERROR, USER_ERRORS, ConfigError, one_line
 from gentron.io import StorageError, make_folder
+from gentron.progress import progress
 
 log = logging.getLogger("ablations")
 PROG = "python ablations/run.py"
@@ -47,9 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         p = plan(argv)
         if p.run.dry_run:
-            print(format_plan(p))
-            print(costs.format_estimate(p))
-            print(seed_plan(p))
+            print(format_plan(p), flush=True)
+            table = measure.plan_costs(p) if measure.enabled(p) else None  # None: the stored step costs
+            print(costs.format_estimate(p) if table is None else measure.format_estimate(p, table))
+            if evaluation := validation_costs.format_cost(p, table):  # train.eval_every's evaluations
+                print(evaluation)
+            print(seed_plan(p, table))
             return 0
         if p.run.action == "status":
             print(format_plan(p, jobs=True))
@@ -64,12 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
 
 
-def seed_plan(p: Plan) -> str:
+def seed_plan(p: Plan, table: dict | None = None) -> str:
     """The seeds planner (eval.verdicts): from the variance the grid's finished cells measured, the
-    seeds each metric needs to separate plan.min_effect, and what they cost at the estimated cell time."""
+    seeds each metric needs to separate plan.min_effect, and what they cost at the estimated cell time
+    (from the step-cost `table`, else the stored one)."""
     from eval import planner
 
-    e = costs.estimate(p)
+    e = costs.estimate(p, table)
     arms = {tuple(sorted(cell.arms.items())) for cell in p.cells}
     return planner.format_seed_plan(p.grid_dir, n_arms=len(arms), per_cell_s=e["per_cell_s"], workers=e["workers"])
 
@@ -105,8 +109,28 @@ def format_plan(p: Plan, jobs: bool = False) -> str:
               f"{first.sample.prompt_sets}, metrics {first.eval.metrics}"]
     table, footer = plan_table(p, jobs), []
     if not jobs:  # what each cell costs (ablations.costs), and what the plan loads that is not here (preflight)
-        table, footer = costs.with_costs(p, table), [*costs.source_line(p), preflight.format_missing(p)]
+        table, footer = costs.with_costs(p, table), [*costs.source_line(p), *time_limit_lines(p),
+                                                     preflight.format_missing(p)]
     return "\n".join(header + [table.to_string(index=False)] + _damaged_lines(p) + footer)
+
+
+def time_limit_lines(p: Plan) -> list[str]:
+    """A warning per stage whose task needs longer than the SLURM profile's time limit and timeout requeues
+    cover (slurm.launcher.time_limit_shortfall): training on the cell's GPUs, sampling per shard task."""
+    if not p.run.slurm:
+        return []
+    from slurm.launcher import load_profile, time_limit_shortfall
+
+    profile, gpus, found = load_profile(p.run.slurm), costs.plan_gpus(p), {}
+    sampler = profile.for_stage("sample")
+    for cell in p.cells:
+        c = costs.cell_costs(cell, gpus)
+        per_task = c["sample_gpu_hours"] / (profile.shards("sample") * sampler.nodes * sampler.gpus_per_node) \
+            if c["sample_gpu_hours"] is not None and sampler.gpus_per_node else None
+        for stage, hours in (("train", c["hours"]), ("sample", per_task)):
+            if hours is not None and (why := time_limit_shortfall(profile, stage, hours)):
+                found.setdefault(why, []).append(cell.cell_id)
+    return [f"warning: {why} (cells {', '.join(cells)})" for why, cells in found.items()]
 
 
 def _damaged_lines(p: Plan) -> list[str]:
@@ -221,7 +245,7 @@ def train_encoders(p: Plan, workers: int) -> None:
 def _run_sequential(groups: list[list[str]], shards: dict[str, int] | None = None) -> tuple[list[str], list[str]]:
     """(failed, busy): cells that failed, and cells another process holds (not started here)."""
     failed, busy = [], []
-    for cell_dir in tqdm([d for g in groups for d in g], desc="cells", unit="cell", disable=not groups):
+    for cell_dir in progress([d for g in groups for d in g], desc="cells", unit="cell", disable=not groups):
         try:
             stages.run_cell(cell_dir, shards)
         except stages.CellBusy as e:
@@ -282,7 +306,7 @@ def _run_pool(groups: list[list[str]], workers: int, shards: dict[str, int] | No
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_set_threads,
                              initargs=(threads, os.getpid())) as pool:
         futures = {pool.submit(_run_group, group, os.getpid(), shards): group for group in groups}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="cell groups", unit="group"):
+        for future in progress(as_completed(futures), total=len(futures), desc="cell groups", unit="group"):
             if future.cancelled():
                 continue
             try:
@@ -363,7 +387,7 @@ def run_slurm(p: Plan) -> int:
 def _wait(submitted: dict) -> None:
     """Block until every stage's jobs ended; after a failed stage the later ones can never start
     (afterok), so they are cancelled instead of waited for."""
-    for stage, jobs in tqdm(submitted.items(), desc="stages", unit="stage"):
+    for stage, jobs in progress(submitted.items(), desc="stages", unit="stage"):
         failed = []
         for job in jobs:
             try:

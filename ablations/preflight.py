@@ -12,7 +12,8 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablations.grid import Cell, Plan
+from ablations import runfolder
+from ablations.grid import Cell, Plan, load_grid
 from ablations.registries import env_variable, registry
 from gentron.config import DataConfig
 from gentron.specs import ClipSpec, HFClipSpec, T5Spec
@@ -33,8 +34,9 @@ class Need:
 def missing(p: Plan) -> list[Need]:
     """Everything the plan's cells load that is not on this machine, each named once."""
     found: dict[tuple, Need] = {}
+    source = init_from_command(p)
     for cell in p.cells:
-        for need in _cell_needs(cell):
+        for need in _cell_needs(cell, source):
             found.setdefault((need.what, need.fix), need)
     return list(found.values())
 
@@ -57,8 +59,23 @@ def require(p: Plan) -> None:
                                 f"{needs[0].fix}")
 
 
-def _cell_needs(cell: Cell) -> list[Need]:
-    """Text encoders the run trains itself first (cell.encoders, gentron.text.pretrain) are not needed."""
+def init_from_command(p: Plan) -> str | None:
+    """The command that trains the checkpoints a grid's `train.init_from: {grid: ..., arms: ...}` names
+    (ablations.grid.InitFrom): that grid, with this plan's profile, seeds, preset, runs folder and the
+    overrides its cells take (not those of keys its axes set); None without one."""
+    ref = p.grid.base.get("train.init_from")
+    if not isinstance(ref, dict) or "grid" not in ref:
+        return None
+    source = load_grid(ref["grid"], p.run.profile, p.run.runs_dir)
+    swept = {key for arms in source.axes.values() for spec in arms.values() for key in spec} | {"train.init_from"}
+    kept = [a for a in p.args[2:] if a.split("=", 1)[0].lstrip("+~") not in swept]
+    record = {"name": ref["grid"], runfolder.PLAN_ARGS: [f"grid={ref['grid']}", f"profile={p.run.profile}", *kept]}
+    return runfolder.rerun_command(record, p.run.runs_dir)
+
+
+def _cell_needs(cell: Cell, init_command: str | None = None) -> list[Need]:
+    """Text encoders the run trains itself first (cell.encoders, gentron.text.pretrain) are not needed.
+    `init_command`: the command that trains the cell's train.init_from (init_from_command)."""
     config = cell.config
     needs = []
     for spec in config.text_encoders:
@@ -71,9 +88,10 @@ def _cell_needs(cell: Cell) -> list[Need]:
     needs += _data_needs(config.data)
     init = config.train.init_from
     if init and not Path(init).is_file():
-        needs.append(Need(f"checkpoint {init}: no such file", "train.init_from",
-                          "train.init_from=<a trained cell's checkpoints/last.pt> (for text-to-video: the "
-                          "finished T2I grid's cell; run it first)"))
+        fix = (f"run the grid it starts from first: {init_command}" if init_command else
+               "train.init_from=<a trained cell's checkpoints/last.pt> (for text-to-video: the finished T2I "
+               "grid's cell; run it first)")
+        needs.append(Need(f"checkpoint {init}: no such file", "train.init_from", fix))
     prompt_sets = registry("prompt_sets")
     for name in config.sample.prompt_sets:
         spec = prompt_sets[name]

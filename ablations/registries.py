@@ -7,7 +7,9 @@ variable at local copies after the first read): callers may keep or change what 
 """
 from __future__ import annotations
 
+import fnmatch
 import functools
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from gentron.errors import ConfigError
 from gentron.schema import parse, required
+
+log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).parent / "conf"
 ENV = re.compile(r"\$\{oc\.env:([A-Z0-9_]+)")
@@ -31,6 +35,7 @@ class PromptSet:
     glob: str | None = None  # files: .txt (one prompt per line) or .jsonl
     images_per_prompt: int | None = None  # fixed by the benchmark; None: the cell's sample.images_per_prompt
     noise: Literal["seed", "per_prompt"] = "seed"  # gentron.generate.noise_seed
+    prompts: int | None = None  # files: the benchmark's prompt count, for the plan's costs where the files are absent
 
     def check(self, where: str) -> None:
         needed = "set" if self.kind == "compshapes" else "glob"
@@ -62,6 +67,23 @@ def _loaded(name: str) -> DictConfig:
 def registry(name: str) -> dict:
     """ablations/conf/<name>.yaml (prompt_sets, metrics) as a plain dict, environment variables resolved."""
     return OmegaConf.to_container(_loaded(name), resolve=True)
+
+
+def metrics_reading(metrics: list[str], prompt_sets: list[str], overrides: dict) -> list[str]:
+    """A cell's metrics when the command line's `overrides` choose its prompt sets and not its metrics
+    (`sample.prompt_sets=[compshapes_smoke]`): those that read one of `prompt_sets`, each one left out
+    logged (unknown names kept, for the caller's check to name; all of them if none reads one). Otherwise
+    `metrics` as they are."""
+    if "sample.prompt_sets" not in overrides or "eval.metrics" in overrides:
+        return metrics
+    known, kept = registry("metrics"), []
+    for name in metrics:
+        patterns = known.get(name, {}).get("prompt_sets", [])
+        if name not in known or any(fnmatch.fnmatch(s, p) for s in prompt_sets for p in patterns):
+            kept.append(name)
+        else:
+            log.info("metric %s left out: it reads %s, not sample.prompt_sets=%s", name, patterns, prompt_sets)
+    return kept or list(metrics)
 
 
 def env_variable(name: str, entry: str, key: str) -> str | None:

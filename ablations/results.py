@@ -7,6 +7,8 @@ Pooling over seeds is ablations.runfolder.group_over_seeds (the results browser'
 the seeds' means with a t-based 95% CI across seeds; an arm with one seed keeps its CI over prompts.
 Below the table, the verdicts: each arm's paired difference to the control with its CI, adjusted p
 and verdict (eval.verdicts), also stored in results.parquet's verdict.* columns.
+A baseline cell (a pretrained pipeline, ablations.baselines; its arm shown as `<name> (baseline)`) is
+marked in results.parquet's `baseline` and `pipeline` columns.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ def write_results(grid_dir: str | Path) -> Path:
     table = collect(grid_dir)
     planned = current_cell_ids(grid_dir)
     table["current"] = True if planned is None else table["cell_id"].isin(planned)
+    table = mark_baselines(table, grid_dir)
     table = verdicts.add_to_results(table, grid_verdicts(grid_dir, planned))
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
@@ -43,6 +46,17 @@ def write_results(grid_dir: str | Path) -> Path:
         path = atomic_write_bytes(grid_dir / RESULTS, buffer.getvalue())
     log.info("wrote %s (%d rows)", path, len(table))
     return path
+
+
+def mark_baselines(table: pd.DataFrame, grid_dir: Path) -> pd.DataFrame:
+    """`baseline` (True for a baseline cell: a pretrained pipeline, ablations.baselines) and `pipeline`
+    (its folder or hub name) columns, from the cells' cell.json."""
+    pipelines = {}
+    for path in Path(grid_dir).glob(f"*/{CELL}"):
+        info = read_json_or_empty(path)
+        if isinstance(info.get("baseline"), dict):
+            pipelines[str(info.get("cell_id", path.parent.name))] = str(info["baseline"].get("pipeline"))
+    return table.assign(baseline=table["cell_id"].isin(pipelines), pipeline=table["cell_id"].map(pipelines))
 
 
 def grid_verdicts(grid_dir: Path, cell_ids) -> pd.DataFrame:

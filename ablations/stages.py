@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from ablations import manifest, runfolder
+from ablations.baselines import mark_pretrained
 from ablations.grid import Cell, metric_prompt_set
 from ablations.identity import train_key
 from ablations.registries import registry
@@ -53,11 +54,14 @@ log = logging.getLogger(__name__)
 def prepare(cell: Cell, grid_dir: Path) -> Path:
     """Write config.yaml, cell.json and a manifest for a planned cell (rewritten only on change)."""
     cell_dir = grid_dir / cell.cell_id
-    info = {**cell.info(), "train_key": train_key(cell.config)}
+    # a baseline (a pretrained pipeline, ablations.baselines) trains nothing and shares no checkpoint
+    info = {**cell.info(), "train_key": f"baseline-{cell.cell_id}" if cell.baseline else train_key(cell.config)}
     remove_stale_temporaries(cell_dir, shared=True)  # of killed writes here; the rest when the cell is taken
     write_config(cell_dir, cell.config)
     _write_if_changed(cell_dir / CELL, json.dumps(info, indent=2, sort_keys=True) + "\n")
     manifest.create(cell_dir, info, cell.config)
+    if cell.baseline:
+        mark_pretrained(cell_dir, info)
     return cell_dir
 
 
@@ -263,6 +267,8 @@ def cell_lock(cell_dir: str | Path):
 
 def train_stage(cell_dir: str) -> None:
     cell_dir, config, info = load(cell_dir)
+    if info.get("baseline"):
+        return mark_pretrained(cell_dir, info)
     _run_stage(cell_dir, "train", lambda: _train(cell_dir, config, info), config)
 
 
@@ -351,8 +357,14 @@ def _draw(cell_dir: Path, config: CellConfig, name: str, shard: tuple[int, int] 
     records = prompt_records(name, config.sample)
     # `noise: per_prompt` where a set draws one image per prompt from one seed (COCO-30K)
     noise = registry("prompt_sets")[name].get("noise", "seed")
-    generate(config, cell_dir / CHECKPOINT, records, cell_dir / SAMPLES / name, noise=noise,
-             **({"shard": shard} if shard is not None else {}))
+    shard_arg = {"shard": shard} if shard is not None else {}
+    baseline = read_json(cell_dir / CELL).get("baseline")  # a pretrained diffusers pipeline (eval.baseline)
+    if baseline:
+        from eval.baseline import generate_baseline
+
+        generate_baseline(baseline, config, records, cell_dir / SAMPLES / name, noise=noise, **shard_arg)
+        return len(records)
+    generate(config, cell_dir / CHECKPOINT, records, cell_dir / SAMPLES / name, noise=noise, **shard_arg)
     return len(records)
 
 
@@ -369,7 +381,7 @@ def _sample(cell_dir: Path, config: CellConfig, shards: int = 1) -> dict:
                 counts[name] = _draw(cell_dir, config, name, (k, shards))
             merge_shards(cell_dir / SAMPLES / name)
         except Exception as error:
-            problem = _checkpoint_problem(cell_dir / CHECKPOINT)
+            problem = None if read_json(cell_dir / CELL).get("baseline") else _checkpoint_problem(cell_dir / CHECKPOINT)
             if problem is None:
                 raise
             _redo_training(cell_dir, problem)
@@ -426,6 +438,19 @@ def prompt_records(name: str, sample: SampleConfig) -> list[dict]:
     return [record for path in files for record in read_prompt_file(Path(path), sample.seeds, per_prompt)]
 
 
+def prompt_count(name: str, sample: SampleConfig) -> int:
+    """Samples the prompt set draws: its records where its files are here, else the benchmark's size (the
+    registry's `prompts` x seeds x images per prompt: e.g. COCO-30K's 30,000 images); FileNotFoundError
+    when neither is known."""
+    try:
+        return len(prompt_records(name, sample))
+    except FileNotFoundError:
+        spec = registry("prompt_sets")[name]
+        if not spec.get("prompts"):
+            raise
+        return spec["prompts"] * len(sample.seeds) * (spec.get("images_per_prompt") or sample.images_per_prompt)
+
+
 def evaluate_stage(cell_dir: str, shards: int = 1) -> None:
     """The evaluate stage: every metric scored in `shards` parts one after another (each part scored
     already, by an evaluate_shard task, is read back) and merged into eval/<metric>.json."""
@@ -450,8 +475,14 @@ def evaluate_shard(cell_dir: str, k: int, shards: int) -> None:
     if states(cell_dir)["sample"] != "done":
         raise RuntimeError(f"cell {cell_dir.name}: its samples are not merged yet; run the sample stage first")
     for name in config.eval.metrics:
-        if not _scored(cell_dir / EVAL / f"{name}.json"):
+        if shardable(name) and not _scored(cell_dir / EVAL / f"{name}.json"):
             _score(cell_dir, config, name, (k, shards))
+
+
+def shardable(metric: str) -> bool:
+    """Whether the metric's evaluator scores a shard of the samples (its module has `merge`); the others run
+    whole, once, in the evaluate stage after the shards."""
+    return hasattr(importlib.import_module(registry("metrics")[metric]["module"]), "merge")
 
 
 def _scored(out: Path) -> bool:
@@ -474,7 +505,7 @@ def _evaluate(cell_dir: Path, config: CellConfig, shards: int = 1) -> dict:
         out = cell_dir / EVAL / f"{name}.json"
         if _scored(out):
             continue
-        if shards == 1:
+        if shards == 1 or not shardable(name):
             write_result(out, _score(cell_dir, config, name, None))
             continue
         for k in range(shards):  # a part scored already (same samples, same options) is read back

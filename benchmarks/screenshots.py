@@ -5,7 +5,9 @@
 
 Writes results_browser.png (the table), results_plots.png, results_curves.png, results_numeric.png,
 results_paper_table.png and results_samples.png at 1400x900 (the whole page); with --phone also each
-one at 390x844 as results_<view>_phone.png.
+one at 390x844 as results_<view>_phone.png. With --eval-during-training, results_eval_during_training.png:
+the Training curves view with the training loss alone, above the validation curves of the cells that
+evaluated during training (`train.eval_every`) and their validation loss by timestep, the whole page.
 """
 from __future__ import annotations
 
@@ -55,6 +57,28 @@ def take(browser, url: str, out: Path, grids: list[str], viewport: dict, suffix:
     return written
 
 
+def eval_during_training(browser, url: str, out: Path, grids: list[str]) -> Path:
+    """The Training curves view, its quantities narrowed to the training loss, grown to the page's height."""
+    page = browser.new_page(viewport=DESKTOP)
+    page.goto(view_url(url, "Training curves", grids), timeout=90_000)
+    wait_drawn(page, "[data-testid='stVegaLiteChart']")
+    quantities = page.locator("[data-testid='stMultiSelect']").filter(has_text="Quantities")
+    names = quantities.locator("[data-tag]").evaluate_all("tags => tags.map(t => t.getAttribute('aria-label'))")
+    for name in names:
+        if name != "loss":
+            quantities.get_by_role("button", name=f"Remove {name}", exact=True).click()
+            page.wait_for_timeout(500)
+    page.get_by_text("Evaluation during training").wait_for(timeout=60_000)
+    wait_drawn(page, "[data-testid='stVegaLiteChart']")
+    height = page.evaluate("() => Math.max(...[...document.querySelectorAll('*')].map(e => e.scrollHeight))")
+    page.set_viewport_size({"width": DESKTOP["width"], "height": min(int(height) + 40, 6000)})
+    page.wait_for_timeout(2500)
+    path = out / "results_eval_during_training.png"
+    page.screenshot(path=str(path), full_page=True)
+    page.close()
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs"))
@@ -62,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid", action="append", default=[], help="grid(s) to show (default: the first)")
     parser.add_argument("--numeric-grid", help="grid of the numeric-axis shot (default: mfg when the runs have it)")
     parser.add_argument("--phone", action="store_true", help="also at 390x844, as results_<view>_phone.png")
+    parser.add_argument("--eval-during-training", action="store_true",
+                        help="only results_eval_during_training.png (cells run with train.eval_every)")
     args = parser.parse_args(argv)
     numeric = args.numeric_grid or ("mfg" if (args.runs / "mfg").is_dir() else None)
     from playwright.sync_api import sync_playwright
@@ -70,8 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     with results_browser(args.runs.resolve()) as url, sync_playwright() as play:
         browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            written = take(browser, url, args.out, args.grid, DESKTOP, numeric_grid=numeric)
-            if args.phone:
+            if args.eval_during_training:
+                written = [eval_during_training(browser, url, args.out, args.grid)]
+            else:
+                written = take(browser, url, args.out, args.grid, DESKTOP, numeric_grid=numeric)
+            if args.phone and not args.eval_during_training:
                 written += take(browser, url, args.out, args.grid, PHONE, "_phone", numeric_grid=numeric)
         finally:
             browser.close()

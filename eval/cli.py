@@ -14,6 +14,9 @@ EVALUATORS = {
     "clip_score": ("eval.clip_score", "CLIP score (torchmetrics' formula) and the raw cosine"),
     "coco": ("eval.coco", "COCO-30K captions and references: plan, shard, refs"),
     "geneval": ("eval.geneval.__main__", "GenEval: Mask2Former detections, CLIP colours, the official rules"),
+    "vbench": ("eval.vbench.__main__", "VBench video dimensions: flickering, subject / background consistency, "
+                                       "dynamic degree"),
+    "fvd": ("eval.fvd", "FVD: Fréchet distance on I3D features of clips (subcommand make-stats)"),
 }
 
 

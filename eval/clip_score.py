@@ -15,13 +15,13 @@ import logging
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from eval import weights
 from eval.arguments import device_name, non_empty
 from eval.common import batched, generation_protocol, image_row, load_image, load_samples, merged_per_image, merged_protocol, read_partials, refuse_damaged_images, resolve_device, result, run_cli, shard_partial
 from gentron.errors import exits_on_user_error, positive_int
 from gentron.partition import shard_range
+from gentron.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def score_samples(embedder: ClipEmbedder, samples_dir, samples, batch_size: int,
                   text_of=lambda sample: sample.prompt) -> list[float]:
     """Raw cosine per sample between its image and `text_of(sample)`."""
     out = []
-    for batch in tqdm(list(batched(samples, batch_size)), desc=desc, unit="batch"):
+    for batch in progress(list(batched(samples, batch_size)), desc=desc, unit="batch"):
         out += embedder.cosines([load_image(samples_dir, s) for s in batch], [text_of(s) for s in batch])
     return out
 

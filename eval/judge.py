@@ -35,7 +35,9 @@ Scores per image, for its category, binary as the headline and `<category>_soft`
   any), as T2I-CompBench's 3-in-1; `complex_all` is 1 only if every part holds.
 - motion (clips): each phrase bound in every frame (consistency) and each object's box centre moving
   at least MIN_TRAVEL along the stated direction, more than across it, from its first to its last
-  bound frame; soft = mean(consistency, fraction of directions right).
+  bound frame; soft = mean(consistency, fraction of directions right). Alongside, eval.motion's
+  exact motion metrics, each with its chance level (motion_direction, motion_speed, motion_identity
+  and its colour/shape/size parts, motion_flicker; PROTOCOL["motion_chance"]).
 
 Validation (tests/test_judge.py): 1.0 on ground-truth renders of held-out test prompts of every
 category at 32, 64 and 256 px, and >= 0.99 at 32 px with Gaussian blur (sigma 0.6 px) and noise
@@ -62,10 +64,12 @@ from scipy import ndimage
 
 from eval.arguments import OneLineParser, non_empty, output_file
 from eval.common import MANIFEST, Sample, generation_protocol, merged_per_image, merged_protocol, read_partials, read_samples, result, run_merge, shard_partial, shard_text, write_result
-from gentron.data.compshapes import (BACKGROUND, COLORS, DARK_SHADE, DIRECTIONS, HELD_OUT_COLOR_SHAPE,
+from eval.motion import CHANCE as MOTION_CHANCE, motion_scores
+from gentron.data.compshapes import (BACKGROUND, COLORS, DARK_SHADE, HELD_OUT_COLOR_SHAPE,
                                      MOTION_DISTANCE, Phrase, PromptSpec, ShapeObject, coverage, parse_prompt)
 from gentron.errors import exits_on_user_error
 from gentron.partition import shard_range
+from gentron.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +101,7 @@ class Detection:
     center: tuple[float, float]  # box centre, image units, y down
     extent: float  # longer side of the box, image units
     area: float  # fraction of the image
+    box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # x1, y1, x2, y2, image units
 
 
 # --- object detection ---------------------------------------------------------------------------
@@ -238,6 +243,12 @@ def _axis_harmonic(cover: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
 
 def detect(image) -> list[Detection]:
     """The MAX_OBJECTS largest objects in an image (PIL or uint8 HxWx3), largest first."""
+    return [found for found, _ in detect_with_masks(image)]
+
+
+def detect_with_masks(image) -> list[tuple[Detection, np.ndarray]]:
+    """detect() with each object's mask (bool, the working image's size: the image, or the image
+    box-filtered down to MAX_SIDE)."""
     pixels = _working_image(image)
     height, width = pixels.shape[:2]
     labels, _ = ndimage.label(_foreground(pixels))
@@ -256,8 +267,10 @@ def detect(image) -> list[Detection]:
         extent = max((box[1].stop - box[1].start) / width, (box[0].stop - box[0].start) / height)
         shape = _shape(_coverage_map(patch, mask, color_index))
         texture = _texture(patch, core, color_index)
-        found.append(Detection(_PALETTE_NAMES[color_index], shape, texture, center, float(extent), float(area)))
-    return sorted(found, key=lambda d: -d.area)[:MAX_OBJECTS]
+        corners = (box[1].start / width, box[0].start / height, box[1].stop / width, box[0].stop / height)
+        found.append((Detection(_PALETTE_NAMES[color_index], shape, texture, center, float(extent), float(area),
+                                corners), labels == index))
+    return sorted(found, key=lambda item: -item[0].area)[:MAX_OBJECTS]
 
 
 # --- binding and relations ----------------------------------------------------------------------
@@ -328,6 +341,10 @@ def score_image(prompt: str | PromptSpec, image) -> dict:
     if spec.category == "motion":
         raise ValueError(f"{spec.caption!r} is a motion prompt: score a clip with score_clip")
     detections = detect(image)
+    if spec.category == "counting":  # exactly n objects of the shape (of the colour, if named)
+        shape, color = spec.phrases[0].shape, spec.phrases[0].color
+        found = sum(d.shape == shape and color in (None, d.color) for d in detections)
+        return {"scores": {"counting": float(found == len(spec.phrases))}, "objects": [asdict(d) for d in detections]}
     best = max((_scores_for(spec, bound) for bound in _assignments(len(spec.phrases), detections)),
                key=lambda s: tuple(s.values()))
     if spec.category == "color":
@@ -345,30 +362,25 @@ def _bind_frame(spec: PromptSpec, detections: list[Detection]) -> list[Detection
     return [d if _match_fraction(p, d) == 1.0 else None for p, d in zip(spec.phrases, best)]
 
 
-def _moved_right_way(direction: str, track: list[Detection | None]) -> bool:
-    points = [d.center for d in track if d is not None]
-    if len(points) < 2:
-        return False
-    dx, dy = points[-1][0] - points[0][0], points[-1][1] - points[0][1]
-    ux, uy = DIRECTIONS[direction]
-    along, across = dx * ux + dy * uy, abs(dx * uy - dy * ux)
-    return along >= MIN_TRAVEL and along > across
-
-
 def score_clip(prompt: str | PromptSpec, frames) -> dict:
-    """Scores of one clip (a sequence of frames) for a motion prompt."""
+    """Scores of one clip (a sequence of frames) for a motion prompt: binding per frame here, the
+    motion metrics of eval.motion (direction, speed, identity, flicker) on the bound objects."""
     spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
     if spec.category != "motion":
         raise ValueError(f"{spec.caption!r} is not a motion prompt: score an image with score_image")
-    bound = [_bind_frame(spec, detect(frame)) for frame in frames]
-    if not bound:
+    frames = list(frames)
+    pixels = [_working_image(frame) for frame in frames]
+    if not pixels:
         raise ValueError("score_clip got no frames")
+    detections = [detect(frame) for frame in frames]
+    bound = [_bind_frame(spec, found) for found in detections]
     consistency = float(np.mean([all(d is not None for d in frame) for frame in bound]))
-    right = [_moved_right_way(p.motion, [frame[i] for frame in bound]) for i, p in enumerate(spec.phrases)]
-    direction = float(np.mean(right))
-    return {"scores": {"motion": float(consistency == 1.0 and all(right)),
-                       "motion_soft": (consistency + direction) / 2,
-                       "motion_direction": direction, "motion_consistency": consistency}}
+    scores = motion_scores([p.motion for p in spec.phrases], bound, detections, pixels,
+                           [_foreground(p) for p in pixels], MOTION_DISTANCE, MIN_TRAVEL)
+    all_right = scores["motion_direction"] == 1.0
+    return {"scores": {"motion": float(consistency == 1.0 and all_right),
+                       "motion_soft": (consistency + scores["motion_direction"]) / 2,
+                       "motion_consistency": consistency, **scores}}
 
 
 def load_frames(folder: Path, sample: Sample) -> list[Image.Image]:
@@ -403,6 +415,10 @@ PROTOCOL = {
     "shape": "best IoU with an ideal circle/square/triangle/diamond of the object's area at its centroid "
              "(circle vs diamond by the coverage's fourth angular harmonic)",
     "next_to": NEXT_TO, "size_ratio": SIZE_RATIO, "min_travel": MIN_TRAVEL,
+    "motion": "eval.motion: direction per object, speed along the stated direction over the stated one, "
+              "identity (colour, shape, size kept by each followed object), per-frame binding "
+              "(motion_consistency), flicker (background change; 1 = none)",
+    "motion_chance": MOTION_CHANCE,
     "aggregate": "binary score per image, mean over a prompt's images, mean and bootstrap CI over prompts",
 }
 
@@ -431,7 +447,7 @@ def _protocol(folder: Path) -> dict:
 
 def _judged(folder: Path, samples: list[Sample]) -> list[dict]:
     per_image = []
-    for sample in samples:
+    for sample in progress(samples, desc=f"judging {folder.parent.parent.name}/{folder.name}", unit="sample"):
         try:
             spec = parse_prompt(sample.prompt)
         except ValueError as e:

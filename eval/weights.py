@@ -101,3 +101,56 @@ def torchmetrics_inception(weights_path: str | os.PathLike | None) -> Path:
     except ImportError as e:
         raise FileNotFoundError("torchmetrics' Inception FID needs torch-fidelity: `pip install torch-fidelity`") from e
     return Path(weights_path)
+
+
+# VBench's and FVD's models (eval/vbench, eval/fvd.py).
+DINO_VITB16 = "facebook/dino-vitb16"  # DINO ViT-B/16 (transformers), VBench's subject-consistency model
+RAFT_C_T = "C_T_V1"  # torchvision's Raft_Large_Weights.C_T_V1: the original RAFT's raft-things weights, ported
+I3D_FILE = "i3d_torchscript.pt"  # the Kinetics-400 I3D (TF-Hub port, TorchScript) that FVD implementations load
+I3D_URL = "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt"
+
+
+def raft_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A torchvision RAFT state dict: a file, a folder holding one .pth, or a torchvision weights name
+    (C_T_V1, C_T_SKHT_V2, ...) whose file is already in torch hub's checkpoints folder."""
+    if not str(name_or_path).strip():
+        raise ValueError("RAFT weights: the name is empty; give C_T_V1 (torchvision's raft-things weights) or a .pth file")
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        found = sorted(path.glob("*.pth")) + sorted(path.glob("*.pt"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"RAFT weights: {path} holds {len(found)} .pth files; give the file itself")
+        return found[0]
+    if path.is_file():
+        return path
+    from torchvision.models.optical_flow import Raft_Large_Weights
+
+    if str(name_or_path) not in Raft_Large_Weights.__members__:
+        raise FileNotFoundError(f"RAFT weights '{name_or_path}': no such file or folder, and not a torchvision weights "
+                                f"name ({', '.join(Raft_Large_Weights.__members__)}); give a .pth state dict of "
+                                f"torchvision's raft_large")
+    import torch
+
+    url = Raft_Large_Weights[str(name_or_path)].url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not cached.is_file():
+        raise FileNotFoundError(f"RAFT weights {name_or_path} are missing: expected {cached}. Download {url} on a "
+                                f"machine with internet and copy it there, or pass the file (GENTRON_RAFT=FILE).")
+    return cached
+
+
+def i3d_checkpoint(path: str | os.PathLike | None) -> Path:
+    """The Kinetics-400 I3D TorchScript file: the path given (a file or a folder holding it), else torch hub's
+    checkpoints folder."""
+    import torch
+
+    if path is not None and not str(path).strip():
+        raise ValueError(f"I3D weights: the path is empty; give {I3D_FILE} or the folder holding it")
+    candidate = Path(path).expanduser() if path is not None else Path(torch.hub.get_dir()) / "checkpoints" / I3D_FILE
+    if candidate.is_dir():
+        candidate = candidate / I3D_FILE
+    if not candidate.is_file():
+        raise FileNotFoundError(f"the Kinetics-400 I3D for FVD is missing: expected {candidate}. Download {I3D_URL} on "
+                                f"a machine with internet and pass it (--i3d FILE or GENTRON_I3D=FILE), or use "
+                                f"--extractor random (not comparable to papers).")
+    return candidate

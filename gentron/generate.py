@@ -33,13 +33,13 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from gentron.checkpoint import load_checkpoint
 from gentron.config import CellConfig, load_config, resolve, to_dict
@@ -50,6 +50,7 @@ from gentron.io import (atomic_save_gif, atomic_save_image, atomic_write_json, a
                         remove_stale_temporaries)
 from gentron.model import GenTron, GenTronConfig
 from gentron.partition import Shard, check_shard, shard_range
+from gentron.progress import progress
 from gentron.text import PromptCache, build_text_encoders
 from gentron.text.base import TextEmbedding
 from gentron.vae import build_vae
@@ -257,57 +258,37 @@ def generate(cfg: CellConfig | dict | str | Path, checkpoint: str | Path, prompt
     share of them (module docstring). Returns `out_dir`; its samples.jsonl lists every sample once all
     shards are drawn."""
     cfg = load_config(cfg)
-    out_dir = Path(out_dir)
     shard = check_shard(shard)
     if noise not in NOISES or precision not in PRECISIONS:
         raise ValueError(f"noise={noise!r}, precision={precision!r}: noise is one of {list(NOISES)}, precision one of "
                          f"{list(PRECISIONS)}")
     video = cfg.data.video
     s = cfg.sample
-    rows = sample_rows(prompts, video)
-    span = shard_range(len(rows), s.batch_size, shard)
-    mine = rows[span.start:span.stop]
-    batches = [mine[i:i + s.batch_size] for i in range(0, len(mine), s.batch_size)]
-    done = _recorded(out_dir, rows)
-    todo = [batch for batch in batches if any(r["file"] not in done for r in batch)]
-    if not todo:
-        log.info("%s already holds the %d samples of shard %d/%d", out_dir, len(mine), *shard)
-        _merge_if_complete(out_dir, rows)
-        return out_dir
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    numerics = precision_name(device, precision)
-    state = load_checkpoint(checkpoint)
-    vae = build_vae(cfg.vae).to(device)
-    encoders = build_text_encoders(cfg.text_encoders, device)
-    mismatches = checkpoint_mismatches(cfg, state, encoders, vae)
-    if mismatches:
-        raise ValueError(f"the config does not match checkpoint {checkpoint}: {'; '.join(mismatches)}; sample with "
-                         "the config it was trained with (its run folder's config.yaml)")
-    model = _ema_model(state, device)
-    del state
-    dtype = model_dtype(model)
-    cache = PromptCache(encoders)
-    diffusion = Diffusion.from_config(cfg.model)
-    clip = s.clip_x0 if s.clip_x0 is not None else cfg.vae.kind == "identity"
-    side = cfg.data.resolution // vae.downsample
-    frame_shape = (vae.channels, side, side)
+    def start():
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        numerics = precision_name(device, precision)
+        state = load_checkpoint(checkpoint)
+        vae = build_vae(cfg.vae).to(device)
+        encoders = build_text_encoders(cfg.text_encoders, device)
+        mismatches = checkpoint_mismatches(cfg, state, encoders, vae)
+        if mismatches:
+            raise ValueError(f"the config does not match checkpoint {checkpoint}: {'; '.join(mismatches)}; sample "
+                             "with the config it was trained with (its run folder's config.yaml)")
+        model = _ema_model(state, device)
+        del state
+        dtype = model_dtype(model)
+        cache = PromptCache(encoders)
+        diffusion = Diffusion.from_config(cfg.model)
+        clip = s.clip_x0 if s.clip_x0 is not None else cfg.vae.kind == "identity"
+        side = cfg.data.resolution // vae.downsample
+        frame_shape = (vae.channels, side, side)
+        protocol = {"sampler": s.sampler, "steps": s.steps, "cfg_scale": s.cfg_scale,
+                    "mfg_scale": s.mfg_scale if video else None, "clip_x0": clip, "batch_size": s.batch_size,
+                    "precision": numerics, "device": _device_name(device), "noise": noise,
+                    "checkpoint": str(checkpoint), "torch": torch.__version__}
 
-    _write_plan(out_dir, rows)
-    part = _part_path(out_dir, shard)
-    _record_run(part, {"sampler": s.sampler, "steps": s.steps, "cfg_scale": s.cfg_scale,
-                       "mfg_scale": s.mfg_scale if video else None, "clip_x0": clip, "batch_size": s.batch_size,
-                       "precision": numerics, "device": _device_name(device), "noise": noise,
-                       "checkpoint": str(checkpoint), "torch": torch.__version__})
-    _remove_own_temporaries(out_dir, [r for batch in todo for r in batch if r["file"] not in done], part, shard)
-    planned = {r["file"]: r for r in mine}
-    kept = {r["file"]: r for r in _read_rows(part) if r["file"] in done and planned.get(r["file"]) == r}
-    atomic_write_text(part, _lines(list(kept.values())))  # the part without torn, stale or repeated lines
-    drawn = 0
-    with open(part, "a", encoding="utf-8") as ledger:
-        for batch in tqdm(todo, desc=f"sampling {out_dir.name} {shard[0]}/{shard[1]}", leave=False):
-            # The whole batch is drawn even where some of its samples exist, so that every sample has the
-            # batch-mates of an uninterrupted run; only the missing ones are written.
+        def draw(batch: list[dict]) -> torch.Tensor:
             text = _batch_text(cache, [r["prompt"] for r in batch], device, dtype)
             null = _batch_text(cache, [""] * len(batch), device, dtype)
             shape = (len(batch), cfg.data.num_frames, *frame_shape) if video else (len(batch), *frame_shape)
@@ -318,9 +299,45 @@ def generate(cfg: CellConfig | dict | str | Path, checkpoint: str | Path, prompt
                                            cfg_scale=s.cfg_scale, mfg_scale=s.mfg_scale if video else None,
                                            generator=generators, clip_x0=clip)
             images = vae.decode(latents.flatten(0, 1) if video else latents).cpu()
-            if video:
-                images = images.unflatten(0, (len(batch), cfg.data.num_frames))
-            for row, x in zip(batch, images):
+            return images.unflatten(0, (len(batch), cfg.data.num_frames)) if video else images
+
+        return protocol, draw
+
+    return write_samples(out_dir, sample_rows(prompts, video), s.batch_size, shard, start)
+
+
+def write_samples(out_dir: str | Path, rows: list[dict], batch_size: int, shard: Shard,
+                  start: Callable[[], tuple[dict, Callable[[list[dict]], torch.Tensor]]]) -> Path:
+    """The sample-folder writer every sampler shares (generate, and eval.baseline's diffusers pipelines):
+    shard k of K draws its contiguous run of whole batches of `batch_size` rows (sample_rows), resuming
+    at the first unrecorded image. `start()` runs only when something is left to draw: it loads the
+    sampler and returns this run's sampling protocol (kept for generation.json) and `draw(batch)`, the
+    batch's images in [-1, 1] ((B, 3, H, W), or (B, F, 3, H, W) clips). samples.jsonl and
+    generation.json are written once every row is drawn."""
+    out_dir = Path(out_dir)
+    span = shard_range(len(rows), batch_size, shard)
+    mine = rows[span.start:span.stop]
+    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    done = _recorded(out_dir, rows)
+    todo = [batch for batch in batches if any(r["file"] not in done for r in batch)]
+    if not todo:
+        log.info("%s already holds the %d samples of shard %d/%d", out_dir, len(mine), *shard)
+        _merge_if_complete(out_dir, rows)
+        return out_dir
+    protocol, draw = start()
+    _write_plan(out_dir, rows)
+    part = _part_path(out_dir, shard)
+    _record_run(part, protocol)
+    _remove_own_temporaries(out_dir, [r for batch in todo for r in batch if r["file"] not in done], part, shard)
+    planned = {r["file"]: r for r in mine}
+    kept = {r["file"]: r for r in _read_rows(part) if r["file"] in done and planned.get(r["file"]) == r}
+    atomic_write_text(part, _lines(list(kept.values())))  # the part without torn, stale or repeated lines
+    drawn = 0
+    with open(part, "a", encoding="utf-8") as ledger:
+        for batch in progress(todo, desc=f"sampling {out_dir.name} {shard[0]}/{shard[1]}", unit="batch", leave=False):
+            # The whole batch is drawn even where some of its samples exist, so that every sample has the
+            # batch-mates of an uninterrupted run; only the missing ones are written.
+            for row, x in zip(batch, draw(batch)):
                 if row["file"] in done:
                     continue
                 _save(out_dir, row, x)
@@ -445,18 +462,21 @@ class SamplingCost:
 
 
 def prompt_set(name: str, seeds: list[int], images_per_prompt: int = 1) -> list[dict]:
-    """Prompt records for a named set: `compshapes_test` (the held-out image prompts of every
-    category) or `compshapes_motion` (video). One record per (prompt, seed)."""
-    from gentron.data import compshapes
+    """Prompt records for a named set: `compshapes_test` (the held-out image prompts of the six
+    T2I-CompBench categories), `compshapes_motion` (video) or `compshapes_geneval` (GenEval's six
+    tasks over CompShapes, category = task). One record per (prompt, seed)."""
+    from gentron.data import compshapes, compshapes_geneval
 
-    categories = {"compshapes_test": compshapes.IMAGE_CATEGORIES,
-                  "compshapes_motion": compshapes.VIDEO_CATEGORIES}.get(name)
+    categories, pools = {"compshapes_test": (compshapes.IMAGE_CATEGORIES, compshapes.test_prompts),
+                         "compshapes_motion": (compshapes.VIDEO_CATEGORIES, compshapes.test_prompts),
+                         "compshapes_geneval": (compshapes_geneval.TASKS, compshapes_geneval.test_prompts),
+                         }.get(name, (None, None))
     if categories is None:
         raise ValueError(f"unknown prompt set {name!r}; known: compshapes_test, compshapes_motion, "
-                         "or pass a file of prompts")
+                         "compshapes_geneval, or pass a file of prompts")
     records = []
     for category in categories:
-        for prompt_id, prompt in enumerate(compshapes.test_prompts(category)):
+        for prompt_id, prompt in enumerate(pools(category)):
             for index, seed in enumerate(seeds_for(seeds, images_per_prompt)):
                 records.append({"prompt": prompt, "seed": seed, "index": index, "category": category,
                                 "prompt_id": prompt_id})

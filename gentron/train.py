@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from gentron import distributed as D
 from gentron import sharded
@@ -54,6 +53,7 @@ from gentron.io import remove_stale_temporaries
 from gentron.model import GenTron
 from gentron.optim import ema_decay_at, lr_at, update_ema
 from gentron.preemption import StopRequest
+from gentron.progress import progress
 from gentron.text import build_text_encoders
 from gentron.train_log import LOG_FILE, MetricsLog
 from gentron.train_step import (FiniteWatch, StepNoise, autocast_for, compile_blocks, device_settings,
@@ -286,8 +286,7 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path, judge=None) 
             D.barrier(info)
 
     watch, autocast = FiniteWatch(device, info), autocast_for(t.precision, device)
-    bar = tqdm(total=t.steps, initial=step, desc=f"train {run_dir.name}", disable=not info.is_main,
-               dynamic_ncols=True)
+    bar = progress(total=t.steps, initial=step, desc=f"train {run_dir.name}", unit="step", disable=not info.is_main)
     window_start, window_steps = time.time(), 0
     model.train()
     with StopRequest(info) as stop, bar, closing(metrics), closing(data):

@@ -7,7 +7,8 @@ Per grid and cell (one run named `<grid>/<cell_id>`): the scalars of train_log.j
 of validation.jsonl (`validation/loss`, `validation/loss_t<lo>-<hi>` per timestep bin,
 `validation/judge/<category>`, `validation/judge_mean`; gentron.validation) and the final metrics of
 metrics.json (`final/<metric>/<score>`, at the cell's last logged step), with the cell's axes as
-hyperparameters.
+hyperparameters, and the first SAMPLES_PER_CATEGORY samples of each category of each prompt set as
+images (`samples/<prompt_set>/<category>`, a clip by its first frame), at that step.
 
 TensorBoard: DIR/<grid>/<cell_id>/, one folder per cell with the scalars and an hparams summary;
 `tensorboard --logdir DIR`. Exporting again replaces the cell's folder.
@@ -27,7 +28,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ablations.runfolder import (CELL, METRICS, TRAIN_LOG, cell_dirs, find_grids, read_json_or_empty,
+from ablations.runfolder import (CELL, METRICS, SAMPLES, TRAIN_LOG, cell_dirs, find_grids, read_json_or_empty,
                                  read_jsonl)
 from gentron.errors import exits_on_user_error
 from gentron.validation import VALIDATION_FILE
@@ -35,6 +36,8 @@ from gentron.validation import VALIDATION_FILE
 log = logging.getLogger(__name__)
 
 SKIPPED_TRAIN_KEYS = ("step",)
+SAMPLES_PER_CATEGORY = 4  # sample images exported per held-out category and prompt set
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif")  # a GIF: its first frame
 
 
 @dataclass
@@ -46,6 +49,7 @@ class CellExport:
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     final: dict[str, float] = field(default_factory=dict)
     final_step: int = 0
+    images: dict[str, list[tuple[Path, str]]] = field(default_factory=dict)  # tag: [(file, caption), ...]
 
     @property
     def name(self) -> str:
@@ -60,6 +64,23 @@ class CellExport:
 def _bin_name(bounds) -> str:
     lo, hi = bounds
     return f"loss_t{int(lo):04d}-{int(hi):04d}"
+
+
+def sample_images(cell_dir: Path, per_category: int = SAMPLES_PER_CATEGORY) -> dict[str, list[tuple[Path, str]]]:
+    """The first `per_category` samples of each category of each prompt set ({"samples/<set>/<category>":
+    [(image file, prompt), ...]}); a clip is shown by its first frame."""
+    out: dict[str, list[tuple[Path, str]]] = {}
+    for folder in sorted((cell_dir / SAMPLES).glob("*/")):
+        for row in read_jsonl(folder / "samples.jsonl"):
+            if not isinstance(row, dict) or "file" not in row:
+                continue
+            tag = f"samples/{folder.name}/{row.get('category') or 'all'}"
+            path = folder / row["file"]
+            if row.get("frames") and (folder / row["frames"] / "000.png").exists():
+                path = folder / row["frames"] / "000.png"
+            if len(out.setdefault(tag, [])) < per_category and path.suffix.lower() in IMAGE_SUFFIXES and path.exists():
+                out[tag].append((path, str(row.get("prompt", ""))))
+    return {tag: files for tag, files in out.items() if files}
 
 
 def read_cell_export(cell_dir: Path, grid: str) -> CellExport:
@@ -85,6 +106,7 @@ def read_cell_export(cell_dir: Path, grid: str) -> CellExport:
             cell.add(f"validation/judge/{category}", step, value)
         cell.add("validation/judge_mean", step, row.get("judge_mean"))
     cell.final_step = max(steps)
+    cell.images = sample_images(cell_dir)
     for metric, value in read_json_or_empty(cell_dir / METRICS).items():
         mean = value.get("mean") if isinstance(value, dict) else None
         if isinstance(mean, (int, float)) and not isinstance(mean, bool) and math.isfinite(mean):
@@ -103,6 +125,15 @@ def read_runs(runs_dir: str | Path, grids: list[str] | None = None) -> list[Cell
     if unknown:
         raise ValueError(f"no grid {unknown} in {runs_dir}; its grids are {found}")
     return [read_cell_export(cell_dir, grid) for grid in (grids or found) for cell_dir in cell_dirs(runs_dir / grid)]
+
+
+def _pixels(path: Path):
+    """An image file as an HxWx3 uint8 array."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def _hparam_value(value):
@@ -130,6 +161,9 @@ def export_tensorboard(runs_dir: str | Path, out: str | Path, grids: list[str] |
                     writer.add_scalar(tag, value, step)
             for tag, value in sorted(cell.final.items()):
                 writer.add_scalar(tag, value, cell.final_step)
+            for tag, files in sorted(cell.images.items()):
+                for i, (path, _) in enumerate(files):
+                    writer.add_image(f"{tag}/{i}", _pixels(path), cell.final_step, dataformats="HWC")
             hparams = {k: _hparam_value(v) for k, v in sorted(cell.axes.items())} or {"cell_id": cell.cell_id}
             # The hparams summary's metrics are the final ones under their own tags, so the scalars above
             # are not written twice.
@@ -168,6 +202,9 @@ def export_wandb(runs_dir: str | Path, project: str, out: str | Path | None = No
                     by_step.setdefault(step, {})[tag] = value
             for step in sorted(by_step):
                 run.log(by_step[step], step=step)
+            if cell.images:
+                run.log({tag: [wandb.Image(str(path), caption=prompt) for path, prompt in files]
+                         for tag, files in cell.images.items()}, step=max(by_step, default=cell.final_step))
             run.summary.update(cell.final)
         finally:
             run.finish()

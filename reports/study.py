@@ -3,6 +3,8 @@
     python -m reports.study create --name cross-vs-adaln --system A=runs/g/c1/samples/s --system B=... \
         --raters 20 [--checks 3] [--pairs-per-rater 30] [--size 256x256] [--fit pad|crop] [--frames 16] \
         [--frame-ms 125] [--db studies/votes.sqlite] [--base-url http://host:8502]
+    python -m reports.study create --grid runs/<grid> --arms cross_attn,pixart_alpha [--prompt-set NAME] \
+        [--seed N] --raters 20 [...]        # the two arms' sample folders of a grid (a baseline is an arm)
     python -m reports.study add-raters --study <id> --secret <owner secret> --count 5
 
 Images are matched across systems on (prompt text, seed, index); every matched key gives one pair per
@@ -72,6 +74,55 @@ def parse_systems(specs: list[str]) -> dict[str, Path]:
     if len(systems) < 2:
         raise ValueError("a study needs at least two --system NAME=PATH sample folders")
     return systems
+
+
+def grid_systems(grid_dir: Path, arms: list[str], prompt_set: str | None = None,
+                 seed: int | None = None) -> dict[str, Path]:
+    """{arm: its cell's sample folder} of a grid folder's planned cells: an arm is a grid file's arm name
+    or the value a table shows (a baseline's name included), or `axis=value` pairs joined with '+' where a
+    name is on several axes; of an arm's cells the one of training seed `seed` (default: its lowest).
+    The prompt set is `prompt_set`, else the first that every chosen cell sampled."""
+    from ablations.runfolder import CELL, SAMPLES, current_cell_ids, read_json_or_empty
+
+    grid_dir = Path(grid_dir)
+    if not (grid_dir / "grid.yaml").is_file():
+        raise FileNotFoundError(f"--grid {grid_dir}: no grid.yaml there; give a grid's runs folder, e.g. runs/conditioning")
+    if len(arms) < 2 or len(set(arms)) != len(arms):
+        raise ValueError(f"--arms {','.join(arms)}: give two or more different arms, e.g. --arms cross_attn,pixart_alpha")
+    current = current_cell_ids(grid_dir)
+    cells = [(path.parent, read_json_or_empty(path)) for path in sorted(grid_dir.glob(f"*/{CELL}"))]
+    cells = [(d, info) for d, info in cells if current is None or info.get("cell_id", d.name) in current]
+    chosen = {}
+    for arm in arms:
+        wanted = dict(part.split("=", 1) for part in arm.split("+")) if "=" in arm else None
+        found = []
+        for folder, info in cells:
+            names = {k: {str(info.get("arms", {}).get(k)), str(v)} for k, v in (info.get("axes") or {}).items()
+                     if k != "seed"}
+            if wanted is not None and all(str(v) in names.get(k, ()) for k, v in wanted.items()) or \
+                    wanted is None and any(arm in values for values in names.values()):
+                found.append((folder, info))
+        combos = {tuple(sorted((k, str(v)) for k, v in info.get("axes", {}).items() if k != "seed")) for _, info in found}
+        if not found:
+            raise ValueError(f"--arms: no planned cell of {grid_dir} is arm {arm!r}; its cells show "
+                             f"{sorted({str(v) for _, i in cells for k, v in i.get('axes', {}).items() if k != 'seed'})}")
+        if len(combos) > 1:
+            raise ValueError(f"--arms: {arm!r} names {len(combos)} arms ({'; '.join(map(str, sorted(combos)))}); name "
+                             "one by axis=value pairs joined with '+'")
+        seeds = sorted(info.get("axes", {}).get("seed", 0) for _, info in found)
+        pick = seeds[0] if seed is None or len(found) == 1 else seed
+        matched = [folder for folder, info in found if info.get("axes", {}).get("seed", 0) == pick]
+        if not matched:
+            raise ValueError(f"--seed {seed}: arm {arm!r} has training seeds {seeds}")
+        chosen[arm] = matched[0]
+    sampled = [{p.parent.name for p in (folder / SAMPLES).glob("*/samples.jsonl")} for folder in chosen.values()]
+    common = sorted(set.intersection(*sampled))
+    if prompt_set is None and not common:
+        raise ValueError(f"--arms {','.join(arms)}: their cells share no finished sample folder; run the grid first")
+    name = prompt_set or common[0]
+    if name not in common:
+        raise ValueError(f"--prompt-set {name}: not sampled by every chosen cell (shared: {', '.join(common) or 'none'})")
+    return {arm: folder / SAMPLES / name for arm, folder in chosen.items()}
 
 
 def matched_images(systems: dict[str, Path]) -> dict[tuple, dict[str, Path]]:
@@ -215,9 +266,15 @@ def build_parser() -> OneLineParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     make = sub.add_parser("create", parents=[common], help="create a study and print its links")
-    make.add_argument("--name", required=True, help="a name unique in the votes file")
+    make.add_argument("--name", default=None, help="a name unique in the votes file (default with --grid: "
+                                                   "<grid>: <arm> vs <arm>)")
     make.add_argument("--system", action="append", default=[], metavar="NAME=PATH",
-                      help="a sample folder; give two or more")
+                      help="a sample folder; give two or more (or --grid and --arms)")
+    make.add_argument("--grid", type=Path, default=None, help="a grid's runs folder whose arms to compare")
+    make.add_argument("--arms", default=None, help="with --grid: two or more arms, comma-separated (a baseline is an arm)")
+    make.add_argument("--prompt-set", default=None, help="with --grid: the sample folder (default: the first shared)")
+    make.add_argument("--seed", type=whole_number(0), default=None, help="with --grid: the training seed of the "
+                                                                          "arms' cells (default: each arm's lowest)")
     make.add_argument("--raters", type=whole_number(1), default=20, help="rater links to create (default 20)")
     make.add_argument("--checks", type=whole_number(0), default=0, help="attention-check pairs every rater gets")
     make.add_argument("--pairs-per-rater", type=whole_number(1), default=None,
@@ -246,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = VoteSettings.load(getattr(args, "config", None), db=getattr(args, "db", None))
         base_url = getattr(args, "base_url", None) or f"http://{settings.host}:{settings.port}"
         if args.command == "create":
-            created = create(settings.db, args.name, parse_systems(args.system), args.raters, args.checks,
+            systems, name = _systems(args)
+            created = create(settings.db, name, systems, args.raters, args.checks,
                              args.pairs_per_rater, args.size, args.fit, args.frames, args.frame_ms)
             print_links(created, base_url)
         else:
@@ -255,6 +313,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _systems(args) -> tuple[dict[str, Path], str]:
+    """The sample folders of `create` and the study's name: --system pairs, or --grid with --arms."""
+    if args.grid is None:
+        if args.arms or args.prompt_set or args.seed is not None:
+            raise ValueError("--arms, --prompt-set and --seed choose a grid's sample folders: give --grid too")
+        if not args.name:
+            raise ValueError("give --name: a name unique in the votes file")
+        return parse_systems(args.system), args.name
+    if args.system:
+        raise ValueError("give either --system NAME=PATH folders or --grid with --arms, not both")
+    arms = [a.strip() for a in (args.arms or "").split(",") if a.strip()]
+    systems = grid_systems(args.grid, arms, args.prompt_set, args.seed)
+    return systems, args.name or f"{args.grid.name}: {' vs '.join(arms)}"
 
 
 def _add_raters(db: Path, study_id: str, secret: str, count: int, base_url: str) -> None:

@@ -230,6 +230,7 @@ class CellTask(submitit.helpers.Checkpointable):
     def __call__(self, cell_dir: str, *args: Any) -> Any:
         from gentron import preemption
 
+        _job_logging()
         log.info("running %s.%s(%s)", self.fn.__module__, self.fn.__qualname__, ", ".join(map(str, (cell_dir, *args))))
         seen = len(preemption.caught())
         try:
@@ -262,6 +263,30 @@ class CellTask(submitit.helpers.Checkpointable):
     def checkpoint(self, cell_dir: str, *args: Any) -> submitit.helpers.DelayedSubmission:
         log.info("requeueing %s for %s; it resumes from its own checkpoint", self.fn.__qualname__, cell_dir)
         return submitit.helpers.DelayedSubmission(self, cell_dir, *args)
+
+
+def _job_logging() -> None:
+    """INFO lines in the job's log (the trainer's resume step, the stages' progress), as on the command line;
+    a root handler a library installed already (a bare logging.warning does) keeps its format."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    root.setLevel(logging.INFO)
+
+
+def time_limit_shortfall(profile: SlurmProfile, stage: str, hours: float) -> str | None:
+    """Why a task of `stage` that needs `hours` of wall time cannot finish within its time limit and the
+    requeues submitit makes when it times out (timeout_min x (1 + max_num_timeout): each requeued run
+    resumes from the checkpoint the timeout signal wrote), with the fix; None when it can."""
+    staged = profile.for_stage(stage)
+    covered = staged.timeout_min * (1 + staged.max_num_timeout) / 60
+    if hours <= covered:
+        return None
+    runs = -(-hours * 60 // staged.timeout_min)  # ceil
+    return (f"{stage} needs ~{hours:,.0f} h per task but the profile allows {covered:,.0f} h (timeout_min "
+            f"{staged.timeout_min} x {1 + staged.max_num_timeout} runs: the first and max_num_timeout="
+            f"{staged.max_num_timeout} requeues); set max_num_timeout to at least {int(runs) - 1}, or give the "
+            "cells more GPUs or fewer steps")
 
 
 def submit_stage(profile: SlurmProfile | dict, folder: Path, stage: str, fn: Callable[..., Any], args: list,

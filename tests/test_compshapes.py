@@ -22,7 +22,8 @@ def test_every_prompt_parses_back_to_its_category(category):
 
 
 @pytest.mark.parametrize("prompt", [
-    "a cat on a mat", "a red circle", "a red circle and a blue circle and a green square",
+    "a cat on a mat", "a red circle and a blue circle and a green square",
+    "a striped circle", "one circle", "five circles", "two striped circles", "three circle",  # counts: colour only
     "a striped circle on the left of a dotted square",  # texture has no relation form
     "a red circle and a square",  # both objects must name the same attributes
     "a red circle moving left on the left of a blue square moving up", "a red circle and a red circle",
@@ -40,15 +41,25 @@ def test_splits_hold_out_combinations_but_no_single_word():
     train = [p for c in cs.CATEGORIES for p in cs.prompts(c, "train")]
     test = [p for c in cs.CATEGORIES for p in cs.prompts(c, "test")]
     assert not set(train) & set(test)
+    def count_held_out(prompt):
+        phrases = _phrases(prompt)
+        return (len(phrases), phrases[0].shape) in cs.HELD_OUT_COUNT_SHAPE and len({p.shape for p in phrases}) == 1
+
     for prompt in train:
         for phrase in _phrases(prompt):
             assert (phrase.color, phrase.shape) not in cs.HELD_OUT_COLOR_SHAPE
             assert (phrase.texture, phrase.shape) not in cs.HELD_OUT_TEXTURE_SHAPE
+        assert not count_held_out(prompt), prompt
     for prompt in test:
-        assert any((p.color, p.shape) in cs.HELD_OUT_COLOR_SHAPE or (p.texture, p.shape) in cs.HELD_OUT_TEXTURE_SHAPE
-                   for p in _phrases(prompt))
+        assert count_held_out(prompt) or any(
+            (p.color, p.shape) in cs.HELD_OUT_COLOR_SHAPE or (p.texture, p.shape) in cs.HELD_OUT_TEXTURE_SHAPE
+            for p in _phrases(prompt))
     words = " ".join(train).split()
     assert set(cs.COLORS) | set(cs.SHAPES) | set(cs.TEXTURES) | set(cs.DIRECTIONS) <= set(words)
+    assert set(cs.NUMBERS.values()) <= set(words)  # every count is trained, with some shapes
+    counted = [spec for spec in map(cs.parse_prompt, cs.prompts("counting", "test"))
+               if len(spec.phrases) > 2 and spec.phrases[0].color is None]
+    assert {(len(s.phrases), s.phrases[0].shape) for s in counted} == cs.HELD_OUT_COUNT_SHAPE
     for category in cs.CATEGORIES:
         assert cs.prompts(category, "train") and cs.prompts(category, "test")
 
@@ -68,10 +79,32 @@ def test_word_order_is_needed_to_bind_many_training_colour_prompts():
 
 def test_training_images_never_show_a_held_out_pair():
     data = cs.CompShapes("train", 32, 400, seed=3)
+    counts = set()
     for i in range(len(data)):
-        for obj in data.scene(i).objects:
+        objects = data.scene(i).objects
+        for obj in objects:
             assert (obj.color, obj.shape) not in cs.HELD_OUT_COLOR_SHAPE
             assert (obj.texture, obj.shape) not in cs.HELD_OUT_TEXTURE_SHAPE
+        for shape in cs.SHAPES:
+            counts.add((sum(o.shape == shape for o in objects), shape))
+    assert not counts & cs.HELD_OUT_COUNT_SHAPE
+    assert {n for n, _ in counts} == {0, 1, 2, 3, 4}  # three and four of the other shapes are drawn
+
+
+def test_counting_scenes_draw_their_count():
+    sizes = []
+    for i, prompt in enumerate(cs.test_prompts("counting") + list(cs.prompts("counting", "train"))):
+        spec, scene = cs.parse_prompt(prompt), cs.scene_for_prompt(prompt, i)
+        phrase = spec.phrases[0]
+        assert len(scene.objects) == len(spec.phrases) and scene.category == "counting"
+        for obj in scene.objects:
+            assert obj.shape == phrase.shape and phrase.color in (None, obj.color) and obj.texture == "solid"
+            assert cs._inside(obj)
+        assert all(cs._boxes_apart(a, b) for a, b in itertools.combinations(scene.objects, 2))
+        sizes += [(len(scene.objects), o.size) for o in scene.objects]
+    assert all(abs(size / (cs.SIZE_COUNT if n > 2 else cs.SIZE_NORMAL) - 1) <= cs.SIZE_JITTER for n, size in sizes)
+    assert cs.parse_prompt("four blue triangles").caption == "four blue triangles"
+    assert cs.parse_prompt("a circle").phrases == (cs.Phrase("circle"),)
 
 
 @pytest.mark.parametrize("category", cs.IMAGE_CATEGORIES)
@@ -136,7 +169,7 @@ def test_dataset_items():
     assert -1.0 <= item["image"].min() and item["image"].max() <= 1.0
     assert item["category"] == cs.parse_prompt(item["caption"]).category and item["scene_id"] == 3
     assert torch.equal(cs.CompShapes("train", 32, 50, seed=0)[3]["image"], item["image"])
-    assert {data[i]["category"] for i in range(50)} == set(cs.IMAGE_CATEGORIES)
+    assert {data[i]["category"] for i in range(50)} == set(cs.TRAIN_IMAGE_CATEGORIES)
     with pytest.raises(IndexError):
         data[50]
     batch = next(iter(torch.utils.data.DataLoader(data, batch_size=8)))

@@ -56,5 +56,5 @@ def test_eval_refuses_an_unknown_metric_in_one_line(tmp_path):
                           timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "gentron-eval: error: unknown metric 'nope'; give one of judge, compbench, fid, clip_score, coco, geneval "
-        "(see gentron-eval --help)"]
+        "gentron-eval: error: unknown metric 'nope'; give one of judge, compbench, fid, clip_score, coco, geneval, "
+        "vbench, fvd (see gentron-eval --help)"]

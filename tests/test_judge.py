@@ -142,6 +142,80 @@ def test_motion_clips():
     assert judge.score_clip("a red circle moving up", noise)["scores"]["motion_soft"] == 0
 
 
+def _clip_scores(prompt, frames):
+    return judge.score_clip(prompt, frames)["scores"]
+
+
+def test_motion_metrics_score_renders_one_and_static_or_reversed_clips_at_or_below_chance():
+    """Ground truth: the stated direction and speed, identity kept, no flicker; a frozen clip moves
+    nothing (direction 0, speed 0) and keeps its identity; the reversed clip has speed -1."""
+    rows = {"true": [], "frozen": [], "reversed": []}
+    for i, prompt in enumerate(cs.test_prompts("motion", 12)):
+        clip = cs.render_clip(cs.scene_for_prompt(prompt, i, num_frames=8), 32)
+        rows["true"].append(_clip_scores(prompt, clip))
+        rows["frozen"].append(_clip_scores(prompt, [clip[0]] * 8))
+        rows["reversed"].append(_clip_scores(prompt, clip[::-1]))
+    mean = {k: {n: np.mean([r[n] for r in v]) for n in v[0]} for k, v in rows.items()}
+    assert mean["true"]["motion_direction"] == 1.0 and mean["true"]["motion_speed"] == pytest.approx(1, abs=0.03)
+    assert mean["true"]["motion_identity"] == 1.0 and mean["true"]["motion_flicker"] >= 0.99
+    assert mean["frozen"]["motion_direction"] == 0 and mean["frozen"]["motion_speed"] == 0
+    assert mean["frozen"]["motion_identity"] == 1.0 and mean["frozen"]["motion_flicker"] == 1.0
+    assert mean["reversed"]["motion_direction"] == 0
+    assert mean["reversed"]["motion_speed"] == pytest.approx(-1, abs=0.03)
+    assert judge.PROTOCOL["motion_chance"]["motion_direction"] == 0.25
+
+
+def test_motion_chance_levels_match_random_directions():
+    """Objects moving the full distance in uniformly random directions: direction 0.25, speed 0."""
+    rng = np.random.default_rng(0)
+    directions, speeds = [], []
+    for i, prompt in enumerate(cs.test_prompts("motion", 200)):
+        spec = cs.parse_prompt(prompt)
+        drawn = [replace(p, motion=str(rng.choice(list(cs.DIRECTIONS)))) for p in spec.phrases]
+        other = replace(spec, phrases=tuple(drawn)).caption
+        scores = _clip_scores(prompt, cs.render_clip(cs.scene_for_prompt(other, i, num_frames=4), 32))
+        directions.append(scores["motion_direction"])
+        speeds.append(scores["motion_speed"])
+    assert np.mean(directions) == pytest.approx(0.25, abs=0.06)
+    assert np.mean(speeds) == pytest.approx(0, abs=0.12)
+
+
+def _drifting(prompt, change, from_frame=4, num_frames=8, seed=0):
+    """A true clip of a one-object prompt whose object takes `change` from `from_frame` on."""
+    scene = cs.scene_for_prompt(prompt, seed, num_frames=num_frames)
+    frames = []
+    for f in range(num_frames):
+        obj = scene.objects[0].at_frame(f)
+        if f >= from_frame:
+            obj = replace(obj, **change)
+        frames.append(cs.render(replace(scene, objects=(obj,), num_frames=1), 32))
+    return frames
+
+
+def test_identity_drops_by_the_frames_an_object_changes_colour_shape_or_size():
+    prompt = "a red square moving right"
+    kept = _clip_scores(prompt, _drifting(prompt, {}))
+    assert kept["motion_identity"] == 1.0 and kept["motion_direction"] == 1.0
+    colour = _clip_scores(prompt, _drifting(prompt, {"color": "blue"}))
+    assert colour["motion_identity_color"] == pytest.approx(3 / 7) and colour["motion_identity_shape"] == 1.0
+    assert colour["motion_consistency"] == pytest.approx(4 / 8)
+    shape = _clip_scores(prompt, _drifting(prompt, {"shape": "circle"}, from_frame=6))
+    assert shape["motion_identity_shape"] == pytest.approx(5 / 7) and shape["motion_identity_color"] == 1.0
+    size = _clip_scores(prompt, _drifting(prompt, {"size": 0.09}))
+    assert size["motion_identity_size"] == pytest.approx(3 / 7) and size["motion_identity"] == pytest.approx(3 / 7)
+    jump = _clip_scores(prompt, _drifting(prompt, {"center": (0.2, 0.8)}))  # teleports: lost, not followed
+    assert jump["motion_identity"] == pytest.approx(3 / 7)
+
+
+def test_flicker_reads_background_change_only():
+    prompt = "a red square moving right"
+    frames = _drifting(prompt, {})
+    assert _clip_scores(prompt, frames)["motion_flicker"] >= 0.99
+    rng = np.random.default_rng(0)
+    shaky = [np.clip(f.astype(np.int16) + rng.integers(-20, 21, f.shape), 0, 255).astype(np.uint8) for f in frames]
+    assert _clip_scores(prompt, shaky)["motion_flicker"] == pytest.approx(1 - 13.66 / 255, abs=0.01)
+
+
 def test_prompts_outside_the_grammar_fail_clearly():
     with pytest.raises(ValueError, match="not a CompShapes prompt"):
         judge.score_image("a photo of a cat", np.zeros((32, 32, 3), np.uint8))
@@ -337,3 +411,25 @@ def test_partials_that_are_not_one_split_are_refused(tmp_path):
         judge.merge([tmp_path / "missing.json"])
     with pytest.raises(SystemExit):
         judge.main([str(folder), "--shard", "2/2", "--out", str(tmp_path / "x.json")])
+
+
+def test_counting_and_the_boxes_and_masks_of_detections():
+    """Counting captions score 1 on their renders and 0 with an object fewer or of another colour; each
+    detection's box bounds its mask, which covers the rendered object."""
+    for i, prompt in enumerate(cs.test_prompts("counting")):
+        scene = cs.scene_for_prompt(prompt, i)
+        assert judge.score_image(prompt, cs.render(scene, 32))["scores"] == {"counting": 1.0}, prompt
+        fewer = replace(scene, objects=scene.objects[:-1]) if len(scene.objects) > 1 else replace(scene, objects=())
+        assert judge.score_image(prompt, cs.render(fewer, 32))["scores"] == {"counting": 0.0}, prompt
+    recoloured = cs.scene_for_prompt("four blue squares", 0)
+    recoloured = replace(recoloured, objects=recoloured.objects[:3] + (replace(recoloured.objects[3], color="red"),))
+    assert judge.score_image("four blue squares", cs.render(recoloured, 32))["scores"] == {"counting": 0.0}
+    found = judge.detect_with_masks(cs.render(recoloured, 32))
+    assert len(found) == 4 and [d for d, _ in found] == judge.detect(cs.render(recoloured, 32))
+    for detection, mask in found:
+        ys, xs = np.nonzero(mask)
+        x1, y1, x2, y2 = (np.array(detection.box) * 32).round().astype(int)
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x1, y1, x2, y2)
+        truth = min(recoloured.objects, key=lambda o: np.hypot(o.center[0] - detection.center[0],
+                                                               o.center[1] - detection.center[1]))
+        assert abs(truth.center[0] - (x1 + x2) / 64) < 1 / 32 and truth.color == detection.color

@@ -11,20 +11,27 @@ What is real here, and what a cluster user has instead:
 - model: size XS/2 (XL/2's layout at CPU width) through `model.size`;
 - training: FSDP2 with activation checkpointing over 2 ranks (gloo on CPUs, NCCL on GPUs), submitted
   through a real SLURM (the local one-node cluster) with a profile file, one job requeued mid-run;
+- sampling and scoring: arrays of 2 shard tasks per cell (the profile's `sample:` and `evaluate:`
+  sections), one sampling task requeued mid-shard; the result equals the cell sampled and scored whole;
 - text-to-video: the mfg grid from the CLIP cell's T2I checkpoint (`train.init_from`);
 - metrics: T2I-CompBench on the first official val prompts of each category, FID against reference
-  statistics (random-feature extractor: GENTRON_FID_EXTRACTOR), CLIP score, each on tiny models saved
-  as their real counterparts are (eval.tiny_models).
+  statistics (random-feature extractor: GENTRON_FID_EXTRACTOR), CLIP score with a tiny CLIP trained on
+  CompShapes captions, GenEval on one official prompt of each task with a tiny Mask2Former and open_clip
+  (eval.tiny_models, eval.geneval.tiny), each saved as its real counterpart is.
+
+What it proves: the requeued job resumes from the step its signal checkpointed; FSDP split the weights
+and optimizer state between the ranks; T5's features reached the model in bfloat16; the loss falls; the
+metrics tell the arms apart where they must; a sharded, interrupted sampling stage draws the same bytes
+and scores as the unsharded stage.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -33,177 +40,55 @@ import pytest
 import torch
 import yaml
 
+from tests.support.paper_assets import (CLIP_WIDTH, COMPBENCH_CATEGORIES, RESOLUTION, T5_WIDTH, coco_plan,
+                                        compbench_prompts, compshapes_images, fid_reference, geneval_prompts,
+                                        save_openclip, save_t5, save_trained_clip, save_vae, write_shards,
+                                        write_videos)
+
 REPO = Path(__file__).resolve().parent.parent
-RESOLUTION = 64
-COMPBENCH_CATEGORIES = ("color", "shape", "texture", "spatial", "non_spatial", "complex")
 
 
 def compbench_kit() -> Path:
     return Path(os.environ.get("T2I_COMPBENCH_DIR", REPO.parent / "shared" / "t2i-compbench"))
 
 
-# --- data ---------------------------------------------------------------------------------------
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def write_shards(root: Path, images: int, shards: int) -> str:
-    """CompShapes training images as WebDataset shards (key.png + key.txt); shard 0 also holds one
-    corrupt image. Returns the brace pattern a user passes as data.path."""
-    from PIL import Image
-
-    from gentron.data import compshapes
-
-    root.mkdir(parents=True, exist_ok=True)
-    data = compshapes.CompShapes(split="train", resolution=RESOLUTION, num_samples=images, seed=0)
-    tars = [tarfile.open(root / f"train-{s:05d}.tar", "w") for s in range(shards)]
-    _add(tars[0], "corrupt.png", b"\x89PNG\r\n\x1a\n not an image")
-    _add(tars[0], "corrupt.txt", b"a broken sample")
-    for i in range(images):
-        scene = data.scene(i)
-        buffer = io.BytesIO()
-        Image.fromarray(compshapes.render(scene, RESOLUTION)).save(buffer, format="PNG")
-        _add(tars[i % shards], f"{i:06d}.png", buffer.getvalue())
-        _add(tars[i % shards], f"{i:06d}.txt", scene.caption.encode())
-    for tar in tars:
-        tar.close()
-    return str(root / f"train-{{00000..{shards - 1:05d}}}.tar")
-
-
-def write_videos(root: Path, clips: int, frames: int, fps: int) -> Path:
-    """CompShapes motion clips as MP4 files with .txt captions (a video folder)."""
-    import av
-
-    from gentron.data import compshapes
-
-    root.mkdir(parents=True, exist_ok=True)
-    data = compshapes.CompShapes(split="train", resolution=RESOLUTION, num_samples=clips, seed=0, video=True,
-                                 num_frames=frames)
-    for i in range(clips):
-        scene = data.scene(i)
-        with av.open(str(root / f"{i:04d}.mp4"), "w") as container:
-            stream = container.add_stream("libx264", rate=fps)
-            stream.width = stream.height = RESOLUTION
-            stream.pix_fmt = "yuv420p"
-            for frame in compshapes.render_clip(scene, RESOLUTION):
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        (root / f"{i:04d}.txt").write_text(scene.caption)
-    return root
-
-
-# --- weights, saved as their real counterparts are ----------------------------------------------
-
-def save_vae(path: Path) -> Path:
-    """An AutoencoderKL with the SD VAE's layout (4 latent channels, 8x down) at tiny width."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
-                        block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=RESOLUTION)
-    vae.save_pretrained(path)
-    return path
-
-
-def save_t5(path: Path) -> Path:
-    """A T5 checkpoint (encoder and decoder, as google/flan-t5-xxl ships) with a byte-level tokenizer."""
-    from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
-
-    torch.manual_seed(0)
-    config = T5Config(vocab_size=384, d_model=T5_WIDTH, d_kv=12, d_ff=96, num_layers=2, num_decoder_layers=1, num_heads=4,
-                      feed_forward_proj="gated-gelu", decoder_start_token_id=0)
-    T5ForConditionalGeneration(config).save_pretrained(path)
-    ByT5Tokenizer().save_pretrained(path)
-    return path
-
-
-def save_openclip(path: Path) -> tuple[str, Path]:
-    """An open_clip model folder (open_clip_config.json, as hub repositories hold it) and a separate
-    checkpoint file: (the model name a user gives, the checkpoint)."""
-    import open_clip
-
-    model_cfg = {"embed_dim": 32, "quick_gelu": True,
-                 "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
-    torch.manual_seed(0)
-    model = open_clip.model.CLIP(**{k: v for k, v in model_cfg.items()})
-    checkpoint = path.parent / f"{path.name}.pt"
-    torch.save({"state_dict": model.state_dict()}, checkpoint)
-    return f"local-dir:{path}", checkpoint
-
-
-# --- evaluation data ----------------------------------------------------------------------------
-
-def compbench_prompts(kit: Path, out: Path, per_file: int) -> Path:
-    """The first `per_file` prompts of each official val file, and the complex sub-split files, in
-    the layout of the official examples/dataset folder."""
-    src = kit / "examples" / "dataset"
-    out.mkdir(parents=True, exist_ok=True)
-    for category in COMPBENCH_CATEGORIES:
-        lines = [line for line in (src / f"{category}_val.txt").read_text().splitlines() if line.strip()]
-        (out / f"{category}_val.txt").write_text("\n".join(lines[:per_file]) + "\n")
-    for name in ("complex_val_spatial.txt", "complex_val_action.txt"):
-        shutil.copy(src / name, out / name)
-    return out
-
-
-def coco_plan(out: Path, captions: int) -> Path:
-    """prompts.jsonl in the layout `python -m eval.coco plan` writes."""
-    from gentron.data import compshapes
-
-    prompts = compshapes.test_prompts("color")[:captions]
-    rows = [{"prompt": p, "category": "coco", "prompt_id": i} for i, p in enumerate(prompts)]
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return out
-
-
-def fid_reference(folder: Path, stats: Path, images: int) -> Path:
-    """Reference images and their statistics (`python -m eval.fid make-stats`), as eval.coco refs
-    and make-stats give them for COCO val2014."""
-    from PIL import Image
-
-    from gentron.data import compshapes
-
-    folder.mkdir(parents=True, exist_ok=True)
-    data = compshapes.CompShapes(split="test", resolution=RESOLUTION, num_samples=images, seed=1)
-    for i in range(images):
-        Image.fromarray(compshapes.render(data.scene(i), RESOLUTION)).save(folder / f"{i:05d}.png")
-    subprocess.run([sys.executable, "-m", "eval.fid", "make-stats", str(folder), str(stats), "--extractor", "random"],
-                   cwd=REPO, check=True, capture_output=True, timeout=600)
-    return stats
-
-
 # --- the rehearsal ------------------------------------------------------------------------------
 
 IMAGES, SHARDS, CLIPS, FRAMES, FPS = 128, 4, 8, 8, 4
-COMPBENCH_PER_FILE, COCO_CAPTIONS, IMAGES_PER_PROMPT = 2, 8, 2
-T5_WIDTH, CLIP_WIDTH = 48, 32
+COMPBENCH_PER_FILE, COCO_CAPTIONS, IMAGES_PER_PROMPT, GENEVAL_PER_PROMPT = 2, 8, 2, 4
+STEPS = 20
 # What a cluster user passes too, at CPU size: the size, the data and VAE paths, the steps, the batch.
 SIZES = ["model.size=XS/2", f"data.resolution={RESOLUTION}", "data.num_workers=1", "data.shuffle_buffer=32",
-         "sample.steps=5", f"sample.images_per_prompt={IMAGES_PER_PROMPT}", "seeds=[0]"]
-T2I = ["grid=text_encoder", "profile=paper", *SIZES, "train.steps=20", "train.batch_size=8", "train.ckpt_every=5",
-       "train.log_every=5", "train.strategy=fsdp", "train.grad_checkpointing=true"]
+         f"sample.images_per_prompt={IMAGES_PER_PROMPT}", "seeds=[0]"]
+# One image per batch at 25 steps: a sampling shard runs long enough for a requeue to land mid-shard.
+T2I = ["grid=text_encoder", "profile=paper", *SIZES, f"train.steps={STEPS}", "train.batch_size=8",
+       "train.ckpt_every=5", "train.log_every=1", "train.lr=1e-3", "train.strategy=fsdp",
+       "train.grad_checkpointing=true", "sample.steps=25", "sample.batch_size=1",
+       "sample.prompt_sets=[t2i_compbench_val,coco30k,geneval]", "eval.metrics=[t2i_compbench,fid,clip_score,geneval]"]
 T2V = ["grid=mfg", "profile=paper", *SIZES, "train.steps=6", "train.batch_size=4", "train.ckpt_every=3",
-       "train.log_every=3", "sample.prompt_sets=[compshapes_motion_smoke]"]
+       "train.log_every=3", "sample.steps=5", "sample.prompt_sets=[compshapes_motion_smoke]",
+       "eval.metrics=[compshapes_judge]"]
+SAMPLED = {"t2i_compbench_val": len(COMPBENCH_CATEGORIES) * COMPBENCH_PER_FILE * IMAGES_PER_PROMPT,
+           "coco30k": COCO_CAPTIONS,  # one image per COCO caption, whatever images_per_prompt says
+           "geneval": 6 * GENEVAL_PER_PROMPT}  # one prompt of each task, 4 images each as the benchmark has
 
 
 @pytest.fixture(scope="module")
 def paper_assets(tmp_path_factory) -> dict:
     """Everything the paper profile loads, tiny, on disk; the environment variables that point at it."""
+    from eval.geneval.tiny import save_tiny_clip as save_geneval_clip, save_tiny_detector
+    from eval.tiny_models import save_all
+    from tests.test_geneval_conformance import official_files
+
     kit = compbench_kit()
     if not (kit / "examples" / "dataset" / "color_val.txt").exists():
         pytest.skip(f"the T2I-CompBench reference kit is not at {kit} (set T2I_COMPBENCH_DIR)")
     root = tmp_path_factory.mktemp("paper")
+    geneval, classes = geneval_prompts(official_files(), root / "geneval" / "prompts")
     clip_model, clip_weights = save_openclip(root / "weights" / "open_clip")
-    evaluators = __import__("eval.tiny_models", fromlist=["save_all"]).save_all(root / "weights" / "evaluators")
+    evaluators = save_all(root / "weights" / "evaluators")
+    clip = save_trained_clip(root / "weights" / "clip-compshapes")
+    geneval_clip = save_geneval_clip(root / "weights" / "geneval-clip")
     env = {
         "GENTRON_CLIP_L": clip_model, "GENTRON_CLIP_L_WEIGHTS": str(clip_weights),
         "GENTRON_T5_XXL": str(save_t5(root / "weights" / "flan-t5")),
@@ -212,12 +97,18 @@ def paper_assets(tmp_path_factory) -> dict:
         "COCO_FID_REF": str(fid_reference(root / "val2014_64", root / "val2014_64.npz", 64)),
         "GENTRON_FID_EXTRACTOR": "random",  # clean-fid's Inception weights are not small
         "GENTRON_BLIP_VQA": str(evaluators["blip_vqa"]), "GENTRON_DETECTOR": str(evaluators["detector"]),
-        "GENTRON_CLIP_B32": str(evaluators["clip"]), "GENTRON_CLIP_SCORE_MODEL": str(evaluators["clip"]),
+        "GENTRON_CLIP_B32": str(clip), "GENTRON_CLIP_SCORE_MODEL": str(clip),
+        "GENEVAL_PROMPTS": str(geneval),
+        "GENTRON_GENEVAL_DETECTOR": str(save_tiny_detector(root / "weights" / "mask2former", favour=classes)),
+        "GENTRON_GENEVAL_CLIP": f"local-dir:{geneval_clip}",
+        "GENTRON_GENEVAL_CLIP_WEIGHTS": str(geneval_clip / "open_clip_model.safetensors"),
     }
     cluster = root / "cluster.yaml"  # slurm/profiles/example.yaml's keys, two tasks on CPUs
+    shards = {"tasks_per_node": 1, "shards": 2}  # sampling and scoring: 2 one-task jobs per cell
     cluster.write_text(yaml.safe_dump({"cluster": "slurm", "partition": "debug", "nodes": 1, "tasks_per_node": 2,
                                        "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 2, "timeout_min": 30,
-                                       "signal_delay_s": 30, "max_num_timeout": 3, "setup": []}))
+                                       "signal_delay_s": 30, "max_num_timeout": 3, "setup": [],
+                                       "sample": shards, "evaluate": shards}))
     return {"root": root, "env": env, "cluster": cluster,
             "shards": write_shards(root / "shards", IMAGES, SHARDS),
             "videos": write_videos(root / "videos", CLIPS, FRAMES, FPS),
@@ -231,25 +122,64 @@ def run_grid(args: list[str], env: dict, timeout: int = 1200) -> str:
     return proc.stdout
 
 
-def wait_for_grid(grid_dir: Path, requeue_cell: str, timeout: float = 1500) -> int:
-    """Requeue `requeue_cell`'s training job once it has written a checkpoint (as an admin or a
-    preemption would), then wait for the grid's results; returns how many jobs were requeued."""
+def job_log(entry: dict) -> str:
+    """Rank 0's log of a recorded SLURM job (every run of it: a requeued job appends to its file)."""
+    return Path(entry["log_folder"], f"{entry['job_id']}_0_log.err").read_text(errors="replace")
+
+
+def rehearse(grid_dir: Path, cell: str, timeout: float = 1500) -> int:
+    """Requeue `cell`'s training job once it has written a checkpoint (as an admin or a preemption
+    would), then shard 1 of its sampling array once that shard has drawn its first image; wait for the
+    grid's results. Returns how many images the sampling shard had drawn when it was requeued."""
     from gentron.checkpoint import kept_checkpoints
     from slurm.launcher import grid_status, read_jobs
 
-    folder = grid_dir / requeue_cell / "checkpoints"  # FSDP: sharded-<step>/ during training, last.pt at the end
+    def wait(condition, what: str, pause: float = 2) -> None:
+        checked = 0.0
+        while not condition():
+            assert time.time() < deadline, f"{what}: {grid_status(grid_dir)}"
+            if time.time() > checked + 2:  # squeue at most every 2 s
+                failed = [j for j in grid_status(grid_dir) if j["state"] in ("FAILED", "CANCELLED", "TIMEOUT")]
+                assert not failed, f"jobs failed (logs in {grid_dir / 'slurm'}): {failed}"
+                checked = time.time()
+            time.sleep(pause)
+
     deadline = time.time() + timeout
-    while not kept_checkpoints(folder):
-        assert time.time() < deadline, "training never wrote a checkpoint"
-        time.sleep(0.5)
-    job = next(e["job_id"] for e in read_jobs(grid_dir)["train"] if e["cell"] == requeue_cell)
+    wait(lambda: kept_checkpoints(grid_dir / cell / "checkpoints"), "training never wrote a checkpoint", 0.5)
+    job = next(e["job_id"] for e in read_jobs(grid_dir)["train"] if e["cell"] == cell)
     subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True, timeout=60)
-    while not (grid_dir / "results.parquet").exists():
-        assert time.time() < deadline, f"the grid did not finish: {grid_status(grid_dir)}"
-        failed = [j for j in grid_status(grid_dir) if j["state"] in ("FAILED", "CANCELLED", "TIMEOUT")]
-        assert not failed, f"jobs failed (logs in {grid_dir / 'slurm'}): {failed}"
-        time.sleep(2)
-    return 1
+    part = grid_dir / cell / "samples" / "t2i_compbench_val" / ".shards" / "part-00001-of-00002.jsonl"
+    wait(lambda: part.exists() and part.read_text().count("\n") >= 1, "the sampling shard never drew", 0.1)
+    entry = next(e for e in read_jobs(grid_dir)["sample-shards"] if e["cell"] == cell and e["shard"] == 1)
+    drawn = part.read_text().count("\n")
+    subprocess.run(["scontrol", "requeue", entry["job_id"]], check=True, capture_output=True, timeout=60)
+    wait(lambda: (grid_dir / "results.parquet").exists(), "the grid did not finish")
+    return drawn
+
+
+def rerun_unsharded(cell_dir: Path, root: Path, env: dict) -> Path:
+    """The trained cell sampled, scored and recorded again as launcher=local runs it: whole, unsharded."""
+    copy = root / cell_dir.parent.name / cell_dir.name
+    shutil.copytree(cell_dir, copy, ignore=shutil.ignore_patterns("samples", "eval", "metrics.json", "sharded-*"))
+    subprocess.run([sys.executable, "-c", f"from ablations.stages import run_cell; run_cell({str(copy)!r})"],
+                   cwd=REPO, check=True, capture_output=True, timeout=900, env={**os.environ, **env})
+    return copy
+
+
+def clip_scores(clip: str, folder: Path, shuffle: bool) -> float:
+    """The CLIP score of CompShapes test images against their own captions, or against shuffled ones."""
+    from eval.clip_score import evaluate
+    from eval.common import Sample, write_samples
+
+    pairs = compshapes_images("test", 32, 2)
+    captions = [c for _, c in pairs]
+    if shuffle:
+        captions = captions[1:] + captions[:1]
+    folder.mkdir(parents=True)
+    for i, (image, _) in enumerate(pairs):
+        image.save(folder / f"{i:03d}.png")
+    write_samples(folder, [Sample(file=f"{i:03d}.png", prompt=c, seed=0, index=i) for i, c in enumerate(captions)])
+    return evaluate(folder, model=clip)["aggregate"]["clip_score"]["mean"]
 
 
 @pytest.mark.slurm
@@ -259,12 +189,14 @@ def test_paper_profile_rehearsed_end_to_end(slurm_cluster, paper_assets, tmp_pat
     from gentron.checkpoint import load_checkpoint
     from gentron.config import load_config
     from gentron.specs import T5Spec
+    from slurm.launcher import read_jobs
 
     a, runs = paper_assets, tmp_path / "runs"
     t2i = [*T2I, f"data.path='{a['shards']}'", f"vae.path={a['vae']}", f"runs_dir={runs}"]
     submit = [*t2i, "launcher=slurm", f"slurm={a['cluster']}"]
     dry = run_grid([*submit, "dry_run=true"], a["env"])
     assert "3 cells" in dry and "preflight: every weight, data path and reference the plan loads is in place" in dry
+    assert "train 1x0, sample 2x0, evaluate 2x0" in dry  # array tasks per cell x GPUs per task
 
     # Text-to-image: three cells (CLIP, T5 in bfloat16, both interleaved) through SLURM, 2 ranks each.
     os.environ.update(a["env"])
@@ -275,8 +207,26 @@ def test_paper_profile_rehearsed_end_to_end(slurm_cluster, paper_assets, tmp_pat
             os.environ.pop(key)
     run_grid(submit, a["env"])
     grid_dir = runs / "text_encoder"
-    wait_for_grid(grid_dir, cells["clip"].cell_id)
+    requeued = grid_dir / cells["clip"].cell_id
+    drawn = rehearse(grid_dir, requeued.name)
 
+    # The requeued training job stopped at the step its SIGTERM arrived, checkpointed it (sharded) and the
+    # requeued run resumed there: not from the periodic checkpoint before it, not from step 0.
+    jobs = read_jobs(grid_dir)
+    log = job_log(next(e for e in jobs["train"] if e["cell"] == requeued.name))
+    stopped = [int(s) for s in re.findall(rf"stopped at step (\d+) of {STEPS}", log)]
+    resumed = re.findall(r"resuming \S+ at step (\d+) from (\S+)", log)
+    assert len(stopped) == 1 and 0 < stopped[0] < STEPS, log[-3000:]
+    assert resumed == [(str(stopped[0]), str(requeued / "checkpoints" / f"sharded-{stopped[0]:08d}"))], log[-3000:]
+    manifest = json.loads((requeued / "manifest.json").read_text())
+    assert manifest["stages"]["train"]["attempts"] >= 2
+    steps = [json.loads(line)["step"] for line in (requeued / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, STEPS + 1))  # each step logged once, across the two runs
+
+    # the metrics that read the images through trained or image-dependent models (tiny BLIP-VQA's
+    # random answers do not depend on the image: T2I-CompBench's colour, shape, texture stay alike)
+    differ = {key: {} for key in ("fid/fid", "t2i_compbench/spatial", "t2i_compbench/non_spatial",
+                                  "clip_score/clip_score")}
     for arm, cell in cells.items():
         cell_dir = grid_dir / cell.cell_id
         config = yaml.safe_load((cell_dir / "config.yaml").read_text())
@@ -294,27 +244,68 @@ def test_paper_profile_rehearsed_end_to_end(slurm_cluster, paper_assets, tmp_pat
         if "t5" in arm:
             t5 = next(s for s in load_config(config).text_encoders if s.kind == "t5")
             assert t5 == T5Spec(path=a["env"]["GENTRON_T5_XXL"], dtype="bfloat16")
+        # the dtype each encoder's features had when they reached the model, as the trainer saw them
+        assert state["data"]["text_dtypes"] == {"clip": ["float32"], "t5": ["bfloat16"],
+                                                "clip+t5": ["float32", "bfloat16"]}[arm]
         # streamed by 2 ranks (FSDP2), every shard read, the corrupt sample skipped
         streams = state["data"]["streams"]["images"]
         assert len(streams) == 2
         assert sum(w["skipped"] for rank in streams for w in rank["workers"].values()) >= 1
-        assert state["step"] == 20
+        assert state["step"] == STEPS
+        # FSDP2 sharded the weights, the EMA and AdamW's moments: each rank wrote about half of them
+        files = sorted((cell_dir / "checkpoints" / f"sharded-{STEPS:08d}").glob("*.distcp"))
+        sizes = [f.stat().st_size for f in files]
+        full = 4 * 4 * sum(v.numel() for v in state["model"].values())  # fp32 weights, EMA, two moments
+        assert len(files) == 2 and full < sum(sizes) < 1.5 * full, (sizes, full)  # and DCP's per-tensor records
+        assert all(0.4 < s / sum(sizes) < 0.6 for s in sizes), sizes
+        # the loss falls over the run (mean of the first and of the last five steps)
+        losses = [json.loads(line)["loss"] for line in (cell_dir / "train_log.jsonl").read_text().splitlines()]
+        assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.05, losses
         manifest = json.loads((cell_dir / "manifest.json").read_text())
         assert manifest["status"] == "done"
-        assert manifest["stages"]["sample"]["samples"] == {
-            "t2i_compbench_val": len(COMPBENCH_CATEGORIES) * COMPBENCH_PER_FILE * IMAGES_PER_PROMPT,
-            "coco30k": COCO_CAPTIONS}  # one image per COCO caption, whatever images_per_prompt says
+        assert manifest["stages"]["sample"]["samples"] == SAMPLED and manifest["stages"]["sample"]["shards"] == 2
         metrics = json.loads((cell_dir / "metrics.json").read_text())
         for key in ("t2i_compbench/color", "t2i_compbench/spatial", "t2i_compbench/non_spatial",
-                    "t2i_compbench/complex", "fid/fid", "fid/kid", "clip_score/clip_score"):
+                    "t2i_compbench/complex", "fid/fid", "fid/kid", "clip_score/clip_score", "geneval/overall"):
             assert np.isfinite(metrics[key]["mean"]), key
+        assert metrics["clip_score/clip_score"]["mean"] > 0  # a CLIP that has learned: no clamp to 0
+        for key, scores in differ.items():
+            scores[arm] = metrics[key]["mean"]
         clip_score = json.loads((cell_dir / "eval" / "clip_score.json").read_text())
         assert a["env"]["GENTRON_CLIP_SCORE_MODEL"] in json.dumps(clip_score["protocol"])
         fid = json.loads((cell_dir / "eval" / "fid.json").read_text())
         assert fid["protocol"]["feature_extractor"].startswith("random") and not fid["comparable_to_paper"]
-    requeued = json.loads((grid_dir / cells["clip"].cell_id / "manifest.json").read_text())
-    assert requeued["stages"]["train"]["attempts"] >= 2
+        # GenEval through the same path: the tiny Mask2Former and colour CLIP, the official results.jsonl
+        geneval = json.loads((cell_dir / "eval" / "geneval.json").read_text())
+        assert a["env"]["GENTRON_GENEVAL_DETECTOR"] in json.dumps(geneval["protocol"])
+        assert len(geneval["per_image"]) == SAMPLED["geneval"]
+    # three models, three sets of images: the metrics tell them apart
+    for key, scores in differ.items():
+        assert len(set(scores.values())) == 3, (key, scores)
     assert not (grid_dir / "cache").exists() or not list((grid_dir / "cache").glob("data-*.pt"))  # streamed
+
+    # The CLIP behind the CLIP score ranks a caption's own image above another caption's.
+    clip = a["env"]["GENTRON_CLIP_SCORE_MODEL"]
+    assert clip_scores(clip, tmp_path / "matching", False) > clip_scores(clip, tmp_path / "shuffled", True) + 10
+
+    # Sampling shard 1 of the requeued cell was stopped mid-shard and resumed at the image (each run logs
+    # what it drew), and the sharded, interrupted stages equal the cell sampled and scored whole.
+    entry = next(e for e in jobs["sample-shards"] if e["cell"] == requeued.name and e["shard"] == 1)
+    shard_total = SAMPLED["t2i_compbench_val"] // 2
+    wrote = [int(n) for n in re.findall(r"wrote (\d+) samples of shard 1/2 to \S+/t2i_compbench_val", job_log(entry))]
+    assert 1 <= drawn < shard_total and len(wrote) == 1 and wrote[0] <= shard_total - drawn, (drawn, wrote)
+    assert len(jobs["sample-shards"]) == len(jobs["evaluate-shards"]) == 2 * len(cells)
+    local = rerun_unsharded(requeued, tmp_path / "local", a["env"])
+    for name in SAMPLED:
+        ours, theirs = requeued / "samples" / name, local / "samples" / name
+        rows = (ours / "samples.jsonl").read_text()
+        assert rows == (theirs / "samples.jsonl").read_text()
+        for row in map(json.loads, rows.splitlines()):
+            assert (ours / row["file"]).read_bytes() == (theirs / row["file"]).read_bytes(), row["file"]
+    sharded, whole = (json.loads((d / "metrics.json").read_text()) for d in (requeued, local))
+    assert sharded.keys() == whole.keys()
+    for key in sharded:
+        assert sharded[key] == pytest.approx(whole[key], rel=1e-9, abs=1e-12), key
 
     # Text-to-video from the CLIP cell's T2I checkpoint: the mfg grid on a video folder.
     init = grid_dir / cells["clip"].cell_id / "checkpoints" / "last.pt"
@@ -422,14 +413,19 @@ def test_dry_run_names_every_missing_input_with_its_fix(tmp_path, monkeypatch, c
     assert any("train.init_from" == n.used_by for n in preflight.missing(t2v))
 
 
-def test_plan_prints_parameters_gpus_and_gpu_hours(tmp_path, capsys):
-    """Parameters counted exactly by gentron.sizes; GPU-hours from DiT-XL/2's published throughput
-    scaled by forward FLOPs (adaLN XL/2 with CLIP-L is DiT-XL/2's compute: exactly its throughput)."""
+def test_plan_prints_parameters_gpus_and_gpu_hours(tmp_path, capsys, monkeypatch):
+    """Parameters counted exactly by gentron.sizes; GPU-hours from counted FLOPs at the A100 rate of DiT's
+    train.py (adaLN XL/2 trained from pixels is its work per image; the cell also encodes its captions).
+    Without the prompt files, sampling is costed at the benchmarks' sizes: 18,000 T2I-CompBench images
+    (6 x 300 prompts x 10) and 30,000 COCO images."""
     from ablations import costs as cost_model
+    from ablations import gpu_hours
     from ablations import launch
     from ablations.grid import plan
     from gentron import sizes
 
+    for key in ("T2I_COMPBENCH_DATASET", "COCO30K_CAPTIONS"):
+        monkeypatch.setenv(key, str(tmp_path / "absent" / key.lower()))
     args = ["grid=conditioning", "profile=paper", "data.path=/data/shards", "seeds=[0]", "slurm=example",
             f"runs_dir={tmp_path}"]
     p = plan(args)
@@ -437,8 +433,11 @@ def test_plan_prints_parameters_gpus_and_gpu_hours(tmp_path, capsys):
     costs = cost_model.cell_costs(adaln, gpus=8)
     assert costs["params"] == sizes.count_params(sizes.paper_config("XL/2", "adaln", "CLIP-L"))["total"]
     images = adaln.config.train.steps * adaln.config.train.batch_size
-    assert costs["gpu_hours"] == pytest.approx(images / (0.81 * 256 / 8) / 3600)
+    work = gpu_hours.rate() / (0.81 * 256 / 8)  # FLOPs per image of DiT's train.py: its step and VAE encoder
+    clip = gpu_hours.text_encoder_flops(adaln.config.text_encoders[0])
+    assert costs["gpu_hours"] == pytest.approx(images / (0.81 * 256 / 8) * (work + clip) / work / 3600)
     assert costs["hours"] == pytest.approx(costs["gpu_hours"] / 8)
+    assert costs["images"] == 18_000 + 30_000 and costs["sample_gpu_hours"] > 0
     cross = cost_model.cell_costs(next(c for c in p.cells if c.arms["conditioning"] == "cross_attn"), gpus=8)
     assert cross["params"] > costs["params"] and cross["gpu_hours"] > costs["gpu_hours"]
     launch.main([*args, "dry_run=true"])

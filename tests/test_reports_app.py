@@ -214,7 +214,7 @@ def test_short_tables_are_static_so_the_first_page_loads_no_grid_code(runs, monk
 def test_long_tables_are_interactive_grids_with_link_columns(monkeypatch, tmp_path):
     """More cells than STATIC_ROWS: the cells table becomes the sortable, scrolling grid, its links a
     LinkColumn; the metric table, one row per metric, stays static."""
-    from reports.browser import STATIC_ROWS
+    from reports.widgets import STATIC_ROWS
 
     seeds = list(range(STATIC_ROWS // 2 + 1))
     build_grid(tmp_path, "many", {"conditioning": ["adaln", "cross_attn"], "seed": seeds}, n_prompts=6, images=False)
@@ -232,7 +232,7 @@ def test_long_tables_are_interactive_grids_with_link_columns(monkeypatch, tmp_pa
 def test_inline_code_shows_a_command_as_typed(text):
     from markdown_it import MarkdownIt
 
-    from reports.browser import inline_code
+    from reports.widgets import inline_code
 
     html = MarkdownIt("commonmark").renderInline(inline_code(text))
     assert html == "<code>" + text.replace("&", "&amp;") + "</code>"
@@ -243,7 +243,7 @@ def test_free_text_in_a_static_table_shows_as_typed():
     or a tag render as the characters they are."""
     from markdown_it import MarkdownIt
 
-    from reports.browser import escape_markdown
+    from reports.widgets import escape_markdown
 
     text = "KeyError in __init__: *x* [a](b) <b>#1</b> `code` ~~s~~ 1. 2\\3 | a_b"
     html = MarkdownIt("commonmark").enable("strikethrough").enable("table").renderInline(escape_markdown(text))
@@ -875,7 +875,7 @@ def test_samples_show_every_arm_and_say_why_a_slot_is_empty(four, monkeypatch):
 def test_samples_are_shown_at_a_whole_multiple_of_their_size(tmp_path):
     from PIL import Image
 
-    from reports.browser import SAMPLE_WIDTH, _display_width
+    from reports.samples_view import SAMPLE_WIDTH, _display_width
 
     for size, expected in [(20, 120), (64, 128), (32, 128), (256, 256), (100, 100)]:
         Image.new("RGB", (size, size)).save(tmp_path / f"{size}.png")
@@ -990,7 +990,7 @@ def test_every_entry_carries_its_seeds_steps_and_prompts(four, monkeypatch):
         assert table.value.iloc[:, 1:].map(lambda v: bool(CI_CELL.match(v)) and v.endswith("n=2 †")).all().all()
     assert any(f"marks fewer than {results.MIN_PROMPTS}" in c.value for c in at.caption)
     assert any(b.label.startswith("Download metrics") for b in at.get("download_button"))
-    from reports.browser import metrics_csv
+    from reports.tables import metrics_csv
 
     grid = results.load_grid(four / "mfg")
     exported = pd.read_csv(io.BytesIO(metrics_csv(grid.results, grid.cells)))

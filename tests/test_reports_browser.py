@@ -215,3 +215,25 @@ def test_rater_votes_in_browser_and_owner_sees_them(browser, tmp_path):
         page.close()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == 8
+
+
+def test_evaluation_during_training_draws_beside_the_training_curves(browser, tmp_path):
+    """The Training curves view of cells with validation.jsonl: the training quantities, then a chart
+    per validation metric and the loss by timestep, each with its legend of arms, in Chromium."""
+    from tests.test_reports_progress import write_validation
+
+    write_validation(build_grid(tmp_path, "conditioning", images=False))
+    with results_browser(tmp_path) as url:
+        page = browser.new_page(viewport=VIEWPORTS["desktop"])
+        page.goto(url + "/?view=Training+curves", timeout=60_000)
+        page.get_by_text("Evaluation during training").wait_for(timeout=60_000)
+        _drawn(page, "[data-testid='stVegaLiteChart']")
+        page.get_by_text("validation loss by timestep at step 300").wait_for(timeout=30_000)
+        charts = page.locator("[data-testid='stVegaLiteChart']")
+        titles = charts.locator(".role-title-text").all_inner_texts()
+        assert {"validation loss", "judge mean", "judge color", "judge shape",
+                "validation loss by timestep at step 300"} <= set(titles)
+        assert page.locator("[data-testid='stVegaLiteChart'] .role-legend").count() == charts.count()
+        _whole_page(page, ARTIFACTS / "results_eval_during_training.png")
+        assert not page.locator("[data-testid='stException']").count()
+        page.close()

@@ -45,7 +45,7 @@ def test_stage_sections_are_validated(raw, message):
 
 
 def test_plan_shows_tasks_per_stage_and_sampling_gpu_hours(tmp_path, capsys):
-    from ablations import costs, launch
+    from ablations import costs, gpu_hours, launch
     from gentron.generate import sampling_cost
 
     args = [*TINY, "slurm=example", f"runs_dir={tmp_path}"]
@@ -54,8 +54,8 @@ def test_plan_shows_tasks_per_stage_and_sampling_gpu_hours(tmp_path, capsys):
     c = costs.cell_costs(cell, gpus=8)
     assert c["images"] == 12  # compshapes_smoke: 12 prompts x 1 seed
     flops = sampling_cost(cell.config, 12).flops
-    assert c["sample_gpu_hours"] == pytest.approx(
-        flops / (costs.DIT_XL2_IMAGES_PER_GPU_S * 3 * costs._dit_xl2_flops()) / 3600)
+    text = sum(gpu_hours.text_encoder_flops(spec, cell.recipe(spec)) for spec in cell.config.text_encoders)
+    assert c["sample_gpu_hours"] == pytest.approx((flops + 12 * text) / gpu_hours.rate() / 3600)  # pixels: no VAE
     assert costs.stage_tasks(p) == "train 1x8, sample 8x1, evaluate 4x1"
     launch.main([*args, "dry_run=true"])
     out = capsys.readouterr().out

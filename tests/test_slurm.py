@@ -332,3 +332,31 @@ def test_cell_task_requeues_only_after_the_trainer_checkpointed(tmp_path, monkey
         assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # the trainer put it back
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+@pytest.mark.slow  # planning the paper profile's XL/2 cells and their costs: about a minute on a busy CPU
+def test_dry_run_warns_when_time_limit_and_requeues_cannot_cover_a_cell(tmp_path):
+    """The example profile (24 h x (1 + 5 requeues) on 8 GPUs) cannot hold an XL/2 cell of the paper's
+    500,000 steps: the plan the dry run prints says so with the max_num_timeout that would; a profile with
+    it is quiet."""
+    import math
+
+    import yaml
+
+    from ablations import costs, launch
+    from ablations.grid import plan
+    from slurm.launcher import time_limit_shortfall
+
+    args = ["grid=text_encoder", "profile=paper", "data.path=/data/shards", "seeds=[0]", f"runs_dir={tmp_path}"]
+    example = plan([*args, "slurm=example"])
+    profile = load_profile("example")
+    hours = max(costs.cell_costs(cell, gpus=8)["hours"] for cell in example.cells)
+    runs = math.ceil(hours * 60 / profile.timeout_min)
+    assert hours > profile.timeout_min * (1 + profile.max_num_timeout) / 60
+    text = launch.format_plan(example)
+    assert f"warning: train needs ~{hours:,.0f} h per task" in text and f"max_num_timeout to at least {runs - 1}," in text
+    enough = {**yaml.safe_load((slurm.launcher.PROFILES_DIR / "example.yaml").read_text()), "max_num_timeout": runs - 1}
+    (tmp_path / "enough.yaml").write_text(yaml.safe_dump(enough))
+    assert time_limit_shortfall(load_profile(tmp_path / "enough.yaml"), "train", hours) is None
+    assert time_limit_shortfall(validate_profile({**enough, "max_num_timeout": runs - 2}), "train", hours)
+    assert launch.time_limit_lines(plan([*args, f"slurm={tmp_path / 'enough.yaml'}"])) == []

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tqdm import tqdm
 
 from eval import weights
 from eval.clip_score import ClipEmbedder
@@ -21,6 +20,7 @@ from eval.compbench.spatial import CONFIDENCE, Detector
 from eval.compbench.vqa import IMAGE_SIZE, BlipVqa
 from gentron.io import atomic_write_json, atomic_write_text
 from gentron.partition import shard_range
+from gentron.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def _units(samples, categories: list[str], batch_size: int) -> list[tuple[str, i
 
 def _score_units(samples_dir, units, models: Models, parts) -> list[dict]:
     per_image = []
-    for cat, start, batch in tqdm(units, desc="compbench", unit="batch"):
+    for cat, start, batch in progress(units, desc="compbench", unit="batch"):
         images = [load_image(samples_dir, s) for s in batch]
         scored = _score_batch(cat, models, images, [s.prompt for s in batch], parts)
         per_image += [{**image_row(s, scores), "question_id": start + i} for i, (s, scores) in enumerate(zip(batch, scored))]

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 from scipy import stats
-from tqdm import tqdm
 
 from eval.common import image_row, per_prompt_means, refuse_damaged_images, resolve_device, result
 from eval.geneval import colors, detector as detector_, prompts
 from eval.geneval.rules import TAGS, Settings, judge, select_objects
 from gentron.io import atomic_write_text
+from gentron.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def evaluate(samples_dir, metadata: str | None = None, detector: str | None = No
     classifier = colors.ColourClassifier(clip_model, clip_pretrained, device, background, crop) if needs_colour else None
     model = detector_.Detector(detector, device, min_score=min(settings.threshold, settings.counting_threshold))
     per_image, official = [], []
-    for sample, meta in tqdm(items, desc="geneval", unit="img"):
+    for sample, meta in progress(items, desc="geneval", unit="img"):
         image = load_image(folder / sample.file)
         detected = select_objects(model.detect(image), meta["tag"], settings)
         correct, reason = judge(meta, detected, lambda name, found: classifier.classify(image, found, name),

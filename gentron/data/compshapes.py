@@ -1,7 +1,7 @@
 """CompShapes: the embedded default's synthetic compositional data set.
 
-Images of one or two flat shapes on a plain light-grey background, with captions in the six
-T2I-CompBench categories, small enough (32x32 px) for a tiny diffusion model to learn on a CPU in
+Images of one to four flat shapes on a plain light-grey background, with captions in the six
+T2I-CompBench categories and GenEval's counting, small enough (32x32 px) for a tiny diffusion model to learn on a CPU in
 minutes, and rendered from a known scene so that `eval.judge` can score generations exactly.
 
 Vocabulary (chosen to stay distinct at 32 px, even under blur and noise):
@@ -34,6 +34,9 @@ Categories and grammar (`parse_prompt` inverts `caption`):
                show; relative size is the honest non-spatial relation they can.
 - complex:     texture + colour binding, alone ("a striped red circle and a dotted blue square") or
                with a spatial relation ("a striped red circle on the left of a dotted blue square").
+- counting:    "a red circle", "three circles", "four blue triangles": one to four objects of one
+               shape, the colour optional (unmentioned: drawn per object), as GenEval's counting prompts;
+               three or four objects are r = 0.16 to fit. Image training draws it beside the six.
 - motion (video only): "a red circle moving right", "a red circle moving up and a blue square
                moving left"; constant speed, 0.3 of the image over the clip.
 Unmentioned attributes are random (texture defaults to solid, size to normal); positions are random,
@@ -42,8 +45,9 @@ objects' boxes never overlap (gap >= 0.08 of the image) and spatial captions are
 
 Splits (compositional generalisation): the test split holds out 5 of the 20 colour-shape pairs
 (red triangle, green circle, blue square, yellow diamond, purple circle: one shape per colour) and
-2 of the 12 texture-shape pairs (striped circle, dotted triangle). Every colour, shape and texture
-still occurs in training. A test prompt contains at least one held-out pair; a training prompt none,
+2 of the 12 texture-shape pairs (striped circle, dotted triangle), and 4 of the 16 count-shape pairs
+(three circles, three diamonds, four squares, four triangles; never a count of two, which colour and
+texture prompts show). Every colour, shape, texture and count still occurs in training. A test prompt contains at least one held-out pair; a training prompt none,
 and a training *image* never shows one either (unmentioned attributes are drawn among allowed pairs).
 """
 from __future__ import annotations
@@ -77,10 +81,11 @@ DARK_SHADE = 0.4  # pattern colour = DARK_SHADE * object colour (same chromatici
 PATTERN_PERIOD = 1 / 8  # stripes and dot grid, in image units (4 px at 32 px)
 DOT_RADIUS = 0.03  # ~18% of a dotted object is dark
 # Bump when the same data config draws different images (caches of encoded data carry it). 2: r = 0.19;
-# 3: diamonds.
-VERSION = 3
+# 3: diamonds; 4: counting captions.
+VERSION = 4
 SIZE_NORMAL, SIZE_SMALL = 0.19, 0.11
 SIZE_MOVING = 0.16  # two objects travelling 0.3 of the image each need room not to meet
+SIZE_COUNT = 0.16  # three or four objects of a count need room too (one or two are SIZE_NORMAL)
 SIZE_JITTER = 0.08
 GAP = 0.08  # minimum gap between objects' boxes, so connected components never merge
 MARGIN = 0.02  # minimum gap between an object's box and the image border
@@ -97,14 +102,19 @@ PLACEMENT_ROUNDS, SHRINK_ON_FAILURE = 4, 0.9
 class PlacementError(RuntimeError):
     """No layout found for a scene's objects."""
 
-IMAGE_CATEGORIES = ("color", "shape", "texture", "spatial", "non_spatial", "complex")
+IMAGE_CATEGORIES = ("color", "shape", "texture", "spatial", "non_spatial", "complex")  # T2I-CompBench's six
+COUNTING = "counting"  # GenEval's object counts ("three blue triangles"); eval.geneval.compshapes scores them
+TRAIN_IMAGE_CATEGORIES = IMAGE_CATEGORIES + (COUNTING,)  # what image training draws by default
 VIDEO_CATEGORIES = ("motion",)
-CATEGORIES = IMAGE_CATEGORIES + VIDEO_CATEGORIES
+CATEGORIES = TRAIN_IMAGE_CATEGORIES + VIDEO_CATEGORIES
 SPLITS = ("train", "test")
 
 HELD_OUT_COLOR_SHAPE = frozenset({("red", "triangle"), ("green", "circle"), ("blue", "square"),
                                   ("yellow", "diamond"), ("purple", "circle")})
 HELD_OUT_TEXTURE_SHAPE = frozenset({("striped", "circle"), ("dotted", "triangle")})
+# Counts of 3 and 4 only: two objects of one shape also appear in colour and texture prompts.
+HELD_OUT_COUNT_SHAPE = frozenset({(3, "circle"), (3, "diamond"), (4, "square"), (4, "triangle")})
+NUMBERS = {2: "two", 3: "three", 4: "four"}  # counting captions: "a red circle" (1), "three circles", ...
 
 
 # --- scene description --------------------------------------------------------------------------
@@ -132,6 +142,9 @@ class PromptSpec:
 
     @property
     def caption(self) -> str:
+        if self.category == COUNTING and len(self.phrases) > 1:  # n copies of one phrase
+            first = self.phrases[0]
+            return " ".join(w for w in (NUMBERS[len(self.phrases)], first.color, first.shape + "s") if w)
         joiner = f" {self.relation} " if self.relation else " and "
         return joiner.join(p.text() for p in self.phrases)
 
@@ -169,18 +182,24 @@ _PHRASE = (rf"a (?:(?P<texture{{i}}>{_WORD['texture']}) )?(?:(?P<color{{i}}>{_WO
            rf"(?P<shape{{i}}>{_WORD['shape']})(?: moving (?P<motion{{i}}>{_WORD['dir']}))?")
 _RELATION = "|".join(re.escape(r) for r in ("and",) + SPATIAL_RELATIONS + SIZE_RELATIONS)
 _PROMPT_RE = re.compile(rf"{_PHRASE.format(i=0)}(?: (?P<relation>{_RELATION}) {_PHRASE.format(i=1)})?")
+_COUNT_RE = re.compile(rf"(?P<number>{'|'.join(NUMBERS.values())}) (?:(?P<color>{_WORD['color']}) )?"
+                       rf"(?P<shape>{_WORD['shape']})s")
 
 
 def parse_prompt(prompt: str) -> PromptSpec:
     """Parse a CompShapes caption back to its spec; ValueError names the grammar if it is not one."""
     text = " ".join(prompt.strip().lower().rstrip(".").split())
+    if counted := _COUNT_RE.fullmatch(text):
+        count = next(n for n, word in NUMBERS.items() if word == counted["number"])
+        return PromptSpec((Phrase(counted["shape"], counted["color"]),) * count, None, COUNTING)
     match = _PROMPT_RE.fullmatch(text)
     if not match:
         relations = ", ".join(SPATIAL_RELATIONS + SIZE_RELATIONS)
         raise ValueError(
             f"not a CompShapes prompt: {prompt!r}. CompShapes prompts are 'a [texture] [colour] shape "
             f"[moving direction]', optionally followed by 'and' or a relation ({relations}) and a second "
-            f"such phrase; colours {list(COLORS)}, shapes {list(SHAPES)}, textures {list(TEXTURES)}")
+            f"such phrase, or a count: 'two|three|four [colour] shapes'; colours {list(COLORS)}, shapes "
+            f"{list(SHAPES)}, textures {list(TEXTURES)}")
     groups = match.groupdict()
     phrases = tuple(Phrase(shape=groups[f"shape{i}"], color=groups[f"color{i}"], texture=groups[f"texture{i}"],
                            motion=groups[f"motion{i}"]) for i in (0, 1) if groups[f"shape{i}"])
@@ -193,8 +212,10 @@ def _category_of(phrases: tuple[Phrase, ...], relation: str | None, prompt: str)
         if not all(p.motion for p in phrases) or relation:
             raise ValueError(f"{prompt!r}: a motion prompt gives every object a direction and joins them with 'and'")
         return "motion"
+    if len(phrases) == 1 and not phrases[0].texture and not relation:
+        return COUNTING  # "a [colour] shape": a count of one
     if len(phrases) != 2:
-        raise ValueError(f"{prompt!r}: an image prompt names two objects")
+        raise ValueError(f"{prompt!r}: an image prompt names one object with at most a colour, or two objects")
     a, b = phrases
     textured, colored = a.texture and b.texture, a.color and b.color
     if any(p.texture for p in phrases) and not textured or any(p.color for p in phrases) and not colored:
@@ -222,6 +243,12 @@ def _held_out(phrase: Phrase) -> bool:
             or (phrase.texture, phrase.shape) in HELD_OUT_TEXTURE_SHAPE)
 
 
+def _held_out_spec(phrases: tuple[Phrase, ...], category: str) -> bool:
+    """A held-out pair in a phrase, or a counting prompt's held-out (count, shape)."""
+    return (any(map(_held_out, phrases))
+            or category == COUNTING and (len(phrases), phrases[0].shape) in HELD_OUT_COUNT_SHAPE)
+
+
 def _specs(category: str):
     objects = list(itertools.product(COLORS, SHAPES))
     pairs = [(a, b) for a, b in itertools.permutations(objects, 2) if a[0] != b[0] and a[1] != b[1]]
@@ -243,6 +270,9 @@ def _specs(category: str):
         for ((c1, s1), (c2, s2)), (t1, t2), rel in itertools.product(
                 pairs, itertools.permutations(TEXTURES, 2), (None,) + SPATIAL_RELATIONS[:4]):
             yield (Phrase(s1, c1, t1), Phrase(s2, c2, t2)), rel
+    elif category == COUNTING:
+        for count, shape, color in itertools.product(range(1, 5), SHAPES, (None, *COLORS)):
+            yield (Phrase(shape, color),) * count, None
     elif category == "motion":
         for (c, s), d in itertools.product(objects, DIRECTIONS):
             yield (Phrase(s, c, motion=d),), None
@@ -263,7 +293,7 @@ def prompts(category: str, split: str) -> tuple[str, ...]:
     if key not in _PROMPT_CACHE:
         want_test = split == "test"
         _PROMPT_CACHE[key] = tuple(PromptSpec(phrases, rel, category).caption for phrases, rel in _specs(category)
-                                   if any(map(_held_out, phrases)) == want_test)
+                                   if _held_out_spec(phrases, category) == want_test)
     return _PROMPT_CACHE[key]
 
 
@@ -359,14 +389,36 @@ def _propose(objects: list[ShapeObject], relation: str | None, rng: np.random.Ge
 def _place(objects: list[ShapeObject], relation: str | None, rng: np.random.Generator,
            num_frames: int = 1) -> tuple[ShapeObject, ...]:
     """Rejection-sample centres: inside the image and apart at every frame, relation true."""
+    if len(objects) > 2:
+        return _place_many(objects, rng)
     for _ in range(10_000):
         placed = _propose(objects, relation, rng, num_frames)
         frames = [[o.at_frame(f) for o in placed] for f in range(num_frames)]
         if (all(_inside(o) for frame in frames for o in frame)
                 and all(_boxes_apart(a, b) for frame in frames for a, b in itertools.combinations(frame, 2))
-                and (len(placed) < 2 or _relation_holds(relation, *placed))):
+                and (len(placed) != 2 or _relation_holds(relation, *placed))):
             return tuple(placed)
     raise PlacementError(f"could not place {objects} with relation {relation!r}; sizes are too big")
+
+
+def _place_many(objects: list[ShapeObject], rng: np.random.Generator) -> tuple[ShapeObject, ...]:
+    """Three or four still objects (a count): one after another, each centre uniform among those apart
+    from the objects placed before it (a dead end starts over). Whole-scene rejection would need
+    thousands of draws for four."""
+    for _ in range(1_000):
+        placed = []
+        for obj in objects:
+            lo, hi = obj.size + MARGIN, 1 - obj.size - MARGIN
+            for _ in range(100):
+                candidate = replace(obj, center=(float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))))
+                if all(_boxes_apart(candidate, other) for other in placed):
+                    placed.append(candidate)
+                    break
+            else:
+                break
+        if len(placed) == len(objects):
+            return tuple(placed)
+    raise PlacementError(f"could not place {len(objects)} objects of size {objects[0].size:.3f}; sizes are too big")
 
 
 def scene_for_prompt(prompt: str, rng: np.random.Generator | int, split: str = "test",
@@ -374,7 +426,7 @@ def scene_for_prompt(prompt: str, rng: np.random.Generator | int, split: str = "
     """A random scene that the prompt describes truly (deterministic given the seed)."""
     rng = np.random.default_rng(rng)
     spec = parse_prompt(prompt)
-    size = SIZE_MOVING if spec.category == "motion" else SIZE_NORMAL
+    size = SIZE_MOVING if spec.category == "motion" else SIZE_COUNT if len(spec.phrases) > 2 else SIZE_NORMAL
     objects = [_fill_unmentioned(p, rng, split, size) for p in spec.phrases]
     if spec.relation in SIZE_RELATIONS:
         small = 1 if spec.relation == "bigger than" else 0
@@ -481,7 +533,7 @@ class CompShapes(torch.utils.data.Dataset):
 
     def __post_init__(self):
         if self.categories is None:
-            self.categories = VIDEO_CATEGORIES if self.video else IMAGE_CATEGORIES
+            self.categories = VIDEO_CATEGORIES if self.video else TRAIN_IMAGE_CATEGORIES
         self.categories = tuple(self.categories)
         unknown = set(self.categories) - set(CATEGORIES)
         if unknown:

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from tqdm import tqdm
 
 from gentron import distributed as D
 from gentron.config import CellConfig, to_dict
@@ -45,6 +44,7 @@ from gentron.data.shards import NOT_IN_DATA_KEY, FeatureShards
 from gentron.data.sources import as_source, open_datasets
 from gentron.data.stream import Readers, ResumableLoader
 from gentron.io import atomic_torch_save, remove_stale_temporaries
+from gentron.progress import progress
 from gentron.text import PromptCache
 from gentron.text.base import TextEmbedding
 
@@ -156,7 +156,7 @@ def _encode_items(dataset, name: str, vae, device, batch_size: int = 256):
         captions.extend(p["caption"] for p in pending)
         pending.clear()
 
-    for item in tqdm(dataset, desc=f"encoding {name}", leave=False):
+    for item in progress(dataset, desc=f"rendering and encoding {name}", unit="item", leave=False):
         pending.append(item)
         if len(pending) == batch_size:
             flush()
@@ -320,6 +320,7 @@ class StreamingData(TrainingData):
             self.encoder_names = [e.name for e in encoders]
         readers = Readers(info.rank, info.world_size, cfg.data.num_workers)
         state = state or {}
+        self.text_dtypes: list[str] = state.get("text_dtypes", [])
         self.consumed = {"images": state.get("images", 0), "clips": state.get("clips", 0)}
         saved = state.get("streams", {})
         per_rank = self.local.stop - self.local.start
@@ -355,6 +356,7 @@ class StreamingData(TrainingData):
             captions = [c if k else "" for c, k in zip(batch["caption"], keep.tolist())]
             with torch.no_grad():
                 text = [encoder.encode(captions) for encoder in self.encoders]
+        self.text_dtypes = [str(e.tokens.dtype).removeprefix("torch.") for e in text]  # as they came, per encoder
         text = to_model_dtype(text, self.dtype, self.device)
         self.encode_s += time.perf_counter() - started
         return x0, text, self.motion_free_mask(motion_free)
@@ -401,8 +403,9 @@ class StreamingData(TrainingData):
         else:
             streams = {name: [s] for name, s in streams.items()}
             skipped = {k: [v] for k, v in skipped.items()}
-        # `skipped`: each rank's counts, for reading; the streams' worker states are what resumes.
-        return {**self.consumed, "streams": streams, "skipped": skipped}
+        # `skipped`: each rank's counts, for reading; the streams' worker states are what resumes. `text_dtypes`:
+        # the dtype each encoder's features had when they reached the model (bfloat16: T5 on the paper profile).
+        return {**self.consumed, "streams": streams, "skipped": skipped, "text_dtypes": self.text_dtypes}
 
     def close(self) -> None:
         for s in self.streams.values():

@@ -20,9 +20,9 @@ from pathlib import Path
 from collections.abc import Iterable, Sequence
 
 import torch
-from tqdm import tqdm
 
 from gentron.io import atomic_torch_save, atomic_write_json, remove_stale_temporaries
+from gentron.progress import progress as progress_bar
 from gentron.text.base import TextEmbedding
 from gentron.text.encoder import TextEncoder
 
@@ -135,7 +135,8 @@ class PromptCache:
         # Similar lengths in a batch waste less compute on padding.
         missing = sorted(missing, key=len)
         chunks = [missing[s:s + batch_size] for s in range(0, len(missing), batch_size)]
-        for chunk in tqdm(chunks, desc=f"encoding prompts ({self.encoders[i].name})", disable=not progress):
+        for chunk in progress_bar(chunks, desc=f"encoding prompts ({self.encoders[i].name})", unit="batch",
+                                  disable=not progress):
             emb = self.encoders[i].encode(chunk).to("cpu")
             shard = dict(prompts=chunk, tokens=emb.tokens, lengths=emb.mask.sum(1), pooled=emb.pooled)
             self.tables[i].add(chunk, shard["tokens"], shard["lengths"], shard["pooled"])

@@ -41,12 +41,13 @@ from gentron import schema
 from gentron.errors import ConfigError
 from gentron.io import atomic_torch_save, atomic_write_json
 from gentron.optim import lr_at
+from gentron.progress import progress
 
 log = logging.getLogger(__name__)
 
 # Bump when the same recipe would now train differently (the loop, the data it draws, what is saved):
 # every recipe's folder name changes, so stale encoders are retrained instead of reused.
-VERSION = 1
+VERSION = 2  # 2: CompShapes' counting captions
 OBJECTIVES = ("clip_contrastive", "t5_span")
 RECIPE_FILE = "recipe.json"
 
@@ -161,11 +162,13 @@ def _train_loop(recipe: EncoderRecipe, trainer, partial: Path, stop_after: int |
     model.train()
     window, clock = [], time.perf_counter()
     first = step
+    bar = progress(total=recipe.steps, initial=step, desc=f"pretrain text encoder {recipe.objective}", unit="step")
     while step < recipe.steps:
         if stop_after is not None and step - first >= stop_after:
             atomic_torch_save(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "step": step, "history": history})
             log.info("%s: stopped at step %d of %d (resume by calling again)", recipe.objective, step, recipe.steps)
+            bar.close()
             return None
         # Each step's batch and noise come from (seed, step) alone: a resumed run draws what an
         # uninterrupted one would.
@@ -178,6 +181,7 @@ def _train_loop(recipe: EncoderRecipe, trainer, partial: Path, stop_after: int |
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
+        bar.update(1)
         window.append(loss.item())
         if step % 50 == 0 or step == recipe.steps:
             elapsed = time.perf_counter() - clock
@@ -187,6 +191,7 @@ def _train_loop(recipe: EncoderRecipe, trainer, partial: Path, stop_after: int |
         if step % recipe.ckpt_every == 0 and step < recipe.steps:
             atomic_torch_save(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "step": step, "history": history})
+    bar.close()
     model.eval()
     return history
 
@@ -210,7 +215,7 @@ class _CLIPTrainer:
         import open_clip
         from open_clip.loss import ClipLoss
 
-        from gentron.data.compshapes import IMAGE_CATEGORIES, CompShapes
+        from gentron.data.compshapes import TRAIN_IMAGE_CATEGORIES, CompShapes
 
         self.recipe = recipe
         cfg = clip_model_config(recipe)
@@ -221,7 +226,7 @@ class _CLIPTrainer:
         self.loss_fn = ClipLoss()
         tokenizer = open_clip.SimpleTokenizer(context_length=recipe.context_length)
         data = CompShapes(split="train", resolution=recipe.resolution, num_samples=recipe.num_pairs,
-                          seed=recipe.data_seed, categories=IMAGE_CATEGORIES)
+                          seed=recipe.data_seed, categories=TRAIN_IMAGE_CATEGORIES)
         items = [data[i] for i in range(len(data))]
         self.images = torch.stack([item["image"] for item in items])  # [-1, 1], CompShapes' own scale
         captions = [item["caption"] for item in items]
