@@ -102,11 +102,26 @@ def enabled(p: Plan) -> bool:
     return bool(p.run.measure) and os.environ.get(MEASURE_ENV, "1").lower() not in ("0", "false", "no")
 
 
-def load_factor(workers: int, cores: int, load: float) -> float:
-    """How much longer the cells take at this load: `workers` cells at one core each, sharing `cores`
-    with `load` other runnable processes (the 1-minute load average), get cores/(workers+load) of a core
-    each once the cores are oversubscribed."""
-    return max(1.0, (min(workers, cores) + load) / cores)
+def load_factor(workers: int, cores: int, others: float) -> float:
+    """How much longer the cells take beside `others` runnable processes: `workers` cells at one core
+    each, sharing `cores` with them, get cores/(workers+others) of a core each once the cores are
+    oversubscribed."""
+    return max(1.0, (min(workers, cores) + others) / cores)
+
+
+def core_share(seconds: float = 0.3) -> float:
+    """The share of one core a busy thread of this process gets now: CPU time over wall time of a spin."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    while time.perf_counter() - wall < seconds:
+        pass
+    return min(1.0, (time.process_time() - cpu) / (time.perf_counter() - wall))
+
+
+def competing(cores: int, load: float, share: float) -> float:
+    """Runnable processes competing with the cells for the cores. A busy thread that gets less than a
+    core says how many (cores / share - 1); one that gets a whole core leaves at most cores - 1 others
+    running, however high the load average (inside a container it counts the host's processes)."""
+    return cores / share - 1 if share < 0.95 else min(load, cores - 1)
 
 
 # --- the cost keys of a plan, measured ----------------------------------------------------------
@@ -203,10 +218,9 @@ def time_cell(cell: Cell, work: Path) -> dict:
     config.sample.batch_size = n
     seconds = []
     for batches in (1, 2):  # a second batch costs what one batch costs without loading the model and encoders
-        with _cpu_share() as share:
-            start = time.perf_counter()
-            generate(config, result.checkpoint, prompts[:batches * n], work / f"samples-{cell.cell_id}-{batches}")
-            seconds.append((time.perf_counter() - start) * share.value)
+        start = time.thread_time()
+        generate(config, result.checkpoint, prompts[:batches * n], work / f"samples-{cell.cell_id}-{batches}")
+        seconds.append(time.thread_time() - start)
     sample_s = (seconds[1] - seconds[0]) / n if seconds[1] > seconds[0] else seconds[1] / (2 * n)
     return {"train": {sc.train_cost_key(cell): round(train_s, 5)},
             "sample": {sc.sample_cost_key(cell): round(sample_s, 5)}}
@@ -291,41 +305,42 @@ class _CpuShare:
 
 
 class _cpu_share:  # noqa: N801  (a context manager read as a phrase)
-    """The share of one core this process got while the block ran (process CPU time over wall time,
-    at most 1): wall times inside it times the share are what an idle core would take."""
+    """The share of one core this thread got while the block ran (its CPU time over wall time, at most
+    1; torch runs the cell's ops in this thread at one intra-op thread): wall times inside it times the
+    share are what an idle core would take."""
 
     def __enter__(self) -> _CpuShare:
         self.share = _CpuShare()
-        self.cpu, self.wall = time.process_time(), time.perf_counter()
+        self.cpu, self.wall = time.thread_time(), time.perf_counter()
         return self.share
 
     def __exit__(self, *exc) -> None:
         wall = time.perf_counter() - self.wall
-        import torch
-
-        cores = max(1, torch.get_num_threads())
-        self.share.value = min(1.0, (time.process_time() - self.cpu) / max(wall, 1e-9) / cores) if wall > 0 else 1.0
+        self.share.value = min(1.0, (time.thread_time() - self.cpu) / wall) if wall > 0 else 1.0
 
 
 # --- what the dry run prints --------------------------------------------------------------------
 
-def format_estimate(p: Plan, table: dict | None = None, load: float | None = None) -> str:
+def format_estimate(p: Plan, table: dict | None = None, load: float | None = None, share: float | None = None) -> str:
     """The dry run's time estimate from this machine's measured costs, with where they come from and
-    what the current load does to it."""
+    what the current load (the 1-minute load average, and the share of a core a busy thread gets now)
+    does to it."""
     table = plan_costs(p) if table is None else table
     e = sc.estimate(p, table)
     if e["gpu_only"] == len(p.cells):
         return sc.format_estimate(p, table)  # nothing to time here: it says why
     cores = table.get("cores") or this_machine().cores
     load = os.getloadavg()[0] if load is None else load
-    factor = load_factor(e["workers"], cores, load)
+    share = core_share() if share is None else share
+    others = competing(cores, load, share)
+    factor = load_factor(e["workers"], cores, others)
     line = (f"estimated time on {e['workers']} cores of this machine: {e['total_s'] * factor / 60:.1f} min at the "
             f"current load ({e['encoders']} text encoders to train: {e['encoders_s'] * factor / 60:.1f} min; "
             f"{e['groups']} models to train and sample: {e['cells_s'] * factor / 60:.1f} min)\n"
-            f"  measured here on {table['machine']}, load {load:.1f}: ")
+            f"  measured here on {table['machine']}, load {load:.1f} (a busy thread gets {share:.2f} of a core now): ")
     if factor > 1:
-        line += (f"{min(e['workers'], cores)} cells and {load:.1f} other runnable processes share {cores} cores, "
-                 f"so each cell runs {factor:.1f}x slower than on an idle machine ({e['total_s'] / 60:.1f} min)")
+        line += (f"{min(e['workers'], cores)} cells and about {others:.1f} other runnable processes share {cores} "
+                 f"cores, so each cell runs {factor:.1f}x slower than on an idle machine ({e['total_s'] / 60:.1f} min)")
     else:
         line += "the cells get a core each, as on an idle machine"
     line += (f"\n  step costs: {table['source']}, measured at load {table.get('load_average', load):.1f} (a thread's "

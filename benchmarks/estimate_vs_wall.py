@@ -53,9 +53,9 @@ def main() -> int:
     table = measure.plan_costs(p)
     dry_run_s = time.perf_counter() - started
     e = costs.estimate(p, table)
-    load_before = os.getloadavg()[0]
-    factor = measure.load_factor(e["workers"], table["cores"], load_before)
-    print(measure.format_estimate(p, table, load_before), flush=True)
+    load_before, share = os.getloadavg()[0], measure.core_share()
+    factor = measure.load_factor(e["workers"], table["cores"], measure.competing(table["cores"], load_before, share))
+    print(measure.format_estimate(p, table, load_before, share), flush=True)
 
     command = [sys.executable, str(REPO / "ablations" / "run.py"), *argv]
     print(f"running: {' '.join(command[1:])}", flush=True)
@@ -66,7 +66,7 @@ def main() -> int:
 
     result = {"grid": p.grid.name, "args": argv, "machine": table["machine"], "workers": e["workers"],
               "measuring_s": round(dry_run_s, 1), "estimate_idle_s": round(e["total_s"], 1),
-              "estimate_at_load_s": round(e["total_s"] * factor, 1), "load_before": round(load_before, 2),
+              "estimate_at_load_s": round(e["total_s"] * factor, 1), "load_before": round(load_before, 2), "core_share_before": round(share, 2),
               "load_after": round(load_after, 2), "wall_s": round(wall_s, 1), "returncode": rc,
               "wall_over_estimate": round(wall_s / (e["total_s"] * factor), 3) if e["total_s"] else None,
               "missing": e["missing"]}

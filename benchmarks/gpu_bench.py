@@ -21,7 +21,7 @@ pooled vector; T5-XXL: 120 x 4096), one layer each: their weights are random (no
 and their cost is not part of the step, as with any feature shards. The model sees the captions'
 real token counts (padding past a batch's longest caption dropped), and the FLOPs count them.
 
-Per size: s/step (median of --steps timed steps after --warmup, compile included in the warm-up),
+Per size: s/step (--steps steps timed as one window after --warmup untimed ones, which compile),
 images/s per GPU, MFU = 3 x forward FLOPs per image (gentron.sizes.count_flops at the batches'
 median text lengths; the recomputed forward of activation checkpointing not counted, as is usual)
 x images/s per GPU / the GPU's dense bf16 peak (--peak-tflops, or PEAK_BF16_TFLOPS by name), and
@@ -93,6 +93,9 @@ def save_vae(folder: Path, tiny: bool) -> Path:
 def bench_cell(size: str, text: str, checkpointing: bool, batch: int, world: int, folder: Path, args) -> dict:
     """The cell whose step is timed: the paper profile's model and training keys, feature shards."""
     tiny = args.tiny
+    workers = 1 if tiny else 4
+    # A set per encoding: other encoders, sizes or shard counts (world x workers) do not share a folder.
+    features = folder / f"features-{text}-{args.images}-{world * workers}shards"
     model = {"size": size, "conditioning": "cross_attn", "learn_sigma": True, "prediction": "epsilon",
              "noise_schedule": "linear", "timestep_std": None}
     return {
@@ -100,7 +103,7 @@ def bench_cell(size: str, text: str, checkpointing: bool, batch: int, world: int
         "text_encoders": stand_in_encoders(text, tiny),
         "vae": {"kind": "autoencoder_kl", "path": str(folder / "vae"), "scaling_factor": 0.18215},
         "data": {"kind": "compshapes", "resolution": 64 if tiny else 256, "num_train": args.images, "encode": "shards",
-                 "features_dir": str(folder / f"features-{text}"), "num_workers": 1 if tiny else 4,
+                 "features_dir": str(features), "num_workers": workers,
                  "shuffle_buffer": 64, "cache_dir": str(folder / "cache")},
         "train": {"steps": 10**6, "batch_size": batch * world, "lr": 1e-4, "lr_schedule": "constant", "warmup_steps": 0,
                   "ema_decay": 0.9999, "grad_clip": 1.0, "precision": "auto", "grad_checkpointing": checkpointing,
@@ -123,8 +126,9 @@ def sync(device: torch.device) -> None:
 
 
 def run_steps(cfg, steps: int, warmup: int, info: D.DistInfo):
-    """`warmup` + `steps` steps of the trainer (module docstring); returns (the step times of the
-    timed steps, the batches' text token counts, the model, its EMA, the data)."""
+    """`warmup` + `steps` steps of the trainer (module docstring); returns (seconds per step over the
+    timed steps, as one window: the host runs ahead of the device as in training, the batches' text
+    token counts, the model, its EMA, the data)."""
     device = info.device()
     t = cfg.train
     device_settings(device)
@@ -135,12 +139,13 @@ def run_steps(cfg, steps: int, warmup: int, info: D.DistInfo):
     model, ema, optimizer = _build_model(cfg, data, info, device, None, generator, noise)
     watch, autocast = FiniteWatch(device, info), autocast_for(t.precision, device)
     model.train()
-    times, lengths = [], []
+    lengths = []
     for step in range(1, warmup + steps + 1):
-        if step == warmup + 1 and device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        sync(device)
-        started = time.perf_counter()
+        if step == warmup + 1:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            sync(device)
+            started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = t.lr  # constant schedule
         batch = data.next_batch(generator)
@@ -152,14 +157,14 @@ def run_steps(cfg, steps: int, warmup: int, info: D.DistInfo):
         optimizer.step()
         update_ema(ema, model, ema_decay_at(step, t.ema_decay))
         watch.update(step, losses["loss"], grad_norm)
-        sync(device)
         if step > warmup:
-            times.append(time.perf_counter() - started)
             lengths.append(tuple(e.tokens.shape[1] for e in batch[1]))
+    sync(device)
+    s_per_step = (time.perf_counter() - started) / steps
     bad = watch.first_bad()
     if bad is not None:
         raise RuntimeError(f"the benchmark's step {bad[0]} was not finite: {bad[1]}")
-    return times, lengths, model, ema, data
+    return s_per_step, lengths, model, ema, data
 
 
 def peak_memory(device: torch.device, info: D.DistInfo) -> tuple[float, str]:
@@ -179,13 +184,12 @@ def peak_for(device: torch.device, given: float | None) -> float | None:
 def bench_size(size: str, text: str, checkpointing: bool, batch: int, folder: Path, info: D.DistInfo, args) -> dict:
     cfg = load_config(bench_cell(size, text, checkpointing, batch, info.world_size, folder, args))
     encode(cfg, info, args.images)
-    times, lengths, model, ema, data = run_steps(cfg, args.steps, args.warmup, info)
+    s_per_step, lengths, model, ema, data = run_steps(cfg, args.steps, args.warmup, info)
     device = info.device()
     memory, memory_kind = peak_memory(device, info)
     config = D.unwrap(model).config
     median_lengths = tuple(int(statistics.median(n[i] for n in lengths)) for i in range(len(lengths[0])))
     flops = count_flops(config, median_lengths)
-    s_per_step = statistics.median(times)
     per_gpu = batch / s_per_step
     peak = peak_for(device, args.peak_tflops)
     achieved = 3 * flops * per_gpu
@@ -199,7 +203,7 @@ def bench_size(size: str, text: str, checkpointing: bool, batch: int, folder: Pa
             "fsdp2": info.world_size > 1, "batch_per_gpu": batch, "global_batch": batch * info.world_size,
             "activation_checkpointing": checkpointing, "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
             "compiled": device.type == "cuda" if cfg.train.compile is None else cfg.train.compile,
-            "steps_timed": len(times), "s_per_step": s_per_step, "images_per_s_per_gpu": per_gpu,
+            "steps_timed": args.steps, "s_per_step": s_per_step, "images_per_s_per_gpu": per_gpu,
             "text_tokens": list(median_lengths), "forward_gflops_per_image": flops / 1e9,
             "achieved_tflops_per_gpu": achieved / 1e12, "peak_tflops": peak,
             "mfu": achieved / (peak * 1e12) if peak else None, "peak_memory_gb": memory / 1e9,
@@ -239,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="toy sizes, seconds on a CPU (checks that the code runs)")
     parser.add_argument("--batch", type=int, default=None, help="XL/2 images per GPU (default 64; tiny 4)")
-    parser.add_argument("--memory-batch", type=int, default=None, help="G/2 images per GPU (default 8; tiny 2)")
+    parser.add_argument("--memory-batch", type=int, default=None, help="G/2 images per GPU (default 8; tiny 2; lower it if one GPU runs out of memory)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per size (default 20; tiny 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed first steps, compile (default 5; tiny 1)")
     parser.add_argument("--images", type=int, default=None, help="images in the feature shards (default 1024; tiny 32)")
@@ -252,6 +256,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep the weights and shards here (default: rank 0's temporary folder; several nodes: a shared one)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here (rank 0)")
     args = parser.parse_args(argv)
+    if not args.tiny and not torch.cuda.is_available():
+        print("gpu_bench: no GPU here; running --tiny (the same code at toy sizes on the CPU)", file=sys.stderr)
+        args.tiny = True
     tiny = args.tiny
     for name, paper, toy in (("batch", 64, 4), ("memory_batch", 8, 2), ("steps", 20, 2), ("warmup", 5, 1),
                              ("images", 1024, 32), ("host_repeats", 10, 2)):

@@ -19,9 +19,10 @@ batch, and what the host spends per step before and after moving the step's work
    and the loss and gradient norm checked for NaN with a read back to the host every step. "after"
    is the current code: gentron.train_step.StepNoise (this rank's part, from its own generator, on
    the device), gentron.distributed.to_device, Diffusion.to (tables resident), FiniteWatch.update.
-   On a CPU the device is the host, so the copies and reads cost no wait here; what this measures
-   is the host compute that remains, dominated by the noise draw (on a GPU the "after" draw is a
-   kernel launch).
+   The time is the host's: from the start of the work until the host may go on (on a GPU the queued
+   kernels may still run; each arm starts on an idle device). On a CPU the device is the host, so the
+   copies and reads cost no wait; what remains is host compute, dominated by the noise draw (on a
+   GPU the "after" draw is a kernel launch).
 
 Both parts use one intra-op thread; wall time. The machine's load average is printed: on a shared
 machine the absolute numbers are noisy, the ratios (each pair measured in the same run) less so.
@@ -179,20 +180,22 @@ def host_time(repeats: int, frames: int, device: torch.device) -> dict:
         train_step.PER_RANK_NOISE = previous
     watch, generator = FiniteWatch(device, info), torch.Generator().manual_seed(0)
     latents = torch.randn((GLOBAL_BATCH // WORLD, *shape))  # the loader's batch, copied to the device each step
+    pinned = latents.pin_memory() if device.type == "cuda" else latents  # as the loader hands it over on a GPU
     arms = {
         "before": lambda step: (latents.to(device), host_before(diffusion, names, generator, local_slice(GLOBAL_BATCH, info),
                                                                 shape, device)),
-        "after": lambda step: (to_device(latents, device), host_after(resident, names, noise, watch, step, shape, device)),
+        "after": lambda step: (to_device(pinned, device), host_after(resident, names, noise, watch, step, shape, device)),
     }
     times: dict[str, list[float]] = {name: [] for name in arms}
     for step in range(1, repeats + 2):  # interleaved, the first round not counted
         for name, fn in arms.items():
             started = time.perf_counter()
             fn(step)
+            host = time.perf_counter() - started  # until the host may go on (the device may still be working)
             if device.type == "cuda":
-                torch.cuda.synchronize()
+                torch.cuda.synchronize()  # not timed: each arm starts on an idle device
             if step > 1:
-                times[name].append(time.perf_counter() - started)
+                times[name].append(host)
     before, after = statistics.median(times["before"]), statistics.median(times["after"])
     return {"frames": frames, "global_batch": GLOBAL_BATCH, "world_size": WORLD, "lookups_per_step": len(names),
             "before_ms": before * 1e3, "after_ms": after * 1e3, "ratio_before_over_after": before / after,

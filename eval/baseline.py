@@ -42,7 +42,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 @dataclass
 class Baseline:
-    """A baseline of a grid (`baselines: {name: {...}}`) or of `python -m eval.generate`."""
+    """A baseline of a grid (`baselines: {name: {...}}`) or of `python -m ablations.generate`."""
     pipeline: str = required("PixArt-alpha/PixArt-XL-2-512x512")  # a diffusers pipeline folder or cached hub name
     steps: int = 20  # num_inference_steps
     guidance: float = 4.5  # guidance_scale (classifier-free guidance)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from ablations.stages import prompt_records
-from eval.generate import main as generate_main
+from ablations.generate import main as generate_main
 from gentron.config import default_config
 from gentron.generate import sample_rows
 

@@ -68,14 +68,15 @@ def test_the_dry_run_says_where_its_estimate_comes_from_and_what_the_load_does(c
                                                                               capsys):
     fake_cell_costs(monkeypatch, train_s=0.1, sample_s=0.0)
     monkeypatch.setattr(measure.os, "getloadavg", lambda: (4.0, 4.0, 4.0))
+    monkeypatch.setattr(measure, "core_share", lambda: 0.5)  # a busy thread gets half a core: 3 others on 2 cores
     monkeypatch.setattr(measure, "this_machine", lambda: measure.Machine("Test CPU 9000", 2))
     argv = ["grid=conditioning", "dry_run=true", "local.workers=2", f"runs_dir={tmp_path / 'runs'}"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "measured here on Test CPU 9000, 2 cores, load 4.0" in out
+    assert "measured here on Test CPU 9000, 2 cores, load 4.0 (a busy thread gets 0.50 of a core now)" in out
     idle = 7000 * 0.1 / 60  # the two models side by side on two workers: one model's time
-    assert f"estimated time on 2 cores of this machine: {idle * 3:.1f} min at the current load" in out
-    assert f"each cell runs 3.0x slower than on an idle machine ({idle:.1f} min)" in out
+    assert f"estimated time on 2 cores of this machine: {idle * 2.5:.1f} min at the current load" in out
+    assert f"each cell runs 2.5x slower than on an idle machine ({idle:.1f} min)" in out
     assert "from step costs measured on" not in out  # the stored file's line
 
 
@@ -87,11 +88,14 @@ def test_measure_false_reads_the_stored_file_and_bad_values_are_refused(cache, t
         plan(["grid=conditioning", "measure=sometimes"])
 
 
-def test_load_factor():
-    assert measure.load_factor(workers=2, cores=2, load=0.0) == 1.0
-    assert measure.load_factor(workers=1, cores=4, load=2.0) == 1.0  # spare cores: no slower
-    assert measure.load_factor(workers=2, cores=2, load=2.0) == 2.0
-    assert measure.load_factor(workers=8, cores=2, load=0.0) == 1.0  # the runner's own cells: in the estimate
+def test_what_the_load_does_to_the_estimate():
+    assert measure.load_factor(workers=2, cores=2, others=0.0) == 1.0
+    assert measure.load_factor(workers=1, cores=4, others=2.0) == 1.0  # spare cores: no slower
+    assert measure.load_factor(workers=2, cores=2, others=2.0) == 2.0
+    assert measure.load_factor(workers=8, cores=2, others=0.0) == 1.0  # the runner's own cells: in the estimate
+    assert measure.competing(cores=2, load=8.0, share=0.5) == 3.0  # half a core: three others beside it
+    assert measure.competing(cores=2, load=8.0, share=1.0) == 1.0  # a whole core: the host's load is not ours
+    assert measure.competing(cores=4, load=0.3, share=1.0) == 0.3
 
 
 @pytest.mark.slow

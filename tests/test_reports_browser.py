@@ -230,7 +230,7 @@ def test_evaluation_during_training_draws_beside_the_training_curves(browser, tm
         _drawn(page, "[data-testid='stVegaLiteChart']")
         page.get_by_text("validation loss by timestep at step 300").wait_for(timeout=30_000)
         charts = page.locator("[data-testid='stVegaLiteChart']")
-        titles = charts.locator(".role-title-text").all_inner_texts()
+        titles = charts.locator(".role-title-text").evaluate_all("titles => titles.map(t => t.textContent)")
         assert {"validation loss", "judge mean", "judge color", "judge shape",
                 "validation loss by timestep at step 300"} <= set(titles)
         assert page.locator("[data-testid='stVegaLiteChart'] .role-legend").count() == charts.count()

@@ -1,10 +1,10 @@
 """Sample a diffusers pipeline into a standard sample folder, as a trained cell samples (eval.baseline).
 
-    python -m eval.generate --pipeline PixArt-alpha/PixArt-XL-2-512x512 --prompt-set t2i_compbench_val \
+    python -m ablations.generate --pipeline PixArt-alpha/PixArt-XL-2-512x512 --prompt-set t2i_compbench_val \
         --out samples/pixart --steps 20 --guidance 4.5 [--scheduler DPMSolverMultistepScheduler] \
         [--dtype auto|float32|float16|bfloat16] [--resolution 512] [--config runs/g/<cell>/config.yaml] \
         [--seeds 42 43] [--images-per-prompt 1] [--batch-size 16] [--shard k/K] [--noise seed|per_prompt]
-    python -m eval.generate --out samples/pixart --merge      # samples.jsonl once every shard is drawn
+    python -m ablations.generate --out samples/pixart --merge      # samples.jsonl once every shard is drawn
 
 --prompt-set is any set of ablations/conf/prompt_sets.yaml (CompShapes sets, t2i_compbench_val, coco30k,
 geneval), --prompts a prompt file (.txt or .jsonl, gentron.generate.read_prompt_file). Seeds, images per
@@ -28,7 +28,7 @@ from gentron.config import default_config, load_config
 from gentron.errors import exits_on_user_error
 from gentron.generate import NOISES, merge_shards, read_prompt_file
 
-PROG = "python -m eval.generate"
+PROG = "python -m ablations.generate"
 
 
 def option(text: str) -> tuple[str, object]:
