@@ -16,12 +16,12 @@ image/video, batch, sampler) the dry run runs the real code once, small, in a te
 A trained text encoder the store does not hold yet is stood in for by an untrained one of its recipe
 (the same architecture, so the same cost); `train.init_from` is dropped (weights do not change the cost).
 Costs are CPU seconds of one thread, as the file's: the torch threads a cell gets when the local
-runner puts one cell on each core, and wall times are scaled by the process's share of a core while
-it ran, so other processes on the machine do not inflate them. The current load is applied to the
-estimate afterwards (`load_factor`).
+runner puts one cell on each core (thread CPU time; the training log's wall times scaled by the
+thread's share of a core while it trained), so waiting for other processes does not inflate them.
+What the current load does is applied to the estimate afterwards (`competing`, `load_factor`).
 
-Results are cached per machine (CPU model, cores) and code version (a hash of the gentron/ sources)
-in <cache>/step_costs/<cpu>-<cores>c-<version>.yaml, where <cache> is $GENTRON_CACHE, else
+Results are cached per machine (CPU model, cores) and code version (a hash of the gentron/ sources
+and of this file) in <cache>/step_costs/<cpu>-<cores>c-<version>.yaml, where <cache> is $GENTRON_CACHE, else
 $XDG_CACHE_HOME/gentron, else ~/.cache/gentron: a second dry run on the same machine and code measures
 nothing. $GENTRON_MEASURE=0 turns measuring off for every dry run (the test suite does).
 """
@@ -75,11 +75,11 @@ def this_machine() -> Machine:
 
 
 def code_version() -> str:
-    """12 hex digits of the sha1 of every gentron/ source file (path and bytes): a changed model,
-    trainer or sampler measures again."""
+    """12 hex digits of the sha1 of every gentron/ source file and of this one (paths and bytes): a
+    changed model, trainer, sampler or way of measuring measures again."""
     digest = hashlib.sha1()
-    for path in sorted(GENTRON_SOURCES.rglob("*.py")):
-        digest.update(str(path.relative_to(GENTRON_SOURCES)).encode())
+    for path in [*sorted(GENTRON_SOURCES.rglob("*.py")), Path(__file__).resolve()]:
+        digest.update(str(path.relative_to(GENTRON_SOURCES.parent)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 

@@ -1,5 +1,7 @@
 """Measure this machine's step costs for the cells of one or more grids and store them in
-ablations/conf/step_costs.yaml, which every dry run reads to print its estimated time.
+ablations/conf/step_costs.yaml, the costs a dry run reads with `measure=false` (by default a dry run
+measures the machine it runs on itself: ablations/measure.py, which runs the real trainer and sampler;
+benchmarks/estimate_vs_wall.py compares its estimate with a grid's wall time).
 
     python benchmarks/step_costs.py grid=conditioning grid=text_encoder grid=scale grid=mfg [runs_dir=runs]
 

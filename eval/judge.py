@@ -33,6 +33,8 @@ Scores per image, for its category, binary as the headline and `<category>_soft`
   spatial.
 - complex: mean of the parts that apply (binding of colour + texture + shape; the spatial relation if
   any), as T2I-CompBench's 3-in-1; `complex_all` is 1 only if every part holds.
+- counting ("three blue circles"): 1 if exactly that many objects have the shape (and the colour, if
+  named); GenEval's rules on these detections are eval.geneval.compshapes.
 - motion (clips): each phrase bound in every frame (consistency) and each object's box centre moving
   at least MIN_TRAVEL along the stated direction, more than across it, from its first to its last
   bound frame; soft = mean(consistency, fraction of directions right). Alongside, eval.motion's

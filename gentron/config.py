@@ -89,7 +89,7 @@ class DataConfig:
     kind: Literal["compshapes", "image_folder", "manifest", "webdataset", "video_folder"] = "compshapes"
     resolution: int = 20
     num_train: int = 20000  # CompShapes only: how many images to draw
-    categories: list[str] | None = None  # CompShapes only: training categories (None: all six)
+    categories: list[str] | None = None  # CompShapes only: training categories (None: the six and counting)
     seed: int = 0
     video: bool = False
     num_frames: int = 8
