@@ -452,14 +452,13 @@ def plan(argv: list[str]) -> Plan:
     """Parse, compose and expand: every error a user can cause surfaces here, before anything runs."""
     run, overrides = parse_args(argv)
     recipes = {k: overrides.pop(k) for k in list(overrides) if k.split(".")[0] == RECIPE_SECTION}
-    grid = load_grid(run.grid, run.profile, run.runs_dir, recipes)
-    named = grid.source if grid.source != str(GRIDS_DIR / f"{grid.name}.yaml") else grid.name
-    grid = presets.apply(grid, run.preset, recipes)
+    grid = presets.apply(load_grid(run.grid, run.profile, run.runs_dir, recipes), run.preset, recipes)
     _check_folder(Path(run.runs_dir) / grid.name, "the grid's runs folder")
     if run.seeds is not None:
         grid.seeds = list(run.seeds)
     cells = expand(grid, overrides) + baseline_cells(grid, overrides, make_cell)
     log.debug("grid %s (%s): %d cells", run.grid, run.profile, len(cells))
+    named = grid.source if grid.source != str(GRIDS_DIR / f"{Path(grid.source).stem}.yaml") else Path(grid.source).stem
     return Plan(run=run, grid=grid, cells=cells, args=plan_arguments(named, run.profile, list(argv)))
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import yaml
 
 from ablations import costs as sc
-from ablations.grid import Cell, Plan, local_workers
+from ablations.grid import Cell, Plan, local_workers, spec_folder
 from gentron.config import load_config, to_dict
 from gentron.io import atomic_write_text
 
@@ -235,8 +235,7 @@ def stand_in_config(cell: Cell, store: Path):
     values = to_dict(cell.config)
     for i, spec in enumerate(cell.config.text_encoders):
         recipe = cell.recipe(spec)
-        folder = None if recipe is None else Path(next(f for f, r in cell.encoders.items() if r is recipe))
-        if recipe is not None and not folder.is_dir():
+        if recipe is not None and not Path(spec_folder(spec)).is_dir():
             values["text_encoders"][i] = encoder_spec(load_recipe(recipe), store)
             _untrained_encoder(recipe, store)
     t = values["train"]

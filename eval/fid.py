@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from eval import weights
 from eval.arguments import OneLineParser, device_name, existing_folder, non_empty, output_file, output_folder, whole_number
@@ -46,6 +45,7 @@ from eval.common import generation_protocol, image_files, load_samples, read_par
 from eval.stats import bootstrap_statistic
 from gentron.errors import exits_on_user_error, positive_int
 from gentron.io import atomic_write_bytes
+from gentron.progress import progress
 from gentron.partition import shard_range
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def sharded_features(files: list[Path], cache_dir: str | Path | None, extractor:
     if cache_dir is None:
         return file_features(files, extractor, mode, **kwargs)
     parts = [shard_features(part, Path(cache_dir), extractor, mode, check=False, **kwargs)
-             for part in tqdm(shards(files, shard_size), desc=desc, unit="shard")]
+             for part in progress(shards(files, shard_size), desc=desc, unit="shard")]
     return np.concatenate(parts)
 
 
@@ -454,7 +454,7 @@ def merged_features(partials: list[dict]) -> np.ndarray:
 def _feature_partial(parts: list[list[Path]], cache_dir: Path, ext: Extractor, mode: str, opts: dict) -> dict:
     """Compute (or find cached) the features of these feature shards; the partial lists their files."""
     refuse_damaged([f for part in parts if not _shard_path(cache_dir, part, ext, mode).exists() for f in part], "sample")
-    for part in tqdm(parts, desc="sample features", unit="shard"):
+    for part in progress(parts, desc="sample features", unit="shard"):
         shard_features(part, cache_dir, ext, mode, **opts)
     return {"protocol": {"feature_extractor": ext.name, "mode": mode, "resize": ext.resize},
             "per_image": [], "feature_files": [str(_shard_path(cache_dir, part, ext, mode)) for part in parts],

@@ -136,8 +136,8 @@ def show_validation(cells: pd.DataFrame, data: list[results.GridData]) -> None:
     st.caption("Progress numbers on a small fixed sample, not the cells' final metrics (those are in Table): the "
                "EMA weights' loss on a fixed held-out batch with fixed noise, and the CompShapes judge on fixed "
                "held-out prompts per category. Lines: mean over an arm's seeds; band: a 95% t-interval over its "
-               "seeds, or for one seed a judge score's Wilson 95% interval over its prompts (a loss of one seed "
-               "has none).")
+               "seeds (within [0, 1] for a judge score), or for one seed a judge score's Wilson 95% interval over "
+               "its prompts (a loss of one seed has none).")
 
 
 def view_numeric_axis(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.GridData]) -> None:

@@ -4,8 +4,9 @@
 Two frames, both per arm (seeds averaged, grid.yaml's arm order) and step:
 
 - `arm_curves`: the validation loss, the judge's mean and each judged category against the step.
-  The band: a t-interval over an arm's seeds where it has several; for one seed, the judge's
-  scores (binary per prompt) carry a Wilson 95% interval over their prompts, the loss none.
+  The band: a t-interval over an arm's seeds where it has several (cut to [0, 1] for a judge score,
+  to >= 0 for the loss); for one seed, the judge's scores (binary per prompt) carry a Wilson 95%
+  interval over their prompts, the loss none.
 - `timestep_curves`: the validation loss of each timestep bin at each evaluated step.
 
 These are progress numbers on a small fixed sample, never a cell's final metrics (its evaluators'
@@ -98,7 +99,12 @@ def arm_curves(rows_of: dict[str, list[dict]], cells: pd.DataFrame,
     `rows_of` maps a cell_id to its validation rows (read_validation)."""
     parts = [cell_curves(rows_of.get(c, []), g, c) for g, c in zip(cells["grid"], cells["cell_id"])]
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
-    return _per_arm(frame.drop(columns="n"), cells, order or {}, ["step"])
+    out = _per_arm(frame.drop(columns="n"), cells, order or {}, ["step"])
+    # a t-interval over few seeds is wide: kept within what the numbers can be (a rate in [0, 1], a loss >= 0)
+    rate = out["metric"] != LOSS
+    out.loc[rate, ["ci_low", "ci_high"]] = out.loc[rate, ["ci_low", "ci_high"]].clip(0, 1)
+    out.loc[~rate, "ci_low"] = out.loc[~rate, "ci_low"].clip(lower=0)
+    return out
 
 
 def timestep_curves(rows_of: dict[str, list[dict]], cells: pd.DataFrame,

@@ -211,7 +211,7 @@ def test_paper_profile_rehearsed_end_to_end(slurm_cluster, paper_assets, tmp_pat
     drawn = rehearse(grid_dir, requeued.name)
 
     # The requeued training job stopped at the step its SIGTERM arrived, checkpointed it (sharded) and the
-    # requeued run resumed there: not from the periodic checkpoint before it, not from step 0.
+    # requeued run resumed there, from that checkpoint (sharded-<step>): not a periodic one, not step 0.
     jobs = read_jobs(grid_dir)
     log = job_log(next(e for e in jobs["train"] if e["cell"] == requeued.name))
     stopped = [int(s) for s in re.findall(rf"stopped at step (\d+) of {STEPS}", log)]

@@ -66,7 +66,16 @@ def test_arm_curves_average_seeds_with_a_t_interval(runs):
     row = color[color["step"] == 200].iloc[0]
     half = student_t.ppf(0.975, 1) * pd.Series(seeds).std() / math.sqrt(2)
     assert row["mean"] == pytest.approx(sum(seeds) / 2)
-    assert (row["ci_low"], row["ci_high"]) == (pytest.approx(row["mean"] - half), pytest.approx(row["mean"] + half))
+    # t with 1 degree of freedom is wide: the band is cut to what a rate can be
+    assert (row["ci_low"], row["ci_high"]) == (pytest.approx(max(0.0, row["mean"] - half)),
+                                               pytest.approx(min(1.0, row["mean"] + half)))
+    assert row["mean"] + half > 1.0
+    shape = curves[(curves["metric"] == "judge shape")]  # the same in every cell: no spread, no band width
+    assert (shape["ci_low"] == 0.5).all() and (shape["ci_high"] == 0.5).all()
+    loss = curves[(curves["metric"] == progress.LOSS) & (curves["arm"] == "adaln") & (curves["step"] == 100)].iloc[0]
+    spread = [1.0 / 100, 1.0 / 100 + 0.01]
+    loss_half = student_t.ppf(0.975, 1) * pd.Series(spread).std() / math.sqrt(2)
+    assert loss["ci_low"] == 0.0 and loss["ci_high"] == pytest.approx(sum(spread) / 2 + loss_half)
 
 
 def test_one_seed_gets_a_wilson_band_for_the_judge_and_none_for_the_loss(tmp_path):

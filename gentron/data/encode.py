@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from tqdm import tqdm
 
 from gentron.config import CellConfig, load_config
 from gentron.data.real import BadSample, BadUnit
@@ -30,6 +29,7 @@ from gentron.data.shards import (DTYPE_NAMES, EMPTY_PROMPT, FORMAT, INDEX, data_
 from gentron.data.sources import as_source, open_dataset
 from gentron.errors import exits_on_user_error, positive_int
 from gentron.io import atomic_torch_save, atomic_write_json, remove_stale_temporaries
+from gentron.progress import progress
 from gentron.text import build_text_encoders
 from gentron.vae import build_vae
 
@@ -167,7 +167,7 @@ def encode_shards(cfg, out_dir: str | os.PathLike, shard: int = 0, num_shards: i
         captions.extend(batch)
         pending.clear()
 
-    for unit in tqdm(mine, desc=f"encode shard {shard}/{num_shards}"):
+    for unit in progress(mine, desc=f"encode shard {shard}/{num_shards}"):
         try:
             for entry in source.entries(unit):
                 try:
