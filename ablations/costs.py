@@ -319,7 +319,7 @@ def format_estimate(p: Plan, costs: dict | None = None) -> str:
     if e["gpu_only"] == len(p.cells):
         return (f"estimated time on this machine's CPU: not estimated: every cell is beyond {CPU_PARAM_LIMIT / 1e6:.0f}M "
                 "parameters and needs GPUs (GPU-h (est.) above)")
-    line = (f"estimated time on {e['workers']} cores of this machine: {e['total_s'] / 60:.1f} min "
+    line = (f"estimated time on {e['workers']} core{'s' if e['workers'] != 1 else ''} of this machine: {e['total_s'] / 60:.1f} min "
             f"({e['encoders']} text encoders to train: {e['encoders_s'] / 60:.1f} min; {e['groups']} models to train "
             f"and sample: {e['cells_s'] / 60:.1f} min), from step costs measured on {e['machine']} "
             f"({COSTS_FILE.relative_to(CONF_DIR.parent.parent)})")

@@ -333,7 +333,7 @@ def format_estimate(p: Plan, table: dict | None = None, load: float | None = Non
     share = core_share() if share is None else share
     others = competing(cores, load, share)
     factor = load_factor(e["workers"], cores, others)
-    line = (f"estimated time on {e['workers']} cores of this machine: {e['total_s'] * factor / 60:.1f} min at the "
+    line = (f"estimated time on {e['workers']} core{'s' if e['workers'] != 1 else ''} of this machine: {e['total_s'] * factor / 60:.1f} min at the "
             f"current load ({e['encoders']} text encoders to train: {e['encoders_s'] * factor / 60:.1f} min; "
             f"{e['groups']} models to train and sample: {e['cells_s'] * factor / 60:.1f} min)\n"
             f"  measured here on {table['machine']}, load {load:.1f} (a busy thread gets {share:.2f} of a core now): ")

@@ -89,7 +89,7 @@ def format_cost(p: Plan, table: dict | None = None) -> str:
     what = (f"validation loss on {first.eval_batch} items" + (f" and the judge on {images} samples of "
             f"{first.eval_sample_steps} steps" if images else ""))
     on_cpu = any(costs.counts(c).params <= costs.CPU_PARAM_LIMIT for c in evaluating)
-    cpu = (f"about {cpu_s / 60:.1f} min more on {workers} cores of this machine (not in the estimate above); "
+    cpu = (f"about {cpu_s / 60:.1f} min more on {workers} core{'s' if workers != 1 else ''} of this machine (not in the estimate above); "
            if on_cpu else "")
     line = (f"evaluation during training (train.eval_every={first.eval_every}): {'/'.join(map(str, counts))} "
             f"evaluation{'' if counts == [1] else 's'} per cell ({what} each): {cpu}GPU-h (est.) per cell: "

@@ -1,4 +1,6 @@
 """Grid composition, expansion, cell ids, the override grammar and its errors (no training)."""
+import re
+
 import pytest
 
 from ablations.grid import available_grids, parse_args, plan
@@ -285,17 +287,21 @@ def test_a_grid_name_cannot_lead_outside_runs_dir(grid, tmp_path):
 
 def test_the_paper_dry_run_lists_what_is_missing_and_exits_zero(tmp_path, capsys):
     """Missing weights, data and prompt files are what a dry run is for: it lists them (preflight) and
-    exits 0; the CPU time estimate skips cells that need GPUs and counts missing prompt sets as unknown."""
+    exits 0; the CPU time estimate skips cells that need GPUs and counts a missing prompt set at its paper size."""
     argv = ["grid=conditioning", "profile=paper", "dry_run=true", "data.path=/tmp/nodata", f"runs_dir={tmp_path}"]
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "error" not in captured.err and "preflight:" in captured.out
     assert "prompt set 't2i_compbench_val': no file matches" in captured.out
     assert "not estimated: every cell is beyond 100M parameters and needs GPUs" in captured.out
-    assert main(["grid=conditioning", "dry_run=true", "sample.prompt_sets=[compshapes_smoke,coco30k]",
-                 f"runs_dir={tmp_path}"]) == 0
-    out = capsys.readouterr().out
-    assert "unknown (left out of the estimate): prompt set coco30k" in out
+    minutes = {}
+    for sets in ("compshapes_smoke", "compshapes_smoke,coco30k"):
+        assert main(["grid=conditioning", "dry_run=true", f"sample.prompt_sets=[{sets}]", f"runs_dir={tmp_path}"]) == 0
+        out = capsys.readouterr().out
+        minutes[sets] = float(re.search(r"estimated time on [0-9]+ cores? of this machine: ([0-9.]+) min", out).group(1))
+    # a prompt set whose file is absent counts at its paper size (30,000 COCO captions, one image each)
+    assert "prompt set 'coco30k': no file matches" in out
+    assert minutes["compshapes_smoke,coco30k"] > 2 * minutes["compshapes_smoke"]
     assert not any(tmp_path.iterdir())
 
 
