@@ -37,7 +37,8 @@ import yaml
 
 from ablations import gpu_hours as gh
 from ablations import runfolder, stages
-from ablations.grid import Cell, Plan, local_workers
+from ablations.command_line import local_workers
+from ablations.grid import Cell, Plan
 from ablations.identity import train_key
 from ablations.registries import CONF_DIR
 from gentron.config import CellConfig

@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 
 from ablations import costs, measure, preflight, results, runfolder, stages, validation_costs
-from ablations.grid import Plan, local_workers, plan, usage
+from ablations.command_line import local_workers
+from ablations.grid import Plan, plan, usage
 from ablations.identity import train_key
 from gentron.errors import EXIT_USER_ERROR, USER_ERRORS, ConfigError, one_line
 from gentron.io import StorageError, make_folder

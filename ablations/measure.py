@@ -41,7 +41,8 @@ from pathlib import Path
 import yaml
 
 from ablations import costs as sc
-from ablations.grid import Cell, Plan, local_workers, spec_folder
+from ablations.command_line import local_workers
+from ablations.grid import Cell, Plan, spec_folder
 from gentron.config import load_config, to_dict
 from gentron.io import atomic_write_text
 

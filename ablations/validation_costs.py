@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 
 from ablations import costs, gpu_hours, runfolder
-from ablations.grid import Cell, Plan, local_workers
+from ablations.command_line import local_workers
+from ablations.grid import Cell, Plan
 from ablations.identity import train_key
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ablations.grid import parse_args
+from ablations.command_line import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
