@@ -1,6 +1,6 @@
 """A cell's manifest.json: provenance (git commit, dirty flag, package versions, host, seeds) and the
 state of each stage. A stage's entry turns `done` only after its outputs are written, in one atomic
-write, together with a record of those outputs (`outputs`: ablations.runfolder.record_outputs): the
+write, together with a record of those outputs (`outputs`: ablations.outputs.record_outputs): the
 entry is the stage's completion marker, and the record is what runfolder.status checks the folder
 against. `running` without `done` is a partial stage. A stage that starts again resets the stages
 after it to pending (their outputs came from what it is about to replace).

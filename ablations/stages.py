@@ -34,12 +34,13 @@ import socket
 import time
 from pathlib import Path
 
-from ablations import manifest, runfolder
+from ablations import manifest, outputs, runfolder
 from ablations.baselines import mark_pretrained
 from ablations.grid import Cell, metric_prompt_set
 from ablations.identity import train_key
 from ablations.registries import registry
-from ablations.runfolder import CELL, CHECKPOINT, CONFIG, EVAL, IMAGES, METRICS, SAMPLES, STAGES, TRAIN_LOG, Damage
+from ablations.outputs import CHECKPOINT, EVAL, IMAGES, METRICS, SAMPLES, Damage
+from ablations.runfolder import CELL, CONFIG, STAGES, TRAIN_LOG
 from gentron.config import CellConfig, SampleConfig, load_config, save_config, to_dict
 from gentron.errors import one_line
 from gentron.generate import prompt_set, read_prompt_file
@@ -113,7 +114,7 @@ def _run_stage(cell_dir: Path, stage: str, body, config: CellConfig) -> None:
         started = begin_stage(cell_dir, stage, config)
         try:
             extra = body() or {}
-            outputs = runfolder.record_outputs(cell_dir, stage, to_dict(config))
+            recorded = outputs.record_outputs(cell_dir, stage, to_dict(config))
         except BaseException as error:
             disk = _disk_problem(error, cell_dir)
             try:
@@ -123,7 +124,7 @@ def _run_stage(cell_dir: Path, stage: str, body, config: CellConfig) -> None:
             if disk is not None and disk is not error:
                 raise disk from error
             raise
-        manifest.finish(cell_dir, stage, started, "done", STAGES, outputs=outputs, **extra)
+        manifest.finish(cell_dir, stage, started, "done", STAGES, outputs=recorded, **extra)
 
 
 def _disk_problem(error: BaseException, cell_dir: Path) -> StorageError | None:
@@ -142,15 +143,15 @@ def begin_stage(cell_dir: Path, stage: str, config: CellConfig) -> float:
     later = STAGES[STAGES.index(stage) + 1:]
     started = manifest.begin(cell_dir, stage, later)
     for after in later:
-        for rel in runfolder.stage_output_paths(cell_dir, after, to_dict(config)):
+        for rel in outputs.stage_output_paths(cell_dir, after, to_dict(config)):
             _remove_output(cell_dir, rel, after)
     return started
 
 
 def finish_stage(cell_dir: Path, stage: str, started: float, config: CellConfig, **extra) -> None:
     """Mark `stage` done, with the record of its outputs that runfolder.status checks them against."""
-    outputs = runfolder.record_outputs(cell_dir, stage, to_dict(config))
-    manifest.finish(cell_dir, stage, started, "done", STAGES, outputs=outputs, **extra)
+    recorded = outputs.record_outputs(cell_dir, stage, to_dict(config))
+    manifest.finish(cell_dir, stage, started, "done", STAGES, outputs=recorded, **extra)
 
 
 def _remove_output(cell_dir: Path, rel: str, stage: str) -> None:
@@ -195,7 +196,7 @@ def _remove_unreadable_images(folder: Path) -> int:
     from PIL import Image
 
     removed = 0
-    for name, _ in runfolder._listed_images(folder):
+    for name, _ in outputs.listed_images(folder):
         path = folder / name
         try:
             with Image.open(path) as image:
@@ -486,7 +487,7 @@ def shardable(metric: str) -> bool:
 
 
 def _scored(out: Path) -> bool:
-    return out.exists() and runfolder.json_problem(out) is None  # kept from an interrupted run of this stage
+    return out.exists() and outputs.json_problem(out) is None  # kept from an interrupted run of this stage
 
 
 def _score(cell_dir: Path, config: CellConfig, name: str, shard: tuple[int, int] | None) -> dict:

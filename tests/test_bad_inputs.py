@@ -377,7 +377,7 @@ DAMAGED_ROWS = [
 def finished_grid(tmp_path_factory):
     """The conditioning grid's folder as the runner leaves it finished (its outputs stand-ins, recorded
     in the manifests as the runner records them), without training anything."""
-    from ablations import manifest, runfolder
+    from ablations import manifest, outputs, runfolder
     from tests.support.report_fixtures import build_planned_grid
 
     runs = tmp_path_factory.mktemp("finished_runs")
@@ -385,7 +385,7 @@ def finished_grid(tmp_path_factory):
     for cell_dir in runfolder.cell_dirs(grid_dir):
         found, config = manifest.read(cell_dir), runfolder.read_yaml_or_empty(cell_dir / "config.yaml")
         for stage in runfolder.STAGES:
-            found["stages"][stage]["outputs"] = runfolder.record_outputs(cell_dir, stage, config)
+            found["stages"][stage]["outputs"] = outputs.record_outputs(cell_dir, stage, config)
         manifest.write(cell_dir, found)
         assert runfolder.status(cell_dir).status == "done"
     return grid_dir

@@ -148,7 +148,7 @@ def test_a_redone_stage_keeps_the_stages_before_it(finished, tmp_path):
 
 
 def test_a_checkpoint_too_big_to_digest_is_caught_by_its_checksum_when_sampled(finished, tmp_path, caplog):
-    """A checkpoint beyond runfolder.DIGEST_LIMIT is checked by size only at each status; overwritten
+    """A checkpoint beyond ablations.outputs.DIGEST_LIMIT is checked by size only at each status; overwritten
     in place with other bytes of the same size, it is caught when sampling loads it (its own checksum):
     it is moved aside, training runs again from the checkpoint before it, and sampling follows."""
     runs, grid_dir = copy_of(finished, tmp_path)

@@ -288,12 +288,17 @@ def test_paper_profile_rehearsed_end_to_end(slurm_cluster, paper_assets, tmp_pat
     clip = a["env"]["GENTRON_CLIP_SCORE_MODEL"]
     assert clip_scores(clip, tmp_path / "matching", False) > clip_scores(clip, tmp_path / "shuffled", True) + 10
 
-    # Sampling shard 1 of the requeued cell was stopped mid-shard and resumed at the image (each run logs
-    # what it drew), and the sharded, interrupted stages equal the cell sampled and scored whole.
+    # Sampling shard 1 of the requeued cell was stopped mid-shard (in whichever of its prompt sets the kill
+    # landed) and ran again, resuming at the image: each prompt set's drawing ends once, with a "wrote" line
+    # of what that run drew, and the two runs together drew each image once (the killed run's last images
+    # are in no line). The sharded, interrupted stages equal the cell sampled and scored whole.
     entry = next(e for e in jobs["sample-shards"] if e["cell"] == requeued.name and e["shard"] == 1)
-    shard_total = SAMPLED["t2i_compbench_val"] // 2
-    wrote = [int(n) for n in re.findall(r"wrote (\d+) samples of shard 1/2 to \S+/t2i_compbench_val", job_log(entry))]
-    assert 1 <= drawn < shard_total and len(wrote) == 1 and wrote[0] <= shard_total - drawn, (drawn, wrote)
+    text = job_log(entry)
+    assert text.count("running ablations.stages.sample_shard(") == 2 and drawn >= 1, (drawn, text[-3000:])
+    wrote = {name: [int(n) for n in re.findall(rf"wrote (\d+) samples of shard 1/2 to \S+/{name}$", text, re.M)]
+             for name in SAMPLED}
+    assert all(len(counts) == 1 for counts in wrote.values()), wrote
+    assert sum(counts[0] for counts in wrote.values()) < sum(SAMPLED.values()) // 2, wrote
     assert len(jobs["sample-shards"]) == len(jobs["evaluate-shards"]) == 2 * len(cells)
     local = rerun_unsharded(requeued, tmp_path / "local", a["env"])
     for name in SAMPLED:
