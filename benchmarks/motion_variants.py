@@ -48,6 +48,7 @@ VARIANTS: dict[str, tuple[dict, float]] = {  # name: (overrides on BASE, motion 
     "f4_dist06_1k": ({"data": {"num_frames": 4}, "train": {"steps": 1000}}, 0.6),
     "f4_lr2e-3_1k": ({"data": {"num_frames": 4}, "train": {"steps": 1000, "lr": 2e-3}}, 0.3),
     "f4_3k": ({"data": {"num_frames": 4}, "train": {"steps": 3000}}, 0.3),
+    "f8_1500": ({"train": {"steps": 1500}}, 0.3),  # the same compute as f4_3k
     "f4_dist05_500": ({"data": {"num_frames": 4}, "train": {"steps": 500}}, 0.5),
 }
 

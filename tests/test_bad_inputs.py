@@ -381,7 +381,7 @@ def finished_grid(tmp_path_factory):
     from tests.support.report_fixtures import build_planned_grid
 
     runs = tmp_path_factory.mktemp("finished_runs")
-    grid_dir = build_planned_grid(runs, ["grid=conditioning"], n_prompts=6)
+    grid_dir = build_planned_grid(runs, ["grid=conditioning", *FINISHED_GRID_SETS], n_prompts=6)
     for cell_dir in runfolder.cell_dirs(grid_dir):
         found, config = manifest.read(cell_dir), runfolder.read_yaml_or_empty(cell_dir / "config.yaml")
         for stage in runfolder.STAGES:
@@ -389,6 +389,10 @@ def finished_grid(tmp_path_factory):
         manifest.write(cell_dir, found)
         assert runfolder.status(cell_dir).status == "done"
     return grid_dir
+
+
+# the finished grid's stand-in outputs fill one prompt set and its metric
+FINISHED_GRID_SETS = ["sample.prompt_sets=[compshapes_mini]"]
 
 
 def _damage(path: Path, how: str) -> None:
@@ -409,11 +413,12 @@ def test_a_damaged_output_is_named_in_one_line(rel, how, message, finished_grid,
 
     runs = tmp_path / "runs"
     shutil.copytree(finished_grid.parent, runs)
-    cell = plan(["grid=conditioning"]).cells[0].cell_id
+    argv = ["grid=conditioning", *FINISHED_GRID_SETS]
+    cell = plan(argv).cells[0].cell_id
     _damage(runs / "conditioning" / cell / rel, how)
     from ablations.launch import main
 
-    code = main(["grid=conditioning", "dry_run=true", f"runs_dir={runs}"])
+    code = main([*argv, "dry_run=true", f"runs_dir={runs}"])
     out, err = capsys.readouterr()
     assert "Traceback" not in err and code == 0, err[-2000:]
     lines = [line for line in out.splitlines() if line.startswith(f"cell {cell}:") and message in line]
