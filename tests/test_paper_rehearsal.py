@@ -298,7 +298,9 @@ def test_paper_profile_rehearsed_end_to_end(slurm_cluster, paper_assets, tmp_pat
     wrote = {name: [int(n) for n in re.findall(rf"wrote (\d+) samples of shard 1/2 to \S+/{name}$", text, re.M)]
              for name in SAMPLED}
     assert all(len(counts) == 1 for counts in wrote.values()), wrote
-    assert sum(counts[0] for counts in wrote.values()) < sum(SAMPLED.values()) // 2, wrote
+    # never more than the shard: what the killed run drew of the set it was in is not drawn again (the
+    # kill can land between two prompt sets, where the resumed run has nothing of that set to skip)
+    assert sum(counts[0] for counts in wrote.values()) <= sum(SAMPLED.values()) // 2, wrote
     assert len(jobs["sample-shards"]) == len(jobs["evaluate-shards"]) == 2 * len(cells)
     local = rerun_unsharded(requeued, tmp_path / "local", a["env"])
     for name in SAMPLED:

@@ -64,7 +64,7 @@ def test_dry_run_prints_the_evaluation_cost_only_when_evaluating(tmp_path, capsy
     table = costs.load_costs()
     per_model = [8 * validation_costs.evaluation_seconds(c, table, []) for c in p.cells]
     minutes = costs._pack(sorted(per_model, reverse=True), launch.local_workers(p.run)) / 60
-    assert re.search(rf"about {minutes:.1f} min more on \d+ cores", line)
+    assert re.search(rf"about {minutes:.1f} min more on \d+ cores?", line)
     assert launch.main(["grid=conditioning", "train.steps=400", f"runs_dir={tmp_path}", "dry_run=true"]) == 0
     assert "evaluation during training" not in capsys.readouterr().out
 
