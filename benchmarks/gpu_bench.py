@@ -53,10 +53,9 @@ from gentron.config import load_config
 from gentron.data.encode import encode_shards
 from gentron.data.training import build_training_data
 from gentron.diffusion import Diffusion
-from gentron.optim import ema_decay_at, update_ema
 from gentron.sizes import count_flops, count_params
 from gentron.train import _build_model
-from gentron.train_step import FiniteWatch, StepNoise, autocast_for, device_settings, forward_backward
+from gentron.train_step import FiniteWatch, StepNoise, autocast_for, device_settings, training_step
 
 log = logging.getLogger("gpu_bench")
 
@@ -146,17 +145,9 @@ def run_steps(cfg, steps: int, warmup: int, info: D.DistInfo):
                 torch.cuda.reset_peak_memory_stats(device)
             sync(device)
             started = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = t.lr  # constant schedule
-        batch = data.next_batch(generator)
-        timesteps, eps = noise.draw(generator, tuple(batch[0].shape[1:]), device)
-        optimizer.zero_grad(set_to_none=True)
-        losses = forward_backward(model, diffusion, batch, timesteps, eps, t.grad_accum, autocast)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        optimizer.step()
-        update_ema(ema, model, ema_decay_at(step, t.ema_decay))
-        watch.update(step, losses["loss"], grad_norm)
+        _, _, batch = training_step(model, optimizer, ema, diffusion, data, generator, noise, device, autocast, watch,
+                                    step=step, lr=t.lr, grad_accum=t.grad_accum, grad_clip=t.grad_clip,
+                                    ema_decay=t.ema_decay)  # constant learning rate
         if step > warmup:
             lengths.append(tuple(e.tokens.shape[1] for e in batch[1]))
     sync(device)

@@ -51,13 +51,13 @@ from gentron.diffusion import Diffusion
 from gentron.errors import ConfigError, exits_on_user_error
 from gentron.io import remove_stale_temporaries
 from gentron.model import GenTron
-from gentron.optim import ema_decay_at, lr_at, update_ema
+from gentron.optim import lr_at
 from gentron.preemption import StopRequest
 from gentron.progress import progress
 from gentron.text import build_text_encoders
 from gentron.train_log import LOG_FILE, MetricsLog
 from gentron.train_step import (FiniteWatch, StepNoise, autocast_for, compile_blocks, device_settings,
-                                forward_backward)
+                                training_step)
 from gentron.validation import VALIDATION_FILE, Validator
 from gentron.vae import build_vae
 
@@ -292,18 +292,10 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path, judge=None) 
     with StopRequest(info) as stop, bar, closing(metrics), closing(data):
         while step < t.steps and not stop.should_stop():
             lr = lr_at(step, t.lr, t.steps, t.warmup_steps, t.lr_schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = data.next_batch(generator)
-            timesteps, eps = noise.draw(generator, tuple(batch[0].shape[1:]), device)
-            optimizer.zero_grad(set_to_none=True)
-            losses = forward_backward(model, diffusion, batch, timesteps, eps, t.grad_accum, autocast)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-            optimizer.step()
+            losses, grad_norm, _ = training_step(model, optimizer, ema, diffusion, data, generator, noise, device,
+                                                 autocast, watch, step=step + 1, lr=lr, grad_accum=t.grad_accum,
+                                                 grad_clip=t.grad_clip, ema_decay=t.ema_decay)
             step += 1
-            update_ema(ema, model, ema_decay_at(step, t.ema_decay))
-            watch.update(step, losses["loss"], grad_norm)
             window_steps += 1
             bar.update(1)
 

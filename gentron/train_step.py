@@ -18,6 +18,7 @@ import torch
 
 from gentron import distributed as D
 from gentron.errors import ConfigError
+from gentron.optim import ema_decay_at, update_ema
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,26 @@ def forward_backward(model, diffusion, batch, timesteps, noise, accum: int, auto
             share = None if value is None else value.detach() / accum
             totals[key] = share if totals.get(key) is None else totals[key] + share
     return totals
+
+
+def training_step(model, optimizer, ema, diffusion, data, generator, noise, device, autocast, watch, *,
+                  step: int, lr: float, grad_accum: int, grad_clip: float, ema_decay: float):
+    """Step number `step` of training, the one body the trainer and the GPU benchmark run: the learning
+    rate set, the next batch and its noise drawn, loss and gradients over `grad_accum` micro-batches,
+    the gradient norm clipped, AdamW, the EMA at its decay for `step`, and the finite watch (no host
+    wait). Returns (losses, grad_norm, batch)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    batch = data.next_batch(generator)
+    timesteps, eps = noise.draw(generator, tuple(batch[0].shape[1:]), device)
+    optimizer.zero_grad(set_to_none=True)
+    losses = forward_backward(model, diffusion, batch, timesteps, eps, grad_accum, autocast)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    optimizer.step()
+    update_ema(ema, model, ema_decay_at(step, ema_decay))
+    watch.update(step, losses["loss"], grad_norm)
+    return losses, grad_norm, batch
 
 
 class FiniteWatch:
