@@ -22,7 +22,6 @@ import yaml
 
 from eval.paired import (CORRECTION_NAMES, CORRECTIONS, LEVEL, N_BOOT, adjust, difference_of, paired_table,
                          verdict)
-from eval.paired import BETTER, NOT_SEPARATED, WORSE  # noqa: F401  (TODO-REEXPORT)
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from eval import verdicts
+from eval import paired, verdicts
 from reports.results import FEW, MIN_PROMPTS, SEED, STEPS, as_text, count_text, group_over_seeds
 
 CATEGORIES = ["color", "shape", "texture", "spatial", "non-spatial", "complex"]
@@ -227,9 +227,9 @@ def paper_difference(arm_row: int, reference_row: int, category: str) -> float:
 def agreement(verdict: str, paper_diff: float) -> str:
     """`agrees` when our separated verdict has the paper's sign, `disagrees` when the opposite sign
     (or the paper shows no difference), `not separated` when ours is not separated."""
-    ours = {verdicts.BETTER: 1, verdicts.WORSE: -1}.get(verdict, 0)
+    ours = {paired.BETTER: 1, paired.WORSE: -1}.get(verdict, 0)
     if ours == 0:
-        return verdicts.NOT_SEPARATED
+        return paired.NOT_SEPARATED
     return AGREES if ours == np.sign(paper_diff) else DISAGREES
 
 
@@ -313,9 +313,9 @@ def with_verdicts(table: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFram
 
 
 def _verdict_text(verdict: str, reference: str, vs_paper: str) -> str:
-    if verdict == verdicts.NOT_SEPARATED:
+    if verdict == paired.NOT_SEPARATED:
         return f"not separated from {reference}"
-    relation = {verdicts.BETTER: "better than", verdicts.WORSE: "worse than"}.get(verdict, verdict + " than")
+    relation = {paired.BETTER: "better than", paired.WORSE: "worse than"}.get(verdict, verdict + " than")
     return f"{relation} {reference}, {vs_paper}"
 
 

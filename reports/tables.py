@@ -10,7 +10,7 @@ import streamlit as st
 if TYPE_CHECKING:
     import altair as alt
 
-from eval import verdicts
+from eval import paired, verdicts
 from reports import results
 from reports.loading import cached_scores, cached_verdicts, scores_stamp
 from reports.results import AXIS_PREFIX, CONFIG_PREFIX, FEW, MIN_PROMPTS, SEED
@@ -131,8 +131,8 @@ def view_verdicts(long: pd.DataFrame, cells: pd.DataFrame, data: list[results.Gr
                            f"verdicts_{grid.name}.csv", "text/csv", key=f"verdicts:csv:{grid.name}")
 
 
-VERDICT_SHAPES = {verdicts.BETTER: "triangle-right", verdicts.WORSE: "triangle-left",
-                  verdicts.NOT_SEPARATED: "circle"}
+VERDICT_SHAPES = {paired.BETTER: "triangle-right", paired.WORSE: "triangle-left",
+                  paired.NOT_SEPARATED: "circle"}
 
 
 def forest_chart(table: pd.DataFrame) -> alt.Chart | None:

@@ -11,7 +11,7 @@ import streamlit as st
 if TYPE_CHECKING:
     import altair as alt
 
-from eval import verdicts
+from eval import paired
 from reports import paper, results
 from reports.results import AXIS_PREFIX, CONFIG_PREFIX, FEW, SEED
 
@@ -20,8 +20,8 @@ STATIC_ROWS = 30  # tables up to this long are drawn static; longer ones as the 
 COMPACT = "font-size: 0.8125rem"  # show_table(compact=True): 13 px in place of 14
 STATUS_COLORS = {"done": "#2e7d32", "running": "#1565c0", "stopped": "#e65100", "failed": "#c62828",
                  "pending": "#6d6d6d", "stale": "#8d6e63"}
-VERDICT_COLORS = {verdicts.BETTER: "#2e7d32", verdicts.WORSE: "#c62828", paper.AGREES: "#2e7d32",
-                  paper.DISAGREES: "#c62828", verdicts.NOT_SEPARATED: "#6d6d6d"}
+VERDICT_COLORS = {paired.BETTER: "#2e7d32", paired.WORSE: "#c62828", paper.AGREES: "#2e7d32",
+                  paper.DISAGREES: "#c62828", paired.NOT_SEPARATED: "#6d6d6d"}
 
 
 # ---------------------------------------------------------------- colours
