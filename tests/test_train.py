@@ -332,11 +332,11 @@ def test_memory_and_streamed_data_make_the_same_draws(tmp_path):
 def test_a_stop_signal_checkpoints_the_step_and_the_result_says_so(tmp_path, monkeypatch):
     import signal
 
-    import gentron.train as T
+    import gentron.train_step as S
 
     cfg = tiny_config(tmp_path, train={"steps": 4})
     straight = load_checkpoint(train(cfg, tmp_path / "straight").checkpoint)
-    real, calls = T.update_ema, []
+    real, calls = S.update_ema, []
 
     def stop_at_step_two(ema, model, decay):
         real(ema, model, decay)
@@ -344,7 +344,7 @@ def test_a_stop_signal_checkpoints_the_step_and_the_result_says_so(tmp_path, mon
         if len(calls) == 2:
             signal.raise_signal(signal.SIGTERM)  # as the launcher sends it: caught, the run stops after the step
 
-    monkeypatch.setattr(T, "update_ema", stop_at_step_two)
+    monkeypatch.setattr(S, "update_ema", stop_at_step_two)  # the step's EMA update
     stopped = train(cfg, tmp_path / "run")
     assert stopped == TrainResult(tmp_path / "run/checkpoints/last.pt", step=2, steps=4, stopped=True)
     assert load_checkpoint(stopped.checkpoint)["step"] == 2
@@ -394,8 +394,9 @@ def _poison_after_step(monkeypatch, at_step: int, target: str, value: float):
     """From step `at_step` on, one weight of the model or the EMA becomes `value` after the update
     (the loss and gradients of that step were still finite)."""
     import gentron.train as T
+    import gentron.train_step as S
 
-    real = T.update_ema
+    real = S.update_ema
     calls = []
 
     def poisoned(ema, model, decay):
@@ -408,7 +409,7 @@ def _poison_after_step(monkeypatch, at_step: int, target: str, value: float):
                 else:
                     next(T.D.unwrap(model).parameters()).view(-1)[0] = value
 
-    monkeypatch.setattr(T, "update_ema", poisoned)
+    monkeypatch.setattr(S, "update_ema", poisoned)
 
 
 @pytest.mark.parametrize("target,value", [("model", float("inf")), ("ema", float("nan")), ("model", 1e12)])
