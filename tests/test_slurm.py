@@ -83,6 +83,7 @@ def train_tiny(cell_dir: str) -> int:
     import logging
 
     import gentron.train as T
+    import gentron.train_step as S
     from gentron.checkpoint import checkpoint_dir, load_checkpoint, resume_checkpoint
 
     if "SLURM_JOB_ID" in os.environ:  # the job's log shows the trainer's resume line
@@ -91,13 +92,13 @@ def train_tiny(cell_dir: str) -> int:
     source = resume_checkpoint(checkpoint_dir(cell))
     with open(cell / "starts.log", "a") as f:
         f.write(f"{load_checkpoint(source)['step'] if source else 0}\n")
-    real, pause = T.update_ema, read_json(cell / "task.json")["sleep_s"]
+    real, pause = S.update_ema, read_json(cell / "task.json")["sleep_s"]
 
     def slow(ema, model, decay):
         real(ema, model, decay)
         time.sleep(pause)
 
-    T.update_ema = slow
+    S.update_ema = slow  # each step's EMA update takes `sleep_s` longer
     result = T.train(read_json(cell / "config.json"), cell)
     with open(cell / "stops.log", "a") as f:
         f.write(f"{result.step} {int(result.stopped)}\n")
@@ -303,7 +304,7 @@ def test_cell_task_requeues_only_after_the_trainer_checkpointed(tmp_path, monkey
     it after the step; CellTask then hands the signal to that handler, with the checkpoint on disk."""
     import signal
 
-    import gentron.train as T
+    import gentron.train_step as S
     from gentron.checkpoint import load_checkpoint
     from gentron.config import to_dict
     from slurm.launcher import CellTask
@@ -312,7 +313,7 @@ def test_cell_task_requeues_only_after_the_trainer_checkpointed(tmp_path, monkey
     cell = make_cells(tmp_path, ["cell"])[0]
     atomic_write_json(cell / "config.json", to_dict(tiny_config(tmp_path, train={"steps": 6})))
     atomic_write_json(cell / "task.json", {"sleep_s": 0})
-    real, calls, handled = T.update_ema, [], []
+    real, calls, handled = S.update_ema, [], []
 
     def signal_at_step_two(ema, model, decay):
         real(ema, model, decay)
@@ -323,7 +324,7 @@ def test_cell_task_requeues_only_after_the_trainer_checkpointed(tmp_path, monkey
     def submitit_handler(signum, frame):  # checkpoint_and_try_requeue's stand-in
         handled.append((signum, load_checkpoint(cell / "checkpoints" / "last.pt")["step"]))
 
-    monkeypatch.setattr(T, "update_ema", signal_at_step_two)
+    monkeypatch.setattr(S, "update_ema", signal_at_step_two)  # the step's EMA update
     previous = signal.signal(signal.SIGUSR2, submitit_handler)
     try:
         with pytest.raises(RuntimeError, match="stopped at step 2"):
