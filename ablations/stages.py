@@ -343,9 +343,12 @@ def sample_shard(cell_dir: str, k: int, shards: int) -> None:
     stopped one resumes at the image). Leaves the manifest alone: sample_stage merges and marks it done.
     Runs side by side with the cell's other shards, so it holds no cell lock."""
     cell_dir, config, _ = load(cell_dir)
-    if _rank() != 0 or states(cell_dir)["sample"] == "done":
+    if _rank() != 0:
         return
-    if states(cell_dir)["train"] != "done":
+    found = states(cell_dir)  # read once: each reading checks the recorded outputs' digests
+    if found["sample"] == "done":
+        return
+    if found["train"] != "done":
         raise RuntimeError(f"cell {cell_dir.name}: not trained yet; run the train stage before sampling")
     for name in config.sample.prompt_sets:
         _draw(cell_dir, config, name, (k, shards))
@@ -471,9 +474,12 @@ def evaluate_shard(cell_dir: str, k: int, shards: int) -> None:
     evaluate stage). Leaves the manifest alone: evaluate_stage merges the parts and marks it done.
     Runs side by side with the cell's other shards, so it holds no cell lock."""
     cell_dir, config, _ = load(cell_dir)
-    if _rank() != 0 or states(cell_dir)["evaluate"] == "done":
+    if _rank() != 0:
         return
-    if states(cell_dir)["sample"] != "done":
+    found = states(cell_dir)
+    if found["evaluate"] == "done":
+        return
+    if found["sample"] != "done":
         raise RuntimeError(f"cell {cell_dir.name}: its samples are not merged yet; run the sample stage first")
     for name in config.eval.metrics:
         if shardable(name) and not _scored(cell_dir / EVAL / f"{name}.json"):
