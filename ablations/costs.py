@@ -23,7 +23,8 @@ gentron.sizes on the meta device (`counts`). Three estimates read it:
   gives each of N parallel cells one of N cores), and other processes on a shared machine do not
   inflate it. The estimate: encoders first (side by side), then the cell groups (cells that train one
   model) packed onto the workers, longest first; each group draws its data, trains once, and samples
-  every cell's prompt set. Sampling with the judge's own cost is counted, plotting and reports are not.
+  every cell's prompt set. Sampling with the judge's own cost is counted, and evaluation during
+  training (train.eval_every: the validation loss and the judged samples); plotting and reports are not.
   The file's `calibration` scales it to a measured wall time.
 """
 from __future__ import annotations
@@ -226,6 +227,41 @@ def encoder_cost_key(recipe: dict) -> str:
     return f"{recipe['objective']}/w{recipe['width']}-l{recipe['layers']}-b{recipe['batch_size']}"
 
 
+def evaluation_steps(config) -> list[int]:
+    """The steps a run evaluates at: its checkpoint steps (train.ckpt_every multiples below
+    train.steps, and train.steps) that are multiples of train.eval_every."""
+    t = config.train
+    if not t.eval_every:
+        return []
+    saved = [*range(t.ckpt_every, t.steps, t.ckpt_every), t.steps]
+    return [s for s in saved if s % t.eval_every == 0]
+
+
+def judged_images(config) -> int:
+    """Samples the judge draws at one evaluation (0 without the judge: other data kinds, eval_prompts=0)."""
+    from gentron.validation import judge_prompts
+
+    return len(judge_prompts(config))
+
+
+def evaluation_seconds(cell: Cell, table: dict, missing: list[str]) -> float:
+    """CPU seconds of one thread for one evaluation of the cell (unmeasured costs count 0, named in `missing`)."""
+    c, t = cell.config, cell.config.train
+    step = _lookup(table, "train", train_cost_key(cell), missing)
+    seconds = step * t.eval_batch / t.batch_size / gh.TRAIN_FORWARDS
+    images = judged_images(c)
+    if images:
+        per_image = _lookup(table, "sample", sample_cost_key(cell), missing)
+        seconds += images * per_image * t.eval_sample_steps / c.sample.steps
+    return seconds
+
+
+def evaluations_seconds(cell: Cell, table: dict, missing: list[str]) -> float:
+    """CPU seconds of one thread for all of the cell's evaluations during training (train.eval_every)."""
+    steps = evaluation_steps(cell.config)
+    return len(steps) * evaluation_seconds(cell, table, missing) if steps else 0.0
+
+
 def load_costs(path: Path = COSTS_FILE) -> dict:
     if not path.exists():
         return {}
@@ -264,6 +300,7 @@ def estimate(p: Plan, costs: dict | None = None, workers: int | None = None) -> 
         first = cells[0]
         seconds = first.config.data.num_train * _lookup(costs, "data", data_key(first.config), missing)
         seconds += first.config.train.steps * _lookup(costs, "train", train_cost_key(first), missing)
+        seconds += evaluations_seconds(first, costs, missing)
         for cell in cells:
             sample = cell.config.sample
             n = sum(_prompt_count(name, sample, missing) for name in sample.prompt_sets)
@@ -275,6 +312,7 @@ def estimate(p: Plan, costs: dict | None = None, workers: int | None = None) -> 
     every = [c for c in p.cells if counts(c).params <= CPU_PARAM_LIMIT]
     per_cell = [c.config.data.num_train * _lookup(costs, "data", data_key(c.config), [])
                 + c.config.train.steps * _lookup(costs, "train", train_cost_key(c), [])
+                + evaluations_seconds(c, costs, [])
                 + sum(_prompt_count(n, c.config.sample, []) for n in c.config.sample.prompt_sets)
                 * _lookup(costs, "sample", sample_cost_key(c), []) for c in every]
     return {"encoders_s": encoders_s, "cells_s": cells_s, "total_s": encoders_s + cells_s, "workers": workers,

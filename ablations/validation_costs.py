@@ -24,35 +24,6 @@ from ablations.grid import Cell, Plan
 from ablations.identity import train_key
 
 
-def evaluation_steps(config) -> list[int]:
-    """The steps a run evaluates at: its checkpoint steps (train.ckpt_every multiples below
-    train.steps, and train.steps) that are multiples of train.eval_every."""
-    t = config.train
-    if not t.eval_every:
-        return []
-    saved = [*range(t.ckpt_every, t.steps, t.ckpt_every), t.steps]
-    return [s for s in saved if s % t.eval_every == 0]
-
-
-def judged_images(config) -> int:
-    """Samples the judge draws at one evaluation (0 without the judge: other data kinds, eval_prompts=0)."""
-    from gentron.validation import judge_prompts
-
-    return len(judge_prompts(config))
-
-
-def evaluation_seconds(cell: Cell, table: dict, missing: list[str]) -> float:
-    """CPU seconds of one thread for one evaluation of the cell (unmeasured costs count 0, named in `missing`)."""
-    c, t = cell.config, cell.config.train
-    step = costs._lookup(table, "train", costs.train_cost_key(cell), missing)
-    seconds = step * t.eval_batch / t.batch_size / gpu_hours.TRAIN_FORWARDS
-    images = judged_images(c)
-    if images:
-        per_image = costs._lookup(table, "sample", costs.sample_cost_key(cell), missing)
-        seconds += images * per_image * t.eval_sample_steps / c.sample.steps
-    return seconds
-
-
 def evaluation_gpu_hours(cell: Cell) -> float:
     """GPU-hours of one evaluation of the cell: the counted FLOPs of the loss's forward and the judged
     samples (gentron.generate.sampling_cost) at the rate of the stages' GPU-hours (ablations.gpu_hours)."""
@@ -60,7 +31,7 @@ def evaluation_gpu_hours(cell: Cell) -> float:
 
     c, t = cell.config, cell.config.train
     flops = t.eval_batch * costs.counts(cell).flops
-    images = judged_images(c)
+    images = costs.judged_images(c)
     if images:
         judged = dataclasses.replace(c, sample=dataclasses.replace(c.sample, steps=t.eval_sample_steps))
         flops += sampling_cost(judged, images).flops
@@ -69,28 +40,27 @@ def evaluation_gpu_hours(cell: Cell) -> float:
 
 def format_cost(p: Plan, table: dict | None = None) -> str:
     """The dry run's line on evaluation during training ('' when no cell evaluates): evaluations per
-    cell, CPU minutes on this machine's workers beside the estimate (left out of it), GPU-hours per cell."""
+    cell, the CPU minutes on this machine's workers that the estimate includes, GPU-hours per cell."""
     evaluating = [c for c in p.cells if c.config.train.eval_every]
     if not evaluating:
         return ""
     table = costs.load_costs() if table is None else table
     first = evaluating[0].config.train
-    counts = sorted({len(evaluation_steps(c.config)) for c in evaluating})
+    counts = sorted({len(costs.evaluation_steps(c.config)) for c in evaluating})
     missing: list[str] = []
     groups: dict[str, float] = {}  # cells that train one model evaluate once
     for cell in evaluating:
         if costs.counts(cell).params <= costs.CPU_PARAM_LIMIT and not runfolder.status(
                 p.grid_dir / cell.cell_id).complete:
-            groups[train_key(cell.config)] = (len(evaluation_steps(cell.config))
-                                              * evaluation_seconds(cell, table, missing))
+            groups[train_key(cell.config)] = costs.evaluations_seconds(cell, table, missing)
     workers = local_workers(p.run)
     cpu_s = costs._pack(sorted(groups.values(), reverse=True), workers)
-    gpu_h = max(len(evaluation_steps(c.config)) * evaluation_gpu_hours(c) for c in evaluating)
-    images = judged_images(evaluating[0].config)
+    gpu_h = max(len(costs.evaluation_steps(c.config)) * evaluation_gpu_hours(c) for c in evaluating)
+    images = costs.judged_images(evaluating[0].config)
     what = (f"validation loss on {first.eval_batch} items" + (f" and the judge on {images} samples of "
             f"{first.eval_sample_steps} steps" if images else ""))
     on_cpu = any(costs.counts(c).params <= costs.CPU_PARAM_LIMIT for c in evaluating)
-    cpu = (f"about {cpu_s / 60:.1f} min more on {workers} core{'s' if workers != 1 else ''} of this machine (not in the estimate above); "
+    cpu = (f"about {cpu_s / 60:.1f} min on {workers} core{'s' if workers != 1 else ''} of this machine (counted in the estimate above); "
            if on_cpu else "")
     line = (f"evaluation during training (train.eval_every={first.eval_every}): {'/'.join(map(str, counts))} "
             f"evaluation{'' if counts == [1] else 's'} per cell ({what} each): {cpu}GPU-h (est.) per cell: "

@@ -31,7 +31,8 @@ from gentron.specs import Dtype, EncoderShape, TextEncoderSpec, TinyClipSpec, lo
 
 # Training keys that change how a run is carried out, not what it computes: a run folder resumes
 # across a change of them (gentron.checkpoint), and a grid cell's id leaves them out (ablations).
-RUN_ONLY_KEYS = ("train.log_every", "train.ckpt_every", "train.tensorboard", "train.compile",
+RUN_ONLY_KEYS = ("train.log_every", "train.ckpt_every", "train.tensorboard", "train.wandb", "train.wandb_project",
+                 "train.compile",
                  "train.grad_checkpointing", "train.strategy", "train.keep_last", "train.resume", "train.grad_accum",
                  "data.cache_dir", "train.eval_every", "train.eval_batch", "train.eval_bins", "train.eval_prompts",
                  "train.eval_sample_steps")
@@ -129,7 +130,9 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step: each rank's batch runs in this many parts
     init_from: str | None = None  # a checkpoint to start from (T2V from T2I, or stage 2 from 1)
     strategy: Literal["ddp", "fsdp"] = "ddp"  # used when launched on more than one process
-    tensorboard: bool = False
+    tensorboard: bool = False  # live: train and validation scalars to run_dir/tensorboard (gentron.train_log)
+    wandb: bool = False  # live: the same to a W&B run, offline unless WANDB_MODE says otherwise
+    wandb_project: str = "gentron"
     # Evaluation during training (gentron.validation, run_dir/validation.jsonl): at each checkpoint whose
     # step is a multiple of eval_every (0: off), the EMA weights' loss on a fixed validation batch of
     # eval_batch items in eval_bins timestep bins, and on CompShapes the judge on eval_prompts held-out

@@ -463,17 +463,19 @@ class SamplingCost:
 
 def prompt_set(name: str, seeds: list[int], images_per_prompt: int = 1) -> list[dict]:
     """Prompt records for a named set: `compshapes_test` (the held-out image prompts of the six
-    T2I-CompBench categories), `compshapes_motion` (video) or `compshapes_geneval` (GenEval's six
-    tasks over CompShapes, category = task). One record per (prompt, seed)."""
+    T2I-CompBench categories), `compshapes_motion` (video; `compshapes_motion_seen`: motion prompts
+    of seen colour-shape pairs only) or `compshapes_geneval` (GenEval's six tasks over CompShapes,
+    category = task). One record per (prompt, seed)."""
     from gentron.data import compshapes, compshapes_geneval
 
     categories, pools = {"compshapes_test": (compshapes.IMAGE_CATEGORIES, compshapes.test_prompts),
                          "compshapes_motion": (compshapes.VIDEO_CATEGORIES, compshapes.test_prompts),
+                         "compshapes_motion_seen": (compshapes.VIDEO_CATEGORIES, compshapes.seen_prompts),
                          "compshapes_geneval": (compshapes_geneval.TASKS, compshapes_geneval.test_prompts),
                          }.get(name, (None, None))
     if categories is None:
         raise ValueError(f"unknown prompt set {name!r}; known: compshapes_test, compshapes_motion, "
-                         "compshapes_geneval, or pass a file of prompts")
+                         "compshapes_motion_seen, compshapes_geneval, or pass a file of prompts")
     records = []
     for category in categories:
         for prompt_id, prompt in enumerate(pools(category)):

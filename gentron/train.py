@@ -274,7 +274,8 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path, judge=None) 
     checkpoints = _CheckpointWriter(run_dir, recorded, fingerprints, info, step if state is not None else None,
                                     shards, noise)
     del state
-    metrics = MetricsLog(run_dir / LOG_FILE, step, info.is_main, run_dir / "tensorboard" if t.tensorboard else None)
+    metrics = MetricsLog(run_dir / LOG_FILE, step, info.is_main, run_dir / "tensorboard" if t.tensorboard else None,
+                         {"project": t.wandb_project, "config": to_dict(cfg)} if t.wandb else None)
     # train.eval_every: the EMA weights evaluated at checkpoints of its multiples (gentron.validation)
     validator = Validator(cfg, run_dir, device, step, judge) if t.eval_every and info.is_main else None
 
@@ -282,7 +283,7 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path, judge=None) 
         if t.eval_every and at % t.eval_every == 0:
             full = {k: _full(v) for k, v in ema.items()} if shards or validator is not None else None  # FSDP: collective
             if validator is not None:
-                validator.run(at, D.unwrap(model).config, full)
+                metrics.write_validation(validator.run(at, D.unwrap(model).config, full))
             D.barrier(info)
 
     watch, autocast = FiniteWatch(device, info), autocast_for(t.precision, device)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -46,6 +47,20 @@ log = logging.getLogger(__name__)
 VALIDATION_FILE = "validation.jsonl"
 HELD_OUT_SEED_OFFSET = 1_000_003  # CompShapes validation images: data.seed + this (never a training seed)
 NOISE_SEED = 20_231_206  # the fixed timesteps and noise of the validation batch
+def scalars(row: dict) -> dict[str, float]:
+    """A validation row as named scalars, the tags every logger uses (train.tensorboard, train.wandb,
+    reports.export): validation/loss, validation/loss_t<lo>-<hi> per timestep bin,
+    validation/judge/<category>, validation/judge_mean."""
+    out = {"validation/loss": row.get("loss")}
+    for (lo, hi), value in zip(row.get("t_bins") or [], row.get("loss_bins") or []):
+        out[f"validation/loss_t{int(lo):04d}-{int(hi):04d}"] = value
+    for category, value in (row.get("judge") or {}).items():
+        out[f"validation/judge/{category}"] = value
+    out["validation/judge_mean"] = row.get("judge_mean")
+    return {k: float(v) for k, v in out.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
 def read_rows(path: Path, keep_through: int | None = None) -> list[dict]:
     """The rows of a JSONL log with a "step" each, torn or foreign lines dropped (with a warning); with
     `keep_through`, only rows at steps <= it."""

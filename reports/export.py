@@ -6,8 +6,10 @@
 Per grid and cell (one run named `<grid>/<cell_id>`): the scalars of train_log.jsonl (`train/<key>`),
 of validation.jsonl (`validation/loss`, `validation/loss_t<lo>-<hi>` per timestep bin,
 `validation/judge/<category>`, `validation/judge_mean`; gentron.validation) and the final metrics of
-metrics.json (`final/<metric>/<score>`, at the cell's last logged step), with the cell's axes as
-hyperparameters, and the first SAMPLES_PER_CATEGORY samples of each category of each prompt set as
+metrics.json (`final/<metric>/<score>`, at the cell's last logged step), the verdict of the cell's arm
+against the grid's control from results.parquet (`verdict/<metric>/difference`, `_ci_low`, `_ci_high`,
+`_p_adjusted` as numbers and `verdict/<metric>` in words; eval.verdicts), with the cell's axes as
+hyperparameters (final metrics and verdict numbers as the hparams' metrics), and the first SAMPLES_PER_CATEGORY samples of each category of each prompt set as
 images (`samples/<prompt_set>/<category>`, a clip by its first frame), at that step.
 
 TensorBoard: DIR/<grid>/<cell_id>/, one folder per cell with the scalars and an hparams summary;
@@ -28,10 +30,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ablations.runfolder import (CELL, METRICS, SAMPLES, TRAIN_LOG, cell_dirs, find_grids, read_json_or_empty,
-                                 read_jsonl)
+from ablations.runfolder import (CELL, METRICS, RESULTS, SAMPLES, TRAIN_LOG, cell_dirs, find_grids,
+                                 read_json_or_empty, read_jsonl)
 from gentron.errors import exits_on_user_error
+from gentron.train_log import wandb_run_id
 from gentron.validation import VALIDATION_FILE
+from gentron.validation import scalars as validation_scalars
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,10 @@ class CellExport:
     final: dict[str, float] = field(default_factory=dict)
     final_step: int = 0
     images: dict[str, list[tuple[Path, str]]] = field(default_factory=dict)  # tag: [(file, caption), ...]
+    # against the grid's control (results.parquet's verdict.* columns, eval.verdicts): per metric the
+    # difference, its CI and adjusted p as numbers, and the verdict in words
+    verdicts: dict[str, float] = field(default_factory=dict)
+    verdict_text: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -59,11 +67,6 @@ class CellExport:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return
         self.scalars.setdefault(tag, []).append((int(step), float(value)))
-
-
-def _bin_name(bounds) -> str:
-    lo, hi = bounds
-    return f"loss_t{int(lo):04d}-{int(hi):04d}"
 
 
 def sample_images(cell_dir: Path, per_category: int = SAMPLES_PER_CATEGORY) -> dict[str, list[tuple[Path, str]]]:
@@ -99,12 +102,8 @@ def read_cell_export(cell_dir: Path, grid: str) -> CellExport:
             continue
         step = int(row["step"])
         steps.append(step)
-        cell.add("validation/loss", step, row.get("loss"))
-        for bounds, value in zip(row.get("t_bins") or [], row.get("loss_bins") or []):
-            cell.add(f"validation/{_bin_name(bounds)}", step, value)
-        for category, value in (row.get("judge") or {}).items():
-            cell.add(f"validation/judge/{category}", step, value)
-        cell.add("validation/judge_mean", step, row.get("judge_mean"))
+        for tag, value in validation_scalars(row).items():
+            cell.add(tag, step, value)
     cell.final_step = max(steps)
     cell.images = sample_images(cell_dir)
     for metric, value in read_json_or_empty(cell_dir / METRICS).items():
@@ -124,7 +123,42 @@ def read_runs(runs_dir: str | Path, grids: list[str] | None = None) -> list[Cell
     unknown = sorted(set(grids or []) - set(found))
     if unknown:
         raise ValueError(f"no grid {unknown} in {runs_dir}; its grids are {found}")
-    return [read_cell_export(cell_dir, grid) for grid in (grids or found) for cell_dir in cell_dirs(runs_dir / grid)]
+    cells = []
+    for grid in grids or found:
+        verdicts = _verdict_rows(runs_dir / grid)
+        for cell_dir in cell_dirs(runs_dir / grid):
+            cell = read_cell_export(cell_dir, grid)
+            for row in verdicts.get(cell.cell_id, []):
+                _add_verdict(cell, row)
+            cells.append(cell)
+    return cells
+
+
+def _verdict_rows(grid_dir: Path) -> dict[str, list[dict]]:
+    """results.parquet's rows that carry a verdict, by cell id ({} without the file)."""
+    if not (grid_dir / RESULTS).exists():
+        return {}
+    import pandas as pd
+
+    table = pd.read_parquet(grid_dir / RESULTS)
+    if "verdict.verdict" not in table.columns:
+        return {}
+    out: dict[str, list[dict]] = {}
+    for row in table[table["verdict.verdict"].notna()].to_dict("records"):
+        out.setdefault(str(row["cell_id"]), []).append(row)
+    return out
+
+
+def _add_verdict(cell: CellExport, row: dict) -> None:
+    metric = row["metric"]
+    for key in ("difference", "ci_low", "ci_high", "p_adjusted"):
+        value = row.get(f"verdict.{key}")
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            cell.verdicts[f"verdict/{metric}/{key}"] = float(value)
+    cell.verdict_text[f"verdict/{metric}"] = (
+        f"{row['verdict.verdict']} against {row['verdict.control']}: difference {row['verdict.difference']:+.3f} "
+        f"[{row['verdict.ci_low']:+.3f}, {row['verdict.ci_high']:+.3f}], adjusted p {row['verdict.p_adjusted']:.3g} "
+        f"({row['verdict.correction']}, level {row['verdict.level']}, {row['verdict.method']})")
 
 
 def _pixels(path: Path):
@@ -159,16 +193,18 @@ def export_tensorboard(runs_dir: str | Path, out: str | Path, grids: list[str] |
             for tag, points in sorted(cell.scalars.items()):
                 for step, value in points:
                     writer.add_scalar(tag, value, step)
-            for tag, value in sorted(cell.final.items()):
+            for tag, value in sorted({**cell.final, **cell.verdicts}.items()):
                 writer.add_scalar(tag, value, cell.final_step)
+            for tag, text in sorted(cell.verdict_text.items()):
+                writer.add_text(tag, text, cell.final_step)
             for tag, files in sorted(cell.images.items()):
                 for i, (path, _) in enumerate(files):
                     writer.add_image(f"{tag}/{i}", _pixels(path), cell.final_step, dataformats="HWC")
             hparams = {k: _hparam_value(v) for k, v in sorted(cell.axes.items())} or {"cell_id": cell.cell_id}
             # The hparams summary's metrics are the final ones under their own tags, so the scalars above
             # are not written twice.
-            writer.add_hparams(hparams, {f"hparam/{k.removeprefix('final/')}": v for k, v in cell.final.items()},
-                               run_name=".")
+            writer.add_hparams(hparams, {f"hparam/{k.removeprefix('final/')}": v
+                                         for k, v in {**cell.final, **cell.verdicts}.items()}, run_name=".")
         finally:
             writer.close()
         written.append(folder)
@@ -190,7 +226,7 @@ def export_wandb(runs_dir: str | Path, project: str, out: str | Path | None = No
     out.mkdir(parents=True, exist_ok=True)
     ids = []
     for cell in read_runs(runs_dir, grids):
-        run_id = f"{cell.grid}-{cell.cell_id}"
+        run_id = wandb_run_id(cell.grid, cell.cell_id)
         for old in out.glob(f"wandb/*-run-*-{run_id}"):  # a re-export replaces the offline run
             shutil.rmtree(old)
         run = wandb.init(project=project, id=run_id, name=cell.name, group=cell.grid, dir=str(out),
@@ -205,7 +241,7 @@ def export_wandb(runs_dir: str | Path, project: str, out: str | Path | None = No
             if cell.images:
                 run.log({tag: [wandb.Image(str(path), caption=prompt) for path, prompt in files]
                          for tag, files in cell.images.items()}, step=max(by_step, default=cell.final_step))
-            run.summary.update(cell.final)
+            run.summary.update({**cell.final, **cell.verdicts, **cell.verdict_text})
         finally:
             run.finish()
         ids.append(run_id)

@@ -88,3 +88,44 @@ def test_wandb_offline_run_holds_the_sample_images(grid, tmp_path, monkeypatch):
         assert {p.parent.name for p in media} == {"compshapes_test"}
         assert {p.name.rsplit("_", 2)[0] for p in media} == {"color", "shape", "texture", "spatial", "non_spatial",
                                                              "complex"}
+
+
+def test_the_verdicts_against_the_control_are_exported_as_numbers_and_words(grid, tmp_path, monkeypatch):
+    import shutil
+
+    import pandas as pd
+
+    from ablations.results import write_results
+
+    grid = shutil.copytree(grid, tmp_path / "runs")
+    write_results(grid / "conditioning")  # as the grid runner leaves it: with the verdict columns
+    results = pd.read_parquet(grid / "conditioning" / "results.parquet")
+    judged = results[results["verdict.verdict"].notna()]
+    assert len(judged) > 0 and set(judged["verdict.control"]) == {"conditioning=adaln"}
+    arm_cell = judged["cell_id"].iloc[0]
+    written = {f.name: f for f in export.export_tensorboard(grid, tmp_path / "tb")}
+    for cell_id, folder in written.items():
+        acc = _events(folder)
+        tags = set(acc.Tags()["scalars"])
+        rows = judged[judged["cell_id"] == cell_id]
+        assert (len(rows) > 0) == (cell_id == arm_cell)  # the control has no verdict against itself
+        for row in rows.to_dict("records"):
+            (event,) = acc.Scalars(f"verdict/{row['metric']}/difference")
+            assert event.value == pytest.approx(row["verdict.difference"], abs=1e-6)
+            (p_adj,) = acc.Scalars(f"verdict/{row['metric']}/p_adjusted")
+            assert p_adj.value == pytest.approx(row["verdict.p_adjusted"], rel=1e-5)
+            (text,) = acc.Tensors(f"verdict/{row['metric']}/text_summary")
+            assert text.tensor_proto.string_val[0].decode().startswith(f"{row['verdict.verdict']} against conditioning=adaln")
+        if cell_id != arm_cell:
+            assert not any(t.startswith("verdict/") for t in tags)
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    export.export_wandb(grid, "gentron-test", tmp_path / "wb", grids=["conditioning"])
+    (run,) = (tmp_path / "wb" / "wandb").glob(f"offline-run-*-conditioning-{arm_cell}")
+    from tests.support import wandb_records
+
+    summary = wandb_records.summary(run)
+    row = judged[judged["cell_id"] == arm_cell].to_dict("records")[0]
+    assert summary[f"verdict/{row['metric']}/difference"] == pytest.approx(row["verdict.difference"])
+    assert summary[f"verdict/{row['metric']}"].startswith(row["verdict.verdict"])

@@ -16,6 +16,7 @@ from gentron.errors import ConfigError
 from gentron.model import GenTronConfig
 from gentron.train import train
 from gentron.validation import VALIDATION_FILE, Validator
+from tests.support import wandb_records
 from tests.support.train_fixtures import state_equal, tiny_config, with_changes
 
 EVAL = {"eval_every": 2, "eval_batch": 12, "eval_bins": 4, "eval_prompts": 1, "eval_sample_steps": 2}
@@ -231,3 +232,48 @@ def test_two_ranks_write_the_rows_of_one(tmp_path, strategy):
     (single,), (multi,) = _rows(tmp_path / "single"), _rows(tmp_path / strategy)
     assert single["step"] == multi["step"] == 3
     assert multi["loss_bins"] == pytest.approx(single["loss_bins"], rel=1e-4)
+
+
+# --- live logging while training ------------------------------------------------------------------
+
+def test_live_logging_sends_training_and_validation_to_tensorboard_and_wandb(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline is the default
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = tiny_config(tmp_path, train={"steps": 6, "ckpt_every": 2, "log_every": 1, "tensorboard": True,
+                                       "wandb": True, "wandb_project": "gentron-test", **EVAL})
+    run_dir = tmp_path / "runs" / "g1" / "cell9"
+    train(cfg, run_dir, judge=eval.judge)
+    rows = _rows(run_dir)
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "validation/loss", "validation/judge/color", "validation/judge_mean",
+            "validation/loss_t0000-0250"} <= tags
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert [(e.step, e.value) for e in acc.Scalars("validation/loss")] == [
+        (r["step"], pytest.approx(r["loss"])) for r in rows]
+
+    (run,) = (run_dir / "wandb").glob("offline-run-*-g1-cell9")  # the id reports.export gives the cell
+    history = wandb_records.history(run)
+    assert sorted(history) == [1, 2, 3, 4, 5, 6]
+    for r in rows:
+        assert history[r["step"]]["validation/loss"] == pytest.approx(r["loss"])
+        assert history[r["step"]]["validation/judge/color"] == pytest.approx(r["judge"]["color"])
+    assert all("train/loss" in history[s] for s in history)
+    config = wandb_records.config(run)
+    assert config["train"]["steps"] == 6 and config["model"]["conditioning"] == cfg.model.conditioning
+
+
+def test_wandb_without_the_package_is_one_line(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+    monkeypatch.setattr("importlib.import_module", lambda name, *a: (_ for _ in ()).throw(ImportError(name))
+                        if name == "wandb" else real_import(name))
+    cfg = tiny_config(tmp_path, train={"steps": 2, "wandb": True})
+    with pytest.raises(ConfigError, match=r"train.wandb=true needs the wandb package.*pip install -e .\[wandb\]"):
+        train(cfg, tmp_path / "run")

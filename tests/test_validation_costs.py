@@ -27,20 +27,20 @@ def test_evaluations_land_on_checkpoints_that_are_multiples_of_eval_every(tmp_pa
                                                                           expected):
     p = _plan(tmp_path, "grid=conditioning", f"train.steps={steps}", f"train.ckpt_every={ckpt_every}",
               f"train.eval_every={eval_every}")
-    assert validation_costs.evaluation_steps(p.cells[0].config) == expected
+    assert costs.evaluation_steps(p.cells[0].config) == expected
 
 
 def test_cpu_seconds_of_an_evaluation_from_the_step_costs(tmp_path):
     p = _plan(tmp_path, *EVALUATING, "train.eval_batch=64", "train.eval_sample_steps=10")
     cell = p.cells[0]
     table = {"train": {costs.train_cost_key(cell): 3.0}, "sample": {costs.sample_cost_key(cell): 0.5}}
-    images = validation_costs.judged_images(cell.config)
+    images = costs.judged_images(cell.config)
     assert images == 8 * 6  # eval_prompts per CompShapes image category
     batch, steps = cell.config.train.batch_size, cell.config.sample.steps
     expected = 3.0 * 64 / batch / 3 + images * 0.5 * 10 / steps
-    assert validation_costs.evaluation_seconds(cell, table, []) == pytest.approx(expected)
+    assert costs.evaluation_seconds(cell, table, []) == pytest.approx(expected)
     missing = []
-    assert validation_costs.evaluation_seconds(cell, {}, missing) == 0.0
+    assert costs.evaluation_seconds(cell, {}, missing) == 0.0
     assert len(missing) == 2
 
 
@@ -62,9 +62,9 @@ def test_dry_run_prints_the_evaluation_cost_only_when_evaluating(tmp_path, capsy
     assert "train.eval_every=50): 8 evaluations per cell" in line and "the judge on 48 samples of 10 steps" in line
     p = _plan(tmp_path, *EVALUATING)
     table = costs.load_costs()
-    per_model = [8 * validation_costs.evaluation_seconds(c, table, []) for c in p.cells]
+    per_model = [8 * costs.evaluation_seconds(c, table, []) for c in p.cells]
     minutes = costs._pack(sorted(per_model, reverse=True), launch.local_workers(p.run)) / 60
-    assert re.search(rf"about {minutes:.1f} min more on \d+ cores?", line)
+    assert re.search(rf"about {minutes:.1f} min on \d+ cores? of this machine \(counted in the estimate above\)", line)
     assert launch.main(["grid=conditioning", "train.steps=400", f"runs_dir={tmp_path}", "dry_run=true"]) == 0
     assert "evaluation during training" not in capsys.readouterr().out
 
@@ -74,3 +74,16 @@ def test_dry_run_says_when_no_step_evaluates(tmp_path):
     text = validation_costs.format_cost(p, {})
     assert text.startswith("evaluation during training (train.eval_every=150): 0 evaluations per cell")
     assert "make them meet" in text
+
+
+def test_the_time_estimate_counts_the_evaluations(tmp_path):
+    """The dry run's estimate is the same grid's without train.eval_every plus what its evaluations cost."""
+    table = costs.load_costs()
+    evaluating = _plan(tmp_path, *EVALUATING)
+    plain = _plan(tmp_path, *[a for a in EVALUATING if not a.startswith("train.eval_every")])
+    assert not any(c.config.train.eval_every for c in plain.cells)
+    added = [costs.evaluations_seconds(c, table, []) for c in evaluating.cells]
+    assert min(added) > 0
+    with_eval, without = costs.estimate(evaluating, table, workers=1), costs.estimate(plain, table, workers=1)
+    assert with_eval["total_s"] == pytest.approx(without["total_s"] + sum(added))
+    assert with_eval["per_cell_s"] == pytest.approx(without["per_cell_s"] + sum(added) / len(added))

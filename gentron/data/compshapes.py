@@ -302,13 +302,19 @@ def all_prompts(split: str, categories=CATEGORIES) -> list[str]:
     return sorted({p for c in categories for p in prompts(c, split)})
 
 
-def test_prompts(category: str, n: int | None = None) -> list[str]:
-    """A fixed, shuffled selection of n held-out prompts of a category (all of them if n is None)."""
-    pool = list(prompts(category, "test"))
-    random.Random(f"compshapes-test-{category}").shuffle(pool)
+def test_prompts(category: str, n: int | None = None, split: str = "test") -> list[str]:
+    """A fixed, shuffled selection of n held-out prompts of a category (all of them if n is None);
+    split="train" selects among the prompts training may show instead (every pair in them seen)."""
+    pool = list(prompts(category, split))
+    random.Random(f"compshapes-{split}-{category}").shuffle(pool)
     if n is not None and n > len(pool):
-        log.warning("asked for %d %s test prompts; the category has %d", n, category, len(pool))
+        log.warning("asked for %d %s %s prompts; the category has %d", n, category, split, len(pool))
     return pool[:n]
+
+
+def seen_prompts(category: str, n: int | None = None) -> list[str]:
+    """A fixed, shuffled selection of n prompts of the training split: no held-out pair in them."""
+    return test_prompts(category, n, split="train")
 
 
 def write_prompt_files(out_dir: str | Path, split: str = "test", categories=IMAGE_CATEGORIES,
