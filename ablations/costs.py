@@ -19,6 +19,7 @@ gentron.sizes on the meta device (`counts`). Three estimates read it:
     sample:   one sampled image or clip (the same, plus sampler steps and guidance branches)
     data:     one CompShapes image or clip drawn and rendered
     encoders: one training step of a trained text encoder's recipe
+    fixed:    what a run (`train/<key>`) or a sampling pass (`sample/<key>`) costs whatever its length
   CPU time of one thread is what an idle core gives a cell that runs on one thread (the local runner
   gives each of N parallel cells one of N cores), and other processes on a shared machine do not
   inflate it. The estimate: encoders first (side by side), then the cell groups (cells that train one
@@ -300,11 +301,12 @@ def estimate(p: Plan, costs: dict | None = None, workers: int | None = None) -> 
         first = cells[0]
         seconds = first.config.data.num_train * _lookup(costs, "data", data_key(first.config), missing)
         seconds += first.config.train.steps * _lookup(costs, "train", train_cost_key(first), missing)
-        seconds += evaluations_seconds(first, costs, missing)
+        seconds += evaluations_seconds(first, costs, missing) + fixed_seconds(costs, "train", train_cost_key(first))
         for cell in cells:
             sample = cell.config.sample
             n = sum(_prompt_count(name, sample, missing) for name in sample.prompt_sets)
             seconds += n * _lookup(costs, "sample", sample_cost_key(cell), missing)
+            seconds += len(sample.prompt_sets) * fixed_seconds(costs, "sample", sample_cost_key(cell))
         group_times.append(seconds)
     encoders_s = _pack(encoder_times, workers)
     cells_s = _pack(sorted(group_times, reverse=True), workers)
@@ -312,13 +314,20 @@ def estimate(p: Plan, costs: dict | None = None, workers: int | None = None) -> 
     every = [c for c in p.cells if counts(c).params <= CPU_PARAM_LIMIT]
     per_cell = [c.config.data.num_train * _lookup(costs, "data", data_key(c.config), [])
                 + c.config.train.steps * _lookup(costs, "train", train_cost_key(c), [])
-                + evaluations_seconds(c, costs, [])
+                + evaluations_seconds(c, costs, []) + fixed_seconds(costs, "train", train_cost_key(c))
+                + len(c.config.sample.prompt_sets) * fixed_seconds(costs, "sample", sample_cost_key(c))
                 + sum(_prompt_count(n, c.config.sample, []) for n in c.config.sample.prompt_sets)
                 * _lookup(costs, "sample", sample_cost_key(c), []) for c in every]
     return {"encoders_s": encoders_s, "cells_s": cells_s, "total_s": encoders_s + cells_s, "workers": workers,
             "groups": len(group_times), "encoders": len(encoder_times), "missing": sorted(set(missing)),
             "machine": costs.get("machine", "unknown"), "gpu_only": gpu_only,
             "per_cell_s": sum(per_cell) / len(per_cell) if per_cell else 0.0}
+
+
+def fixed_seconds(costs: dict, stage: str, key: str) -> float:
+    """What a training run or a sampling pass of `key` costs whatever its length (the table's `fixed`
+    section, which ablations.measure writes; 0 where the table has none, as the stored file)."""
+    return float((costs.get("fixed") or {}).get(f"{stage}/{key}", 0.0))
 
 
 def _prompt_count(name: str, sample, missing: list[str]) -> int:

@@ -8,7 +8,11 @@ image/video, batch, sampler) the dry run runs the real code once, small, in a te
              the cell's data; a step's cost is its train_log.jsonl time after the warm-up steps
     sample   gentron.generate.generate of one and of two batches of SAMPLE_IMAGES images (SAMPLE_CLIPS
              clips) from that run's checkpoint, at the cell's sampler, steps and guidance; a sample's cost
-             is the second batch's time over its samples (loading the model is not per sample)
+             is the second batch's time over its samples (loading the model is not per sample), plus
+             the CompShapes judge's scoring of one (eval.judge on the two batches)
+    fixed    what a run and a sampling pass cost whatever their length (`train/<key>`: the run's time
+             beyond its steps; `sample/<key>`: the first batch's beyond its samples): building the
+             model and data, loading checkpoints and encoders, writing checkpoints
     data     DATA_ITEMS CompShapes images (and clips) drawn and rendered
     encoders TIMED_STEPS steps of each trained text encoder's recipe (gentron.text.pretrain's loss and
              optimizer), plus its share of drawing the recipe's image pairs
@@ -35,6 +39,7 @@ import platform
 import re
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +58,7 @@ SAMPLE_IMAGES, SAMPLE_CLIPS = 16, 2  # a sampling batch per sample key (per-samp
 DATA_ITEMS = 40  # CompShapes items rendered per data key
 GENTRON_SOURCES = Path(__file__).resolve().parents[1] / "gentron"
 MEASURE_ENV = "GENTRON_MEASURE"
+SECTIONS = ("train", "sample", "data", "encoders", "fixed")
 REMEASURE_LOAD = 1.0  # a cache measured at a load average this much above the current one is measured again
 
 
@@ -143,7 +149,7 @@ def plan_costs(p: Plan, path: Path | None = None) -> dict:
     cached, load = _read(path), os.getloadavg()[0]
     if cached.get("load_average", 0.0) > load + REMEASURE_LOAD:
         cached = {}  # measured on a busier machine (thread times inflate with load): measure again now
-    table = {s: dict(cached.get(s) or {}) for s in ("train", "sample", "data", "encoders")}
+    table = {s: dict(cached.get(s) or {}) for s in SECTIONS}
     todo = _todo(p, table)
     if todo:
         workers = local_workers(p.run)
@@ -154,12 +160,12 @@ def plan_costs(p: Plan, path: Path | None = None) -> dict:
         torch.set_num_threads(threads)
         try:
             with tempfile.TemporaryDirectory(prefix="gentron-measure-") as work:
-                for (section, key), run in todo.items():
+                for what, run in todo.items():
                     try:
                         for measured_section, values in run(Path(work)).items():
                             table[measured_section].update(values)
                     except Exception as e:  # noqa: BLE001  one key unmeasured is said in the estimate, not fatal
-                        log.warning("could not measure %s %s here: %s", section, key, str(e).splitlines()[0] if str(e) else e)
+                        log.warning("could not measure %s here: %s", " ".join(what), str(e).splitlines()[0] if str(e) else e)
         finally:
             torch.set_num_threads(before)
         atomic_write_text(path, "# Written by ablations/measure.py (a dry run); delete to measure again.\n" +
@@ -185,7 +191,9 @@ def _todo(p: Plan, table: dict) -> dict:
             continue
         train_key, sample_key = sc.train_cost_key(cell), sc.sample_cost_key(cell)
         if train_key not in table["train"] or sample_key not in table["sample"]:
-            todo.setdefault(("train", train_key), lambda w, c=cell: time_cell(c, w))
+            # per (train, sample) key: cells that share a model but sample differently (grid=mfg's guidance)
+            # each get their sampling measured
+            todo.setdefault(("cell", train_key, sample_key), lambda w, c=cell: time_cell(c, w))
         data_key = sc.data_key(cell.config)
         if data_key not in table["data"]:
             todo.setdefault(("data", data_key), lambda w, c=cell: {"data": {sc.data_key(c.config): time_data(
@@ -206,10 +214,14 @@ def time_cell(cell: Cell, work: Path) -> dict:
     from gentron.train import train
     from gentron.train_log import LOG_FILE
 
+    from eval import judge
+
     config = stand_in_config(cell, work / "encoders")
-    run_dir = work / f"train-{cell.cell_id}"
+    run_dir = work / f"train-{cell.cell_id}-{zlib.crc32(sc.sample_cost_key(cell).encode()):08x}"
+    started = time.thread_time()
     with _cpu_share() as share:
         result = train(config, run_dir)
+    train_total = time.thread_time() - started
     rows = [json.loads(line) for line in (run_dir / LOG_FILE).read_text().splitlines() if line.strip()]
     timed = [1.0 / r["steps_per_s"] for r in rows[WARMUP_STEPS:]]
     train_s = sum(timed) / len(timed) * share.value
@@ -220,11 +232,19 @@ def time_cell(cell: Cell, work: Path) -> dict:
     seconds = []
     for batches in (1, 2):  # a second batch costs what one batch costs without loading the model and encoders
         start = time.thread_time()
-        generate(config, result.checkpoint, prompts[:batches * n], work / f"samples-{cell.cell_id}-{batches}")
+        generate(config, result.checkpoint, prompts[:batches * n], run_dir.parent / f"{run_dir.name}-samples{batches}")
         seconds.append(time.thread_time() - start)
-    sample_s = (seconds[1] - seconds[0]) / n if seconds[1] > seconds[0] else seconds[1] / (2 * n)
+    per_sample = (seconds[1] - seconds[0]) / n if seconds[1] > seconds[0] else seconds[1] / (2 * n)
+    start = time.thread_time()  # the CompShapes judge's scoring of a sample, which the evaluate stage adds
+    judge.evaluate(run_dir.parent / f"{run_dir.name}-samples2", out=work / "judged.json")
+    scoring = (time.thread_time() - start) / (2 * n)
+    # What a run and a sampling pass cost whatever their length: process set-up, building the model and
+    # data, loading the checkpoint and encoders, writing checkpoints (thread time beyond the counted work).
+    fixed = {f"train/{sc.train_cost_key(cell)}": round(max(0.0, train_total - config.train.steps * train_s), 3),
+             f"sample/{sc.sample_cost_key(cell)}": round(max(0.0, seconds[0] - n * per_sample), 3)}
     return {"train": {sc.train_cost_key(cell): round(train_s, 5)},
-            "sample": {sc.sample_cost_key(cell): round(sample_s, 5)}}
+            "sample": {sc.sample_cost_key(cell): round(per_sample + scoring, 5)},
+            "fixed": fixed}
 
 
 def stand_in_config(cell: Cell, store: Path):

@@ -17,13 +17,16 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def fake_cell_costs(monkeypatch, train_s: float, sample_s: float) -> list[str]:
-    """time_cell returning fixed costs; returns the list of cells it was asked to time."""
+def fake_cell_costs(monkeypatch, train_s: float, sample_s: float, train_fixed: float = 0.0,
+                    sample_fixed: float = 0.0) -> list[str]:
+    """time_cell returning given costs; returns the list of cells it was asked to time."""
     timed = []
 
     def time_cell(cell, work):
         timed.append(cell.cell_id)
-        return {"train": {costs.train_cost_key(cell): train_s}, "sample": {costs.sample_cost_key(cell): sample_s}}
+        return {"train": {costs.train_cost_key(cell): train_s}, "sample": {costs.sample_cost_key(cell): sample_s},
+                "fixed": {f"train/{costs.train_cost_key(cell)}": train_fixed,
+                          f"sample/{costs.sample_cost_key(cell)}": sample_fixed}}
 
     monkeypatch.setattr(measure, "time_cell", time_cell)
     monkeypatch.setattr(measure, "time_data", lambda data, items: 0.0)
@@ -41,6 +44,29 @@ def test_the_estimate_is_computed_from_the_measured_steps_not_the_stored_file(ca
     steps = sum(cell.config.train.steps for cell in p.cells)  # two models, one after the other
     assert first == pytest.approx(0.1 * steps) and tripled == pytest.approx(3 * first)
     assert first != pytest.approx(stored)
+
+
+def test_the_estimate_counts_what_a_run_and_a_sampling_pass_cost_whatever_their_length(cache, tmp_path,
+                                                                                      monkeypatch):
+    p = plan(["grid=conditioning", f"runs_dir={tmp_path / 'runs'}"])
+    fake_cell_costs(monkeypatch, train_s=0.1, sample_s=0.0)
+    plain = costs.estimate(p, measure.plan_costs(p, tmp_path / "a.yaml"), workers=1)["total_s"]
+    fake_cell_costs(monkeypatch, train_s=0.1, sample_s=0.0, train_fixed=30.0, sample_fixed=5.0)
+    table = measure.plan_costs(p, tmp_path / "b.yaml")
+    sets = sum(len(c.config.sample.prompt_sets) for c in p.cells)  # one sampling pass per prompt set
+    assert sets == 4 and costs.estimate(p, table, workers=1)["total_s"] == pytest.approx(plain + 2 * 30.0 + sets * 5.0)
+    assert measure.plan_costs(p, tmp_path / "b.yaml")["fixed"] == table["fixed"]  # cached with the rest
+
+
+def test_cells_that_share_a_model_but_sample_differently_each_get_their_sampling_measured(cache, tmp_path,
+                                                                                          monkeypatch):
+    p = plan(["grid=mfg", f"runs_dir={tmp_path / 'runs'}"])
+    timed = fake_cell_costs(monkeypatch, train_s=0.1, sample_s=0.5)
+    table = measure.plan_costs(p)
+    sample_keys = {costs.sample_cost_key(c) for c in p.cells}
+    assert len(sample_keys) == 2 and set(table["sample"]) == sample_keys  # CFG alone, and CFG with MFG
+    assert len(timed) == 2
+    assert costs.estimate(p, table)["missing"] == []
 
 
 def test_measured_costs_are_cached_per_machine_and_code_version(cache, tmp_path, monkeypatch):
@@ -107,6 +133,9 @@ def test_a_real_measurement_runs_the_trainer_and_sampler(cache, tmp_path):
     found = measure.time_cell(cell, tmp_path / "work")
     assert list(found["train"]) == [costs.train_cost_key(cell)] and list(found["sample"]) == [costs.sample_cost_key(cell)]
     assert 0 < found["train"][costs.train_cost_key(cell)] < 5 and 0 < found["sample"][costs.sample_cost_key(cell)] < 5
-    run = tmp_path / "work" / f"train-{cell.cell_id}"
+    # building the model, data and checkpoints: more than nothing, less than a minute at this size
+    assert set(found["fixed"]) == {f"train/{costs.train_cost_key(cell)}", f"sample/{costs.sample_cost_key(cell)}"}
+    assert all(0 < v < 60 for v in found["fixed"].values())
+    (run,) = (tmp_path / "work").glob(f"train-{cell.cell_id}-????????")
     assert (run / "train_log.jsonl").read_text().count("\n") == measure.WARMUP_STEPS + measure.TIMED_STEPS
     assert not (tmp_path / "runs").exists()  # nothing written to the runs folder
