@@ -239,10 +239,17 @@ def evaluation_steps(config) -> list[int]:
 
 
 def judged_images(config) -> int:
-    """Samples the judge draws at one evaluation (0 without the judge: other data kinds, eval_prompts=0)."""
+    """Samples one evaluation draws: the judge's held-out prompts (none for other data kinds or with
+    eval_prompts=0) and train.eval_prompt_set's samples (its benchmark size where its files are absent)."""
     from gentron.validation import judge_prompts
 
-    return len(judge_prompts(config))
+    images = len(judge_prompts(config))
+    if config.train.eval_prompt_set:
+        try:
+            images += stages.prompt_count(config.train.eval_prompt_set, config.sample)
+        except FileNotFoundError:
+            pass  # neither files nor a declared size: the plan's preflight names the set
+    return images
 
 
 def evaluation_seconds(cell: Cell, table: dict, missing: list[str]) -> float:

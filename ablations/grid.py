@@ -450,6 +450,20 @@ def check_evaluation(config: CellConfig, where: str) -> None:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"{where}: unknown metric '{name}'{hint}; known: {', '.join(metrics)}")
         metric_prompt_set(name, config.sample.prompt_sets, where)
+    t = config.train
+    if t.eval_prompt_set:  # sampled and scored during training (gentron.validation)
+        if t.eval_prompt_set not in sets:
+            close = difflib.get_close_matches(t.eval_prompt_set, list(sets), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: train.eval_prompt_set: unknown prompt set '{t.eval_prompt_set}'{hint}; "
+                              f"known: {', '.join(sets)}")
+        for name in t.eval_metrics:
+            if name not in metrics:
+                close = difflib.get_close_matches(name, list(metrics), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(f"{where}: train.eval_metrics: unknown metric '{name}'{hint}; known: "
+                                  f"{', '.join(metrics)}")
+            metric_prompt_set(name, [t.eval_prompt_set], f"{where}: train.eval_metrics")
 
 
 def metric_prompt_set(metric: str, prompt_sets: list[str], where: str = "") -> str:

@@ -283,7 +283,7 @@ def _train(cell_dir: Path, config: dict, info: dict) -> dict:
     ensure_encoders(info)
     import eval.judge  # scores train.eval_every's held-out prompts (gentron.validation)
 
-    result = train(config, cell_dir, judge=eval.judge)
+    result = train(config, cell_dir, judge=eval.judge, evaluation=sample_evaluation(config))
     if _rank() == 0 and result.stopped:
         raise RuntimeError(f"{cell_dir.name}: training stopped at step {result.step} of {result.steps} "
                            "(interrupted); rerun the grid to resume from checkpoints/last.pt")
@@ -427,19 +427,59 @@ def _redo_training(cell_dir: Path, problem: str) -> None:
     manifest.write(cell_dir, found)
 
 
+def sample_evaluation(config: CellConfig):
+    """train.eval_prompt_set and train.eval_metrics as gentron.validation's SampleEvaluation (None
+    without them): the set's records, and a scorer that runs each metric's evaluator on the step's
+    sample folder, keeps its result there (<metric>.json) and returns the means."""
+    t = config.train
+    if not (t.eval_every and t.eval_prompt_set):
+        return None
+    from eval.common import write_result
+    from gentron.validation import SampleEvaluation
+
+    def score(folder: Path) -> dict[str, float]:
+        means = {}
+        for name in t.eval_metrics:
+            spec = registry("metrics")[name]
+            out = folder / f"{name}.json"
+            result = (read_json(out) if _scored(out) else
+                      importlib.import_module(spec["module"]).evaluate(folder, **spec.get("options", {})))
+            write_result(out, result)
+            means.update({f"{name}/{k}": v["mean"] for k, v in result["aggregate"].items()
+                          if isinstance(v, dict) and isinstance(v.get("mean"), (int, float))})
+        return means
+
+    noise = registry("prompt_sets")[t.eval_prompt_set].get("noise", "seed")
+    return SampleEvaluation(t.eval_prompt_set, prompt_records(t.eval_prompt_set, config.sample), score, noise)
+
+
 def prompt_records(name: str, sample: SampleConfig) -> list[dict]:
     """The fixed prompts x seeds of a named prompt set (ablations/conf/prompt_sets.yaml)."""
     spec = registry("prompt_sets")[name]
     per_prompt = spec.get("images_per_prompt") or sample.images_per_prompt
     if spec["kind"] == "compshapes":
         records = prompt_set(spec["set"], sample.seeds, per_prompt)
-        limit = spec.get("per_category")
-        return [r for r in records if limit is None or r["prompt_id"] < limit]
-    files = sorted(glob.glob(spec["glob"]))
-    if not files:
-        raise FileNotFoundError(f"prompt set '{name}': no files match {spec['glob']} "
-                                "(set the environment variable named in ablations/conf/prompt_sets.yaml)")
-    return [record for path in files for record in read_prompt_file(Path(path), sample.seeds, per_prompt)]
+    else:
+        files = sorted(glob.glob(spec["glob"]))
+        if not files:
+            raise FileNotFoundError(f"prompt set '{name}': no files match {spec['glob']} "
+                                    "(set the environment variable named in ablations/conf/prompt_sets.yaml)")
+        records = [record for path in files for record in read_prompt_file(Path(path), sample.seeds, per_prompt)]
+    return first_prompts(records, spec.get("per_category"))
+
+
+def first_prompts(records: list[dict], per_category: int | None) -> list[dict]:
+    """The records of the first `per_category` prompts of each category, in the set's order (all if None)."""
+    if per_category is None:
+        return records
+    kept: dict[str, set] = {}
+    out = []
+    for r in records:
+        seen = kept.setdefault(r.get("category"), set())
+        if r["prompt_id"] in seen or len(seen) < per_category:
+            seen.add(r["prompt_id"])
+            out.append(r)
+    return out
 
 
 def prompt_count(name: str, sample: SampleConfig) -> int:

@@ -57,7 +57,9 @@ def format_cost(p: Plan, table: dict | None = None) -> str:
     cpu_s = costs._pack(sorted(groups.values(), reverse=True), workers)
     gpu_h = max(len(costs.evaluation_steps(c.config)) * evaluation_gpu_hours(c) for c in evaluating)
     images = costs.judged_images(evaluating[0].config)
-    what = (f"validation loss on {first.eval_batch} items" + (f" and the judge on {images} samples of "
+    scorers = (["the judge"] if costs.judged_images(dataclasses.replace(
+        evaluating[0].config, train=dataclasses.replace(first, eval_prompt_set=None))) else []) + list(first.eval_metrics)
+    what = (f"validation loss on {first.eval_batch} items" + (f" and {', '.join(scorers)} on {images} samples of "
             f"{first.eval_sample_steps} steps" if images else ""))
     on_cpu = any(costs.counts(c).params <= costs.CPU_PARAM_LIMIT for c in evaluating)
     cpu = (f"about {cpu_s / 60:.1f} min on {workers} core{'s' if workers != 1 else ''} of this machine (counted in the estimate above); "

@@ -8,6 +8,8 @@ results_paper_table.png and results_samples.png at 1400x900 (the whole page); wi
 one at 390x844 as results_<view>_phone.png. With --eval-during-training, results_eval_during_training.png:
 the Training curves view with the training loss alone, above the validation curves of the cells that
 evaluated during training (`train.eval_every`) and their validation loss by timestep, the whole page.
+With --tensorboard DIR (a `python -m reports.export tensorboard` folder): tensorboard_eval_during_training.png,
+TensorBoard's scalars dashboard served from DIR, narrowed to the tags matching --tb-filter.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import argparse
 from pathlib import Path
 from urllib.parse import urlencode
 
-from reports.serving import CHROMIUM, CHROMIUM_ARGS, results_browser
+import sys
+
+from reports.serving import CHROMIUM, CHROMIUM_ARGS, free_port, results_browser, serve
 
 DESKTOP, PHONE = {"width": 1400, "height": 900}, {"width": 390, "height": 844}
 TABLE = "[data-testid='stTable'], [data-testid='stDataFrame']"  # static up to STATIC_ROWS rows, else the grid
@@ -79,6 +83,22 @@ def eval_during_training(browser, url: str, out: Path, grids: list[str]) -> Path
     return path
 
 
+def tensorboard_shot(browser, logdir: Path, out: Path, tags: str) -> Path:
+    """TensorBoard (the installed package, served locally) on `logdir`, its scalars filtered by `tags`."""
+    port = free_port()
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port),
+               "--host", "127.0.0.1", "--reload_interval", "0"]
+    with serve(command, f"http://127.0.0.1:{port}", "/data/logdir", 90.0) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/?{urlencode({'tagFilter': tags})}#timeseries", timeout=90_000)
+        page.locator("canvas, svg").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(6000)  # the charts fetch their points after the page draws
+        path = out / "tensorboard_eval_during_training.png"
+        page.screenshot(path=str(path), full_page=True)
+        page.close()
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs"))
@@ -88,7 +108,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--phone", action="store_true", help="also at 390x844, as results_<view>_phone.png")
     parser.add_argument("--eval-during-training", action="store_true",
                         help="only results_eval_during_training.png (cells run with train.eval_every)")
+    parser.add_argument("--tensorboard", type=Path, help="only tensorboard_eval_during_training.png, from this logdir")
+    parser.add_argument("--tb-filter", default="validation/judge/color|validation/loss$",
+                        help="TensorBoard's tag filter (a regular expression)")
     args = parser.parse_args(argv)
+    if args.tensorboard:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as play:
+            browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                print(f"wrote {tensorboard_shot(browser, args.tensorboard.resolve(), args.out, args.tb_filter)}")
+            finally:
+                browser.close()
+        return
     numeric = args.numeric_grid or ("mfg" if (args.runs / "mfg").is_dir() else None)
     from playwright.sync_api import sync_playwright
 

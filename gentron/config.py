@@ -35,7 +35,7 @@ RUN_ONLY_KEYS = ("train.log_every", "train.ckpt_every", "train.tensorboard", "tr
                  "train.compile",
                  "train.grad_checkpointing", "train.strategy", "train.keep_last", "train.resume", "train.grad_accum",
                  "data.cache_dir", "train.eval_every", "train.eval_batch", "train.eval_bins", "train.eval_prompts",
-                 "train.eval_sample_steps")
+                 "train.eval_sample_steps", "train.eval_prompt_set", "train.eval_metrics")
 
 
 @dataclass
@@ -136,12 +136,16 @@ class TrainConfig:
     # Evaluation during training (gentron.validation, run_dir/validation.jsonl): at each checkpoint whose
     # step is a multiple of eval_every (0: off), the EMA weights' loss on a fixed validation batch of
     # eval_batch items in eval_bins timestep bins, and on CompShapes the judge on eval_prompts held-out
-    # prompts per category sampled in eval_sample_steps steps (0 prompts: no judge).
+    # prompts per category sampled in eval_sample_steps steps (0 prompts: no judge). With eval_prompt_set
+    # (a named prompt set of the harness, e.g. 1,000 COCO captions) and eval_metrics (evaluators that
+    # score it), every rank samples its share of that set and the main rank scores it.
     eval_every: int = 0
     eval_batch: int = 64
     eval_bins: int = 10
     eval_prompts: int = 2
     eval_sample_steps: int = 10
+    eval_prompt_set: str | None = None
+    eval_metrics: list[str] = field(default_factory=list)
     keep_last: int = 2  # checkpoints kept: checkpoints/last.pt and keep_last - 1 earlier step-<step>.pt
     # A run folder resumes only with the config it was trained with (up to keys that change how it
     # runs, not what it computes); `force` continues it with this config instead (gentron.train).
@@ -339,6 +343,11 @@ def _check_evaluation_during_training(cfg: CellConfig) -> None:
     if t.eval_bins > t.eval_batch:
         raise ConfigError(f"train.eval_bins={t.eval_bins} exceeds train.eval_batch={t.eval_batch}: every timestep "
                           "bin needs at least one validation item; raise eval_batch or lower eval_bins")
+    if bool(t.eval_prompt_set) != bool(t.eval_metrics):
+        given, missing = (("train.eval_prompt_set", "train.eval_metrics") if t.eval_prompt_set
+                          else ("train.eval_metrics", "train.eval_prompt_set"))
+        raise ConfigError(f"{given} needs {missing} too: a prompt set sampled during training and the metrics "
+                          "that score it (e.g. train.eval_prompt_set=coco1k train.eval_metrics=[fid,clip_score])")
 
 
 def _check_limits(cfg: CellConfig) -> None:

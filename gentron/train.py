@@ -58,7 +58,7 @@ from gentron.text import build_text_encoders
 from gentron.train_log import LOG_FILE, MetricsLog
 from gentron.train_step import (FiniteWatch, StepNoise, autocast_for, compile_blocks, device_settings,
                                 training_step)
-from gentron.validation import VALIDATION_FILE, Validator
+from gentron.validation import VALIDATION_FILE, SampleEvaluation, Validator
 from gentron.vae import build_vae
 
 log = logging.getLogger(__name__)
@@ -234,9 +234,15 @@ def _log_row(step: int, lr: float, grad_norm, losses: dict, data: TrainingData, 
     return row
 
 
-def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path, judge=None) -> TrainResult:
+def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path, judge=None,
+          evaluation: SampleEvaluation | None = None) -> TrainResult:
     """Train (or resume) the cell in `run_dir` up to train.steps, or until a stop signal (SIGINT,
     SIGTERM, USR2) stops it after a step; either way the last step is checkpointed.
+
+    With train.eval_every, the checkpoints of its multiples are evaluated (gentron.validation): `judge`
+    (the harness's CompShapes judge) scores held-out prompts; `evaluation` (the harness's prompt set
+    and evaluators, from train.eval_prompt_set and train.eval_metrics) is sampled by every rank and
+    scored by the main one.
 
     A run folder resumes only with the config it was trained with (gentron.checkpoint.resume_state); a
     corrupt checkpoint is refused, and temporaries of killed saves are removed first."""
@@ -277,13 +283,15 @@ def train(cfg: CellConfig | dict | str | Path, run_dir: str | Path, judge=None) 
     metrics = MetricsLog(run_dir / LOG_FILE, step, info.is_main, run_dir / "tensorboard" if t.tensorboard else None,
                          {"project": t.wandb_project, "config": to_dict(cfg)} if t.wandb else None)
     # train.eval_every: the EMA weights evaluated at checkpoints of its multiples (gentron.validation)
-    validator = Validator(cfg, run_dir, device, step, judge) if t.eval_every and info.is_main else None
+    sampled = evaluation if t.eval_every else None
+    validator = (Validator(cfg, run_dir, device, step, judge, sampled, info)
+                 if t.eval_every and (info.is_main or sampled is not None) else None)
 
     def validate(at: int) -> None:
         if t.eval_every and at % t.eval_every == 0:
             full = {k: _full(v) for k, v in ema.items()} if shards or validator is not None else None  # FSDP: collective
-            if validator is not None:
-                metrics.write_validation(validator.run(at, D.unwrap(model).config, full))
+            if validator is not None and (row := validator.run(at, D.unwrap(model).config, full)) is not None:
+                metrics.write_validation(row)
             D.barrier(info)
 
     watch, autocast = FiniteWatch(device, info), autocast_for(t.precision, device)

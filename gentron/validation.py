@@ -18,9 +18,18 @@ on the main rank:
   import: the caller passes it (`train(..., judge=eval.judge)`, as the grid's stages do); without it a
   run logs the validation loss only.
 
+- with a `SampleEvaluation` (the harness builds it from `train.eval_prompt_set` and
+  `train.eval_metrics`, e.g. 1,000 COCO captions scored by FID and CLIP score on the paper profile):
+  every rank samples its share of the set (gentron.generate's shard k of K, whole batches of
+  sample.batch_size) with the EMA weights in eval_sample_steps steps into
+  `run_dir/validation/step-<step>/<prompt set>/`, a sample folder like the sample stage's; after a
+  barrier the main rank scores the folder with the harness's evaluators (`metrics` in the row,
+  "<metric>/<score>": mean). The folder is kept, so the numbers can be checked.
+
 A row: {"kind": "validation", "step", "loss", "loss_bins": [...], "mse_bins": [...] (with
 learn_sigma: the vb term is in loss, not mse), "t_bins": [[lo, hi), ...], "held_out", "seconds",
-"judge": {category: mean binary score}, "judge_mean"}. These are progress numbers on a small fixed
+"judge": {category: mean binary score}, "judge_mean", "metrics": {"<metric>/<score>": mean},
+"metric_images"}. These are progress numbers on a small fixed
 sample, never the cell's final metrics (those are the evaluators' JSON files). A resumed run drops
 the rows past its step first, and a line torn by a kill mid-write, like train_log.jsonl.
 
@@ -33,6 +42,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,6 +58,18 @@ log = logging.getLogger(__name__)
 VALIDATION_FILE = "validation.jsonl"
 HELD_OUT_SEED_OFFSET = 1_000_003  # CompShapes validation images: data.seed + this (never a training seed)
 NOISE_SEED = 20_231_206  # the fixed timesteps and noise of the validation batch
+@dataclass
+class SampleEvaluation:
+    """A prompt set sampled and scored at every evaluation: `records` (prompt, seed, index, category,
+    prompt_id: gentron.generate's prompt records), each sample's start noise from `noise`
+    (gentron.generate.noise_seed), and `score(folder) -> {"<metric>/<score>": value}`, the evaluators
+    of the harness, which the library does not import (as `judge`)."""
+    name: str
+    records: list[dict]
+    score: Callable[[Path], dict[str, float]]
+    noise: str = "seed"
+
+
 def scalars(row: dict) -> dict[str, float]:
     """A validation row as named scalars, the tags every logger uses (train.tensorboard, train.wandb,
     reports.export): validation/loss, validation/loss_t<lo>-<hi> per timestep bin,
@@ -57,6 +80,8 @@ def scalars(row: dict) -> dict[str, float]:
     for category, value in (row.get("judge") or {}).items():
         out[f"validation/judge/{category}"] = value
     out["validation/judge_mean"] = row.get("judge_mean")
+    for name, value in (row.get("metrics") or {}).items():
+        out[f"validation/{name}"] = value
     return {k: float(v) for k, v in out.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
@@ -123,8 +148,13 @@ def judge_prompts(cfg: CellConfig) -> list[dict]:
 class Validator:
     """The fixed validation batch and judged prompts of a run, and its validation.jsonl."""
 
-    def __init__(self, cfg: CellConfig, run_dir: Path, device, resume_step: int, judge=None):
-        self.judge = judge
+    def __init__(self, cfg: CellConfig, run_dir: Path, device, resume_step: int, judge=None,
+                 sampled: SampleEvaluation | None = None, info=None):
+        """On the main rank (info None or info.is_main) the loss, the judge and the scoring; with
+        `sampled`, every rank builds one to draw its share of the prompt set."""
+        from gentron.distributed import DistInfo
+
+        self.judge, self.sampled, self.info = judge, sampled, info or DistInfo()
         # Building the encoders (a tiny one seeds its own init) must not move training's random streams.
         devices = [device] if torch.device(device).type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -138,9 +168,9 @@ class Validator:
 
         t = cfg.train
         self.cfg, self.device, self.path = cfg, torch.device(device), Path(run_dir) / VALIDATION_FILE
-        self.every = t.eval_every
+        self.every, self.main = t.eval_every, self.info.is_main
         rows = read_rows(self.path, resume_step)
-        if self.path.exists():
+        if self.path.exists() and self.main:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
         self.diffusion = Diffusion.from_config(cfg.model).to(self.device)
         self.vae = build_vae(cfg.vae).to(self.device)
@@ -166,7 +196,8 @@ class Validator:
         self.t = (lo + (torch.rand(n, generator=g) * (hi - lo)).long()).clamp(max=T - 1).to(self.device)
         self.noise = torch.randn(self.x0.shape, generator=g).to(self.device)
 
-        self.prompts = judge_prompts(cfg) if self.judge is not None else []
+        self._setup_sampled(cache)
+        self.prompts = judge_prompts(cfg) if self.judge is not None and self.main else []
         if self.prompts:
             texts = cache.encode([r["prompt"] for r in self.prompts])
             nulls = cache.encode([""] * len(self.prompts))
@@ -176,6 +207,30 @@ class Validator:
         self.model = None
         log.info("validation every %d steps: %d items (%s), %d timestep bins, %d judged prompts", self.every, n,
                  "held out" if self.held_out else "from the training data", bins, len(self.prompts))
+
+    def _setup_sampled(self, cache) -> None:
+        """This rank's share of the sampled prompt set (whole batches, as gentron.generate shards a
+        folder), its prompts encoded once."""
+        from gentron.data.features import to_model_dtype
+        from gentron.generate import sample_rows
+        from gentron.partition import shard_range
+
+        self.rows, self.batch_text = [], {}
+        if self.sampled is None:
+            return
+        self.rows = sample_rows(self.sampled.records, self.cfg.data.video)
+        size = self.cfg.sample.batch_size
+        span = shard_range(len(self.rows), size, (self.info.rank, self.info.world_size))
+        mine = self.rows[span.start:span.stop]
+        # A shard is whole batches, so each batch is the one gentron.generate would draw, and is encoded
+        # as it would be (prompts padded together): the samples do not depend on the number of ranks.
+        cpu = torch.device("cpu")
+        for i in range(0, len(mine), size):
+            batch = [r["prompt"] for r in mine[i:i + size]]
+            self.batch_text[mine[i]["file"]] = (to_model_dtype(cache.encode(batch), torch.float32, cpu),
+                                                to_model_dtype(cache.encode([""] * len(batch)), torch.float32, cpu))
+        log.info("validation samples: %d of prompt set %s on this rank (%d in all), scored by the main rank",
+                 len(mine), self.sampled.name, len(self.rows))
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
@@ -245,13 +300,66 @@ class Validator:
         return {"judge": judge, "judge_mean": sum(judge.values()) / len(judge),
                 "judge_prompts": len(self.prompts), "judge_sample_steps": self.cfg.train.eval_sample_steps}
 
-    def run(self, step: int, config, ema: dict[str, torch.Tensor]) -> dict:
-        """Evaluate and append the row of `step` to validation.jsonl; returns it."""
+    def sample_folder(self, step: int) -> Path:
+        return self.path.parent / "validation" / f"step-{step:08d}" / self.sampled.name
+
+    def _draw_share(self, step: int, model) -> Path:
+        """This rank's share of the sampled prompt set into the step's sample folder (gentron.generate's
+        writer: resumable, the manifest written by whichever shard finishes last)."""
+        from gentron.generate import noise_seed, write_samples
+        from gentron.train_step import autocast_for
+
+        s, video, sampled = self.cfg.sample, self.cfg.data.video, self.sampled
+        clip = s.clip_x0 if s.clip_x0 is not None else self.cfg.vae.kind == "identity"
+        side = self.cfg.data.resolution // self.vae.downsample
+        frame = (self.vae.channels, side, side)
+        autocast = autocast_for(self.cfg.train.precision, self.device)
+
+        def start():
+            protocol = {"sampler": s.sampler, "steps": self.cfg.train.eval_sample_steps, "cfg_scale": s.cfg_scale,
+                        "mfg_scale": s.mfg_scale if video else None, "clip_x0": clip, "batch_size": s.batch_size,
+                        "noise": sampled.noise, "checkpoint_step": step, "ema": True}
+
+            def draw(batch: list[dict]) -> torch.Tensor:
+                text, null = self.batch_text[batch[0]["file"]]
+                text, null = [e.to(self.device) for e in text], [e.to(self.device) for e in null]
+                shape = (len(batch), self.cfg.data.num_frames, *frame) if video else (len(batch), *frame)
+                generators = [torch.Generator().manual_seed(noise_seed(r, sampled.noise)) for r in batch]
+                with autocast:
+                    latents = self.diffusion.sample(model, text, null, shape, sampler=s.sampler,
+                                                    steps=self.cfg.train.eval_sample_steps, cfg_scale=s.cfg_scale,
+                                                    mfg_scale=s.mfg_scale if video else None,
+                                                    generator=generators, clip_x0=clip)
+                images = self.vae.decode(latents.flatten(0, 1) if video else latents).float().cpu()
+                return images.unflatten(0, shape[:2]) if video else images
+
+            return protocol, draw
+
+        folder = self.sample_folder(step)
+        return write_samples(folder, self.rows, s.batch_size, (self.info.rank, self.info.world_size), start)
+
+    def run(self, step: int, config, ema: dict[str, torch.Tensor]) -> dict | None:
+        """Evaluate and append the row of `step` to validation.jsonl; returns it (None on the other
+        ranks, which only draw their share of the sampled prompt set)."""
+        from gentron import distributed as D
+
         started = time.perf_counter()
+        if self.sampled is not None:
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                self._draw_share(step, self._ema_model(config, ema))
+            D.barrier(self.info)  # every share drawn: the folder is whole
+        if not self.main:
+            return None
         row = {"kind": "validation", "step": step, **self.evaluate(config, ema)}
+        if self.sampled is not None:
+            folder = self.sample_folder(step)
+            row["metrics"] = {k: float(v) for k, v in self.sampled.score(folder).items()}
+            row["metric_images"] = len(self.rows)
         row["seconds"] = time.perf_counter() - started
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        log.info("validation at step %d: loss %.4f%s", step, row["loss"],
-                 f", judge {row['judge_mean']:.3f}" if "judge_mean" in row else "")
+        log.info("validation at step %d: loss %.4f%s%s", step, row["loss"],
+                 f", judge {row['judge_mean']:.3f}" if "judge_mean" in row else "",
+                 "".join(f", {k} {v:.4g}" for k, v in (row.get("metrics") or {}).items()))
         return row

@@ -3,7 +3,8 @@
 
 Two frames, both per arm (seeds averaged, grid.yaml's arm order) and step:
 
-- `arm_curves`: the validation loss, the judge's mean and each judged category against the step.
+- `arm_curves`: the validation loss, the judge's mean, each judged category and the scores of
+  train.eval_metrics on train.eval_prompt_set ("fid/fid", ...) against the step.
   The band: a t-interval over an arm's seeds where it has several (cut to [0, 1] for a judge score,
   to >= 0 for the loss); for one seed, the judge's scores (binary per prompt) carry a Wilson 95%
   interval over their prompts, the loss none.
@@ -64,6 +65,10 @@ def cell_curves(rows: list[dict], grid: str, cell_id: str) -> pd.DataFrame:
             # every category has the same prompts, so the mean of the categories is the rate over all of them
             out.append((grid, cell_id, step, JUDGE_MEAN, float(row["judge_mean"]), *wilson(row["judge_mean"], total),
                         total or math.nan))
+        for name, value in (row.get("metrics") or {}).items():  # train.eval_metrics on train.eval_prompt_set
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                out.append((grid, cell_id, step, name, float(value), math.nan, math.nan,
+                            row.get("metric_images") or math.nan))
     return pd.DataFrame(out, columns=COLUMNS)
 
 
@@ -101,9 +106,10 @@ def arm_curves(rows_of: dict[str, list[dict]], cells: pd.DataFrame,
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
     out = _per_arm(frame.drop(columns="n"), cells, order or {}, ["step"])
     # a t-interval over few seeds is wide: kept within what the numbers can be (a rate in [0, 1], a loss >= 0)
-    rate = out["metric"] != LOSS
+    rate = out["metric"].str.startswith(JUDGE) | (out["metric"] == JUDGE_MEAN)
     out.loc[rate, ["ci_low", "ci_high"]] = out.loc[rate, ["ci_low", "ci_high"]].clip(0, 1)
-    out.loc[~rate, "ci_low"] = out.loc[~rate, "ci_low"].clip(lower=0)
+    loss = out["metric"] == LOSS
+    out.loc[loss, "ci_low"] = out.loc[loss, "ci_low"].clip(lower=0)
     return out
 
 
@@ -117,10 +123,12 @@ def timestep_curves(rows_of: dict[str, list[dict]], cells: pd.DataFrame,
 
 
 def metrics_in_order(curves: pd.DataFrame) -> list[str]:
-    """The validation loss, the judge's mean, then its categories (alphabetically)."""
+    """The validation loss, the judge's mean, its categories (alphabetically), then the evaluators'
+    scores of train.eval_metrics ("<metric>/<score>", alphabetically)."""
     found = set(curves["metric"])
-    return [m for m in (LOSS, JUDGE_MEAN) if m in found] + sorted(m for m in found if m.startswith(JUDGE)
-                                                                  and m != JUDGE_MEAN)
+    judged = sorted(m for m in found if m.startswith(JUDGE) and m != JUDGE_MEAN)
+    return ([m for m in (LOSS, JUDGE_MEAN) if m in found] + judged
+            + sorted(found - {LOSS, JUDGE_MEAN} - set(judged)))
 
 
 def latest_common_step(curves: pd.DataFrame) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -277,3 +278,100 @@ def test_wandb_without_the_package_is_one_line(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, train={"steps": 2, "wandb": True})
     with pytest.raises(ConfigError, match=r"train.wandb=true needs the wandb package.*pip install -e .\[wandb\]"):
         train(cfg, tmp_path / "run")
+
+
+# --- a prompt set sampled by every rank and scored during training (train.eval_prompt_set) ---------
+
+class ScoreFolder:
+    """A scorer that records each call (process, folder) and scores with the real CompShapes judge."""
+
+    def __init__(self, log_path):
+        self.log_path = log_path
+
+    def __call__(self, folder):
+        import os
+
+        rows = (folder / "samples.jsonl").read_text().splitlines()
+        with open(self.log_path, "a") as f:
+            f.write(f"{os.getpid()} {folder}\n")
+        judged = eval.judge.evaluate(folder)["aggregate"]
+        return {"count/images": len(rows), "compshapes_judge/color": judged["color"]["mean"]}
+
+
+def _sampled_eval(log_path):
+    from gentron.generate import prompt_set
+    from gentron.validation import SampleEvaluation
+
+    records = [r for r in prompt_set("compshapes_test", [0], 1) if r["category"] == "color"][:5]
+    return SampleEvaluation("mini", records, ScoreFolder(log_path), "seed")
+
+
+def _sampling_rank_main(rank, cfg, run_dir, port, evaluation):
+    import os
+
+    from tests.test_distributed import WORLD
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    train(cfg, run_dir, evaluation=evaluation)
+
+
+def _images(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_every_rank_samples_its_share_and_the_main_rank_scores_the_whole_set(tmp_path):
+    import torch.multiprocessing as mp
+
+    from tests.test_distributed import WORLD, _free_port
+
+    cfg = tiny_config(tmp_path, train={"steps": 3, "warmup_steps": 0, "lr": 1e-3, **EVAL, "eval_every": 3,
+                                       "eval_prompts": 0},
+                      sample={"steps": 3, "batch_size": 2})
+    train(cfg, tmp_path / "single", evaluation=_sampled_eval(tmp_path / "single.log"))
+    mp.spawn(_sampling_rank_main, args=(cfg, tmp_path / "multi", _free_port(), _sampled_eval(tmp_path / "multi.log")),
+             nprocs=WORLD, join=True)
+    (single,), (multi,) = _rows(tmp_path / "single"), _rows(tmp_path / "multi")
+    folder = Path("validation") / "step-00000003" / "mini"
+    # 5 prompts in batches of 2: 3 batches, shard 0 draws 1 of them and shard 1 two
+    parts = sorted((tmp_path / "multi" / folder / ".shards").glob("part-*.jsonl"))
+    assert [len(p.read_text().splitlines()) for p in parts] == [2, 3]
+    assert len(_images(tmp_path / "multi" / folder)) == 5
+    assert _images(tmp_path / "multi" / folder) == _images(tmp_path / "single" / folder)  # whatever the ranks
+    assert len((tmp_path / "multi.log").read_text().splitlines()) == 1  # scored once, by the main rank
+    assert multi["metrics"] == single["metrics"] and multi["metrics"]["count/images"] == 5
+    assert multi["metric_images"] == 5 and "judge" not in multi
+
+
+def test_the_harness_samples_the_named_set_and_keeps_each_evaluators_result(tmp_path):
+    from ablations import stages
+
+    cfg = tiny_config(tmp_path, train={"steps": 2, "ckpt_every": 2, **EVAL, "eval_every": 2, "eval_prompts": 0,
+                                       "eval_prompt_set": "compshapes_smoke", "eval_metrics": ["compshapes_judge"]},
+                      sample={"steps": 2, "batch_size": 6})
+    evaluation = stages.sample_evaluation(cfg)
+    assert evaluation.name == "compshapes_smoke" and len(evaluation.records) == 12  # 2 prompts x 6 categories
+    train(cfg, tmp_path / "run", evaluation=evaluation)
+    (row,) = _rows(tmp_path / "run")
+    folder = tmp_path / "run" / "validation" / "step-00000002" / "compshapes_smoke"
+    kept = json.loads((folder / "compshapes_judge.json").read_text())
+    assert row["metrics"] == {f"compshapes_judge/{k}": pytest.approx(v["mean"])
+                              for k, v in kept["aggregate"].items() if isinstance(v, dict) and "mean" in v}
+    assert {"compshapes_judge/color", "compshapes_judge/spatial"} <= set(row["metrics"])
+    assert len((folder / "samples.jsonl").read_text().splitlines()) == 12
+
+
+def test_eval_prompt_set_and_metrics_are_checked_when_planned(tmp_path):
+    from ablations.grid import plan
+
+    base = ["grid=conditioning", f"runs_dir={tmp_path}", "train.eval_every=500"]
+    with pytest.raises(ConfigError, match="train.eval_prompt_set needs train.eval_metrics too"):
+        plan([*base, "train.eval_prompt_set=coco1k"])
+    with pytest.raises(ConfigError, match=r"unknown prompt set 'coco1'.*did you mean 'coco1k'"):
+        plan([*base, "train.eval_prompt_set=coco1", "train.eval_metrics=[fid]"])
+    with pytest.raises(ConfigError, match=r"train.eval_metrics.*'geneval' reads prompt sets"):
+        plan([*base, "train.eval_prompt_set=coco1k", "train.eval_metrics=[geneval]"])
+    p = plan([*base, "train.eval_prompt_set=coco1k", "train.eval_metrics=[fid,clip_score]"])
+    assert p.cells[0].config.train.eval_metrics == ["fid", "clip_score"]
