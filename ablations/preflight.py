@@ -92,22 +92,34 @@ def _cell_needs(cell: Cell, init_command: str | None = None) -> list[Need]:
                "train.init_from=<a trained cell's checkpoints/last.pt> (for text-to-video: the finished T2I "
                "grid's cell; run it first)")
         needs.append(Need(f"checkpoint {init}: no such file", "train.init_from", fix))
-    prompt_sets = registry("prompt_sets")
     for name in config.sample.prompt_sets:
-        spec = prompt_sets[name]
-        if spec["kind"] == "files" and not glob.glob(spec["glob"]):
-            variable = env_variable("prompt_sets", name, "glob")
-            needs.append(Need(f"prompt set '{name}': no file matches {spec['glob']}", "sample.prompt_sets",
-                              _env_fix(variable, _PROMPT_FIX.get(name, "the prompt files"))))
+        needs += _prompt_set_needs(name, "sample.prompt_sets")
     for name in config.eval.metrics:
         needs += _metric_needs(name)
+    t = config.train
+    if t.eval_every and t.eval_prompt_set:  # sampled and scored while training (gentron.validation)
+        needs += _prompt_set_needs(t.eval_prompt_set, "train.eval_prompt_set")
+        for name in t.eval_metrics:
+            if name not in config.eval.metrics:
+                needs += _metric_needs(name)
     return needs
+
+
+def _prompt_set_needs(name: str, used_by: str) -> list[Need]:
+    spec = registry("prompt_sets")[name]
+    if spec["kind"] == "files" and not glob.glob(spec["glob"]):
+        variable = env_variable("prompt_sets", name, "glob")
+        fix = _PROMPT_FIX.get(name, _PROMPT_FIX["coco30k"] if name.startswith("coco") else "the prompt files")
+        return [Need(f"prompt set '{name}': no file matches {spec['glob']}", used_by, _env_fix(variable, fix))]
+    return []
 
 
 _PROMPT_FIX = {
     "t2i_compbench_val": "the examples/dataset folder of a T2I-CompBench checkout "
                          "(`git clone https://github.com/Karine-Huang/T2I-CompBench`)",
     "coco30k": "the prompts.jsonl of `python -m eval.coco plan --captions annotations/captions_val2014.json --out DIR`",
+    "geneval": "the prompts/ folder of a GenEval checkout (`git clone https://github.com/djghosh13/geneval`)",
+    "vbench": "a VBench checkout (`git clone https://github.com/Vchitect/VBench`): its prompts/all_dimension.txt",
 }
 
 
@@ -194,13 +206,39 @@ def _metric_needs(name: str) -> list[Need]:
             from eval.compbench.questions import INSTALL_HINT
 
             needs.append(Need("spaCy's English model en_core_web_sm: not installed", used_by, INSTALL_HINT))
+    elif name == "geneval":
+        from eval.geneval import colors, detector
+
+        if not Path(options["metadata"]).is_file():
+            needs.append(Need(f"GenEval metadata {options['metadata']}: no such file", used_by,
+                              _env_fix(env_variable("metrics", name, "metadata"), _PROMPT_FIX["geneval"])))
+        needs += _try(lambda: detector.detector_folder(options["detector"]), "GenEval detector", used_by,
+                      f"`huggingface-cli download {options['detector']}`, or "
+                      f"{env_variable('metrics', name, 'detector')}=/path/to/a/saved/model")
+        needs += _try(lambda: colors.check_weights(options["clip_model"], options.get("clip_pretrained")),
+                      "GenEval colour CLIP", used_by, "the open_clip ViT-L-14 'openai' weights in the cache, or "
+                      f"{env_variable('metrics', name, 'clip_pretrained')}=/path/to/checkpoint")
+    elif name == "vbench":
+        from eval import weights
+
+        if not Path(options["full_info"]).is_file():
+            needs.append(Need(f"VBench prompt dimensions {options['full_info']}: no such file", used_by,
+                              _env_fix(env_variable("metrics", name, "full_info"), _PROMPT_FIX["vbench"])))
+        for key, what in (("dino", "DINO ViT-B/16 (subject consistency)"), ("clip", "CLIP ViT-B/32 (background "
+                                                                                  "consistency)")):
+            if not _hf_available(options[key]):
+                needs.append(Need(f"VBench {what} '{options[key]}': {_not_found(options[key])}", used_by,
+                                  _env_fix(env_variable("metrics", name, key), f"`huggingface-cli download {options[key]}`")))
+        needs += _try(lambda: weights.raft_checkpoint(options["raft"]), "VBench RAFT (dynamic degree)", used_by,
+                      "torchvision's Raft_Large_Weights.C_T_V1 in torch hub's checkpoints folder, or "
+                      f"{env_variable('metrics', name, 'raft')}=/path/to/raft_large.pth")
     return needs
 
 
 def _try(check, what: str, used_by: str, fix: str) -> list[Need]:
     try:
         check()
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         return [Need(f"{what}: {str(e).split('. ')[0]}", used_by, fix)]
     return []
 

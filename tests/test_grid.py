@@ -305,6 +305,26 @@ def test_the_paper_dry_run_lists_what_is_missing_and_exits_zero(tmp_path, capsys
     assert not any(tmp_path.iterdir())
 
 
+def test_the_dry_run_lists_the_weights_of_geneval_vbench_and_the_metrics_scored_while_training(tmp_path, capsys,
+                                                                                                monkeypatch):
+    for variable in ("GENTRON_GENEVAL_DETECTOR", "GENTRON_DINO_VITB16", "GENTRON_RAFT", "VBENCH_ROOT",
+                     "GENEVAL_PROMPTS", "COCO30K_CAPTIONS", "COCO_FID_REF"):
+        monkeypatch.setenv(variable, str(tmp_path / "absent" / variable.lower()))
+    assert main(["grid=mfg", "profile=paper", "dry_run=true", "data.path=/tmp/nodata", "train.init_from=/tmp/t2i.pt",
+                 f"runs_dir={tmp_path / 'runs'}"]) == 0
+    out = capsys.readouterr().out
+    assert "VBench prompt dimensions" in out and "VBench DINO ViT-B/16 (subject consistency)" in out
+    assert "VBench RAFT (dynamic degree)" in out and "GENTRON_RAFT=" in out
+    assert main(["grid=conditioning", "profile=paper", "dry_run=true", "data.path=/tmp/nodata",
+                 "sample.prompt_sets=[geneval]", "eval.metrics=[geneval]", "train.eval_every=1000",
+                 "train.eval_prompt_set=coco1k", "train.eval_metrics=[fid]", f"runs_dir={tmp_path / 'runs'}"]) == 0
+    out = capsys.readouterr().out
+    assert "GenEval metadata" in out and "GenEval detector" in out
+    assert "prompt set 'coco1k': no file matches" in out and "train.eval_prompt_set" in out
+    assert "FID reference" in out and "metric fid" in out
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_grid_folder_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
     (tmp_path / "conditioning").write_text("not a folder")
     assert main(["grid=conditioning", f"runs_dir={tmp_path}"]) == 2
