@@ -24,6 +24,7 @@ import pytest
 from eval.geneval.prompts import CLASSES, read_metadata
 from eval.geneval.rules import (COLORS, RELATIONS, TAGS, Settings, box_overlaps, judge, pairwise_overlaps, relations,
                                 select_objects)
+from tests.support.official_code import stubbed_modules
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = Path(os.environ.get("GENEVAL_OFFICIAL", REPO.parent / "shared" / "geneval"))
@@ -62,20 +63,11 @@ def load_official_scorer(root: Path) -> types.ModuleType:
         "clip_benchmark.metrics": module("clip_benchmark.metrics", zeroshot_classification=zsc),
         "clip_benchmark.metrics.zeroshot_classification": zsc,
     }
-    saved = {name: sys.modules.get(name) for name in stubs}
-    sys.modules.update(stubs)
-    try:
-        with warnings.catch_warnings():  # the scorer silences every warning at import
-            spec = importlib.util.spec_from_file_location("geneval_official_evaluate_images",
-                                                          root / "evaluation" / "evaluate_images.py")
-            scorer = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(scorer)
-    finally:
-        for name, original in saved.items():
-            if original is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = original
+    with stubbed_modules(stubs), warnings.catch_warnings():  # the scorer silences every warning at import
+        spec = importlib.util.spec_from_file_location("geneval_official_evaluate_images",
+                                                      root / "evaluation" / "evaluate_images.py")
+        scorer = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(scorer)
     scorer.args = types.SimpleNamespace(options={})
     scorer.object_detector = None
     scorer.official_color_classification = scorer.color_classification

@@ -65,9 +65,12 @@ T2I = ["grid=text_encoder", "profile=paper", *SIZES, f"train.steps={STEPS}", "tr
        "train.ckpt_every=5", "train.log_every=1", "train.lr=1e-3", "train.strategy=fsdp",
        "train.grad_checkpointing=true", "sample.steps=25", "sample.batch_size=1",
        "sample.prompt_sets=[t2i_compbench_val,coco30k,geneval]", "eval.metrics=[t2i_compbench,fid,clip_score,geneval]"]
+# The paper profile's video evaluation (VBench's prompt suite and dimensions, tiny extractors) beside
+# the exact judge on CompShapes motion prompts.
 T2V = ["grid=mfg", "profile=paper", *SIZES, "train.steps=6", "train.batch_size=4", "train.ckpt_every=3",
-       "train.log_every=3", "sample.steps=5", "sample.prompt_sets=[compshapes_motion_smoke]",
-       "eval.metrics=[compshapes_judge]"]
+       "train.log_every=3", "sample.steps=5", "sample.prompt_sets=[compshapes_motion_smoke,vbench]",
+       "eval.metrics=[compshapes_judge,vbench]"]
+VBENCH_DIMENSIONS = ("subject_consistency", "background_consistency", "temporal_flickering", "dynamic_degree")
 SAMPLED = {"t2i_compbench_val": len(COMPBENCH_CATEGORIES) * COMPBENCH_PER_FILE * IMAGES_PER_PROMPT,
            "coco30k": COCO_CAPTIONS,  # one image per COCO caption, whatever images_per_prompt says
            "geneval": 6 * GENEVAL_PER_PROMPT}  # one prompt of each task, 4 images each as the benchmark has
@@ -78,7 +81,9 @@ def paper_assets(tmp_path_factory) -> dict:
     """Everything the paper profile loads, tiny, on disk; the environment variables that point at it."""
     from eval.geneval.tiny import save_tiny_clip as save_geneval_clip, save_tiny_detector
     from eval.tiny_models import save_all
+    from eval.vbench.models import DINO_ENV, RAFT_ENV, save_tiny_dino, save_tiny_raft
     from tests.test_geneval_conformance import official_files
+    from tests.test_vbench import vbench_root
 
     kit = compbench_kit()
     if not (kit / "examples" / "dataset" / "color_val.txt").exists():
@@ -102,6 +107,10 @@ def paper_assets(tmp_path_factory) -> dict:
         "GENTRON_GENEVAL_DETECTOR": str(save_tiny_detector(root / "weights" / "mask2former", favour=classes)),
         "GENTRON_GENEVAL_CLIP": f"local-dir:{geneval_clip}",
         "GENTRON_GENEVAL_CLIP_WEIGHTS": str(geneval_clip / "open_clip_model.safetensors"),
+        # VBench: a three-prompt suite; background consistency uses GENTRON_CLIP_B32 above
+        "VBENCH_ROOT": str(vbench_root(root / "VBench")),
+        DINO_ENV: str(save_tiny_dino(root / "weights" / "dino")),
+        RAFT_ENV: str(save_tiny_raft(root / "weights" / "raft.pth")),
     }
     cluster = root / "cluster.yaml"  # slurm/profiles/example.yaml's keys, two tasks on CPUs
     shards = {"tasks_per_node": 1, "shards": 2}  # sampling and scoring: 2 one-task jobs per cell
@@ -335,6 +344,13 @@ def test_paper_profile_rehearsed_end_to_end(slurm_cluster, paper_assets, tmp_pat
                    (cell_json.parent / "samples" / "compshapes_motion_smoke" / "samples.jsonl").read_text().splitlines()]
         assert len(samples) == 2 * IMAGES_PER_PROMPT and all(s["file"].endswith(".gif") for s in samples)
         assert len(list((cell_json.parent / "samples" / "compshapes_motion_smoke" / samples[0]["frames"]).glob("*.png"))) == FRAMES
+        # VBench's suite sampled (5 clips a prompt, as VBench samples) and scored on each prompt's dimensions
+        suite = (cell_json.parent / "samples" / "vbench" / "samples.jsonl").read_text().splitlines()
+        assert len(suite) == 3 * 5
+        metrics = json.loads((cell_json.parent / "metrics.json").read_text())
+        for dimension in VBENCH_DIMENSIONS:
+            value = metrics[f"vbench/{dimension}"]
+            assert 0.0 <= value["mean"] <= 1.0 and value["n"] > 0, (dimension, value)
 
 
 # --- the pieces the rehearsal relies on, fast -------------------------------------------------

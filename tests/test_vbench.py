@@ -24,6 +24,7 @@ from eval.vbench.clips import Clip, bgr_frames, folder_clips
 from eval.vbench.models import ClipFeatures, DinoFeatures, RaftFlow, save_tiny_models
 from eval.vbench.normalize import NORMALIZATION, normalized, quality_partial
 from eval.vbench.run import evaluate, merge, score_clip
+from tests.support.official_code import stubbed_modules
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = Path(os.environ.get("GENTRON_VBENCH", REPO.parent / "shared" / "vbench"))
@@ -71,22 +72,13 @@ def official() -> types.SimpleNamespace:
     for name in ("vbench.third_party", "vbench.third_party.RAFT", "vbench.third_party.RAFT.core",
                  "vbench.third_party.RAFT.core.utils_core"):
         stubs[name] = module(name, __path__=[])
-    names = [*stubs, *(f"vbench.{m}" for m in MODULES)]
-    saved = {name: sys.modules.get(name) for name in names}
-    sys.modules.update(stubs)
     loaded = {}
-    try:
+    with stubbed_modules(stubs, also_restore=tuple(f"vbench.{m}" for m in MODULES)):
         for name in MODULES:
             spec = importlib.util.spec_from_file_location(f"vbench.{name}", root / f"{name}.py")
             loaded[name] = importlib.util.module_from_spec(spec)
             sys.modules[f"vbench.{name}"] = loaded[name]
             spec.loader.exec_module(loaded[name])
-    finally:
-        for name, original in saved.items():
-            if original is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = original
     return types.SimpleNamespace(**loaded)
 
 
