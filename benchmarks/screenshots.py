@@ -89,10 +89,14 @@ def tensorboard_shot(browser, logdir: Path, out: Path, tags: str) -> Path:
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port),
                "--host", "127.0.0.1", "--reload_interval", "0"]
     with serve(command, f"http://127.0.0.1:{port}", "/data/logdir", 90.0) as url:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{url}/?{urlencode({'tagFilter': tags})}#timeseries", timeout=90_000)
-        page.locator("canvas, svg").first.wait_for(timeout=60_000)
-        page.wait_for_timeout(6000)  # the charts fetch their points after the page draws
+        page = browser.new_page(viewport={"width": 1400, "height": 620})
+        page.goto(f"{url}/#timeseries", timeout=90_000)
+        page.locator("input[placeholder*='Filter tags']").first.wait_for(timeout=60_000)
+        page.locator("input[placeholder*='Filter tags']").first.fill(tags)
+        close = page.locator("button[aria-label='Close side pane']")
+        if close.count():
+            close.first.click()
+        page.wait_for_timeout(8000)  # the charts fetch their points after the page draws
         path = out / "tensorboard_eval_during_training.png"
         page.screenshot(path=str(path), full_page=True)
         page.close()

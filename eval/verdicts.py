@@ -352,7 +352,8 @@ def grid_verdicts(grid_dir: str | Path, *, control: str | Mapping[str, str] | No
 # ---------------------------------------------------------------- output
 
 
-def _p_text(p) -> str:
+def p_text(p) -> str:
+    """A p-value as the tables print it: three decimals, "<0.001" below."""
     if p is None or not np.isfinite(p):
         return ""
     return "<0.001" if p < 0.001 else f"{p:.3f}"
@@ -379,8 +380,8 @@ def display_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     shown = pd.DataFrame({"control": table["control"], "arm": table["arm"], "metric": table["metric"]})
     shown["difference [CI]"] = [f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]" if np.isfinite(d) else "—"
                                 for d, lo, hi in zip(table["difference"], table["ci_low"], table["ci_high"])]
-    shown["p"] = table["p_value"].map(_p_text)
-    shown["adjusted p"] = table["p_adjusted"].map(_p_text)
+    shown["p"] = table["p_value"].map(p_text)
+    shown["adjusted p"] = table["p_adjusted"].map(p_text)
     shown["verdict"] = table["verdict"]
     return shown.reset_index(drop=True)
 

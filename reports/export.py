@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ablations.runfolder import (CELL, METRICS, RESULTS, SAMPLES, TRAIN_LOG, cell_dirs, find_grids,
                                  read_json_or_empty, read_jsonl)
+from eval.verdicts import p_text
 from gentron.errors import exits_on_user_error
 from gentron.train_log import wandb_run_id
 from gentron.validation import VALIDATION_FILE
@@ -157,7 +158,7 @@ def _add_verdict(cell: CellExport, row: dict) -> None:
             cell.verdicts[f"verdict/{metric}/{key}"] = float(value)
     cell.verdict_text[f"verdict/{metric}"] = (
         f"{row['verdict.verdict']} against {row['verdict.control']}: difference {row['verdict.difference']:+.3f} "
-        f"[{row['verdict.ci_low']:+.3f}, {row['verdict.ci_high']:+.3f}], adjusted p {row['verdict.p_adjusted']:.3g} "
+        f"[{row['verdict.ci_low']:+.3f}, {row['verdict.ci_high']:+.3f}], adjusted p {p_text(row['verdict.p_adjusted'])} "
         f"({row['verdict.correction']}, level {row['verdict.level']}, {row['verdict.method']})")
 
 

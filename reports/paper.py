@@ -265,7 +265,7 @@ def paper_verdicts(scores: pd.DataFrame, family: str, grid: str = "", order: dic
         "category": table["category"],
         "ours": [f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for d, lo, hi in
                  zip(table["difference"], table["ci_low"], table["ci_high"])],
-        "p": table["p_value"].map(verdicts._p_text), "adjusted p": table["p_adjusted"].map(verdicts._p_text),
+        "p": table["p_value"].map(verdicts.p_text), "adjusted p": table["p_adjusted"].map(verdicts.p_text),
         "verdict": table["verdict"], "paper": table["paper_difference"].map(lambda v: f"{v:+.2f}"),
         "vs paper": [agreement(v, p) for v, p in zip(table["verdict"], table["paper_difference"])]})
     order_cat = {c: i for i, c in enumerate(CATEGORIES)}
