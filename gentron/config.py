@@ -142,7 +142,7 @@ class TrainConfig:
     eval_every: int = 0
     eval_batch: int = 64
     eval_bins: int = 10
-    eval_prompts: int = 2
+    eval_prompts: int = 24  # 2 moved a judge point in steps of 0.5: no trend visible (docs/results_browser.md)
     eval_sample_steps: int = 10
     eval_prompt_set: str | None = None
     eval_metrics: list[str] = field(default_factory=list)
