@@ -146,6 +146,14 @@ def cost_columns(p: Plan, gpus: int | None) -> list[dict]:
     """The plan table's cost columns per cell: params (M), GPUs, estimated GPU-hours."""
     rows, tasks = [], stage_tasks(p)
     for cell in p.cells:
+        if cell.baseline:  # a pretrained pipeline (ablations.baselines): not the grid's model, nothing trained
+            row = {"params": "pipeline", "GPUs": gpus if gpus else "-", "train GPU-h (est.)": "0"}
+            row.update({f"{stage} GPU-h (est.)": "0" if stage == "encode" else "-"
+                        for stage in ("encode", "sample", "evaluate")})
+            if tasks:
+                row["tasks x GPUs"] = tasks
+            rows.append(row)
+            continue
         c = cell_costs(cell, gpus)
         row = {"params": f"{c['params'] / 1e6:.1f}M", "GPUs": gpus if gpus else "-",
                "train GPU-h (est.)": _hours(c["gpu_hours"])}
@@ -299,7 +307,9 @@ def estimate(p: Plan, costs: dict | None = None, workers: int | None = None) -> 
     groups: dict[str, list[Cell]] = {}
     gpu_only = 0
     for cell in p.cells:
-        if counts(cell).params > CPU_PARAM_LIMIT:
+        if cell.baseline:  # a pretrained pipeline samples: not the grid's model, and not measured here
+            missing.append(f"baseline {cell.arms} (pipeline {cell.baseline.get('pipeline')}): its sampling")
+        elif counts(cell).params > CPU_PARAM_LIMIT:
             gpu_only += 1
         elif not runfolder.status(p.grid_dir / cell.cell_id).complete:
             groups.setdefault(train_key(cell.config), []).append(cell)
@@ -318,7 +328,7 @@ def estimate(p: Plan, costs: dict | None = None, workers: int | None = None) -> 
     encoders_s = _pack(encoder_times, workers)
     cells_s = _pack(sorted(group_times, reverse=True), workers)
     # What one more cell costs, done or not (the seeds planner's unit): training plus its sampling.
-    every = [c for c in p.cells if counts(c).params <= CPU_PARAM_LIMIT]
+    every = [c for c in p.cells if not c.baseline and counts(c).params <= CPU_PARAM_LIMIT]
     per_cell = [c.config.data.num_train * _lookup(costs, "data", data_key(c.config), [])
                 + c.config.train.steps * _lookup(costs, "train", train_cost_key(c), [])
                 + evaluations_seconds(c, costs, []) + fixed_seconds(costs, "train", train_cost_key(c))

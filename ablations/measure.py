@@ -134,8 +134,10 @@ def competing(cores: int, load: float, share: float) -> float:
 # --- the cost keys of a plan, measured ----------------------------------------------------------
 
 def measurable(cell: Cell) -> bool:
-    """CPU-sized cells on CompShapes (other data and paper-sized models are not run here)."""
-    return cell.config.data.kind == "compshapes" and sc.counts(cell).params <= sc.CPU_PARAM_LIMIT
+    """CPU-sized cells on CompShapes that train (other data, paper-sized models and pretrained
+    pipelines' baselines are not run here)."""
+    return (not cell.baseline and cell.config.data.kind == "compshapes"
+            and sc.counts(cell).params <= sc.CPU_PARAM_LIMIT)
 
 
 def plan_costs(p: Plan, path: Path | None = None) -> dict:

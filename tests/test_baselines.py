@@ -235,6 +235,14 @@ def test_a_grid_runs_a_trained_arm_and_a_baseline_into_one_table_and_a_study(pip
     trained, baseline = plan(args).cells
     assert baseline.baseline["pipeline"] == str(pipelines["pixart"]) and trained.baseline is None
     assert baseline.axes == {"conditioning": "tiny_pixart (baseline)", "seed": 0} and baseline.config.sample.steps == 2
+    # the plan's costs: the baseline is a pipeline that trains nothing, not the grid's model
+    from ablations import costs
+    planned = plan(args)
+    (pipeline_row,) = [r for c, r in zip(planned.cells, costs.cost_columns(planned, 8)) if c.baseline]
+    assert pipeline_row["params"] == "pipeline" and pipeline_row["train GPU-h (est.)"] == "0"
+    estimate = costs.estimate(planned, costs.load_costs())
+    assert any(m.startswith("baseline ") and "its sampling" in m for m in estimate["missing"])
+    assert estimate["groups"] == 1  # only the trained arm trains
     assert run_grid(args) == 0
     out = capsys.readouterr().out
     grid_dir = runs / "with_baseline"
