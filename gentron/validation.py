@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 VALIDATION_FILE = "validation.jsonl"
 HELD_OUT_SEED_OFFSET = 1_000_003  # CompShapes validation images: data.seed + this (never a training seed)
 NOISE_SEED = 20_231_206  # the fixed timesteps and noise of the validation batch
+
+
 @dataclass
 class SampleEvaluation:
     """A prompt set sampled and scored at every evaluation: `records` (prompt, seed, index, category,
@@ -73,7 +75,7 @@ class SampleEvaluation:
 def scalars(row: dict) -> dict[str, float]:
     """A validation row as named scalars, the tags every logger uses (train.tensorboard, train.wandb,
     reports.export): validation/loss, validation/loss_t<lo>-<hi> per timestep bin,
-    validation/judge/<category>, validation/judge_mean."""
+    validation/judge/<category>, validation/judge_mean, validation/<metric>/<score>."""
     out = {"validation/loss": row.get("loss")}
     for (lo, hi), value in zip(row.get("t_bins") or [], row.get("loss_bins") or []):
         out[f"validation/loss_t{int(lo):04d}-{int(hi):04d}"] = value

@@ -375,3 +375,18 @@ def test_eval_prompt_set_and_metrics_are_checked_when_planned(tmp_path):
         plan([*base, "train.eval_prompt_set=coco1k", "train.eval_metrics=[geneval]"])
     p = plan([*base, "train.eval_prompt_set=coco1k", "train.eval_metrics=[fid,clip_score]"])
     assert p.cells[0].config.train.eval_metrics == ["fid", "clip_score"]
+
+
+def test_coco1k_is_the_first_thousand_captions_of_the_coco_plan(tmp_path, monkeypatch):
+    from ablations import stages
+    from gentron.config import SampleConfig
+
+    plan_file = tmp_path / "captions30k.jsonl"
+    plan_file.write_text("".join(json.dumps({"prompt": f"caption {i}", "category": "coco", "prompt_id": 90_000 - i})
+                                 + "\n" for i in range(1500)))
+    monkeypatch.setenv("COCO30K_CAPTIONS", str(plan_file))
+    sample = SampleConfig(seeds=[42], images_per_prompt=4)
+    first = stages.prompt_records("coco1k", sample)
+    assert [r["prompt"] for r in first] == [f"caption {i}" for i in range(1000)]  # one image each, file order
+    assert len(stages.prompt_records("coco30k", sample)) == 1500
+    assert stages.prompt_count("coco1k", sample) == 1000
