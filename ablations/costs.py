@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 from ablations import gpu_hours as gh
-from ablations import runfolder, stages
+from ablations import prompt_sets, runfolder
 from ablations.command_line import local_workers
 from ablations.grid import Cell, Plan
 from ablations.identity import train_key
@@ -254,7 +254,7 @@ def judged_images(config) -> int:
     images = len(judge_prompts(config))
     if config.train.eval_prompt_set:
         try:
-            images += stages.prompt_count(config.train.eval_prompt_set, config.sample)
+            images += prompt_sets.prompt_count(config.train.eval_prompt_set, config.sample)
         except FileNotFoundError:
             pass  # neither files nor a declared size: the plan's preflight names the set
     return images
@@ -348,10 +348,10 @@ def fixed_seconds(costs: dict, stage: str, key: str) -> float:
 
 
 def _prompt_count(name: str, sample, missing: list[str]) -> int:
-    """Samples of one prompt set (the benchmark's size where its files are not here: stages.prompt_count);
+    """Samples of one prompt set (the benchmark's size where its files are not here: prompt_sets.prompt_count);
     0 (and a note in `missing`) when neither its files nor its size are known."""
     try:
-        return stages.prompt_count(name, sample)
+        return prompt_sets.prompt_count(name, sample)
     except (FileNotFoundError, ValueError):
         missing.append(f"prompt set {name} (its prompt files are not here to count; preflight above)")
         return 0

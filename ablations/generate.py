@@ -22,7 +22,7 @@ import logging
 from pathlib import Path
 
 from ablations.registries import registry
-from ablations.stages import prompt_records
+from ablations.prompt_sets import prompt_records
 from eval.baseline import DTYPES, generate_pipeline, load_baseline
 from gentron.config import default_config, load_config
 from gentron.errors import exits_on_user_error

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ablations.stages import prompt_records
+from ablations.prompt_sets import prompt_records
 from ablations.generate import main as generate_main
 from gentron.config import default_config
 from gentron.generate import sample_rows

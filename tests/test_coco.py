@@ -32,7 +32,7 @@ def test_inner_newlines_become_spaces_in_both_plan_files(tmp_path):
 
 
 def test_coco30k_is_one_image_per_caption_whatever_the_profile(tmp_path, monkeypatch):
-    from ablations.stages import prompt_records
+    from ablations.prompt_sets import prompt_records
     from gentron.config import SampleConfig
 
     rows = [{"prompt": f"caption {i}", "category": "coco", "prompt_id": i} for i in range(5)]

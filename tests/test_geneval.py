@@ -184,7 +184,7 @@ def test_the_tiny_detector_loads_by_path_and_names_the_80_classes(tiny):
 
 def test_the_prompt_set_samples_the_553_prompts_with_their_metadata_lines_as_ids(official, metadata, monkeypatch):
     from ablations.grid import registry
-    from ablations.stages import prompt_records
+    from ablations.prompt_sets import prompt_records
 
     monkeypatch.setenv("GENEVAL_PROMPTS", str(official / "prompts"))
     records = prompt_records("geneval", types.SimpleNamespace(seeds=[42], images_per_prompt=1))

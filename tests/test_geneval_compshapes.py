@@ -10,7 +10,7 @@ from PIL import Image
 
 from ablations.grid import expand, load_grid
 from ablations.registries import registry
-from ablations.stages import prompt_records
+from ablations.prompt_sets import prompt_records
 from eval.common import Sample, write_samples
 from eval.geneval import compshapes as gc
 from eval.geneval.rules import TAGS

@@ -346,12 +346,12 @@ def test_every_rank_samples_its_share_and_the_main_rank_scores_the_whole_set(tmp
 
 
 def test_the_harness_samples_the_named_set_and_keeps_each_evaluators_result(tmp_path):
-    from ablations import stages
+    from ablations import prompt_sets
 
     cfg = tiny_config(tmp_path, train={"steps": 2, "ckpt_every": 2, **EVAL, "eval_every": 2, "eval_prompts": 0,
                                        "eval_prompt_set": "compshapes_smoke", "eval_metrics": ["compshapes_judge"]},
                       sample={"steps": 2, "batch_size": 6})
-    evaluation = stages.sample_evaluation(cfg)
+    evaluation = prompt_sets.sample_evaluation(cfg)
     assert evaluation.name == "compshapes_smoke" and len(evaluation.records) == 12  # 2 prompts x 6 categories
     train(cfg, tmp_path / "run", evaluation=evaluation)
     (row,) = _rows(tmp_path / "run")
@@ -378,7 +378,7 @@ def test_eval_prompt_set_and_metrics_are_checked_when_planned(tmp_path):
 
 
 def test_coco1k_is_the_first_thousand_captions_of_the_coco_plan(tmp_path, monkeypatch):
-    from ablations import stages
+    from ablations import prompt_sets
     from gentron.config import SampleConfig
 
     plan_file = tmp_path / "captions30k.jsonl"
@@ -386,7 +386,7 @@ def test_coco1k_is_the_first_thousand_captions_of_the_coco_plan(tmp_path, monkey
                                  + "\n" for i in range(1500)))
     monkeypatch.setenv("COCO30K_CAPTIONS", str(plan_file))
     sample = SampleConfig(seeds=[42], images_per_prompt=4)
-    first = stages.prompt_records("coco1k", sample)
+    first = prompt_sets.prompt_records("coco1k", sample)
     assert [r["prompt"] for r in first] == [f"caption {i}" for i in range(1000)]  # one image each, file order
-    assert len(stages.prompt_records("coco30k", sample)) == 1500
-    assert stages.prompt_count("coco1k", sample) == 1000
+    assert len(prompt_sets.prompt_records("coco30k", sample)) == 1500
+    assert prompt_sets.prompt_count("coco1k", sample) == 1000

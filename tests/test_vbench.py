@@ -338,7 +338,8 @@ def sampled_clips(folder: Path, records: list[dict], frames: int = 3) -> Path:
 @pytest.mark.slow
 def test_the_paper_t2v_cells_sample_the_vbench_suite_and_score_its_dimensions(tiny, tmp_path, monkeypatch):
     from ablations.grid import plan
-    from ablations.stages import SAMPLES, _score, prompt_records
+    from ablations.prompt_sets import prompt_records
+    from ablations.stages import SAMPLES, _score
 
     monkeypatch.setenv("VBENCH_ROOT", str(vbench_root(tmp_path / "VBench")))
     for variable, path in (("GENTRON_DINO_VITB16", tiny["dino"]), ("GENTRON_CLIP_B32", tiny["clip"]),
