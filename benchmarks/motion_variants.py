@@ -4,8 +4,9 @@
 
 Each variant trains one video cell without motion-free masks (the `off` arm of grid=mfg: clips only),
 from a text-to-image checkpoint (`--init`, e.g. grid=conditioning's cross-attention cell) or from
-scratch (`--init none`), then samples `--n` held-out motion prompts (compshapes_motion) at
-lambda_T = 7.5 and prints the judge's motion metrics with their chance levels. A variant is a set of
+scratch (`--init none`), then samples `--n` held-out motion prompts (compshapes_motion) and `--n` motion prompts of seen
+colour-shape pairs (compshapes_motion_seen, keys prefixed `seen/`) at lambda_T = 7.5 and prints
+the judge's motion metrics. A variant is a set of
 config overrides plus, for the motion magnitude, the travel of an object over a clip
 (`compshapes.MOTION_DISTANCE`, which the judge's thresholds follow). Runs one thread
 (torch.set_num_threads(1)), one variant at a time; each run folder is reused when rerun. The
@@ -50,6 +51,10 @@ VARIANTS: dict[str, tuple[dict, float]] = {  # name: (overrides on BASE, motion 
     "f4_3k": ({"data": {"num_frames": 4}, "train": {"steps": 3000}}, 0.3),
     "f8_1500": ({"train": {"steps": 1500}}, 0.3),  # the same compute as f4_3k
     "f4_dist05_500": ({"data": {"num_frames": 4}, "train": {"steps": 500}}, 0.5),
+    # grid=mfg's embedded recipe (4 frames, 6,000 steps) on more distinct clips, and with larger travel
+    "f4_6k": ({"data": {"num_frames": 4}, "train": {"steps": 6000}}, 0.3),
+    "f4_6k_n20k": ({"data": {"num_frames": 4, "num_train": 20000}, "train": {"steps": 6000}}, 0.3),
+    "f4_6k_n20k_dist05": ({"data": {"num_frames": 4, "num_train": 20000}, "train": {"steps": 6000}}, 0.5),
 }
 
 
@@ -71,18 +76,20 @@ def run(name: str, init: str | None, out: Path, n: int) -> dict:
     cfg = merged(BASE, over)
     cfg["train"]["init_from"] = init
     # variants of the same clips share their encoded data; the distance is not in the cache's key
-    cfg["data"]["cache_dir"] = str(out / f"cache-{cfg['data']['num_frames']}f-{distance}")
+    cfg["data"]["cache_dir"] = str(out / f"cache-{cfg['data']['num_frames']}f-{distance}-{cfg['data']['num_train']}")
     cfg = load_config(cfg)
     run_dir = out / name / "cell"
     start = time.time()
     result = train(cfg, run_dir)
     trained = time.time() - start
-    records = [r for r in prompt_set("compshapes_motion", cfg.sample.seeds)][:n]
-    folder = generate(cfg, result.checkpoint, records, out / name / "samples")
-    scored = judge.evaluate(folder)
-    means = {k: v["mean"] for k, v in aggregate(per_prompt_means(scored["per_image"])).items()}
-    row = {"variant": name, "distance": distance, "overrides": over, "train_s": round(trained),
-           "total_s": round(time.time() - start), **{k: round(v, 3) for k, v in means.items()}}
+    row = {"variant": name, "distance": distance, "overrides": over, "train_s": round(trained)}
+    for prompts, prefix in (("compshapes_motion", ""), ("compshapes_motion_seen", "seen/")):
+        records = [r for r in prompt_set(prompts, cfg.sample.seeds)][:n]
+        folder = generate(cfg, result.checkpoint, records, out / name / "samples" / prompts)
+        scored = judge.evaluate(folder)
+        means = {k: v["mean"] for k, v in aggregate(per_prompt_means(scored["per_image"])).items()}
+        row.update({prefix + k: round(v, 3) for k, v in means.items()})
+    row["total_s"] = round(time.time() - start)
     print(json.dumps(row), flush=True)
     with open(out / "results.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")

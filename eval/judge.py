@@ -38,8 +38,9 @@ Scores per image, for its category, binary as the headline and `<category>_soft`
 - motion (clips): each phrase bound in every frame (consistency) and each object's box centre moving
   at least MIN_TRAVEL along the stated direction, more than across it, from its first to its last
   bound frame; soft = mean(consistency, fraction of directions right). Alongside, eval.motion's
-  exact motion metrics, each with its chance level (motion_direction, motion_speed, motion_identity
-  and its colour/shape/size parts, motion_flicker; PROTOCOL["motion_chance"]).
+  exact motion metrics, each with its chance level (motion_direction, motion_reversed,
+  motion_speed, motion_identity and its colour/shape/size parts, motion_flicker;
+  PROTOCOL["motion_chance"]).
 
 Validation (tests/test_judge.py): 1.0 on ground-truth renders of held-out test prompts of every
 category at 32, 64 and 256 px, and >= 0.99 at 32 px with Gaussian blur (sigma 0.6 px) and noise

@@ -8,6 +8,8 @@ untouched. Each metric below measures one of those, per clip; the judge averages
 - motion_direction: share of prompted objects whose bound box centre moves, from the first to the
   last frame that binds it, at least MIN_TRAVEL (a third of the stated travel) along the stated
   direction and more along it than across it.
+- motion_reversed: the same test against the opposite of the stated direction: share of prompted
+  objects that move the stated way backwards (a clip whose arrow of time is flipped scores 1).
 - motion_speed: displacement along the stated direction over the same frames, divided by the stated
   travel over those frames (1 = the stated speed, 0 = static, -1 = the reverse), mean over the
   objects bound in two or more frames (absent when none is).
@@ -23,8 +25,8 @@ untouched. Each metric below measures one of those, per clip; the judge averages
 
 Chance levels (CHANCE; tests/test_judge.py checks the levels for direction and speed by
 simulation): an object moving the full distance in a uniformly random one of the four directions
-scores direction 0.25 and speed 0 in expectation; a static clip direction 0, speed 0; the reversed
-clip direction 0, speed -1. Colour and shape redrawn at random each frame keep their identity with
+scores direction 0.25, reversed 0.25 and speed 0 in expectation; a static clip direction 0, reversed
+0, speed 0; the reversed clip direction 0, reversed 1, speed -1. Colour and shape redrawn at random each frame keep their identity with
 probability 1/5 and 1/4 per frame. Per-frame binding of a model with the right shapes in random
 colours: 1/5 for one object, 1/25 for two. Flicker has no chance level: renders score 1.
 """
@@ -40,6 +42,7 @@ SIZE_TOLERANCE = 0.25  # relative change of the box side that still counts as th
 
 CHANCE = {
     "motion_direction": 0.25,
+    "motion_reversed": 0.25,
     "motion_speed": 0.0,
     "motion_identity_color": 1 / len(COLORS),
     "motion_identity_shape": 1 / len(SHAPES),
@@ -47,6 +50,9 @@ CHANCE = {
     "motion": {"one object": 0.25, "two objects": 0.25 ** 2, "given": "every frame bound"},
     "motion_flicker": None,
 }
+
+
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
 def _points(track) -> list[tuple[int, tuple[float, float]]]:
@@ -126,6 +132,8 @@ def motion_scores(directions: list[str], bound: list[list], detections: list[lis
     tracks = [[frame[i] for frame in bound] for i in range(len(directions))]
     scores = {"motion_direction": float(np.mean([moved_right_way(d, t, min_travel)
                                                   for d, t in zip(directions, tracks)])),
+              "motion_reversed": float(np.mean([moved_right_way(OPPOSITE[d], t, min_travel)
+                                                 for d, t in zip(directions, tracks)])),
               "motion_flicker": flicker(frames, foreground)}
     speeds = [s for s in (speed(d, t, distance) for d, t in zip(directions, tracks)) if s is not None]
     if speeds:

@@ -163,20 +163,27 @@ def test_motion_metrics_score_renders_one_and_static_or_reversed_clips_at_or_bel
     assert mean["reversed"]["motion_direction"] == 0
     assert mean["reversed"]["motion_speed"] == pytest.approx(-1, abs=0.03)
     assert judge.PROTOCOL["motion_chance"]["motion_direction"] == 0.25
+    # the reversed share: every object of the reversed clip, none of the true or frozen one
+    assert mean["reversed"]["motion_reversed"] == 1.0
+    assert mean["true"]["motion_reversed"] == 0 and mean["frozen"]["motion_reversed"] == 0
+    assert judge.PROTOCOL["motion_chance"]["motion_reversed"] == 0.25
 
 
 def test_motion_chance_levels_match_random_directions():
-    """Objects moving the full distance in uniformly random directions: direction 0.25, speed 0."""
+    """Objects moving the full distance in uniformly random directions: direction 0.25, reversed
+    0.25, speed 0."""
     rng = np.random.default_rng(0)
-    directions, speeds = [], []
+    directions, reversed_, speeds = [], [], []
     for i, prompt in enumerate(cs.test_prompts("motion", 200)):
         spec = cs.parse_prompt(prompt)
         drawn = [replace(p, motion=str(rng.choice(list(cs.DIRECTIONS)))) for p in spec.phrases]
         other = replace(spec, phrases=tuple(drawn)).caption
         scores = _clip_scores(prompt, cs.render_clip(cs.scene_for_prompt(other, i, num_frames=4), 32))
         directions.append(scores["motion_direction"])
+        reversed_.append(scores["motion_reversed"])
         speeds.append(scores["motion_speed"])
     assert np.mean(directions) == pytest.approx(0.25, abs=0.06)
+    assert np.mean(reversed_) == pytest.approx(0.25, abs=0.06)
     assert np.mean(speeds) == pytest.approx(0, abs=0.12)
 
 
