@@ -1,12 +1,14 @@
 """Which CompShapes video recipe teaches the tiny text-to-video model the stated motion?
 
     python benchmarks/motion_variants.py VARIANT [VARIANT ...] --init T2I.pt [--out /tmp/motion] [--n 32]
+    python benchmarks/motion_variants.py --score runs/mfg/<cell>    # score a trained cell only
 
 Each variant trains one video cell without motion-free masks (the `off` arm of grid=mfg: clips only),
 from a text-to-image checkpoint (`--init`, e.g. grid=conditioning's cross-attention cell) or from
-scratch (`--init none`), then samples `--n` held-out motion prompts (compshapes_motion) and `--n` motion prompts of seen
-colour-shape pairs (compshapes_motion_seen, keys prefixed `seen/`) at lambda_T = 7.5 and prints
-the judge's motion metrics. A variant is a set of
+scratch (`--init none`), then samples at lambda_T = 7.5 and prints the judge's motion metrics on
+`--n` held-out motion prompts (compshapes_motion), `--n` motion prompts of seen colour-shape pairs
+(compshapes_motion_seen, keys prefixed `seen/`), and one-object motion prompts of held-out and seen
+pairs (`single/`, `single_seen/`: the arrow-of-time check). A variant is a set of
 config overrides plus, for the motion magnitude, the travel of an object over a clip
 (`compshapes.MOTION_DISTANCE`, which the judge's thresholds follow). Runs one thread
 (torch.set_num_threads(1)), one variant at a time; each run folder is reused when rerun. The
@@ -15,12 +17,14 @@ variants and what they measured are in docs/ablations.md (grid=mfg).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from eval import judge
 from eval.common import aggregate, per_prompt_means
@@ -54,6 +58,7 @@ VARIANTS: dict[str, tuple[dict, float]] = {  # name: (overrides on BASE, motion 
     # grid=mfg's embedded recipe (4 frames, 6,000 steps) on more distinct clips, and with larger travel
     "f4_6k": ({"data": {"num_frames": 4}, "train": {"steps": 6000}}, 0.3),
     "f4_6k_n20k": ({"data": {"num_frames": 4, "num_train": 20000}, "train": {"steps": 6000}}, 0.3),
+    "f4_6k_uniform_t": ({"data": {"num_frames": 4}, "train": {"steps": 6000}, "model": {"timestep_std": None}}, 0.3),
     "f4_6k_n20k_dist05": ({"data": {"num_frames": 4, "num_train": 20000}, "train": {"steps": 6000}}, 0.5),
 }
 
@@ -70,6 +75,33 @@ def set_motion_distance(distance: float) -> None:
     judge.MIN_TRAVEL = distance / 3
 
 
+def single_object_records(pairs: str) -> list[dict]:
+    """One-object motion prompts ("a green circle moving left"), every direction, two seeds each: of
+    the five held-out colour-shape pairs, or of the first five seen ones. With one object there is
+    nothing to route a direction to, so what they measure is whether the clip's arrow of time is
+    right (motion_direction) or flipped (motion_reversed)."""
+    objects = list(itertools.product(compshapes.COLORS, compshapes.SHAPES))
+    held = [o for o in objects if o in compshapes.HELD_OUT_COLOR_SHAPE]
+    group = held if pairs == "held_out" else [o for o in objects if o not in compshapes.HELD_OUT_COLOR_SHAPE][:5]
+    return [{"prompt": f"a {c} {s} moving {d}", "seed": 42 + k, "index": k, "category": "motion", "prompt_id": i}
+            for i, ((c, s), d) in enumerate(itertools.product(group, compshapes.DIRECTIONS)) for k in range(2)]
+
+
+def score(cfg, checkpoint: Path, out: Path, n: int) -> dict:
+    """The judge's motion metrics on four sets: `--n` held-out two-object motion prompts (no prefix),
+    `--n` of seen colour-shape pairs (`seen/`), and the one-object prompts of held-out and seen pairs
+    (`single/`, `single_seen/`)."""
+    sets = {"": [r for r in prompt_set("compshapes_motion", cfg.sample.seeds)][:n],
+            "seen/": [r for r in prompt_set("compshapes_motion_seen", cfg.sample.seeds)][:n],
+            "single/": single_object_records("held_out"), "single_seen/": single_object_records("seen")}
+    row = {}
+    for prefix, records in sets.items():
+        folder = generate(cfg, checkpoint, records, out / (prefix.strip("/") or "held_out"))
+        means = {k: v["mean"] for k, v in aggregate(per_prompt_means(judge.evaluate(folder)["per_image"])).items()}
+        row.update({prefix + k: round(v, 3) for k, v in means.items()})
+    return row
+
+
 def run(name: str, init: str | None, out: Path, n: int) -> dict:
     over, distance = VARIANTS[name]
     set_motion_distance(distance)
@@ -81,30 +113,40 @@ def run(name: str, init: str | None, out: Path, n: int) -> dict:
     run_dir = out / name / "cell"
     start = time.time()
     result = train(cfg, run_dir)
-    trained = time.time() - start
-    row = {"variant": name, "distance": distance, "overrides": over, "train_s": round(trained)}
-    for prompts, prefix in (("compshapes_motion", ""), ("compshapes_motion_seen", "seen/")):
-        records = [r for r in prompt_set(prompts, cfg.sample.seeds)][:n]
-        folder = generate(cfg, result.checkpoint, records, out / name / "samples" / prompts)
-        scored = judge.evaluate(folder)
-        means = {k: v["mean"] for k, v in aggregate(per_prompt_means(scored["per_image"])).items()}
-        row.update({prefix + k: round(v, 3) for k, v in means.items()})
-    row["total_s"] = round(time.time() - start)
+    row = {"variant": name, "distance": distance, "overrides": over, "train_s": round(time.time() - start),
+           **score(cfg, result.checkpoint, out / name / "samples", n), "total_s": round(time.time() - start)}
     print(json.dumps(row), flush=True)
     with open(out / "results.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
     return row
 
 
+def score_cell(cell: Path, n: int) -> dict:
+    """Score a finished cell (a grid=mfg cell folder, or a variant's) without training it again."""
+    cfg = load_config(yaml.safe_load((cell / "config.yaml").read_text(encoding="utf-8")))
+    row = {"cell": str(cell), **score(cfg, cell / "checkpoints" / "last.pt", cell / "motion_scores", n)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("variants", nargs="+", choices=sorted(VARIANTS))
-    parser.add_argument("--init", required=True, help="a T2I checkpoint, or 'none' to train from scratch")
+    parser.add_argument("variants", nargs="*", help=f"from: {', '.join(sorted(VARIANTS))}")
+    parser.add_argument("--init", help="a T2I checkpoint, or 'none' to train from scratch")
+    parser.add_argument("--score", type=Path, metavar="CELL", help="only score this trained cell folder")
     parser.add_argument("--out", type=Path, default=Path("/tmp/motion_variants"))
     parser.add_argument("--n", type=int, default=32, help="held-out motion prompts sampled")
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
+    if args.score:
+        score_cell(args.score, args.n)
+        return
+    if not args.variants or not args.init:
+        parser.error("name one or more variants and --init (or --score CELL)")
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
     for name in args.variants:
         run(name, None if args.init == "none" else args.init, args.out, args.n)
 
