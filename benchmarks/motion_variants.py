@@ -8,7 +8,8 @@ from a text-to-image checkpoint (`--init`, e.g. grid=conditioning's cross-attent
 scratch (`--init none`), then samples at lambda_T = 7.5 and prints the judge's motion metrics on
 `--n` held-out motion prompts (compshapes_motion), `--n` motion prompts of seen colour-shape pairs
 (compshapes_motion_seen, keys prefixed `seen/`), and one-object motion prompts of held-out and seen
-pairs (`single/`, `single_seen/`: the arrow-of-time check). A variant is a set of
+pairs (`single/`, `single_seen/`: the arrow-of-time check), and the denoiser's loss change under the
+reversed and the other axis's caption (`arrow/`, see arrow_losses). A variant is a set of
 config overrides plus, for the motion magnitude, the travel of an object over a clip
 (`compshapes.MOTION_DISTANCE`, which the judge's thresholds follow). Runs one thread
 (torch.set_num_threads(1)), one variant at a time; each run folder is reused when rerun. The
@@ -99,6 +100,45 @@ def score(cfg, checkpoint: Path, out: Path, n: int) -> dict:
         folder = generate(cfg, checkpoint, records, out / (prefix.strip("/") or "held_out"))
         means = {k: v["mean"] for k, v in aggregate(per_prompt_means(judge.evaluate(folder)["per_image"])).items()}
         row.update({prefix + k: round(v, 3) for k, v in means.items()})
+    return {**row, **arrow_losses(cfg, checkpoint)}
+
+
+TURN = {"left": "up", "up": "right", "right": "down", "down": "left"}  # the other axis
+
+
+@torch.no_grad()
+def arrow_losses(cfg, checkpoint: Path) -> dict:
+    """Does the denoiser read the sign of a stated direction, or only its axis? The EMA model's loss
+    on true one-object clips (the single-object prompts of both pair groups, four layouts each) with
+    their own caption, with the reversed direction's caption and with the other axis's, at the same
+    timesteps and noise, per band of 250 timesteps (t = 999 is pure noise). Reported as the loss
+    change in percent: a model that knows the arrow of time loses with the reversed caption."""
+    from eval.motion import OPPOSITE
+    from gentron.data.features import to_model_dtype
+    from gentron.diffusion import Diffusion
+    from gentron.generate import load_ema_model
+    from gentron.text import build_text_encoders
+    from gentron.text.cache import PromptCache
+
+    model = load_ema_model(checkpoint).eval()
+    diffusion = Diffusion.from_config(cfg.model)
+    cache = PromptCache(build_text_encoders(cfg.text_encoders, "cpu"))
+    prompts = [r["prompt"] for pairs in ("held_out", "seen") for r in single_object_records(pairs)[::2]] * 4
+    x0 = torch.stack([compshapes.to_tensor(compshapes.render_clip(
+        compshapes.scene_for_prompt(p, i, num_frames=cfg.data.num_frames), cfg.data.resolution))
+        for i, p in enumerate(prompts)])
+    captions = {"true": prompts}
+    for name, swap in (("reversed", OPPOSITE), ("other_axis", TURN)):
+        captions[name] = [p.rsplit(" ", 1)[0] + " " + swap[p.rsplit(" ", 1)[1]] for p in prompts]
+    texts = {k: to_model_dtype(cache.encode(v), torch.float32, torch.device("cpu")) for k, v in captions.items()}
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(x0.shape, generator=g)
+    row = {}
+    for lo in range(0, diffusion.num_timesteps, 250):
+        t = torch.randint(lo, min(lo + 250, diffusion.num_timesteps), (len(prompts),), generator=g)
+        loss = {k: float(diffusion.training_loss(model, x0, text, t=t, noise=noise)["loss"]) for k, text in texts.items()}
+        for name in ("reversed", "other_axis"):
+            row[f"arrow/{name}_t{lo}"] = round(100 * (loss[name] / loss["true"] - 1), 1)
     return row
 
 
