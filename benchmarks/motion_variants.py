@@ -161,10 +161,32 @@ def run(name: str, init: str | None, out: Path, n: int) -> dict:
     return row
 
 
+def arrow_sheet(folder: Path, out: Path, rows: int = 8, scale: int = 4) -> Path:
+    """The frames of the first `rows` one-object clips of seed 42 (each pair's four directions in
+    turn), one row per clip with its prompt: "left" beside "right" shows whether the sign was read."""
+    from PIL import Image, ImageDraw
+
+    from eval.common import read_samples
+
+    samples = [s for s in read_samples(folder) if s.seed == 42][:rows]
+    clips = [judge.load_frames(folder, s) for s in samples]
+    side = clips[0][0].width * scale
+    sheet = Image.new("RGB", (len(clips[0]) * (side + 4) + 200, rows * (side + 4)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (sample, frames) in enumerate(zip(samples, clips)):
+        for c, frame in enumerate(frames):
+            sheet.paste(frame.convert("RGB").resize((side, side), Image.NEAREST), (c * (side + 4), r * (side + 4)))
+        draw.text((len(frames) * (side + 4) + 4, r * (side + 4) + side // 2 - 6), sample.prompt, fill="black")
+    sheet.save(out)
+    return out
+
+
 def score_cell(cell: Path, n: int) -> dict:
-    """Score a finished cell (a grid=mfg cell folder, or a variant's) without training it again."""
+    """Score a finished cell (a grid=mfg cell folder, or a variant's) without training it again; also
+    writes `motion_scores/arrow_sheet.png` (arrow_sheet of the seen-pair one-object clips)."""
     cfg = load_config(yaml.safe_load((cell / "config.yaml").read_text(encoding="utf-8")))
     row = {"cell": str(cell), **score(cfg, cell / "checkpoints" / "last.pt", cell / "motion_scores", n)}
+    arrow_sheet(cell / "motion_scores" / "single_seen", cell / "motion_scores" / "arrow_sheet.png")
     print(json.dumps(row), flush=True)
     return row
 
