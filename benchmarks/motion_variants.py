@@ -59,6 +59,7 @@ VARIANTS: dict[str, tuple[dict, float]] = {  # name: (overrides on BASE, motion 
     # grid=mfg's embedded recipe (4 frames, 6,000 steps) on more distinct clips, and with larger travel
     "f4_6k": ({"data": {"num_frames": 4}, "train": {"steps": 6000}}, 0.3),
     "f4_6k_n20k": ({"data": {"num_frames": 4, "num_train": 20000}, "train": {"steps": 6000}}, 0.3),
+    "f4_12k": ({"data": {"num_frames": 4}, "train": {"steps": 12000}}, 0.3),
     "f4_6k_uniform_t": ({"data": {"num_frames": 4}, "train": {"steps": 6000}, "model": {"timestep_std": None}}, 0.3),
     "f4_6k_n20k_dist05": ({"data": {"num_frames": 4, "num_train": 20000}, "train": {"steps": 6000}}, 0.5),
 }
