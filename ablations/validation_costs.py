@@ -41,6 +41,8 @@ def evaluation_gpu_hours(cell: Cell) -> float:
 def format_cost(p: Plan, table: dict | None = None) -> str:
     """The dry run's line on evaluation during training ('' when no cell evaluates): evaluations per
     cell, the CPU minutes on this machine's workers that the estimate includes, GPU-hours per cell."""
+    from gentron.validation import judge_prompts
+
     evaluating = [c for c in p.cells if c.config.train.eval_every]
     if not evaluating:
         return ""
@@ -57,8 +59,7 @@ def format_cost(p: Plan, table: dict | None = None) -> str:
     cpu_s = costs._pack(sorted(groups.values(), reverse=True), workers)
     gpu_h = max(len(costs.evaluation_steps(c.config)) * evaluation_gpu_hours(c) for c in evaluating)
     images = costs.judged_images(evaluating[0].config)
-    scorers = (["the judge"] if costs.judged_images(dataclasses.replace(
-        evaluating[0].config, train=dataclasses.replace(first, eval_prompt_set=None))) else []) + list(first.eval_metrics)
+    scorers = (["the judge"] if judge_prompts(evaluating[0].config) else []) + list(first.eval_metrics)
     what = (f"validation loss on {first.eval_batch} items" + (f" and {', '.join(scorers)} on {images} samples of "
             f"{first.eval_sample_steps} steps" if images else ""))
     on_cpu = any(costs.counts(c).params <= costs.CPU_PARAM_LIMIT for c in evaluating)

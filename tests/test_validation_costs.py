@@ -87,3 +87,13 @@ def test_the_time_estimate_counts_the_evaluations(tmp_path):
     with_eval, without = costs.estimate(evaluating, table, workers=1), costs.estimate(plain, table, workers=1)
     assert with_eval["total_s"] == pytest.approx(without["total_s"] + sum(added))
     assert with_eval["per_cell_s"] == pytest.approx(without["per_cell_s"] + sum(added) / len(added))
+
+
+@pytest.mark.parametrize("eval_prompts, named", [(8, "the judge, fid, clip_score"), (0, "fid, clip_score")])
+def test_the_cost_line_names_each_scorer_of_an_evaluation(tmp_path, eval_prompts, named):
+    """With a prompt set scored during training, the line names the judge only when it runs (held-out
+    CompShapes prompts, train.eval_prompts > 0) beside the set's metrics."""
+    p = _plan(tmp_path, "grid=conditioning", "train.steps=400", "train.ckpt_every=200", "train.eval_every=200",
+              f"train.eval_prompts={eval_prompts}", "train.eval_prompt_set=coco1k", "train.eval_metrics=[fid,clip_score]")
+    text = validation_costs.format_cost(p, {})
+    assert re.search(rf"and {named} on \d+ samples of", text), text
