@@ -1,7 +1,7 @@
 """Which CompShapes video recipe teaches the tiny text-to-video model the stated motion?
 
     python benchmarks/motion_variants.py VARIANT [VARIANT ...] --init T2I.pt [--out /tmp/motion] [--n 32]
-    python benchmarks/motion_variants.py --score runs/mfg/<cell>    # score a trained cell only
+    python benchmarks/motion_variants.py --score runs/mfg/<cell> [--out DIR]    # score a trained cell only
 
 Each variant trains one video cell without motion-free masks (the `off` arm of grid=mfg: clips only),
 from a text-to-image checkpoint (`--init`, e.g. grid=conditioning's cross-attention cell) or from
@@ -22,6 +22,7 @@ import itertools
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -77,22 +78,29 @@ def set_motion_distance(distance: float) -> None:
     judge.MIN_TRAVEL = distance / 3
 
 
-def single_object_records(pairs: str) -> list[dict]:
-    """One-object motion prompts ("a green circle moving left"), every direction, two seeds each: of
-    the five held-out colour-shape pairs, or of the first five seen ones. With one object there is
-    nothing to route a direction to, so what they measure is whether the clip's arrow of time is
-    right (motion_direction) or flipped (motion_reversed)."""
+SINGLE_SEEDS = (42, 43)  # the one-object prompts' seeds; arrow_sheet shows the first
+
+
+def single_object_phrases(pairs: str) -> list:
+    """One phrase per (colour-shape pair, direction): the five held-out pairs, or the first five seen ones."""
     objects = list(itertools.product(compshapes.COLORS, compshapes.SHAPES))
     held = [o for o in objects if o in compshapes.HELD_OUT_COLOR_SHAPE]
     group = held if pairs == "held_out" else [o for o in objects if o not in compshapes.HELD_OUT_COLOR_SHAPE][:5]
-    return [{"prompt": f"a {c} {s} moving {d}", "seed": 42 + k, "index": k, "category": "motion", "prompt_id": i}
-            for i, ((c, s), d) in enumerate(itertools.product(group, compshapes.DIRECTIONS)) for k in range(2)]
+    return [compshapes.Phrase(s, c, motion=d) for (c, s), d in itertools.product(group, compshapes.DIRECTIONS)]
+
+
+def single_object_records(pairs: str) -> list[dict]:
+    """One-object motion prompts ("a green circle moving left") of single_object_phrases, each at
+    SINGLE_SEEDS. With one object there is nothing to route a direction to, so what they measure is
+    whether the clip's arrow of time is right (motion_direction) or flipped (motion_reversed)."""
+    return [{"prompt": phrase.text(), "seed": seed, "index": k, "category": "motion", "prompt_id": i}
+            for i, phrase in enumerate(single_object_phrases(pairs)) for k, seed in enumerate(SINGLE_SEEDS)]
 
 
 def score(cfg, checkpoint: Path, out: Path, n: int) -> dict:
     """The judge's motion metrics on four sets: `--n` held-out two-object motion prompts (no prefix),
     `--n` of seen colour-shape pairs (`seen/`), and the one-object prompts of held-out and seen pairs
-    (`single/`, `single_seen/`)."""
+    (`single/`, `single_seen/`); then arrow_losses (`arrow/`)."""
     sets = {"": [r for r in prompt_set("compshapes_motion", cfg.sample.seeds)][:n],
             "seen/": [r for r in prompt_set("compshapes_motion_seen", cfg.sample.seeds)][:n],
             "single/": single_object_records("held_out"), "single_seen/": single_object_records("seen")}
@@ -124,19 +132,19 @@ def arrow_losses(cfg, checkpoint: Path) -> dict:
     model = load_ema_model(checkpoint).eval()
     diffusion = Diffusion.from_config(cfg.model)
     cache = PromptCache(build_text_encoders(cfg.text_encoders, "cpu"))
-    prompts = [r["prompt"] for pairs in ("held_out", "seen") for r in single_object_records(pairs)[::2]] * 4
+    phrases = [p for pairs in ("held_out", "seen") for p in single_object_phrases(pairs)] * 4
     x0 = torch.stack([compshapes.to_tensor(compshapes.render_clip(
-        compshapes.scene_for_prompt(p, i, num_frames=cfg.data.num_frames), cfg.data.resolution))
-        for i, p in enumerate(prompts)])
-    captions = {"true": prompts}
+        compshapes.scene_for_prompt(p.text(), i, num_frames=cfg.data.num_frames), cfg.data.resolution))
+        for i, p in enumerate(phrases)])
+    captions = {"true": [p.text() for p in phrases]}
     for name, swap in (("reversed", OPPOSITE), ("other_axis", TURN)):
-        captions[name] = [p.rsplit(" ", 1)[0] + " " + swap[p.rsplit(" ", 1)[1]] for p in prompts]
+        captions[name] = [replace(p, motion=swap[p.motion]).text() for p in phrases]
     texts = {k: to_model_dtype(cache.encode(v), torch.float32, torch.device("cpu")) for k, v in captions.items()}
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(x0.shape, generator=g)
     row = {}
     for lo in range(0, diffusion.num_timesteps, 250):
-        t = torch.randint(lo, min(lo + 250, diffusion.num_timesteps), (len(prompts),), generator=g)
+        t = torch.randint(lo, min(lo + 250, diffusion.num_timesteps), (len(phrases),), generator=g)
         loss = {k: float(diffusion.training_loss(model, x0, text, t=t, noise=noise)["loss"]) for k, text in texts.items()}
         for name in ("reversed", "other_axis"):
             row[f"arrow/{name}_t{lo}"] = round(100 * (loss[name] / loss["true"] - 1), 1)
@@ -163,13 +171,13 @@ def run(name: str, init: str | None, out: Path, n: int) -> dict:
 
 
 def arrow_sheet(folder: Path, out: Path, rows: int = 8, scale: int = 4) -> Path:
-    """The frames of the first `rows` one-object clips of seed 42 (each pair's four directions in
+    """The frames of the first `rows` one-object clips of the first seed (each pair's four directions in
     turn), one row per clip with its prompt: "left" beside "right" shows whether the sign was read."""
     from PIL import Image, ImageDraw
 
     from eval.common import read_samples
 
-    samples = [s for s in read_samples(folder) if s.seed == 42][:rows]
+    samples = [s for s in read_samples(folder) if s.seed == SINGLE_SEEDS[0]][:rows]
     clips = [judge.load_frames(folder, s) for s in samples]
     side = clips[0][0].width * scale
     sheet = Image.new("RGB", (len(clips[0]) * (side + 4) + 200, rows * (side + 4)), "white")
@@ -182,12 +190,14 @@ def arrow_sheet(folder: Path, out: Path, rows: int = 8, scale: int = 4) -> Path:
     return out
 
 
-def score_cell(cell: Path, n: int) -> dict:
-    """Score a finished cell (a grid=mfg cell folder, or a variant's) without training it again; also
-    writes `motion_scores/arrow_sheet.png` (arrow_sheet of the seen-pair one-object clips)."""
+def score_cell(cell: Path, out: Path, n: int) -> dict:
+    """Score a finished cell (a grid=mfg cell folder, or a variant's) without training it again, its
+    samples in `out/<cell folder name>/` (never inside the cell), with `arrow_sheet.png` there (the
+    seen-pair one-object clips)."""
     cfg = load_config(yaml.safe_load((cell / "config.yaml").read_text(encoding="utf-8")))
-    row = {"cell": str(cell), **score(cfg, cell / "checkpoints" / "last.pt", cell / "motion_scores", n)}
-    arrow_sheet(cell / "motion_scores" / "single_seen", cell / "motion_scores" / "arrow_sheet.png")
+    folder = out / cell.name
+    row = {"cell": str(cell), **score(cfg, cell / "checkpoints" / "last.pt", folder, n)}
+    arrow_sheet(folder / "single_seen", folder / "arrow_sheet.png")
     print(json.dumps(row), flush=True)
     return row
 
@@ -203,7 +213,7 @@ def main() -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     if args.score:
-        score_cell(args.score, args.n)
+        score_cell(args.score, args.out, args.n)
         return
     if not args.variants or not args.init:
         parser.error("name one or more variants and --init (or --score CELL)")

@@ -23,12 +23,13 @@ untouched. Each metric below measures one of those, per clip; the judge averages
   both of two consecutive frames (VBench's temporal-flickering score, where nothing should change);
   1 = no flicker.
 
-Chance levels (CHANCE; tests/test_judge.py checks the levels for direction and speed by
-simulation): an object moving the full distance in a uniformly random one of the four directions
-scores direction 0.25, reversed 0.25 and speed 0 in expectation; a static clip direction 0, reversed
-0, speed 0; the reversed clip direction 0, reversed 1, speed -1. Colour and shape redrawn at random each frame keep their identity with
-probability 1/5 and 1/4 per frame. Per-frame binding of a model with the right shapes in random
-colours: 1/5 for one object, 1/25 for two. Flicker has no chance level: renders score 1.
+Chance levels (CHANCE; tests/test_judge.py checks the levels for direction and speed by simulation):
+an object moving the full distance in a uniformly random one of the four directions scores direction
+0.25, reversed 0.25 and speed 0 in expectation; a static clip direction 0, reversed 0, speed 0; the
+reversed clip direction 0, reversed 1, speed -1. Colour and shape redrawn at random each frame keep
+their identity with probability 1/5 and 1/4 per frame. Per-frame binding of a model with the right
+shapes in random colours: 1/5 for one object, 1/25 for two. Flicker has no chance level: renders
+score 1.
 """
 from __future__ import annotations
 
